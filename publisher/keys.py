@@ -1,0 +1,67 @@
+"""Redis key and channel names, derived from one configurable prefix.
+
+Several deployments can share one Redis by choosing different prefixes. The gateway uses the
+same class, so a publisher and a gateway agree on names by agreeing on the prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["DEFAULT_PREFIX", "Keys"]
+
+DEFAULT_PREFIX: Final = "kev"
+_PREFIX = re.compile(r"^[A-Za-z0-9_.\-:{}]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.match(self.prefix):
+            raise ValueError(
+                f"key prefix {self.prefix!r} must be 1-64 of A-Z a-z 0-9 _ . - : {{ }}"
+            )
+
+    @property
+    def history(self) -> str:
+        """The bounded stream (XADD ... MAXLEN ~ N) every event is written to first."""
+        return f"{self.prefix}:events"
+
+    @property
+    def channel(self) -> str:
+        """The live pub/sub channel; each message is ``<stream id> <msgpack payload>``."""
+        return f"{self.prefix}:live"
+
+    def probe_channel(self, replica: str) -> str:
+        """A gateway replica's own channel for liveness probes of its subscription."""
+        return f"{self.prefix}:probe:{replica}"
+
+    def keypair(self, access_key: str) -> str:
+        return f"{self.prefix}:keypair:{access_key}"
+
+    def user(self, user_id: str) -> str:
+        return f"{self.prefix}:user:{user_id}"
+
+    def group(self, domain: str, name: str) -> str:
+        return f"{self.prefix}:group:{domain}:{name}"
+
+    @property
+    def keypairs(self) -> str:
+        """Set of every access key (for listing)."""
+        return f"{self.prefix}:keypairs"
+
+    @property
+    def users(self) -> str:
+        return f"{self.prefix}:users"
+
+    @property
+    def groups(self) -> str:
+        """Set of ``<domain>:<name>`` for every group."""
+        return f"{self.prefix}:groups"
+
+    def browser_session(self, token_hash: str) -> str:
+        return f"{self.prefix}:websession:{token_hash}"

@@ -1,0 +1,184 @@
+"""The wire schema: one kernel lifecycle event, as it travels through Redis.
+
+Publishers encode a :class:`KernelEvent` with msgspec msgpack; gateways decode it once per
+message. This module is the whole contract and imports nothing from the gateway.
+
+Schema evolution (msgspec ``docs/schema-evolution.rst``): new fields must get defaults, so an
+older publisher's payload still decodes; unknown fields are ignored, so an older gateway still
+decodes a newer publisher's payload.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Final, Literal, get_args
+
+import msgspec
+
+__all__ = [
+    "EVENT_NAMES",
+    "RESULTS",
+    "SLUG_PATTERN",
+    "EventName",
+    "InvalidEvent",
+    "KernelEvent",
+    "Result",
+    "SessionRef",
+    "decode_event",
+    "encode_event",
+]
+
+EventName = Literal[
+    "kernel_enqueued",
+    "kernel_preparing",
+    "kernel_pulling",
+    "kernel_creating",
+    "kernel_started",
+    "kernel_terminating",
+    "kernel_terminated",
+    "kernel_cancelled",
+    "kernel_success",
+    "kernel_failure",
+]
+Result = Literal["UNDEFINED", "SUCCESS", "FAILURE"]
+
+EVENT_NAMES: Final[frozenset[str]] = frozenset(get_args(EventName))
+RESULTS: Final[frozenset[str]] = frozenset(get_args(Result))
+
+#: What a session id (Backend.AI calls it the session name) may look like, on the wire and in
+#: the ``sessionId`` query parameter: a slug of word characters, dots and dashes.
+SLUG_PATTERN: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$"
+_SLUG = re.compile(SLUG_PATTERN)
+_MAX_TEXT = 1024  # owner keys, user ids, domain and group names, reason
+
+
+class InvalidEvent(ValueError):
+    """An event that breaks the schema; the message names the field and the bad value."""
+
+
+class KernelEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One kernel lifecycle event.
+
+    ``session_id`` is what the API calls ``sessionId``; ``result`` is only meaningful on
+    ``kernel_terminated`` and refused anywhere else. ``timestamp`` is seconds since the epoch
+    at the publisher (the benchmark measures latency from it).
+    """
+
+    name: EventName
+    session_id: str
+    session_uuid: uuid.UUID
+    kernel_id: uuid.UUID
+    owner_access_key: str
+    owner_user_id: str
+    domain: str
+    group: str
+    reason: str = ""
+    result: Result | None = None
+    timestamp: float = msgspec.field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        # msgspec runs this on construction and on decode; on decode it turns the
+        # InvalidEvent (a ValueError) into a msgspec.ValidationError.
+        if self.name not in EVENT_NAMES:
+            raise InvalidEvent(f"name: unknown event name {self.name!r}")
+        if not isinstance(self.session_id, str) or not _SLUG.match(self.session_id):
+            raise InvalidEvent(
+                f"session_id: {self.session_id!r} is not a slug (1-64 of A-Z a-z 0-9 _ . -)"
+            )
+        for field in ("owner_access_key", "owner_user_id", "domain", "group"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value or len(value) > _MAX_TEXT:
+                raise InvalidEvent(f"{field}: must be a non-empty string, got {value!r}")
+        if not isinstance(self.reason, str) or len(self.reason) > _MAX_TEXT:
+            raise InvalidEvent(f"reason: must be a string of at most {_MAX_TEXT} characters")
+        if self.result is not None:
+            if self.name != "kernel_terminated":
+                raise InvalidEvent(
+                    f"result: only kernel_terminated carries a result, not {self.name}"
+                )
+            if self.result not in RESULTS:
+                raise InvalidEvent(f"result: unknown result {self.result!r}")
+        for field in ("session_uuid", "kernel_id"):
+            if not isinstance(getattr(self, field), uuid.UUID):
+                raise InvalidEvent(f"{field}: must be a UUID, got {getattr(self, field)!r}")
+
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder(KernelEvent)
+
+
+def encode_event(event: KernelEvent) -> bytes:
+    """Encode one event to its msgpack payload."""
+    if not isinstance(event, KernelEvent):
+        raise InvalidEvent(f"expected a KernelEvent, got {type(event).__name__}")
+    return _encoder.encode(event)
+
+
+def decode_event(payload: bytes | memoryview) -> KernelEvent:
+    """Decode one payload; raises ``msgspec.DecodeError`` (or its ``ValidationError``)."""
+    return _decoder.decode(payload)
+
+
+class SessionRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything that stays the same across one session's lifecycle.
+
+    The convenience helpers build the event for each lifecycle step, so an agent writes
+    ``await publisher.publish(ref.started())``; the same helpers serve the sync and the
+    async publisher.
+    """
+
+    session_id: str
+    owner_access_key: str
+    owner_user_id: str
+    domain: str
+    group: str
+    session_uuid: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
+    kernel_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
+
+    def event(
+        self, name: EventName, *, reason: str = "", result: Result | None = None
+    ) -> KernelEvent:
+        return KernelEvent(
+            name=name,
+            session_id=self.session_id,
+            session_uuid=self.session_uuid,
+            kernel_id=self.kernel_id,
+            owner_access_key=self.owner_access_key,
+            owner_user_id=self.owner_user_id,
+            domain=self.domain,
+            group=self.group,
+            reason=reason,
+            result=result,
+        )
+
+    def enqueued(self, reason: str = "") -> KernelEvent:
+        return self.event("kernel_enqueued", reason=reason)
+
+    def preparing(self, reason: str = "") -> KernelEvent:
+        return self.event("kernel_preparing", reason=reason)
+
+    def pulling(self, reason: str = "") -> KernelEvent:
+        return self.event("kernel_pulling", reason=reason)
+
+    def creating(self, reason: str = "") -> KernelEvent:
+        return self.event("kernel_creating", reason=reason)
+
+    def started(self, reason: str = "") -> KernelEvent:
+        return self.event("kernel_started", reason=reason)
+
+    def terminating(self, reason: str = "") -> KernelEvent:
+        return self.event("kernel_terminating", reason=reason)
+
+    def terminated(self, reason: str = "", result: Result = "UNDEFINED") -> KernelEvent:
+        return self.event("kernel_terminated", reason=reason, result=result)
+
+    def cancelled(self, reason: str = "") -> KernelEvent:
+        return self.event("kernel_cancelled", reason=reason)
+
+    def success(self, reason: str = "") -> KernelEvent:
+        return self.event("kernel_success", reason=reason)
+
+    def failure(self, reason: str = "") -> KernelEvent:
+        return self.event("kernel_failure", reason=reason)

@@ -1,0 +1,8 @@
+"""The tests' real redis-server: the same launcher the demo and the bench use."""
+
+from __future__ import annotations
+
+from gateway.localredis import PrivateRedis as RedisServer
+from gateway.localredis import free_port
+
+__all__ = ["RedisServer", "free_port"]
