@@ -1,0 +1,348 @@
+"""``kev-publish``: publish one kernel lifecycle event, or run the lifecycle simulator.
+
+    kev-publish emit --name kernel_started --session-id mysession-01 \\
+        --owner-access-key AKIANABBDUSEREXAMPLE --owner-user-id user@lablup.com
+    kev-publish demo --rate 200 --sessions 50 --duration 60 --seed 7
+
+This is the edge: the only place that reads the environment (``KEV_REDIS_URL``,
+``KEV_PREFIX``) and prints. Exit codes: 0 done (a demo ended by Ctrl-C or SIGTERM included),
+1 Redis failed, 2 invalid arguments (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import random
+import signal
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Final, NoReturn, TextIO, cast
+
+import redis
+
+from .client import DEFAULT_MAXLEN, AsyncPublisher, SyncPublisher
+from .connection import RedisURLError, check_url, connect_async, connect_sync
+from .demo import DEFAULT_TICK, DemoStats, LifecycleDemo
+from .keys import DEFAULT_PREFIX, Keys
+from .schema import EVENT_NAMES, RESULTS, EventName, InvalidEvent, KernelEvent, Result
+
+__all__ = ["main"]
+
+PROG: Final = "kev-publish"
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
+# A CLI should fail in seconds, not hang, when Redis is unreachable or stalled.
+_REDIS_OPTIONS: Final = {"socket_connect_timeout": 5.0, "socket_timeout": 10.0}
+
+
+class _UsageError(Exception):
+    """An argument that parses but is not valid; exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage block: the message names the flag; --help has the rest.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _seconds(positive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            kind = "positive" if positive else "non-negative"
+            raise argparse.ArgumentTypeError(f"must be a finite {kind} number, got {text!r}")
+        return value
+
+    return parse
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+
+
+def _redis_url(text: str) -> str:
+    try:
+        return check_url(text)
+    except RedisURLError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _prefix(text: str) -> str:
+    try:
+        return Keys(text).prefix
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The parser; defaults of the common options come from ``environ``."""
+    common = _Parser(add_help=False)
+    group = common.add_argument_group("redis")
+    # argparse runs string defaults through `type`, so a bad KEV_* value is reported too.
+    group.add_argument(
+        "--redis-url",
+        type=_redis_url,
+        default=environ.get("KEV_REDIS_URL", DEFAULT_REDIS_URL),
+        help="redis://, rediss://, unix:// or redis+sentinel:// URL "
+        "(env KEV_REDIS_URL; default %(default)s)",
+    )
+    group.add_argument(
+        "--prefix",
+        type=_prefix,
+        default=environ.get("KEV_PREFIX", DEFAULT_PREFIX),
+        help="key prefix shared with the gateway (env KEV_PREFIX; default %(default)s)",
+    )
+    group.add_argument(
+        "--maxlen",
+        type=_positive_int,
+        default=DEFAULT_MAXLEN,
+        help="approximate bound of the history stream (default %(default)s)",
+    )
+
+    parser = _Parser(prog=PROG, description="Publish Backend.AI kernel lifecycle events to Redis.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    emit = commands.add_parser(
+        "emit", parents=[common], help="publish one event and print its stream id"
+    )
+    emit.add_argument("--name", required=True, help="event name, e.g. kernel_started")
+    emit.add_argument("--session-id", required=True, help="session name (a slug)")
+    emit.add_argument("--owner-access-key", required=True)
+    emit.add_argument("--owner-user-id", required=True)
+    emit.add_argument("--domain", default="default", help="domain name (default %(default)s)")
+    emit.add_argument("--group", default="default", help="group name (default %(default)s)")
+    emit.add_argument("--reason", default="")
+    emit.add_argument(
+        "--result",
+        help="kernel_terminated only: UNDEFINED, SUCCESS or FAILURE (default UNDEFINED there)",
+    )
+    emit.add_argument("--session-uuid", type=_uuid, help="default: a new random UUID")
+    emit.add_argument("--kernel-id", type=_uuid, help="default: a new random UUID")
+
+    demo = commands.add_parser(
+        "demo", parents=[common], help="simulate many session lifecycles at a steady rate"
+    )
+    demo.add_argument(
+        "--rate", type=_seconds(positive=True), default=20.0, help="events per second"
+    )
+    demo.add_argument(
+        "--sessions", type=_positive_int, default=30, help="lifecycles in flight at once"
+    )
+    demo.add_argument(
+        "--duration", type=_seconds(positive=False), help="stop after this many seconds"
+    )
+    demo.add_argument("--count", type=_count, help="stop after this many events")
+    demo.add_argument("--seed", type=int, help="seed of the simulation (default: random)")
+    demo.add_argument(
+        "--tick",
+        type=_seconds(positive=True),
+        default=DEFAULT_TICK,
+        help="seconds between two batches (default %(default)s)",
+    )
+    return parser
+
+
+def _event(args: argparse.Namespace) -> KernelEvent:
+    if args.name not in EVENT_NAMES:
+        raise _UsageError(
+            f"--name: unknown event name {args.name!r} (one of {', '.join(sorted(EVENT_NAMES))})"
+        )
+    result = args.result
+    if result is None and args.name == "kernel_terminated":
+        result = "UNDEFINED"
+    if result is not None and result not in RESULTS:
+        raise _UsageError(f"--result: {result!r} is not one of {', '.join(sorted(RESULTS))}")
+    try:
+        return KernelEvent(
+            name=cast(EventName, args.name),
+            session_id=args.session_id,
+            session_uuid=args.session_uuid or uuid.uuid4(),
+            kernel_id=args.kernel_id or uuid.uuid4(),
+            owner_access_key=args.owner_access_key,
+            owner_user_id=args.owner_user_id,
+            domain=args.domain,
+            group=args.group,
+            reason=args.reason,
+            result=cast(Result | None, result),
+        )
+    except InvalidEvent as exc:
+        # The schema's messages start with the field name; say it as the flag.
+        field, _, detail = str(exc).partition(": ")
+        raise _UsageError(f"--{field.replace('_', '-')}: {detail}") from exc
+
+
+def _emit(args: argparse.Namespace, out: TextIO) -> int:
+    event = _event(args)
+    client = connect_sync(args.redis_url, **_REDIS_OPTIONS)
+    with SyncPublisher(client, prefix=args.prefix, maxlen=args.maxlen, owns_client=True) as pub:
+        stream_id = pub.publish(event)
+    print(stream_id, file=out)
+    return 0
+
+
+class _Progress:
+    """The demo's progress line on stderr: redrawn in place on a terminal (at most as often
+    as the demo reports, a few times a second); elsewhere (logs) a line every few seconds."""
+
+    def __init__(self, err: TextIO, log_interval: float = 5.0) -> None:
+        self._err = err
+        self._tty = err.isatty()
+        self._log_interval = log_interval
+        self._last_log = -math.inf
+        self._drawn = False
+
+    def __call__(self, stats: DemoStats) -> None:
+        line = (
+            f"demo: {stats.published:,} events, {stats.rate:,.0f}/s, "
+            f"{stats.active_sessions} sessions in flight, {stats.sessions_finished:,} finished, "
+            f"{stats.elapsed:.1f} s"
+        )
+        if self._tty:
+            self._err.write(f"\r{line}\x1b[K")
+            self._drawn = True
+        elif stats.elapsed - self._last_log >= self._log_interval:
+            self._err.write(f"{line}\n")
+            self._last_log = stats.elapsed
+        self._err.flush()
+
+    def close(self) -> None:
+        if self._drawn:
+            self._err.write("\n")
+            self._err.flush()
+            self._drawn = False
+
+
+def _summary(stats: DemoStats, history: str, interrupted: bool) -> str:
+    head = "interrupted; " if interrupted else ""
+    lines = [
+        f"{head}published {stats.published:,} events in {stats.elapsed:.2f} s "
+        f"({stats.rate:,.1f}/s) to {history}; sessions: {stats.sessions_started:,} started, "
+        f"{stats.sessions_finished:,} finished, {stats.active_sessions:,} in flight",
+        "  " + ", ".join(f"{name} {n:,}" for name, n in sorted(stats.by_name.items())),
+    ]
+    if stats.behind:
+        lines.append(f"  {stats.behind:,} due events not sent: Redis could not keep up with --rate")
+    return "\n".join(lines)
+
+
+class _Interrupts:
+    """SIGINT/SIGTERM during the demo: the first stops it after the batch in flight, a
+    second one cancels it outright."""
+
+    def __init__(self, demo: LifecycleDemo, task: asyncio.Task[object]) -> None:
+        self._demo = demo
+        self._task = task
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+        if self.count == 1:
+            self._demo.stop()
+        else:
+            self._task.cancel()
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        done: list[signal.Signals] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue  # not the main thread, or no signals here: Ctrl-C stays fatal
+            done.append(sig)
+        try:
+            yield
+        finally:
+            for sig in done:
+                loop.remove_signal_handler(sig)
+
+
+async def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    progress = _Progress(err)
+    client = connect_async(args.redis_url, **_REDIS_OPTIONS)
+    async with AsyncPublisher(
+        client, prefix=args.prefix, maxlen=args.maxlen, owns_client=True
+    ) as publisher:
+        demo = LifecycleDemo(
+            publisher,
+            rate=args.rate,
+            sessions=args.sessions,
+            rng=random.Random(args.seed),
+            duration=args.duration,
+            max_events=args.count,
+            tick=args.tick,
+            progress=progress,
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        interrupts = _Interrupts(demo, task)
+        code = 0
+        try:
+            with interrupts.installed():
+                stats = await demo.run()
+        except asyncio.CancelledError:
+            if interrupts.count < 2:
+                raise
+            task.uncancel()  # our own cancel (second Ctrl-C), handled here
+            stats = demo.stats()
+        except redis.RedisError as exc:
+            progress.close()
+            print(f"{PROG} demo: error: redis: {exc}", file=err)
+            stats, code = demo.stats(), 1
+        progress.close()
+        print(_summary(stats, publisher.keys.history, interrupts.count > 0), file=out)
+        return code
+
+
+def main(argv: list[str] | None = None, *, environ: Mapping[str, str] | None = None) -> int:
+    """Run ``kev-publish``; returns the exit code."""
+    env = os.environ if environ is None else environ
+    try:
+        args = build_parser(env).parse_args(argv)
+    except SystemExit as exc:  # --help, or an argparse error already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        if args.command == "emit":
+            return _emit(args, sys.stdout)
+        return asyncio.run(_demo(args, sys.stdout, sys.stderr))
+    except _UsageError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        print(f"{PROG} {args.command}: error: redis: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
