@@ -1,0 +1,308 @@
+"""``gateway keypair|user|group|import``: manage the identities in Redis.
+
+Mounted by the gateway CLI with :func:`register`. Every leaf command sets ``func=run`` (an
+``async (args) -> int``) and ``handler`` (an ``async (store, args) -> int``); :func:`run` opens
+Redis from ``args.redis_url`` / ``args.prefix``, calls the handler and closes the client. The
+store it builds does not cache, so every command reads what Redis holds now.
+Errors print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import secrets
+import string
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import redis
+
+from gateway.identity import (
+    ROLES,
+    Group,
+    IdentityError,
+    IdentityStore,
+    Keypair,
+    User,
+    hash_password,
+)
+from publisher.connection import connect_async
+from publisher.keys import DEFAULT_PREFIX, Keys
+
+__all__ = ["generate_access_key", "generate_secret_key", "register", "run"]
+
+Handler = Callable[[IdentityStore, argparse.Namespace], Awaitable[int]]
+
+_UPPER_ALNUM: Final = string.ascii_uppercase + string.digits
+_ALNUM: Final = string.ascii_letters + string.digits
+_PROMPT: Final = object()
+
+
+class _UsageError(Exception):
+    """A command-line mistake that is not about the stored data."""
+
+
+def generate_access_key() -> str:
+    """``AKIA`` + 16 random upper-case letters and digits, Backend.AI style."""
+    return "AKIA" + "".join(secrets.choice(_UPPER_ALNUM) for _ in range(16))
+
+
+def generate_secret_key() -> str:
+    """40 random letters and digits (~238 bits)."""
+    return "".join(secrets.choice(_ALNUM) for _ in range(40))
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run the chosen management command against Redis; 0 on success, 2 on any error."""
+    try:
+        keys = Keys(getattr(args, "prefix", None) or DEFAULT_PREFIX)
+        client = connect_async(args.redis_url)
+    except ValueError as exc:  # bad prefix or Redis URL
+        return _fail(str(exc))
+    try:
+        handler: Handler = args.handler
+        return await handler(IdentityStore(client, keys, cache_ttl=0), args)
+    except (IdentityError, _UsageError) as exc:
+        return _fail(str(exc))
+    except redis.RedisError as exc:
+        return _fail(f"Redis at {args.redis_url}: {exc}")
+    finally:
+        await client.aclose()
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def _emit(args: argparse.Namespace, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Rows as JSON lines with ``--json``, else a plain aligned table."""
+    if args.json:
+        for row in rows:
+            print(msgspec.json.encode(dict(zip(columns, row, strict=True))).decode())
+        return
+    cells = [[str(c) for c in columns], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _done(args: argparse.Namespace, message: str, **fields: Any) -> int:
+    print(msgspec.json.encode(fields).decode() if args.json else message)
+    return 0
+
+
+# -- keypair ------------------------------------------------------------------------------------
+
+
+async def _keypair_add(store: IdentityStore, args: argparse.Namespace) -> int:
+    keypair = Keypair(
+        args.access_key or generate_access_key(),
+        args.secret_key or generate_secret_key(),
+        args.user,
+        not args.inactive,
+    )
+    await store.add_keypair(keypair)
+    # The only time the secret is shown: Redis keeps it, nothing prints it again.
+    if args.json:
+        return _done(
+            args,
+            "",
+            access_key=keypair.access_key,
+            secret_key=keypair.secret_key,
+            user_id=keypair.user_id,
+            active=keypair.active,
+        )
+    print(f"access key: {keypair.access_key}")
+    print(f"secret key: {keypair.secret_key}")
+    print("(the secret key is not shown again)", file=sys.stderr)
+    return 0
+
+
+async def _keypair_list(store: IdentityStore, args: argparse.Namespace) -> int:
+    keypairs = await store.list_keypairs(args.user)
+    _emit(
+        args,
+        ("access_key", "user_id", "active"),
+        [(kp.access_key, kp.user_id, kp.active) for kp in keypairs],
+    )
+    return 0
+
+
+async def _keypair_remove(store: IdentityStore, args: argparse.Namespace) -> int:
+    await store.remove_keypair(args.access_key)
+    return _done(args, f"removed keypair {args.access_key}", removed=args.access_key)
+
+
+async def _keypair_activate(store: IdentityStore, args: argparse.Namespace) -> int:
+    await store.set_keypair_active(args.access_key, args.active)
+    state = "activated" if args.active else "deactivated"
+    return _done(
+        args, f"{state} keypair {args.access_key}", access_key=args.access_key, active=args.active
+    )
+
+
+# -- user ---------------------------------------------------------------------------------------
+
+
+async def _user_add(store: IdentityStore, args: argparse.Namespace) -> int:
+    password: str | None = args.password
+    if args.password is _PROMPT:
+        password = getpass.getpass(f"password for {args.user_id}: ")
+        if password != getpass.getpass("again: "):
+            raise _UsageError("the passwords differ")
+    if password is not None and not password:
+        raise _UsageError("the password must not be empty")
+    password_hash = hash_password(password) if password is not None else ""
+    await store.add_user(User(args.user_id, args.role, args.domain, password_hash))
+    return _done(
+        args,
+        f"added user {args.user_id} ({args.role} in {args.domain})",
+        user_id=args.user_id,
+        role=args.role,
+        domain=args.domain,
+    )
+
+
+async def _user_list(store: IdentityStore, args: argparse.Namespace) -> int:
+    users = await store.list_users(args.domain)
+    _emit(
+        args,
+        ("user_id", "role", "domain", "password"),
+        [(u.user_id, u.role, u.domain, bool(u.password_hash)) for u in users],
+    )
+    return 0
+
+
+async def _user_remove(store: IdentityStore, args: argparse.Namespace) -> int:
+    await store.remove_user(args.user_id, cascade=args.cascade)
+    return _done(args, f"removed user {args.user_id}", removed=args.user_id)
+
+
+# -- group --------------------------------------------------------------------------------------
+
+
+async def _group_add(store: IdentityStore, args: argparse.Namespace) -> int:
+    await store.add_group(Group(args.domain, args.name))
+    return _done(
+        args, f"added group {args.name} in {args.domain}", domain=args.domain, name=args.name
+    )
+
+
+async def _group_list(store: IdentityStore, args: argparse.Namespace) -> int:
+    groups = await store.list_groups(args.domain)
+    _emit(args, ("domain", "name"), [(g.domain, g.name) for g in groups])
+    return 0
+
+
+async def _group_remove(store: IdentityStore, args: argparse.Namespace) -> int:
+    await store.remove_group(args.name, args.domain)
+    return _done(
+        args, f"removed group {args.name} from {args.domain}", domain=args.domain, name=args.name
+    )
+
+
+# -- import -------------------------------------------------------------------------------------
+
+
+async def _import(store: IdentityStore, args: argparse.Namespace) -> int:
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        raise _UsageError(f"cannot read {args.file}: {exc.strerror}") from exc
+    try:
+        doc = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise _UsageError(f"{args.file} is not valid JSON: {exc}") from exc
+    summary = await store.import_data(doc)
+    return _done(
+        args,
+        f"imported {summary.users} users, {summary.keypairs} keypairs, {summary.groups} groups",
+        users=summary.users,
+        keypairs=summary.keypairs,
+        groups=summary.groups,
+    )
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    *,
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> None:
+    """Add ``keypair``, ``user``, ``group`` and ``import`` to the gateway CLI.
+
+    ``parents`` (e.g. one holding ``--redis-url`` and ``--prefix``) are added to every leaf
+    command, so those options go after it: ``gateway keypair list --redis-url ...``.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON lines")
+
+    def leaf(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        handler: Handler,
+        help_text: str,
+    ) -> argparse.ArgumentParser:
+        parser = parent.add_parser(
+            name, parents=[*parents, common], help=help_text, description=help_text
+        )
+        parser.set_defaults(func=run, handler=handler)
+        return parser
+
+    keypair = subparsers.add_parser("keypair", help="manage API keypairs")
+    kp = keypair.add_subparsers(dest="keypair_command", required=True, metavar="COMMAND")
+    p = leaf(kp, "add", _keypair_add, "add a keypair; prints its secret key once")
+    p.add_argument("--user", required=True, help="the user id the keypair belongs to")
+    p.add_argument("--access-key", help="default: AKIA + 16 random characters")
+    p.add_argument("--secret-key", help="default: 40 random characters")
+    p.add_argument("--inactive", action="store_true", help="add it deactivated")
+    p = leaf(kp, "list", _keypair_list, "list keypairs (never their secrets)")
+    p.add_argument("--user", help="only this user's")
+    leaf(kp, "remove", _keypair_remove, "remove a keypair").add_argument("access_key")
+    for name, active in (("activate", True), ("deactivate", False)):
+        p = leaf(kp, name, _keypair_activate, f"{name} a keypair")
+        p.add_argument("access_key")
+        p.set_defaults(active=active)
+
+    user = subparsers.add_parser("user", help="manage users")
+    us = user.add_subparsers(dest="user_command", required=True, metavar="COMMAND")
+    p = leaf(us, "add", _user_add, "add a user")
+    p.add_argument("user_id")
+    p.add_argument("--role", required=True, choices=sorted(ROLES))
+    p.add_argument("--domain", required=True)
+    p.add_argument(
+        "--password",
+        nargs="?",
+        const=_PROMPT,
+        help="browser login password; without a value it is prompted for",
+    )
+    p = leaf(us, "list", _user_list, "list users")
+    p.add_argument("--domain", help="only this domain's")
+    p = leaf(us, "remove", _user_remove, "remove a user")
+    p.add_argument("user_id")
+    p.add_argument("--cascade", action="store_true", help="remove its keypairs too")
+
+    group = subparsers.add_parser("group", help="manage groups")
+    gr = group.add_subparsers(dest="group_command", required=True, metavar="COMMAND")
+    for name, handler, help_text in (
+        ("add", _group_add, "add a group"),
+        ("remove", _group_remove, "remove a group"),
+    ):
+        p = leaf(gr, name, handler, help_text)
+        p.add_argument("name")
+        p.add_argument("--domain", required=True)
+    p = leaf(gr, "list", _group_list, "list groups")
+    p.add_argument("--domain", help="only this domain's")
+
+    p = leaf(subparsers, "import", _import, "load users, keypairs and groups from a JSON file")
+    p.add_argument("file", help='{"users": [...], "keypairs": [...], "groups": [...]}; - = stdin')

@@ -1,0 +1,626 @@
+"""Who may call the gateway: keypairs, users and groups, stored in Redis and cached briefly.
+
+Redis layout (names from :class:`publisher.keys.Keys`, all values strings):
+
+* ``keypair(ak)`` hash ``access_key secret_key user_id active(1|0)``; set ``keypairs`` lists them
+* ``user(uid)`` hash ``user_id role domain [password_hash]``; set ``users`` lists them
+* ``group(domain, name)`` hash ``domain name``; set ``groups`` holds ``<domain>:<name>``
+
+Every replica caches reads (hits and misses) for ``cache_ttl`` seconds. That is the bound on how
+long a change made elsewhere takes to be seen: a removed or deactivated keypair keeps
+authenticating on other replicas for at most ``cache_ttl`` seconds, and a new group may be 404
+there for as long. Management calls through a store clear that store's own cache at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import time
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from enum import Enum
+from typing import Any, Final, Generic, Literal, TypeVar, cast, get_args
+
+import msgspec
+import redis.asyncio as aredis
+
+from publisher.keys import Keys
+
+__all__ = [
+    "ROLES",
+    "Group",
+    "Identity",
+    "IdentityError",
+    "IdentityStore",
+    "ImportSummary",
+    "Keypair",
+    "Role",
+    "UnknownIdentityError",
+    "User",
+    "hash_password",
+    "verify_password",
+]
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["user", "admin", "superadmin", "monitor"]
+"""``admin`` is a domain admin; ``monitor`` sees everything, read only."""
+ROLES: Final[frozenset[str]] = frozenset(get_args(Role))
+
+MAX_NAME_LEN: Final = 128
+MIN_SECRET_LEN: Final = 16
+MAX_SECRET_LEN: Final = 256
+
+
+class IdentityError(ValueError):
+    """An identity that is invalid, conflicts with a stored one, or is missing; names the value."""
+
+
+class UnknownIdentityError(IdentityError, LookupError):
+    """A management call named a keypair, user or group that is not stored."""
+
+
+class Keypair(msgspec.Struct, frozen=True):
+    access_key: str
+    secret_key: str
+    user_id: str
+    active: bool = True
+
+    def __repr__(self) -> str:  # the secret must never reach a log line or a traceback
+        return (
+            f"Keypair(access_key={self.access_key!r}, secret_key='***', "
+            f"user_id={self.user_id!r}, active={self.active!r})"
+        )
+
+
+class User(msgspec.Struct, frozen=True):
+    user_id: str
+    role: Role
+    domain: str
+    password_hash: str = ""
+
+    def __repr__(self) -> str:
+        return f"User(user_id={self.user_id!r}, role={self.role!r}, domain={self.domain!r})"
+
+
+class Group(msgspec.Struct, frozen=True):
+    domain: str
+    name: str
+
+
+class Identity(msgspec.Struct, frozen=True):
+    """Who is calling: what the stream endpoint filters by."""
+
+    access_key: str
+    user_id: str
+    role: Role
+    domain: str
+
+
+class ImportSummary(msgspec.Struct, frozen=True):
+    users: int
+    keypairs: int
+    groups: int
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def _check_name(what: str, value: str, *, forbid: str = "", ascii_only: bool = False) -> str:
+    if not value:
+        raise IdentityError(f"{what} must not be empty")
+    if len(value) > MAX_NAME_LEN:
+        raise IdentityError(f"{what} {value[:40]!r}... is longer than {MAX_NAME_LEN} characters")
+    for ch in value:
+        # C*: control, format (zero-width), surrogate, private, unassigned; Z*: any space
+        if unicodedata.category(ch)[0] in "CZ":
+            raise IdentityError(f"{what} {value!r} contains whitespace or a control character")
+        if ch in forbid:
+            raise IdentityError(f"{what} {value!r} must not contain {ch!r}")
+        if ascii_only and not ch.isascii():
+            raise IdentityError(f"{what} {value!r} must be ASCII")
+    return value
+
+
+def check_access_key(value: str) -> str:
+    # It travels in ``credential=<ak>:<sig>`` of an HTTP header, so ASCII and none of ``:,=``.
+    return _check_name("access key", value, forbid=":,=", ascii_only=True)
+
+
+def _check_secret(value: str) -> None:
+    # Never echo the value: it is the secret.
+    if not MIN_SECRET_LEN <= len(value) <= MAX_SECRET_LEN:
+        raise IdentityError(
+            f"secret key must be {MIN_SECRET_LEN}-{MAX_SECRET_LEN} characters, not {len(value)}"
+        )
+    if not (value.isascii() and value.isprintable()) or any(c.isspace() for c in value):
+        raise IdentityError("secret key must be printable ASCII without whitespace")
+
+
+def _check_domain(value: str) -> str:
+    # ``:`` separates domain and name in the groups set and the group key.
+    return _check_name("domain", value, forbid=":")
+
+
+def _check_keypair(kp: Keypair) -> None:
+    check_access_key(kp.access_key)
+    _check_secret(kp.secret_key)
+    _check_name("user id", kp.user_id)
+
+
+def _check_user(user: User) -> None:
+    _check_name("user id", user.user_id)
+    if user.role not in ROLES:
+        raise IdentityError(f"role {user.role!r} is not one of {', '.join(sorted(ROLES))}")
+    _check_domain(user.domain)
+
+
+def _check_group(group: Group) -> None:
+    _check_domain(group.domain)
+    _check_name("group name", group.name)
+
+
+# -- passwords ----------------------------------------------------------------------------------
+
+_SCRYPT_N: Final = 2**14
+_SCRYPT_R: Final = 8
+_SCRYPT_P: Final = 1
+_SCRYPT_MAX_MEM: Final = 2**26  # a stored hash must not make a login allocate unbounded memory
+
+
+def hash_password(password: str) -> str:
+    """``scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>`` with a random 16-byte salt."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+    b64 = base64.b64encode
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, password_hash: str) -> bool:
+    """Constant-time check against :func:`hash_password` output; False if the hash is malformed."""
+    try:
+        scheme, n_s, r_s, p_s, salt_s, digest_s = password_hash.split("$")
+        n, r, p = int(n_s), int(r_s), int(p_s)
+        salt = base64.b64decode(salt_s, validate=True)
+        expected = base64.b64decode(digest_s, validate=True)
+        if scheme != "scrypt" or not (
+            16 <= len(expected) <= 64 and 1 < n and 0 < r and 0 < p <= 16
+        ):
+            return False
+        if 128 * n * r > _SCRYPT_MAX_MEM:
+            return False
+        actual = hashlib.scrypt(
+            password.encode(),
+            salt=salt,
+            n=n,
+            r=r,
+            p=p,
+            dklen=len(expected),
+            maxmem=2 * _SCRYPT_MAX_MEM,
+        )
+    except ValueError:  # bad split, number, base64, or scrypt parameters (n not a power of 2)
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+# -- cache --------------------------------------------------------------------------------------
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class _Miss(Enum):
+    MISS = 0
+
+
+class _TTLCache(Generic[_K, _V]):
+    """Hits and misses (None) for ``ttl`` seconds; at most ``size`` entries, oldest out first."""
+
+    def __init__(self, ttl: float, size: int, clock: Callable[[], float]) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._clock = clock
+        self._entries: OrderedDict[_K, tuple[float, _V | None]] = OrderedDict()
+
+    def get(self, key: _K) -> _V | Literal[_Miss.MISS] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return _Miss.MISS
+        if self._clock() >= entry[0]:
+            del self._entries[key]
+            return _Miss.MISS
+        return entry[1]
+
+    def put(self, key: _K, value: _V | None) -> None:
+        if self._ttl <= 0 or self._size <= 0:
+            return
+        self._entries.pop(key, None)
+        self._entries[key] = (self._clock() + self._ttl, value)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+# -- import document ----------------------------------------------------------------------------
+
+
+class _UserEntry(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: str
+    role: Role
+    domain: str
+    password: str | None = None
+    password_hash: str | None = None
+
+
+class _KeypairEntry(msgspec.Struct, forbid_unknown_fields=True):
+    access_key: str
+    secret_key: str
+    user_id: str
+    active: bool = True
+
+
+class _GroupEntry(msgspec.Struct, forbid_unknown_fields=True):
+    domain: str
+    name: str
+
+
+class _ImportDoc(msgspec.Struct, forbid_unknown_fields=True):
+    users: list[_UserEntry] = msgspec.field(default_factory=list)
+    keypairs: list[_KeypairEntry] = msgspec.field(default_factory=list)
+    groups: list[_GroupEntry] = msgspec.field(default_factory=list)
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(raw: Mapping[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _glob_escape(value: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in value)
+
+
+class IdentityStore:
+    """Reads (cached) and management (uncached, clears the local cache) of the identity data."""
+
+    def __init__(
+        self,
+        redis: aredis.Redis,
+        keys: Keys,
+        *,
+        cache_ttl: float = 5.0,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._keypairs: _TTLCache[str, Keypair] = _TTLCache(cache_ttl, cache_size, clock)
+        self._users: _TTLCache[str, User] = _TTLCache(cache_ttl, cache_size, clock)
+        self._groups: _TTLCache[tuple[str | None, str], bool] = _TTLCache(
+            cache_ttl, cache_size, clock
+        )
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    def clear_cache(self) -> None:
+        self._keypairs.clear()
+        self._users.clear()
+        self._groups.clear()
+
+    # reads -------------------------------------------------------------------------------------
+
+    async def get_keypair(self, access_key: str) -> Keypair | None:
+        cached = self._keypairs.get(access_key)
+        if cached is not _Miss.MISS:
+            return cached
+        keypair = self._keypair_from(
+            access_key, await self._redis.hgetall(self._keys.keypair(access_key))
+        )
+        self._keypairs.put(access_key, keypair)
+        return keypair
+
+    async def get_user(self, user_id: str) -> User | None:
+        cached = self._users.get(user_id)
+        if cached is not _Miss.MISS:
+            return cached
+        user = self._user_from(user_id, await self._redis.hgetall(self._keys.user(user_id)))
+        self._users.put(user_id, user)
+        return user
+
+    async def resolve(self, access_key: str) -> tuple[Keypair, Identity] | None:
+        """The keypair and who it speaks for; None if the key or its user is unknown.
+
+        An inactive keypair still resolves, so the caller can say "inactive" rather than "unknown".
+        """
+        keypair = await self.get_keypair(access_key)
+        if keypair is None:
+            return None
+        user = await self.get_user(keypair.user_id)
+        if user is None:
+            logger.warning("keypair %r belongs to unknown user %r", access_key, keypair.user_id)
+            return None
+        return keypair, Identity(access_key, user.user_id, user.role, user.domain)
+
+    async def group_exists(self, name: str, domain: str | None) -> bool:
+        """Whether group ``name`` exists in ``domain``, or in any domain when ``domain`` is None."""
+        cache_key = (domain, name)
+        cached = self._groups.get(cache_key)
+        if cached is not _Miss.MISS:
+            return bool(cached)
+        if domain is not None:
+            found = bool(await self._redis.exists(self._keys.group(domain, name)))
+        else:
+            found = False
+            async for member in self._redis.sscan_iter(
+                self._keys.groups, match="*:" + _glob_escape(name), count=1000
+            ):
+                if _text(member).partition(":")[2] == name:
+                    found = True
+                    break
+        self._groups.put(cache_key, found)
+        return found
+
+    # keypairs ----------------------------------------------------------------------------------
+
+    async def add_keypair(self, keypair: Keypair, *, replace: bool = False) -> None:
+        """Store ``keypair``; its user must exist. Raises :class:`IdentityError` if it exists."""
+        _check_keypair(keypair)
+        kp_key = self._keys.keypair(keypair.access_key)
+        user_key = self._keys.user(keypair.user_id)
+
+        async def tx(pipe: Any) -> None:
+            if not await pipe.exists(user_key):
+                raise UnknownIdentityError(f"user {keypair.user_id!r} does not exist")
+            if not replace and await pipe.exists(kp_key):
+                raise IdentityError(f"keypair {keypair.access_key!r} already exists")
+            pipe.multi()
+            self._queue_keypair(pipe, keypair)
+
+        await self._redis.transaction(tx, kp_key, user_key)
+        self.clear_cache()
+
+    async def remove_keypair(self, access_key: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._keys.keypair(access_key))
+            pipe.srem(self._keys.keypairs, access_key)
+            deleted, _ = await pipe.execute()
+        self.clear_cache()
+        if not deleted:
+            raise UnknownIdentityError(f"keypair {access_key!r} does not exist")
+
+    async def set_keypair_active(self, access_key: str, active: bool) -> None:
+        kp_key = self._keys.keypair(access_key)
+
+        async def tx(pipe: Any) -> None:
+            if not await pipe.exists(kp_key):
+                raise UnknownIdentityError(f"keypair {access_key!r} does not exist")
+            pipe.multi()
+            pipe.hset(kp_key, "active", "1" if active else "0")
+
+        await self._redis.transaction(tx, kp_key)
+        self.clear_cache()
+
+    async def list_keypairs(self, user_id: str | None = None) -> list[Keypair]:
+        keypairs = [
+            kp
+            for ak, raw in await self._hashes(self._keys.keypairs, self._keys.keypair)
+            if (kp := self._keypair_from(ak, raw)) is not None
+        ]
+        return [kp for kp in keypairs if user_id is None or kp.user_id == user_id]
+
+    # users -------------------------------------------------------------------------------------
+
+    async def add_user(self, user: User, *, replace: bool = False) -> None:
+        _check_user(user)
+        user_key = self._keys.user(user.user_id)
+
+        async def tx(pipe: Any) -> None:
+            if not replace and await pipe.exists(user_key):
+                raise IdentityError(f"user {user.user_id!r} already exists")
+            pipe.multi()
+            self._queue_user(pipe, user)
+
+        await self._redis.transaction(tx, user_key)
+        self.clear_cache()
+
+    async def remove_user(self, user_id: str, *, cascade: bool = False) -> None:
+        """Remove a user; its keypairs too with ``cascade``, else refuse while it has any."""
+        user_key = self._keys.user(user_id)
+
+        async def tx(pipe: Any) -> None:
+            if not await pipe.exists(user_key):
+                raise UnknownIdentityError(f"user {user_id!r} does not exist")
+            owned = [kp.access_key for kp in await self.list_keypairs(user_id)]
+            if owned and not cascade:
+                raise IdentityError(
+                    f"user {user_id!r} still has keypairs {', '.join(sorted(owned))}: "
+                    "remove them first, or remove the user with its keypairs"
+                )
+            pipe.multi()
+            for ak in owned:
+                pipe.delete(self._keys.keypair(ak))
+                pipe.srem(self._keys.keypairs, ak)
+            pipe.delete(user_key)
+            pipe.srem(self._keys.users, user_id)
+
+        # Watching the keypairs set makes a keypair added meanwhile restart the check.
+        await self._redis.transaction(tx, user_key, self._keys.keypairs)
+        self.clear_cache()
+
+    async def list_users(self, domain: str | None = None) -> list[User]:
+        users = [
+            user
+            for uid, raw in await self._hashes(self._keys.users, self._keys.user)
+            if (user := self._user_from(uid, raw)) is not None
+        ]
+        return [u for u in users if domain is None or u.domain == domain]
+
+    # groups ------------------------------------------------------------------------------------
+
+    async def add_group(self, group: Group) -> None:
+        _check_group(group)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.exists(self._keys.group(group.domain, group.name))
+            self._queue_group(pipe, group)
+            existed, *_ = await pipe.execute()
+        self.clear_cache()
+        if existed:
+            raise IdentityError(f"group {group.name!r} already exists in domain {group.domain!r}")
+
+    async def remove_group(self, name: str, domain: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._keys.group(domain, name))
+            pipe.srem(self._keys.groups, f"{domain}:{name}")
+            deleted, _ = await pipe.execute()
+        self.clear_cache()
+        if not deleted:
+            raise UnknownIdentityError(f"group {name!r} does not exist in domain {domain!r}")
+
+    async def list_groups(self, domain: str | None = None) -> list[Group]:
+        groups = []
+        async for member in self._redis.sscan_iter(self._keys.groups, count=1000):
+            group_domain, _, name = _text(member).partition(":")
+            if domain is None or group_domain == domain:
+                groups.append(Group(group_domain, name))
+        return sorted(groups, key=lambda g: (g.domain, g.name))
+
+    # import ------------------------------------------------------------------------------------
+
+    async def import_data(self, doc: object) -> ImportSummary:
+        """Load ``{"users": [...], "keypairs": [...], "groups": [...]}``, replacing what it names.
+
+        All of it is checked before anything is written, then written in one transaction, so a
+        bad entry changes nothing; importing the same document twice gives the same data. A
+        user entry may carry ``password`` (hashed here) or ``password_hash``; without either, a
+        stored user keeps its password.
+        """
+        try:
+            parsed = msgspec.convert(doc, _ImportDoc)
+        except msgspec.ValidationError as exc:
+            raise IdentityError(f"import: {exc}") from exc
+        users: dict[str, tuple[User, bool]] = {}
+        for i, u in enumerate(parsed.users):
+            where = f"import: users[{i}] ({u.user_id!r})"
+            if u.password is not None and u.password_hash is not None:
+                raise IdentityError(f"{where}: give password or password_hash, not both")
+            pw_hash = u.password_hash or ""
+            if u.password is not None:
+                pw_hash = hash_password(u.password)
+            user = User(u.user_id, u.role, u.domain, pw_hash)
+            self._checked(where, _check_user, user, u.user_id in users)
+            users[u.user_id] = (user, u.password is not None or u.password_hash is not None)
+        groups: set[tuple[str, str]] = set()
+        for i, entry in enumerate(parsed.groups):
+            g = Group(entry.domain, entry.name)
+            where = f"import: groups[{i}] ({g.domain!r}:{g.name!r})"
+            self._checked(where, _check_group, g, (g.domain, g.name) in groups)
+            groups.add((g.domain, g.name))
+        keypairs: dict[str, Keypair] = {}
+        for i, k in enumerate(parsed.keypairs):
+            where = f"import: keypairs[{i}] ({k.access_key!r})"
+            kp = Keypair(k.access_key, k.secret_key, k.user_id, k.active)
+            self._checked(where, _check_keypair, kp, k.access_key in keypairs)
+            keypairs[k.access_key] = kp
+        known = set(users)
+        for ak, kp in keypairs.items():
+            if kp.user_id not in known:
+                if not await self._redis.exists(self._keys.user(kp.user_id)):
+                    raise IdentityError(
+                        f"import: keypair {ak!r}: user {kp.user_id!r} is neither in the file "
+                        "nor stored"
+                    )
+                known.add(kp.user_id)
+
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for user, with_password in users.values():
+                self._queue_user(pipe, user, with_password=with_password)
+            for domain, name in groups:
+                self._queue_group(pipe, Group(domain, name))
+            for kp in keypairs.values():
+                self._queue_keypair(pipe, kp)
+            await pipe.execute()
+        self.clear_cache()
+        return ImportSummary(users=len(users), keypairs=len(keypairs), groups=len(groups))
+
+    # helpers -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _checked(where: str, check: Callable[[Any], None], item: object, duplicate: bool) -> None:
+        try:
+            check(item)
+        except IdentityError as exc:
+            raise IdentityError(f"{where}: {exc}") from None
+        if duplicate:
+            raise IdentityError(f"{where}: appears more than once")
+
+    def _queue_keypair(self, pipe: Any, kp: Keypair) -> None:
+        pipe.hset(
+            self._keys.keypair(kp.access_key),
+            mapping={
+                "access_key": kp.access_key,
+                "secret_key": kp.secret_key,
+                "user_id": kp.user_id,
+                "active": "1" if kp.active else "0",
+            },
+        )
+        pipe.sadd(self._keys.keypairs, kp.access_key)
+
+    def _queue_user(self, pipe: Any, user: User, *, with_password: bool = True) -> None:
+        fields = {"user_id": user.user_id, "role": user.role, "domain": user.domain}
+        if with_password:
+            fields["password_hash"] = user.password_hash
+        pipe.hset(self._keys.user(user.user_id), mapping=fields)
+        pipe.sadd(self._keys.users, user.user_id)
+
+    def _queue_group(self, pipe: Any, group: Group) -> None:
+        key = self._keys.group(group.domain, group.name)
+        pipe.hset(key, mapping={"domain": group.domain, "name": group.name})
+        pipe.sadd(self._keys.groups, f"{group.domain}:{group.name}")
+
+    async def _hashes(
+        self, index: str, key_of: Callable[[str], str]
+    ) -> list[tuple[str, Mapping[Any, Any]]]:
+        names = sorted({_text(m) async for m in self._redis.sscan_iter(index, count=1000)})
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(key_of(name))
+            raws: list[Mapping[Any, Any]] = await pipe.execute()
+        return list(zip(names, raws, strict=True))
+
+    @staticmethod
+    def _keypair_from(access_key: str, raw: Mapping[Any, Any]) -> Keypair | None:
+        if not raw:
+            return None
+        f = _fields(raw)
+        try:
+            return Keypair(access_key, f["secret_key"], f["user_id"], f.get("active", "1") == "1")
+        except KeyError as exc:
+            logger.warning("keypair %r is stored without %s: ignored", access_key, exc)
+            return None
+
+    @staticmethod
+    def _user_from(user_id: str, raw: Mapping[Any, Any]) -> User | None:
+        if not raw:
+            return None
+        f = _fields(raw)
+        role = f.get("role", "")
+        if role not in ROLES or "domain" not in f:
+            logger.warning("user %r is stored with bad role or no domain: ignored", user_id)
+            return None
+        return User(user_id, cast(Role, role), f["domain"], f.get("password_hash", ""))
