@@ -1,0 +1,225 @@
+"""The Starlette app factory and the lifespan that owns every process-wide resource.
+
+Inside the lifespan, in order: the Redis client, the identity store, the hub, and three
+background tasks (the subscriber, the hub's timer, the exit watcher). On the way out the
+tasks are cancelled and awaited before the Redis client closes, so no reader outlives the
+connection it reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypedDict
+
+import redis.asyncio as aredis
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from publisher.connection import connect_async
+from publisher.keys import Keys
+
+from .errors import Problem, problem_response
+from .hub import Hub
+from .identity import IdentityStore
+from .metrics import metrics_endpoint
+from .settings import Settings
+from .stream import TRANSPORT_SCOPE_KEY, stream_events
+from .subscriber import Subscriber
+
+__all__ = ["GatewayState", "TransportScope", "create_app"]
+
+log = logging.getLogger(__name__)
+
+STREAM_PATHS = ("/stream/kernel/_/events", "/v4/stream/kernel/_/events")
+
+
+@dataclass(eq=False)
+class GatewayState:
+    """What the lifespan builds and every request reads (``request.state.gateway``)."""
+
+    settings: Settings
+    redis: aredis.Redis
+    keys: Keys
+    hub: Hub
+    store: IdentityStore
+    subscriber: Subscriber
+    accepting: bool = True
+    loop: asyncio.AbstractEventLoop | None = None
+    auth_failures: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def max_skew(self) -> timedelta:
+        return timedelta(seconds=self.settings.max_clock_skew)
+
+    def begin_shutdown(self) -> None:
+        """Not ready, accept no new stream, and tell every client to go elsewhere."""
+        if not self.accepting:
+            return
+        self.accepting = False
+        log.info("shutting down: closing %d streams with server_close", len(self.hub))
+        self.hub.close_all("shutdown")
+
+
+class _LifespanState(TypedDict):
+    gateway: GatewayState
+
+
+async def _watch_exit(state: GatewayState) -> None:
+    # sse-starlette's process-wide hook on uvicorn's signal handling: one watcher for the
+    # whole process instead of its stock one-listener-per-connection.
+    await EventSourceResponse._listen_for_exit_signal()
+    state.begin_shutdown()
+
+
+async def _drained(state: GatewayState) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + state.settings.drain_deadline
+    while len(state.hub) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def _lifespan(settings: Settings) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[_LifespanState]:
+        keys = Keys(settings.prefix)
+        redis = connect_async(settings.redis_url, health_check_interval=30)
+        hub = Hub(
+            buffer_cap=settings.buffer_cap,
+            write_deadline=settings.write_deadline,
+            ping_interval=settings.ping_interval,
+            max_payload=settings.max_payload,
+        )
+        state = GatewayState(
+            settings=settings,
+            redis=redis,
+            keys=keys,
+            hub=hub,
+            store=IdentityStore(redis, keys, cache_ttl=settings.identity_cache_ttl),
+            subscriber=Subscriber(
+                redis, keys, hub, replica=settings.replica, probe_interval=settings.probe_interval
+            ),
+        )
+        tasks: set[asyncio.Task[None]] = set()
+
+        def spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
+            task = asyncio.create_task(coro, name=name)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        try:
+            spawn(state.subscriber.run(), "kev-subscriber")
+            spawn(hub.run_timer(), "kev-hub-timer")
+            spawn(_watch_exit(state), "kev-exit-watch")
+            app.state.gateway = state  # for embedding servers and tests: begin_shutdown()
+            state.loop = asyncio.get_running_loop()
+            log.info("gateway replica %s up, redis %s", settings.replica, settings.prefix)
+            yield {"gateway": state}
+            state.begin_shutdown()
+            await _drained(state)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await redis.aclose()
+
+    return lifespan
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    state: GatewayState = request.state.gateway
+    sub = state.subscriber
+    body = {
+        "ready": state.accepting and sub.ready,
+        "accepting": state.accepting,
+        "subscribed": sub.subscribed,
+        "probe_ok": sub.probe_ok,
+        "streams": len(state.hub),
+    }
+    return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+
+async def _problem_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    if status == 404:
+        return problem_response(404, "generic-not-found", "Not found", request.url.path[:200])
+    if status == 405:
+        return problem_response(405, "method-not-allowed", "Method not allowed")
+    return problem_response(status, "invalid-api-params", "Bad request")
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    return problem_response(500, "internal-server-error", "Internal server error")
+
+
+class TransportScope:
+    """Outermost ASGI wrapper: remembers the connection's transport in the scope when the
+    server is uvicorn (its ``send`` is a bound method of an object holding ``transport``),
+    so a stuck client's socket can be aborted. Starlette's middlewares wrap ``send`` in
+    closures, hence this sits outside them. Everything else passes through unchanged."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    def request_shutdown(self) -> None:
+        """Thread-safe: start the graceful close of every stream (what SIGTERM does)."""
+        gateway: GatewayState | None = getattr(self.app.state, "gateway", None)
+        if gateway is not None and gateway.loop is not None:
+            gateway.loop.call_soon_threadsafe(gateway.begin_shutdown)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            transport = getattr(getattr(send, "__self__", None), "transport", None)
+            if transport is not None and hasattr(transport, "abort"):
+                scope[TRANSPORT_SCOPE_KEY] = transport
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> TransportScope:
+    """The gateway as an ASGI app; ``settings`` default to :meth:`Settings.load`."""
+    settings = settings or Settings.load()
+    routes = [Route(path, stream_events, methods=["GET"]) for path in STREAM_PATHS]
+    routes += [
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=_lifespan(settings),
+        exception_handlers={
+            Problem: _problem_handler,
+            404: _http_error,
+            405: _http_error,
+            500: _server_error,
+        },
+    )
+    return TransportScope(app)
+
+
+def create_app_from_env() -> TransportScope:
+    """Factory for ``uvicorn --factory`` and multi-worker serving (settings from env)."""
+    return create_app(Settings.load())

@@ -1,0 +1,118 @@
+"""``gateway demo``: a private redis-server, one gateway replica and the demo publisher in one
+process, so a fresh machine shows live kernel events with one command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import sys
+
+import redis.asyncio as aredis
+import uvicorn
+
+from publisher.client import AsyncPublisher
+from publisher.demo import LifecycleDemo, demo_identities
+from publisher.keys import Keys
+
+from .app import create_app
+from .identity import IdentityStore
+from .localredis import PrivateRedis
+from .logs import configure_logging
+from .settings import Settings
+
+__all__ = ["run_demo", "seed_demo_identities"]
+
+log = logging.getLogger(__name__)
+
+
+async def seed_demo_identities(redis_url: str, prefix: str = "kev") -> None:
+    """Register the demo publisher's keypairs, users and groups (idempotent)."""
+    ids = demo_identities()
+    doc = {
+        "users": [
+            {"user_id": k.user_id, "role": k.role, "domain": k.domain, "password": k.secret_key}
+            for k in ids.keypairs
+        ],
+        "keypairs": [
+            {"access_key": k.access_key, "secret_key": k.secret_key, "user_id": k.user_id}
+            for k in ids.keypairs
+        ],
+        "groups": [{"domain": g.domain, "name": g.name} for g in ids.groups],
+    }
+    client = aredis.Redis.from_url(redis_url)
+    try:
+        await IdentityStore(client, Keys(prefix), cache_ttl=0).import_data(doc)
+    finally:
+        await client.aclose()
+
+
+def _banner(settings: Settings) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    root = demo_identities().keypairs[0]
+    lines = [
+        "",
+        f"  gateway:   {base}/stream/kernel/_/events   (redis {settings.redis_url})",
+        f"  health:    {base}/ready    metrics: {base}/metrics",
+        "  keypairs (access key / secret key / role):",
+        *(
+            f"    {k.access_key}  {k.secret_key}  {k.role} of {k.domain}"
+            for k in demo_identities().keypairs
+        ),
+        "  watch every event as the superadmin:",
+        f"    gateway sign --curl --host {settings.host}:{settings.port} "
+        f"--access-key {root.access_key} --secret-key '{root.secret_key}' | sh",
+        "  Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def run_demo(
+    *, port: int = 8081, rate: float = 5.0, duration: float | None = None,
+    redis_url: str | None = None,
+) -> int:  # fmt: skip
+    configure_logging("info")
+    with contextlib.ExitStack() as stack:
+        if redis_url is None:
+            redis_url = stack.enter_context(PrivateRedis()).url
+        settings = Settings.load({}, port=port, redis_url=redis_url)
+        await seed_demo_identities(redis_url, settings.prefix)
+        app = create_app(settings)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app, host=settings.host, port=settings.port, http="httptools",
+                lifespan="on", access_log=False, log_config=None, timeout_graceful_shutdown=2,
+            )
+        )  # fmt: skip
+        publisher = AsyncPublisher.from_url(redis_url, prefix=settings.prefix)
+        demo = LifecycleDemo(
+            publisher, rate=rate, sessions=max(4, int(rate * 2)), rng=random.Random(),
+            duration=duration,
+        )  # fmt: skip
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            demo.stop()
+            app.request_shutdown()
+            server.should_exit = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.05)
+        if serving.done():
+            await serving
+            return 1
+        print(_banner(settings), file=sys.stderr, flush=True)
+        try:
+            stats = await demo.run()
+            log.info("demo publisher done: %d events", stats.published)
+        finally:
+            stop()
+            await serving
+            await publisher.aclose()
+    return 0

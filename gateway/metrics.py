@@ -1,0 +1,78 @@
+"""Prometheus ``/metrics``, read from the hub's plain counters at scrape time.
+
+The hot path only adds to ints on :class:`gateway.hub.HubStats`; this collector turns them
+into metric families when Prometheus asks, so a delivery costs no metrics-library call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from .app import GatewayState
+
+__all__ = ["GatewayCollector", "metrics_endpoint"]
+
+
+class GatewayCollector(Collector):
+    def __init__(self, state: GatewayState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._state
+        hub, stats, sub = state.hub, state.hub.stats, state.subscriber
+        yield GaugeMetricFamily("kev_clients", "Connected SSE streams", value=len(hub))
+        yield GaugeMetricFamily(
+            "kev_buffer_bytes", "Bytes queued for clients, not yet written", hub.buffered_bytes()
+        )
+        yield CounterMetricFamily(
+            "kev_events_received", "Events received from Redis", value=stats.events_in
+        )
+        yield CounterMetricFamily(
+            "kev_events_duplicate", "Events dropped as already seen (gap-fill)", stats.duplicates
+        )
+        yield CounterMetricFamily(
+            "kev_deliveries", "Event frames queued to clients", value=stats.deliveries
+        )
+        yield CounterMetricFamily(
+            "kev_connections", "Streams opened", value=stats.connections_total
+        )
+        evictions = CounterMetricFamily(
+            "kev_evictions", "Clients evicted, by reason", labels=["reason"]
+        )
+        for reason in ("slow_consumer", "write_timeout"):
+            evictions.add_metric([reason], stats.evictions[reason])
+        yield evictions
+        dropped = CounterMetricFamily(
+            "kev_payloads_dropped", "Redis messages that failed to decode", labels=["kind"]
+        )
+        for kind in ("bad_id", "decode", "schema", "oversized"):
+            dropped.add_metric([kind], stats.dropped[kind])
+        yield dropped
+        yield CounterMetricFamily(
+            "kev_redis_reconnects", "Times the subscription was re-established", sub.reconnects
+        )
+        yield CounterMetricFamily(
+            "kev_probe_failures", "Subscriptions found dead by the probe", sub.probe_failures
+        )
+        auth = CounterMetricFamily(
+            "kev_auth_failures", "Refused requests, by kind", labels=["kind"]
+        )
+        for kind, count in sorted(state.auth_failures.items()):
+            auth.add_metric([kind], count)
+        yield auth
+        yield GaugeMetricFamily("kev_ready", "1 when subscribed and probed live", int(sub.ready))
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    state: GatewayState = request.state.gateway
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(state))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,153 @@
+"""One frozen, typed settings object, built once at the edge from ``GATEWAY_*`` variables
+and command-line flags. Nothing else in the gateway reads the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
+
+from publisher.connection import RedisURLError, check_url
+from publisher.keys import Keys
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError"]
+
+ENV_PREFIX = "GATEWAY_"
+LogFormat = Literal["text", "json"]
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message names the variable or flag."""
+
+
+def _default_replica() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of a gateway replica; the README's configuration table lists them."""
+
+    host: str = "127.0.0.1"
+    port: int = 8081
+    workers: int = 1
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "kev"
+    #: seconds between ``: ping`` comments on every stream (0 disables them)
+    ping_interval: float = 15.0
+    #: the ``retry:`` hint, milliseconds
+    retry_ms: int = 3000
+    #: bytes a client may have queued before it is evicted as a slow consumer
+    buffer_cap: int = 256 * 1024
+    #: seconds one write to a client may take before the client is evicted
+    write_deadline: float = 10.0
+    #: seconds an identity lookup is cached per replica (= how long a revoked key still works)
+    identity_cache_ttl: float = 5.0
+    #: seconds a signed request's date may be off the server's clock
+    max_clock_skew: float = 900.0
+    #: seconds between probe messages proving the subscription live (0 disables probing)
+    probe_interval: float = 5.0
+    #: seconds a stopping replica gives its streams to close (shorter than the k8s grace)
+    drain_deadline: float = 10.0
+    #: streams one replica serves at most (503 beyond), and per access key (429 beyond)
+    max_streams: int = 20_000
+    max_streams_per_key: int = 100
+    #: largest Redis payload decoded; bigger ones are dropped and counted
+    max_payload: int = 64 * 1024
+    #: origins allowed to open streams with credentials (browser EventSource); comma list
+    cors_origins: tuple[str, ...] = ()
+    #: browser session lifetime, seconds
+    session_ttl: float = 8 * 3600.0
+    cookie_secure: bool = False
+    log_level: str = "info"
+    log_format: LogFormat = "text"
+    #: this replica's name in logs and its probe channel (default: host-pid-random)
+    replica: str = field(default_factory=_default_replica)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                value = getattr(self, name)
+                raise SettingsError(
+                    f"{ENV_PREFIX}{name.upper()} (--{name.replace('_', '-')}): {what}, "
+                    f"got {value!r}"
+                )
+
+        need(0 < self.port < 65536, "port", "must be a TCP port 1-65535")
+        need(1 <= self.workers <= 256, "workers", "must be 1-256")
+        try:
+            check_url(self.redis_url)
+        except RedisURLError as exc:
+            raise SettingsError(f"{ENV_PREFIX}REDIS_URL (--redis-url): {exc}") from exc
+        try:
+            Keys(self.prefix)
+        except ValueError as exc:
+            raise SettingsError(f"{ENV_PREFIX}PREFIX (--prefix): {exc}") from exc
+        need(self.ping_interval >= 0, "ping_interval", "must be >= 0")
+        need(0 <= self.retry_ms <= 3_600_000, "retry_ms", "must be 0-3600000")
+        need(1024 <= self.buffer_cap <= 1 << 30, "buffer_cap", "must be 1 KiB - 1 GiB")
+        need(0.1 <= self.write_deadline <= 3600, "write_deadline", "must be 0.1-3600 s")
+        need(0 <= self.identity_cache_ttl <= 3600, "identity_cache_ttl", "must be 0-3600 s")
+        need(0 < self.max_clock_skew <= 86400, "max_clock_skew", "must be 0-86400 s")
+        need(self.probe_interval >= 0, "probe_interval", "must be >= 0")
+        need(0 < self.drain_deadline <= 3600, "drain_deadline", "must be 0-3600 s")
+        need(self.max_streams >= 1, "max_streams", "must be >= 1")
+        need(self.max_streams_per_key >= 1, "max_streams_per_key", "must be >= 1")
+        need(1024 <= self.max_payload <= 1 << 26, "max_payload", "must be 1 KiB - 64 MiB")
+        need(self.session_ttl > 0, "session_ttl", "must be > 0")
+        need(
+            self.log_level.lower() in ("debug", "info", "warning", "error"),
+            "log_level",
+            "must be debug, info, warning or error",
+        )
+        need(self.log_format in get_args(LogFormat), "log_format", "must be text or json")
+        for origin in self.cors_origins:
+            need(
+                origin.startswith(("http://", "https://")) and origin.count("/") == 2,
+                "cors_origins",
+                "each origin must be scheme://host[:port] without a path",
+            )
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``GATEWAY_*`` from ``environ``, then ``overrides`` (CLI flags;
+        ``None`` values are ignored)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _cast(f, raw)
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _cast(f: dataclasses.Field[Any], raw: str) -> Any:
+    key = ENV_PREFIX + f.name.upper()
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("expected true/false")
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise SettingsError(f"{key}: {raw!r} is not a valid {kind} ({exc})") from exc
+    return raw
