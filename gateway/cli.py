@@ -61,14 +61,9 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.workers > 1:
         # Workers are separate processes (one Redis subscription each): they read the same
         # settings from the environment.
-        for f in fields(Settings):
-            if f.name not in ("workers", "replica"):
-                value = getattr(settings, f.name)
-                if isinstance(value, tuple):
-                    value = ",".join(value)
-                elif isinstance(value, bool):
-                    value = "true" if value else "false"
-                os.environ[ENV_PREFIX + f.name.upper()] = str(value)
+        env = settings.to_env()
+        del env[ENV_PREFIX + "REPLICA"]  # each worker names itself
+        os.environ.update(env)
         uvicorn.run(
             "gateway.app:create_app_from_env", factory=True, workers=settings.workers, **common
         )

@@ -45,6 +45,9 @@ class Settings:
     buffer_cap: int = 256 * 1024
     #: seconds one write to a client may take before the client is evicted
     write_deadline: float = 10.0
+    #: SO_SNDBUF of each stream's socket, bytes (0: the kernel's autotuning, up to
+    #: net.ipv4.tcp_wmem's max, 4 MiB by default, per stalled client)
+    send_buffer: int = 256 * 1024
     #: seconds an identity lookup is cached per replica (= how long a revoked key still works)
     identity_cache_ttl: float = 5.0
     #: seconds a signed request's date may be off the server's clock
@@ -91,6 +94,7 @@ class Settings:
         need(0 <= self.retry_ms <= 3_600_000, "retry_ms", "must be 0-3600000")
         need(1024 <= self.buffer_cap <= 1 << 30, "buffer_cap", "must be 1 KiB - 1 GiB")
         need(0.1 <= self.write_deadline <= 3600, "write_deadline", "must be 0.1-3600 s")
+        need(0 <= self.send_buffer <= 1 << 26, "send_buffer", "must be 0-64 MiB")
         need(0 <= self.identity_cache_ttl <= 3600, "identity_cache_ttl", "must be 0-3600 s")
         need(0 < self.max_clock_skew <= 86400, "max_clock_skew", "must be 0-86400 s")
         need(self.probe_interval >= 0, "probe_interval", "must be >= 0")
@@ -129,6 +133,20 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``GATEWAY_*`` variables: what worker processes read back."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                text = ",".join(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[ENV_PREFIX + f.name.upper()] = text
+        return env
 
 
 def _cast(f: dataclasses.Field[Any], raw: str) -> Any:

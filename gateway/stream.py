@@ -13,7 +13,9 @@ from the hub's single timer; the exit signal is watched once per process (:mod:`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Protocol
@@ -81,6 +83,8 @@ class HubStreamResponse(EventSourceResponse):
                 task.cancel()
 
         client.abort = abort
+        if transport is not None and state.settings.send_buffer:
+            _limit_send_buffer(transport, state.settings.send_buffer)
         hub.register(client)
         listener = asyncio.ensure_future(self._listen_for_disconnect(receive))
         replay: asyncio.Future[None] | None = None
@@ -163,6 +167,15 @@ class HubStreamResponse(EventSourceResponse):
         finally:
             if not client.closed:
                 client.end_replay(last)
+
+
+def _limit_send_buffer(transport: _Abortable, size: int) -> None:
+    """Bound what the kernel holds for a client that stopped reading; past it, the
+    transport pauses and the write deadline starts to count."""
+    sock = getattr(transport, "get_extra_info", lambda _: None)("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def _body(data: bytes) -> Message:

@@ -97,35 +97,9 @@ def run_gateway(settings: Settings, timeout: float = 15.0) -> Iterator[RunningGa
 @contextlib.contextmanager
 def spawn_gateway(settings: Settings, timeout: float = 20.0) -> Iterator[RunningGateway]:
     """``gateway serve`` as its own process (one process = one Redis subscription)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    args = [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--port",
-        str(settings.port),
-        "--redis-url",
-        settings.redis_url,
-        "--prefix",
-        settings.prefix,
-        "--probe-interval",
-        str(settings.probe_interval),
-        "--identity-cache-ttl",
-        str(settings.identity_cache_ttl),
-        "--write-deadline",
-        str(settings.write_deadline),
-        "--buffer-cap",
-        str(settings.buffer_cap),
-        "--drain-deadline",
-        str(settings.drain_deadline),
-        "--ping-interval",
-        str(settings.ping_interval),
-        "--replica",
-        settings.replica,
-        "--log-level",
-        "warning",
-    ]
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    env["GATEWAY_LOG_LEVEL"] = "warning"
+    args = [sys.executable, "-m", "gateway.cli", "serve"]
     proc = subprocess.Popen(args, env=env)
     running = RunningGateway(settings, proc=proc)
     try:
