@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import urlencode, urlsplit
@@ -163,6 +163,10 @@ async def _body_chunks(
     reader: asyncio.StreamReader, headers: Mapping[str, str]
 ) -> AsyncIterator[bytes]:
     if headers.get("transfer-encoding", "").lower() != "chunked":
+        length = headers.get("content-length")
+        if length is not None and length.isdigit():  # a refusal on a keep-alive connection
+            yield await reader.readexactly(int(length))
+            return
         while data := await reader.read(65536):
             yield data
         return
@@ -232,11 +236,13 @@ class KernelEventStream:
 
     >>> async for event in KernelEventStream(url, access_key=ak, secret_key=sk):
     ...     print(event.event, decode_data(event))
+
+    ``url`` may be a list of replicas (or load balancers); reconnects go round it.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         access_key: str,
         secret_key: str,
@@ -245,9 +251,10 @@ class KernelEventStream:
         max_backoff: float = 10.0,
         include_control: bool = False,
     ) -> None:
-        if not url.startswith("http://"):
-            raise ValueError(f"only http:// URLs are supported here, got {url!r}")
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls or not all(u.startswith("http://") for u in self.urls):
+            raise ValueError(f"give one or more http:// URLs, got {url!r}")
+        self.url = self.urls[0]
         self.access_key = access_key
         self.secret_key = secret_key
         self.params = dict(params or {})
@@ -292,5 +299,8 @@ class KernelEventStream:
                 failures += 1
             self.connected = False
             self.reconnects += 1
+            # Any replica resumes any client: try the next one (after a server_close, the
+            # one that closed is likely draining).
+            self.url = self.urls[self.reconnects % len(self.urls)]
             delay = min(self.max_backoff, retry_ms / 1000 * (2 ** min(failures, 6)))
             await asyncio.sleep(delay * (0.5 + random.random() / 2) if failures else 0.05)
