@@ -100,11 +100,14 @@ class Client:
 
     During a resume the client is registered before history is read; live frames that arrive
     meanwhile wait in ``_held`` with their ids and are released by :meth:`end_replay`, minus
-    those replay already sent, so the stream has no gap and no duplicate.
+    those replay already sent. History can also be ahead of the live channel (an event is in
+    the stream before its PUBLISH reaches this process), so after replay ``_floor`` drops
+    live frames up to the last replayed id until a newer one passes. No gap, no duplicate.
     """
 
     __slots__ = (
         "_chunks",
+        "_floor",
         "_held",
         "_waiter",
         "abort",
@@ -130,12 +133,17 @@ class Client:
         self.abort: Aborter | None = None
         self._chunks: list[bytes] = []
         self._held: list[tuple[StreamId, bytes]] | None = None
+        self._floor: StreamId | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def push(self, frame: bytes, stream_id: StreamId | None = None) -> bool:
         """Queue ``frame``; returns True when this push evicted the client (over its cap)."""
         if self.closed:
             return False
+        if stream_id is not None and self._floor is not None:
+            if stream_id <= self._floor:
+                return False  # replay already sent it
+            self._floor = None  # ids only grow from here
         if self._held is not None and stream_id is not None:
             self._held.append((stream_id, frame))
         else:
@@ -171,13 +179,16 @@ class Client:
     def begin_replay(self) -> None:
         self._held = []
 
-    def end_replay(self, last_sent: StreamId | None) -> None:
-        """Release the live frames held during replay, skipping ids replay already sent."""
+    def end_replay(self, last_sent: StreamId) -> None:
+        """Release the live frames held during replay, skipping ids replay already sent, and
+        keep skipping them if they are still on their way."""
         held, self._held = self._held or [], None
         for stream_id, frame in held:
             self.buffered -= len(frame)
-            if last_sent is None or stream_id > last_sent:
+            if stream_id > last_sent:
                 self.push(frame)
+        if not held or held[-1][0] <= last_sent:
+            self._floor = last_sent
 
     def close(self, reason: CloseReason | Literal["disconnect"]) -> None:
         """Mark the stream for closing and wake its writer. What is queued is still written

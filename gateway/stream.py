@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 #: where :class:`gateway.app.TransportScope` leaves the connection's transport, when the
 #: server is uvicorn: the hub aborts a stuck client's socket through it.
 TRANSPORT_SCOPE_KEY: Final = "kev.transport"
+#: all request header names and values together, at most (uvicorn's parser allows more)
+MAX_HEADER_BYTES: Final = 16 * 1024
 
 
 class _Abortable(Protocol):
@@ -85,6 +87,10 @@ class HubStreamResponse(EventSourceResponse):
         client.abort = abort
         if transport is not None and state.settings.send_buffer:
             _limit_send_buffer(transport, state.settings.send_buffer)
+        if self._last_event_id is not None:
+            # Hold live frames from the moment the hub can reach the client: anything
+            # dispatched before replay starts must wait for it.
+            client.begin_replay()
         hub.register(client)
         listener = asyncio.ensure_future(self._listen_for_disconnect(receive))
         replay: asyncio.Future[None] | None = None
@@ -142,7 +148,6 @@ class HubStreamResponse(EventSourceResponse):
         state, client = self._state, self._client
         redis, history = state.redis, state.keys.history
         last: StreamId = parse_stream_id(last_event_id)
-        client.begin_replay()
         try:
             if await was_trimmed(redis, history, last_event_id):
                 client.push(notice_frame(last_event_id, await first_available(redis, history)))
@@ -198,6 +203,10 @@ async def stream_events(request: Request) -> Response:
             "This replica is shutting down",
             headers={"Retry-After": "1"},
         )
+    if sum(len(name) + len(value) for name, value in request.scope["headers"]) > MAX_HEADER_BYTES:
+        raise Problem(
+            400, "invalid-api-params", "Request headers too large", f"over {MAX_HEADER_BYTES} bytes"
+        )
     query = parse_query(request.scope.get("query_string", b""), request.headers)
     try:
         identity = await authenticate(
@@ -212,6 +221,7 @@ async def stream_events(request: Request) -> Response:
         state.auth_failures[exc.title] += 1
         raise
     filter = await build_filter(identity, query, state.store)
+    log.debug("stream request key=%s filter=%s", identity.access_key, filter)
     hub = state.hub
     if len(hub) >= state.settings.max_streams:
         raise Problem(

@@ -193,3 +193,19 @@ def test_unregister_cleans_every_index() -> None:
         hub.unregister(client)  # idempotent
     assert len(hub) == 0 and hub.streams_of("k") == 0
     assert hub._index == {}
+
+
+def test_live_frames_that_replay_already_sent_are_dropped_when_they_arrive_late() -> None:
+    # History runs ahead of the channel: replay read ids 1-0..3-0 from the stream while their
+    # PUBLISHes were still on the way to this process.
+    hub = _hub()
+    client = hub.new_client(Filter(), "x")
+    client.begin_replay()
+    hub.register(client)
+    client.end_replay((3, 0))
+    payload = encode_event(_ref().started())
+    for raw in (b"2-0", b"3-0", b"4-0", b"5-0"):
+        hub.publish(raw, payload)
+    sent = client.take()
+    assert b"id: 2-0" not in sent and b"id: 3-0" not in sent
+    assert sent.count(b"event: kernel_started") == 2
