@@ -21,12 +21,12 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Final, NoReturn, TextIO, cast
+from typing import Any, Final, NoReturn, TextIO, cast
 
 import redis
 
 from .client import DEFAULT_MAXLEN, AsyncPublisher, SyncPublisher
-from .connection import RedisURLError, check_url, connect_async, connect_sync
+from .connection import RedisURLError, check_url, connect_async
 from .demo import DEFAULT_TICK, DemoStats, LifecycleDemo
 from .keys import DEFAULT_PREFIX, Keys
 from .schema import EVENT_NAMES, RESULTS, EventName, InvalidEvent, KernelEvent, Result
@@ -36,7 +36,7 @@ __all__ = ["main"]
 PROG: Final = "kev-publish"
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 # A CLI should fail in seconds, not hang, when Redis is unreachable or stalled.
-_REDIS_OPTIONS: Final = {"socket_connect_timeout": 5.0, "socket_timeout": 10.0}
+_REDIS_OPTIONS: Final[dict[str, Any]] = {"socket_connect_timeout": 5.0, "socket_timeout": 10.0}
 
 
 class _UsageError(Exception):
@@ -203,9 +203,13 @@ def _event(args: argparse.Namespace) -> KernelEvent:
 
 def _emit(args: argparse.Namespace, out: TextIO) -> int:
     event = _event(args)
-    client = connect_sync(args.redis_url, **_REDIS_OPTIONS)
-    with SyncPublisher(client, prefix=args.prefix, maxlen=args.maxlen, owns_client=True) as pub:
+    with SyncPublisher.from_url(
+        args.redis_url, prefix=args.prefix, maxlen=args.maxlen, timeout=5.0
+    ) as pub:
         stream_id = pub.publish(event)
+        if stream_id is None:
+            # A one-shot command has no later moment to flush in: fail instead of buffering.
+            raise redis.ConnectionError(f"{args.redis_url} is unreachable; nothing was published")
     print(stream_id, file=out)
     return 0
 
@@ -291,6 +295,7 @@ class _Interrupts:
 async def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     progress = _Progress(err)
     client = connect_async(args.redis_url, **_REDIS_OPTIONS)
+    await client.ping()  # unreachable at the start is an error; later outages are buffered
     async with AsyncPublisher(
         client, prefix=args.prefix, maxlen=args.maxlen, owns_client=True
     ) as publisher:

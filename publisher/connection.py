@@ -84,9 +84,14 @@ def check_url(url: str) -> str:
     return url
 
 
-def connect_async(url: str, **options: Any) -> aredis.Redis:
-    """An asyncio client for ``url`` (not connected until first use)."""
+def connect_async(url: str, *, pool_size: int | None = None, **options: Any) -> aredis.Redis:
+    """An asyncio client for ``url`` (not connected until first use).
+
+    With ``pool_size``, at most that many connections are opened and a command waits up to
+    ``pool_timeout`` seconds (default 5) for one, instead of redis-py's default of failing
+    once 100 are in use (plain URLs; a Sentinel client keeps redis-py's pool)."""
     check_url(url)
+    pool_timeout = options.pop("pool_timeout", 5.0)
     if url.startswith("redis+sentinel://"):
         target = parse_sentinel(url)
         sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
@@ -101,6 +106,11 @@ def connect_async(url: str, **options: Any) -> aredis.Redis:
             **options,
         )
         return client
+    if pool_size is not None:
+        pool = aredis.BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=pool_timeout, **options
+        )
+        return aredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
     return aredis.Redis.from_url(url, **options)
 
 
