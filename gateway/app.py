@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any, TypedDict
 
 import redis.asyncio as aredis
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -92,7 +93,12 @@ def _lifespan(settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[_LifespanState]:
         keys = Keys(settings.prefix)
-        redis = connect_async(settings.redis_url, health_check_interval=30)
+        redis = connect_async(
+            settings.redis_url, pool_size=settings.redis_pool_size, health_check_interval=30
+        )
+        # The subscription and its probes get a client of their own, so a storm of
+        # reconnecting clients can never starve the one thing every stream depends on.
+        sub_redis = connect_async(settings.redis_url, health_check_interval=30)
         hub = Hub(
             buffer_cap=settings.buffer_cap,
             write_deadline=settings.write_deadline,
@@ -106,7 +112,11 @@ def _lifespan(settings: Settings) -> Any:
             hub=hub,
             store=IdentityStore(redis, keys, cache_ttl=settings.identity_cache_ttl),
             subscriber=Subscriber(
-                redis, keys, hub, replica=settings.replica, probe_interval=settings.probe_interval
+                sub_redis,
+                keys,
+                hub,
+                replica=settings.replica,
+                probe_interval=settings.probe_interval,
             ),
         )
         tasks: set[asyncio.Task[None]] = set()
@@ -130,6 +140,7 @@ def _lifespan(settings: Settings) -> Any:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await sub_redis.aclose()
             await redis.aclose()
 
     return lifespan
@@ -164,6 +175,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if status == 405:
         return problem_response(405, "method-not-allowed", "Method not allowed")
     return problem_response(status, "invalid-api-params", "Bad request")
+
+
+async def _redis_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("redis unavailable for %s: %s", request.url.path, exc)
+    return problem_response(
+        503,
+        "service-unavailable",
+        "The event store is unreachable; retry shortly",
+        headers={"Retry-After": "2"},
+    )
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -212,6 +233,7 @@ def create_app(settings: Settings | None = None) -> TransportScope:
         lifespan=_lifespan(settings),
         exception_handlers={
             Problem: _problem_handler,
+            RedisError: _redis_unavailable,
             404: _http_error,
             405: _http_error,
             500: _server_error,

@@ -41,36 +41,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from .server import serve
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "http": "httptools",
-        "loop": "uvloop",
-        "lifespan": "on",
-        "access_log": False,
-        "log_config": None,
-        # Streams end by themselves within drain_deadline (server_close on SIGTERM); this
-        # is the backstop after which uvicorn cancels what is left.
-        "timeout_graceful_shutdown": int(settings.drain_deadline) + 1,
-        "backlog": 4096,
-    }
-    if settings.workers > 1:
-        # Workers are separate processes (one Redis subscription each): they read the same
-        # settings from the environment.
-        env = settings.to_env()
-        del env[ENV_PREFIX + "REPLICA"]  # each worker names itself
-        os.environ.update(env)
-        uvicorn.run(
-            "gateway.app:create_app_from_env", factory=True, workers=settings.workers, **common
-        )
-    else:
-        from .app import create_app
-
-        uvicorn.run(create_app(settings), **common)
+    serve(settings)
     return 0
 
 

@@ -26,9 +26,13 @@ def free_port() -> int:
 class PrivateRedis:
     """Start, stop (gracefully or with SIGKILL) and restart a redis-server on one port."""
 
-    def __init__(self, port: int | None = None, *, maxclients: int = 20_000) -> None:
+    def __init__(
+        self, port: int | None = None, *, maxclients: int = 20_000, durable: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.maxclients = maxclients
+        #: fsync every write to an append-only file, so a SIGKILL loses nothing acknowledged
+        self.durable = durable
         self.dir = Path(tempfile.mkdtemp(prefix="kev-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -48,7 +52,8 @@ class PrivateRedis:
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.durable else "no",
+            "--appendfsync", "always",
             "--dir", str(self.dir),
             "--daemonize", "no",
             "--loglevel", "warning",

@@ -37,6 +37,9 @@ class Settings:
     workers: int = 1
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "kev"
+    #: Redis connections for commands (identity lookups, replays) per replica; a burst of
+    #: reconnecting clients waits for one instead of failing. The subscription has its own.
+    redis_pool_size: int = 64
     #: seconds between ``: ping`` comments on every stream (0 disables them)
     ping_interval: float = 15.0
     #: the ``retry:`` hint, milliseconds
@@ -90,6 +93,7 @@ class Settings:
             Keys(self.prefix)
         except ValueError as exc:
             raise SettingsError(f"{ENV_PREFIX}PREFIX (--prefix): {exc}") from exc
+        need(1 <= self.redis_pool_size <= 10_000, "redis_pool_size", "must be 1-10000")
         need(self.ping_interval >= 0, "ping_interval", "must be >= 0")
         need(0 <= self.retry_ms <= 3_600_000, "retry_ms", "must be 0-3600000")
         need(1024 <= self.buffer_cap <= 1 << 30, "buffer_cap", "must be 1 KiB - 1 GiB")

@@ -6,8 +6,9 @@ Flow of one subscription session (see ARCHITECTURE.md):
 2. Gap-fill: read history after the hub's last id and dispatch it (the hub drops ids it has
    already seen, so live messages that queued up meanwhile are not delivered twice).
 3. Read live messages and hand each to the hub. Every ``probe_interval`` publish a probe on
-   the replica's own channel; if no probe has come back within two intervals the connection
-   is silently dead (seen after failovers): drop it and start over at 1.
+   the replica's own channel; if no probe has come back for 1.5 intervals the connection is
+   silently dead (seen after failovers): drop it and start over at 1. redis-py re-subscribing
+   by itself after a dropped connection also starts over, since messages were missed.
 
 Any Redis error ends the session; the next starts after a bounded, jittered backoff.
 """
@@ -29,7 +30,7 @@ from publisher.keys import Keys
 from .history import read_after
 from .hub import Hub
 
-__all__ = ["ProbeLost", "Subscriber"]
+__all__ = ["ProbeLost", "Subscriber", "SubscriptionReset"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,11 @@ _POLL: Final = 0.25  # longest a read waits, so probe deadlines are checked on t
 
 class ProbeLost(RedisError):
     """The subscription looked open but its probe did not come back in time."""
+
+
+class SubscriptionReset(RedisError):
+    """redis-py re-established the pub/sub connection by itself: what was published while it
+    was down never arrived, so the session starts over (and gap-fills)."""
 
 
 class Subscriber:
@@ -67,6 +73,7 @@ class Subscriber:
         self.probe_ok = False
         self.reconnects = 0
         self.probe_failures = 0
+        self._reset = False
 
     @property
     def ready(self) -> bool:
@@ -79,7 +86,9 @@ class Subscriber:
         while True:
             try:
                 await self._session()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # never let the process's only subscription die
+                if not isinstance(exc, (RedisError, OSError, TimeoutError)):
+                    log.exception("unexpected error in the subscriber; starting over")
                 self.subscribed = self.probe_ok = False
                 if isinstance(exc, ProbeLost):
                     self.probe_failures += 1
@@ -103,6 +112,9 @@ class Subscriber:
         pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(self._keys.channel, self._probe_channel)
+            self._reset = False
+            assert pubsub.connection is not None
+            pubsub.connection.register_connect_callback(self._on_reconnect)
             await self._gap_fill()
             self.subscribed = True
             log.info("subscribed to %s", self._keys.channel)
@@ -110,6 +122,9 @@ class Subscriber:
         finally:
             self.subscribed = False
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _on_reconnect(self, connection: object) -> None:
+        self._reset = True
 
     async def _gap_fill(self) -> None:
         hub = self._hub
@@ -128,24 +143,27 @@ class Subscriber:
         probe_channel = self._probe_channel.encode()
         publish_message = self._hub.publish_message
         interval = self._probe_interval
-        unanswered_since: float | None = None  # when the oldest unanswered probe went out
-        next_probe = self._clock()
+        # Probes go out every interval and normally return within milliseconds, so the
+        # newest answer is at most one interval old; 1.5 intervals without one means the
+        # connection is silently dead, found within two intervals of the fault.
+        limit = 1.5 * interval
+        poll = min(_POLL, interval / 5) if interval > 0 else 1.0
+        answered = next_probe = self._clock()
         while True:
             now = self._clock()
-            if interval > 0 and now >= next_probe:
-                if unanswered_since is not None and now - unanswered_since > 2 * interval:
-                    raise ProbeLost(f"no probe came back within {2 * interval:.1f}s")
-                await self._redis.publish(self._probe_channel, b"probe")
-                if unanswered_since is None:
-                    unanswered_since = now
-                next_probe = now + interval
-            message = await pubsub.get_message(
-                ignore_subscribe_messages=True, timeout=min(_POLL, interval) if interval else 1.0
-            )
+            if interval > 0:
+                if now - answered > limit:
+                    raise ProbeLost(f"no probe came back for {now - answered:.1f}s")
+                if now >= next_probe:
+                    await self._redis.publish(self._probe_channel, b"probe")
+                    next_probe = now + interval
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll)
+            if self._reset:
+                raise SubscriptionReset("the pub/sub connection was re-established underneath")
             while message is not None:
                 if message["type"] == "message":
                     if message["channel"] == probe_channel:
-                        unanswered_since = None
+                        answered = self._clock()
                         self.probe_ok = True
                     else:
                         publish_message(message["data"])

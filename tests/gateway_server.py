@@ -60,6 +60,7 @@ def gateway_settings(redis_url: str, **changes: object) -> Settings:
         "redis_url": redis_url,
         "probe_interval": 0.5,
         "identity_cache_ttl": 0.0,
+        "max_streams_per_key": 10_000,  # the fleets below are mostly one superadmin key
     }
     base.update(changes)
     return Settings.load({}, **base)

@@ -33,7 +33,7 @@ async def _collect(
 @pytest.mark.anyio
 async def test_one_pubsub_connection_per_process_with_500_clients(redis_url: str) -> None:
     await seed(redis_url)
-    with spawn_gateway(gateway_settings(redis_url, max_streams_per_key=1000)) as gw:
+    with spawn_gateway(gateway_settings(redis_url)) as gw:
         ref = session_of(ALICE, "fan-500")
         received: list[list[str]] = [[] for _ in range(500)]
         connected = 0

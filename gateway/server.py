@@ -1,0 +1,86 @@
+"""Serving a replica with uvicorn, and the order a replica stops in.
+
+On the first SIGTERM (or SIGINT) a single-process replica drains before uvicorn closes its
+listener: ``/ready`` turns 503 and new streams are refused with 503 (a load balancer's health
+check and retry move traffic away), every client gets ``server_close`` with the reconnect
+hint, and once no stream is left, or ``drain_deadline`` has passed, uvicorn's own shutdown
+runs. A second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from .app import TransportScope, create_app
+from .settings import ENV_PREFIX, Settings
+
+__all__ = ["DrainingServer", "serve", "uvicorn_options"]
+
+log = logging.getLogger(__name__)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "http": "httptools",
+        "loop": "uvloop",
+        "lifespan": "on",
+        "access_log": False,
+        "log_config": None,
+        # Streams end by themselves within drain_deadline (server_close); this is the
+        # backstop after which uvicorn cancels what is left.
+        "timeout_graceful_shutdown": int(settings.drain_deadline) + 1,
+        "backlog": 4096,
+    }
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: TransportScope, drain_deadline: float):
+        super().__init__(config)
+        self._app = app
+        self._drain_deadline = drain_deadline
+        self._draining: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        state = getattr(self._app.state, "gateway", None)
+        if self._draining is not None or state is None or state.loop is None:
+            super().handle_exit(sig, frame)
+            return
+        log.info("signal %d: draining %d streams before exit", sig, len(state.hub))
+        # Runs in the loop's thread (uvicorn installs signal.signal handlers there).
+        self._draining = state.loop.create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        state = self._app.state.gateway
+        state.begin_shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._drain_deadline
+        while len(state.hub) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if len(state.hub):
+            log.warning("drain deadline passed with %d streams left", len(state.hub))
+        self.should_exit = True
+
+
+def serve(settings: Settings) -> None:
+    options = uvicorn_options(settings)
+    if settings.workers > 1:
+        # Workers are separate processes (one Redis subscription each) that read the same
+        # settings from the environment; uvicorn's supervisor relays signals to them and
+        # each drains through sse-starlette's exit hook (gateway.app._watch_exit).
+        env = settings.to_env()
+        del env[ENV_PREFIX + "REPLICA"]  # each worker names itself
+        os.environ.update(env)
+        uvicorn.run(
+            "gateway.app:create_app_from_env", factory=True, workers=settings.workers, **options
+        )
+        return
+    app = create_app(settings)
+    DrainingServer(uvicorn.Config(app, **options), app, settings.drain_deadline).run()
