@@ -23,7 +23,7 @@ from .localredis import PrivateRedis
 from .logs import configure_logging
 from .settings import Settings
 
-__all__ = ["run_demo", "seed_demo_identities"]
+__all__ = ["banner", "run_demo", "seed_demo_identities"]
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +49,23 @@ async def seed_demo_identities(redis_url: str, prefix: str = "kev") -> None:
         await client.aclose()
 
 
-def _banner(settings: Settings) -> str:
-    base = f"http://{settings.host}:{settings.port}"
+def banner(base: str, redis_url: str, extra: tuple[str, ...] = ()) -> str:
+    """What the demo and the local cluster print: where to look and how to sign in."""
+    host = base.removeprefix("http://")
     root = demo_identities().keypairs[0]
     lines = [
         "",
-        f"  gateway:   {base}/stream/kernel/_/events   (redis {settings.redis_url})",
+        f"  dashboard: {base}/   (sign in with a keypair below)",
+        f"  stream:    {base}/stream/kernel/_/events   (redis {redis_url})",
         f"  health:    {base}/ready    metrics: {base}/metrics",
+        *extra,
         "  keypairs (access key / secret key / role):",
         *(
             f"    {k.access_key}  {k.secret_key}  {k.role} of {k.domain}"
             for k in demo_identities().keypairs
         ),
         "  watch every event as the superadmin:",
-        f"    gateway sign --curl --host {settings.host}:{settings.port} "
+        f"    .venv/bin/gateway sign --curl --host {host} "
         f"--access-key {root.access_key} --secret-key '{root.secret_key}' | sh",
         "  Ctrl-C stops everything.",
         "",
@@ -107,7 +110,8 @@ async def run_demo(
         if serving.done():
             await serving
             return 1
-        print(_banner(settings), file=sys.stderr, flush=True)
+        base = f"http://{settings.host}:{settings.port}"
+        print(banner(base, redis_url), file=sys.stderr, flush=True)
         try:
             stats = await demo.run()
             log.info("demo publisher done: %d events", stats.published)
