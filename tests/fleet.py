@@ -52,6 +52,9 @@ async def fleet(
             tg.start_soon(consume, consumer)
         yield consumers
         tg.cancel_scope.cancel()
+    # Cancelled consumers closed their sockets; the close completes in a loop callback,
+    # which must run before the test's loop ends (else: unclosed-socket warnings at GC).
+    await anyio.sleep(0.05)
 
 
 async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
