@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from . import admin
+from . import admin, tail
 from .auth import DEFAULT_VERSION, signed_headers
 from .logs import configure_logging
 from .settings import ENV_PREFIX, Settings, SettingsError
@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
     demo.add_argument("--redis-url", default=None, help="use this Redis, not a private one")
     demo.set_defaults(run=_demo)
+
+    tail.add_parser(sub)
 
     cluster = sub.add_parser(
         "cluster", help="redis + N replicas + nginx + demo publisher on loopback (no Docker)"

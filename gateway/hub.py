@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Final, Literal, Protocol
 
 import msgspec
@@ -207,6 +209,23 @@ class Client:
             waiter.set_result(None)
 
 
+#: upper bounds (seconds) of the dispatch-time histogram: 10 µs .. 100 ms
+DISPATCH_BUCKETS: Final = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1)
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Fixed buckets, filled with one bisect and two adds; read at scrape time."""
+
+    bounds: tuple[float, ...] = DISPATCH_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DISPATCH_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
 @dataclass(slots=True)
 class HubStats:
     """Plain counters, read by /metrics at scrape time (nothing per delivery but an add)."""
@@ -218,6 +237,8 @@ class HubStats:
     connections_total: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     evictions: Counter[str] = field(default_factory=Counter)
+    #: seconds from a message's arrival to the last matching client's buffer
+    dispatch: Histogram = field(default_factory=Histogram)
 
 
 class _ThrottledLog:
@@ -338,6 +359,7 @@ class Hub:
         self.dispatch(stream_id, raw_id.decode("ascii"), event)
 
     def dispatch(self, stream_id: StreamId, text_id: str, event: KernelEvent) -> None:
+        started = perf_counter()
         frame: bytes | None = None
         delivered = 0
         index = self._index
@@ -355,6 +377,7 @@ class Hub:
         if frame is not None:
             self.stats.events_matched += 1
         self.stats.deliveries += delivered
+        self.stats.dispatch.observe(perf_counter() - started)
 
     def _evicted(self, client: Client) -> None:
         if client.close_reason == "slow_consumer":

@@ -10,7 +10,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -69,6 +74,17 @@ class GatewayCollector(Collector):
             auth.add_metric([kind], count)
         yield auth
         yield GaugeMetricFamily("kev_ready", "1 when subscribed and probed live", int(sub.ready))
+        hist = stats.dispatch
+        cumulative, buckets = 0, []
+        for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            "kev_dispatch_seconds",
+            "Time to hand one event to every matching client's buffer",
+            buckets=buckets,
+            sum_value=hist.total,
+        )
 
 
 async def metrics_endpoint(request: Request) -> Response:

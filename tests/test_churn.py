@@ -36,7 +36,7 @@ def _gateway_tasks(gw: RunningGateway) -> int:
 
 async def _cycle(gw: RunningGateway, i: int) -> None:
     person = ROOT if i % 2 else ALICE
-    target = PATH + ("?sessionId=churn-%d" % i if i % 3 == 0 else "")
+    target = PATH + (f"?sessionId=churn-{i}" if i % 3 == 0 else "")
     headers = signed_headers("GET", target, gw.host, person.access_key, person.secret_key)
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.settings.port)

@@ -1,0 +1,86 @@
+"""``gateway tail``: follow the kernel event stream from a terminal or a script.
+
+Signs with a keypair (flags, or Backend.AI's ``BACKEND_ACCESS_KEY`` / ``BACKEND_SECRET_KEY`` /
+``BACKEND_ENDPOINT``), reconnects with ``Last-Event-ID`` so nothing is missed across a
+replica restart, and prints each event as a readable line or as one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TextIO
+
+from .client import KernelEventStream, SSEEvent, StreamError
+
+__all__ = ["add_parser", "format_event", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tail = sub.add_parser("tail", help="print kernel events as they happen")
+    tail.add_argument("--url", help="gateway or load balancer (env BACKEND_ENDPOINT)")
+    tail.add_argument("--access-key", help="env BACKEND_ACCESS_KEY")
+    tail.add_argument("--secret-key", help="env BACKEND_SECRET_KEY")
+    tail.add_argument("--session-id", help="only this session")
+    tail.add_argument("--owner-access-key", help="sessions of this key")
+    tail.add_argument("--group", help="only this group")
+    tail.add_argument("--last-event-id", help="start after this id (replays what was missed)")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--count", type=int, default=None, help="exit after N events")
+    tail.set_defaults(run=run)
+
+
+def format_event(event: SSEEvent, as_json: bool) -> str:
+    data = json.loads(event.data)
+    if as_json:
+        return json.dumps({"id": event.id, "event": event.event, **data}, separators=(",", ":"))
+    stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+    result = f" result={data['result']}" if "result" in data else ""
+    reason = f" reason={data['reason']!r}" if data.get("reason") else ""
+    return (
+        f"{stamp} {event.event:<18} {data['sessionId']:<28} {data['ownerAccessKey']}"
+        f"{result}{reason}"
+    )
+
+
+def _params(args: argparse.Namespace) -> dict[str, str]:
+    params = {"sessionId": args.session_id, "ownerAccessKey": args.owner_access_key,
+              "group": args.group}  # fmt: skip
+    return {k: v for k, v in params.items() if v}
+
+
+async def _follow(args: argparse.Namespace, url: str, ak: str, sk: str, out: TextIO) -> int:
+    stream = KernelEventStream(
+        url, access_key=ak, secret_key=sk, params=_params(args), last_event_id=args.last_event_id
+    )
+    seen = 0
+    async for event in stream:
+        print(format_event(event, args.json), file=out, flush=True)
+        seen += 1
+        if args.count is not None and seen >= args.count:
+            break
+    return 0
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
+    env = os.environ if environ is None else environ
+    url = args.url or env.get("BACKEND_ENDPOINT") or "http://127.0.0.1:8081"
+    access_key = args.access_key or env.get("BACKEND_ACCESS_KEY")
+    secret_key = args.secret_key or env.get("BACKEND_SECRET_KEY")
+    if not access_key or not secret_key:
+        print("gateway tail: give --access-key and --secret-key (or BACKEND_ACCESS_KEY and "
+              "BACKEND_SECRET_KEY)", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        return asyncio.run(_follow(args, url.rstrip("/"), access_key, secret_key, sys.stdout))
+    except StreamError as exc:
+        print(f"gateway tail: refused: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"gateway tail: {exc}", file=sys.stderr)
+        return 2
