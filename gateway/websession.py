@@ -1,0 +1,369 @@
+"""Browser sessions: ``POST /auth/login`` trades a keypair (or a user's password) for an
+HttpOnly cookie whose session lives in Redis, so ``new EventSource(url, {withCredentials:
+true})`` works against any replica (DESIGN.md §4).
+
+* The cookie carries a random token (``secrets.token_urlsafe(32)``). Redis keeps the session
+  under the token's SHA-256 (``Keys.browser_session``), never the token itself, with the
+  session's TTL; every replica reads it, none caches it.
+* A session remembers which keypair it speaks for. Every use resolves that keypair again
+  through the identity store, so deactivating a keypair ends its browser sessions within
+  ``identity_cache_ttl``, exactly as it does for signed requests, and a changed role or domain
+  applies at once.
+* CSRF: login and logout accept only ``application/json`` (which a cross-site form cannot
+  send without a preflight) and, when the browser names an ``Origin``, only the gateway's own
+  or one of ``cors_origins``. The cookie is ``SameSite=Lax``, so pages of other sites do not
+  carry it on their requests at all.
+* Failed logins all get the same 401, whatever was wrong; the log says what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from typing import TYPE_CHECKING, Annotated, Final, Literal, cast
+from urllib.parse import urlsplit
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .errors import Problem
+from .identity import Identity, Role, hash_password, verify_password
+
+if TYPE_CHECKING:
+    from .app import GatewayState
+    from .settings import Settings
+
+__all__ = [
+    "MAX_LOGIN_BODY",
+    "SESSION_COOKIE",
+    "BrowserSession",
+    "LoginRequest",
+    "auth_routes",
+    "authenticate_cookie",
+    "token_hash",
+]
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE: Final = "kev_session"
+#: largest login body read, bytes; anything larger is refused unread
+MAX_LOGIN_BODY: Final = 4096
+#: what ``secrets.token_urlsafe(32)`` produces; anything else is refused without a Redis read
+_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+#: scrypt checks run at once per replica (each ~16 MiB and ~50 ms of CPU, in a thread), and
+#: how many more may wait for a turn before a login is told to come back later
+_PASSWORD_SLOTS: Final = 4
+_PASSWORD_QUEUE: Final = 64
+
+_Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+class LoginRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``{"access_key", "secret_key"}`` or ``{"user_id", "password"}``, nothing else."""
+
+    access_key: _Text | None = None
+    secret_key: _Secret | None = None
+    user_id: _Text | None = None
+    password: _Secret | None = None
+
+    def __repr__(self) -> str:  # never the secret, in a log line or a traceback
+        return f"LoginRequest(access_key={self.access_key!r}, user_id={self.user_id!r})"
+
+
+class BrowserSession(msgspec.Struct, frozen=True):
+    """What Redis holds for one browser session (msgpack)."""
+
+    access_key: str
+    user_id: str
+    role: Role
+    domain: str
+    method: Literal["keypair", "password"]
+    created: float
+
+
+_session_encoder: Final = msgspec.msgpack.Encoder()
+_session_decoder: Final = msgspec.msgpack.Decoder(BrowserSession)
+_login_decoder: Final = msgspec.json.Decoder(LoginRequest)
+_json_encoder: Final = msgspec.json.Encoder()
+_NO_STORE: Final = {"Cache-Control": "no-store"}
+
+
+def token_hash(token: str) -> str:
+    """The name a session token is stored under (hex SHA-256)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _auth_failed(title: str) -> Problem:
+    return Problem(401, "auth-failed", title)
+
+
+def _bad_body(msg: str) -> Problem:
+    return Problem(400, "invalid-api-params", "Invalid login request", msg)
+
+
+# -- CSRF ---------------------------------------------------------------------------------------
+
+
+def _check_same_origin(request: Request, settings: Settings) -> None:
+    """JSON only, and from the gateway's own origin or a configured one when ``Origin`` is sent."""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        raise _bad_body("send Content-Type: application/json")
+    origin = request.headers.get("origin")
+    if origin is None or origin in settings.cors_origins:
+        return
+    # Own origin: compared by host[:port] with the Host header, not by scheme, because TLS
+    # usually ends at the load balancer (the page is https, the gateway sees http) and the
+    # load balancer passes Host through unchanged (deploy/README.md).
+    parts = urlsplit(origin)
+    if parts.scheme in ("http", "https") and parts.netloc == request.headers.get("host"):
+        return
+    log.info("login/logout refused from origin %r", origin[:200])
+    raise Problem(403, "generic-forbidden", "Origin not allowed", f"origin {origin[:200]!r}")
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_LOGIN_BODY):
+        raise _bad_body(f"the body must be at most {MAX_LOGIN_BODY} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_LOGIN_BODY:
+            raise _bad_body(f"the body must be at most {MAX_LOGIN_BODY} bytes")
+    return bytes(body)
+
+
+def _parse_login(body: bytes) -> LoginRequest:
+    try:
+        login = _login_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _bad_body(str(exc)) from None
+    except msgspec.DecodeError:
+        raise _bad_body("the body is not a JSON object") from None
+    keypair = login.access_key is not None or login.secret_key is not None
+    password = login.user_id is not None or login.password is not None
+    complete = (login.access_key is not None and login.secret_key is not None) or (
+        login.user_id is not None and login.password is not None
+    )
+    if keypair == password or not complete:
+        raise _bad_body('give {"access_key", "secret_key"} or {"user_id", "password"}')
+    return login
+
+
+# -- checking credentials -----------------------------------------------------------------------
+
+
+@functools.cache
+def _decoy_hash() -> str:
+    """Checked instead when the user is unknown, so the answer takes as long either way."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+class _PasswordChecks:
+    """scrypt off the event loop, at most ``slots`` at once and ``queue`` waiting (else 503)."""
+
+    def __init__(self, slots: int = _PASSWORD_SLOTS, queue: int = _PASSWORD_QUEUE) -> None:
+        self._slots = asyncio.Semaphore(slots)
+        self._queue = queue
+        self._waiting = 0
+
+    async def verify(self, password: str, password_hash: str | None) -> bool:
+        if self._waiting >= self._queue:
+            raise Problem(
+                503,
+                "service-unavailable",
+                "Too many logins at once",
+                headers={"Retry-After": "1"},
+            )
+        self._waiting += 1
+        try:
+            async with self._slots:
+                loop = asyncio.get_running_loop()
+                if password_hash is None:
+                    password_hash = await loop.run_in_executor(None, _decoy_hash)
+                check = loop.run_in_executor(None, verify_password, password, password_hash)
+                try:
+                    return await asyncio.shield(check)
+                except asyncio.CancelledError:
+                    # The thread runs on regardless; it keeps its slot until it ends.
+                    await asyncio.wait([check])
+                    raise
+        finally:
+            self._waiting -= 1
+
+
+async def _keypair_login(login: LoginRequest, state: GatewayState) -> Identity:
+    assert login.access_key is not None and login.secret_key is not None
+    keypair = await state.store.get_keypair(login.access_key)
+    expected = keypair.secret_key if keypair is not None else ""
+    secret_ok = hmac.compare_digest(expected.encode(), login.secret_key.encode())
+    if keypair is None or not secret_ok or not keypair.active:
+        why = "unknown key" if keypair is None else "bad secret" if not secret_ok else "inactive"
+        log.info("login failed: access key %r: %s", login.access_key, why)
+        raise _auth_failed("Login failed")
+    resolved = await state.store.resolve(keypair.access_key)
+    if resolved is None:
+        log.info("login failed: access key %r belongs to no user", login.access_key)
+        raise _auth_failed("Login failed")
+    return resolved[1]
+
+
+async def _password_login(
+    login: LoginRequest, state: GatewayState, checks: _PasswordChecks
+) -> Identity:
+    assert login.user_id is not None and login.password is not None
+    user = await state.store.get_user(login.user_id)
+    pw_hash = user.password_hash if user is not None and user.password_hash else None
+    ok = await checks.verify(login.password, pw_hash)
+    if user is None or pw_hash is None or not ok:
+        why = "unknown user" if user is None else "no password" if pw_hash is None else "bad"
+        log.info("login failed: user %r: %s", login.user_id, why)
+        raise _auth_failed("Login failed")
+    # A browser session speaks for one keypair (its key is what the stream's filters name):
+    # the user's first active one. Listing scans every keypair; logins are rare.
+    active = sorted(
+        kp.access_key for kp in await state.store.list_keypairs(user.user_id) if kp.active
+    )
+    if not active:
+        log.info("login failed: user %r has no active keypair", login.user_id)
+        raise _auth_failed("Login failed")
+    return Identity(active[0], user.user_id, user.role, user.domain)
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+
+async def _session_identity(token: str, state: GatewayState) -> Identity:
+    if not _TOKEN.fullmatch(token):
+        raise _auth_failed("Session not found")
+    raw = await state.redis.get(state.keys.browser_session(token_hash(token)))
+    if raw is None:  # never was, logged out, or expired
+        raise _auth_failed("Session not found")
+    try:
+        session = _session_decoder.decode(cast(bytes, raw))  # decode_responses is off
+    except msgspec.DecodeError:
+        log.warning("browser session %s… is stored garbled: refused", token_hash(token)[:12])
+        raise _auth_failed("Session not found") from None
+    resolved = await state.store.resolve(session.access_key)
+    if resolved is None or not resolved[0].active or resolved[1].user_id != session.user_id:
+        log.info("browser session of key %r refused: keypair gone or inactive", session.access_key)
+        raise _auth_failed("Session revoked")
+    return resolved[1]
+
+
+async def authenticate_cookie(request: Request, state: GatewayState) -> Identity | None:
+    """Who the request's session cookie speaks for; None when it carries no session cookie.
+
+    Raises :class:`Problem` 401 auth-failed for an unknown or expired session, or one whose
+    keypair has been removed or deactivated (seen within ``identity_cache_ttl``).
+    """
+    token = request.cookies.get(SESSION_COOKIE)
+    if token is None:
+        return None
+    return await _session_identity(token, state)
+
+
+def _set_cookie(response: Response, token: str, settings: Settings, max_age: int) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=max_age,
+        path="/",
+        secure=settings.cookie_secure,
+        httponly=True,
+        samesite="Lax",  # type: ignore[arg-type]  # Starlette checks it case-insensitively
+    )
+
+
+def _identity_response(identity: Identity) -> Response:
+    return Response(
+        _json_encoder.encode(identity), media_type="application/json", headers=_NO_STORE
+    )
+
+
+class _Endpoints:
+    """The ``/auth/*`` handlers of one app (one event loop), with their password limiter."""
+
+    def __init__(self) -> None:
+        self._checks = _PasswordChecks()
+
+    async def login(self, request: Request) -> Response:
+        state: GatewayState = request.state.gateway
+        settings = state.settings
+        try:
+            _check_same_origin(request, settings)
+            login = _parse_login(await _read_body(request))
+            if login.access_key is not None:
+                identity = await _keypair_login(login, state)
+            else:
+                identity = await _password_login(login, state, self._checks)
+        except Problem as exc:
+            state.auth_failures[exc.title] += 1
+            raise
+        token = secrets.token_urlsafe(32)
+        session = BrowserSession(
+            identity.access_key,
+            identity.user_id,
+            identity.role,
+            identity.domain,
+            method="keypair" if login.access_key is not None else "password",
+            created=time.time(),
+        )
+        ttl_ms = max(1, round(settings.session_ttl * 1000))
+        async with state.redis.pipeline(transaction=False) as pipe:
+            pipe.set(
+                state.keys.browser_session(token_hash(token)),
+                _session_encoder.encode(session),
+                px=ttl_ms,
+            )
+            # A fresh login replaces the session the browser held before, if any.
+            old = request.cookies.get(SESSION_COOKIE)
+            if old is not None and _TOKEN.fullmatch(old):
+                pipe.delete(state.keys.browser_session(token_hash(old)))
+            await pipe.execute()
+        log.info(
+            "browser session opened key=%s user=%s via=%s",
+            identity.access_key,
+            identity.user_id,
+            session.method,
+        )
+        response = _identity_response(identity)
+        _set_cookie(response, token, settings, max(1, round(settings.session_ttl)))
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        state: GatewayState = request.state.gateway
+        _check_same_origin(request, state.settings)
+        token = request.cookies.get(SESSION_COOKIE)
+        if token is not None and _TOKEN.fullmatch(token):
+            await state.redis.delete(state.keys.browser_session(token_hash(token)))
+        response = Response(status_code=204, headers=_NO_STORE)
+        _set_cookie(response, "", state.settings, 0)
+        return response
+
+    async def me(self, request: Request) -> Response:
+        state: GatewayState = request.state.gateway
+        identity = await authenticate_cookie(request, state)
+        if identity is None:
+            raise _auth_failed("Not logged in")
+        return _identity_response(identity)
+
+
+def auth_routes() -> list[Route]:
+    """``POST /auth/login``, ``POST /auth/logout``, ``GET /auth/me`` for one app."""
+    endpoints = _Endpoints()
+    return [
+        Route("/auth/login", endpoints.login, methods=["POST"]),
+        Route("/auth/logout", endpoints.logout, methods=["POST"]),
+        Route("/auth/me", endpoints.me, methods=["GET"]),
+    ]
