@@ -29,13 +29,17 @@ from starlette.types import Receive, Scope, Send
 from publisher.connection import connect_async
 from publisher.keys import Keys
 
+from .cors import cors_middleware
+from .dashboard import dashboard_routes
+from .direct import CYCLE_SCOPE_KEY, uvicorn_cycle
 from .errors import Problem, problem_response
 from .hub import Hub
 from .identity import IdentityStore
 from .metrics import metrics_endpoint
 from .settings import Settings
-from .stream import TRANSPORT_SCOPE_KEY, stream_events
+from .stream import stream_events
 from .subscriber import Subscriber
+from .websession import auth_routes
 
 __all__ = ["GatewayState", "TransportScope", "create_app"]
 
@@ -193,10 +197,10 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 class TransportScope:
-    """Outermost ASGI wrapper: remembers the connection's transport in the scope when the
-    server is uvicorn (its ``send`` is a bound method of an object holding ``transport``),
-    so a stuck client's socket can be aborted. Starlette's middlewares wrap ``send`` in
-    closures, hence this sits outside them. Everything else passes through unchanged."""
+    """Outermost ASGI wrapper: remembers uvicorn's request-response cycle in the scope (its
+    ``send`` is a bound method of it), so the hub can write to the transport directly
+    (:mod:`gateway.direct`) and abort a stuck client's socket. Starlette's middlewares wrap
+    ``send`` in closures, hence this sits outside them. Everything passes through unchanged."""
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
@@ -213,9 +217,9 @@ class TransportScope:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            transport = getattr(getattr(send, "__self__", None), "transport", None)
-            if transport is not None and hasattr(transport, "abort"):
-                scope[TRANSPORT_SCOPE_KEY] = transport
+            cycle = uvicorn_cycle(send)
+            if cycle is not None:
+                scope[CYCLE_SCOPE_KEY] = cycle
         await self.app(scope, receive, send)
 
 
@@ -228,8 +232,11 @@ def create_app(settings: Settings | None = None) -> TransportScope:
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
+    routes += auth_routes()  # browser sessions: /auth/login, /auth/logout, /auth/me
+    routes += dashboard_routes()  # /, /dashboard, /static/dashboard.{js,css}
     app = Starlette(
         routes=routes,
+        middleware=cors_middleware(settings),  # none unless cors_origins is set
         lifespan=_lifespan(settings),
         exception_handlers={
             Problem: _problem_handler,

@@ -3,8 +3,10 @@
 * :meth:`Hub.publish` parses the stream id and decodes the payload once, builds the SSE frame
   once, then finds candidates through six dict lookups (one per index a client can sit in), so
   a publish costs O(matching clients), not O(all clients).
-* :meth:`Client.push` appends to the client's bounded buffer and wakes its writer; it never
-  awaits. A client over its byte cap is evicted on the spot (``slow_consumer``).
+* :meth:`Client.push` appends to the client's bounded buffer; it never awaits. A client over
+  its byte cap is evicted on the spot (``slow_consumer``). Clients with a direct sink are
+  marked dirty, and one flush per loop iteration (:meth:`Hub.flush`) writes each one's queue
+  as a single chunk: everything dispatched from one Redis read is coalesced.
 * One timer for the whole hub sends heartbeats and evicts clients whose write has been stuck
   past the write deadline (``write_timeout``).
 """
@@ -19,194 +21,21 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Final, Literal, Protocol
+from typing import Final, Literal
 
 import msgspec
 
 from publisher.schema import KernelEvent, decode_event
 
+from .filters import Filter, IndexKey, candidate_keys
 from .frames import PING, CloseReason, event_frame, parse_stream_id
+from .outbox import Client, StreamId
 
 __all__ = ["Client", "Filter", "Hub", "HubStats", "StreamId"]
 
 log = logging.getLogger(__name__)
 
-StreamId = tuple[int, int]
 DropKind = Literal["bad_id", "decode", "schema", "oversized"]
-EvictReason = Literal["slow_consumer", "write_timeout"]
-IndexKey = tuple[str, ...]
-_ALL: Final[IndexKey] = ("*",)
-
-
-@dataclass(frozen=True, slots=True)
-class Filter:
-    """What one stream may and wants to see; ``None`` means "no constraint".
-
-    ``owner_user_id`` and ``domain`` come from the caller's role (who may see what); the rest
-    from the query (what the caller asked for). Built by :mod:`gateway.visibility`.
-    """
-
-    owner_user_id: str | None = None
-    domain: str | None = None
-    session_id: str | None = None
-    owner_access_key: str | None = None
-    group: str | None = None
-
-    def __post_init__(self) -> None:
-        assert self.session_id is None or self.owner_access_key is not None, (
-            "a session filter always names its owner key"
-        )
-
-    def index_key(self) -> IndexKey:
-        """The one index this filter is filed under: its most selective constraint."""
-        if self.session_id is not None:
-            assert self.owner_access_key is not None
-            return ("s", self.session_id, self.owner_access_key)
-        if self.owner_access_key is not None:
-            return ("k", self.owner_access_key)
-        if self.owner_user_id is not None:
-            return ("u", self.owner_user_id)
-        if self.group is not None:
-            return ("g", self.group)
-        if self.domain is not None:
-            return ("d", self.domain)
-        return _ALL
-
-    def matches(self, event: KernelEvent) -> bool:
-        return (
-            (self.owner_user_id is None or event.owner_user_id == self.owner_user_id)
-            and (self.domain is None or event.domain == self.domain)
-            and (self.session_id is None or event.session_id == self.session_id)
-            and (self.owner_access_key is None or event.owner_access_key == self.owner_access_key)
-            and (self.group is None or event.group == self.group)
-        )
-
-
-def _candidate_keys(event: KernelEvent) -> tuple[IndexKey, ...]:
-    return (
-        ("s", event.session_id, event.owner_access_key),
-        ("k", event.owner_access_key),
-        ("u", event.owner_user_id),
-        ("g", event.group),
-        ("d", event.domain),
-        _ALL,
-    )
-
-
-class Aborter(Protocol):
-    def __call__(self) -> None: ...
-
-
-class Client:
-    """One SSE stream's state in the hub: its filter and its bounded outgoing buffer.
-
-    During a resume the client is registered before history is read; live frames that arrive
-    meanwhile wait in ``_held`` with their ids and are released by :meth:`end_replay`, minus
-    those replay already sent. History can also be ahead of the live channel (an event is in
-    the stream before its PUBLISH reaches this process), so after replay ``_floor`` drops
-    live frames up to the last replayed id until a newer one passes. No gap, no duplicate.
-    """
-
-    __slots__ = (
-        "_chunks",
-        "_floor",
-        "_held",
-        "_waiter",
-        "abort",
-        "access_key",
-        "buffered",
-        "cap",
-        "close_reason",
-        "closed",
-        "filter",
-        "writing_since",
-    )
-
-    def __init__(self, filter: Filter, access_key: str, cap: int) -> None:
-        self.filter = filter
-        self.access_key = access_key
-        self.cap = cap
-        self.buffered = 0
-        self.closed = False
-        self.close_reason: CloseReason | Literal["disconnect"] | None = None
-        #: monotonic time the current write started, or 0.0 when no write is in flight
-        self.writing_since = 0.0
-        #: how the hub stops a write that is stuck past the deadline (set by the stream)
-        self.abort: Aborter | None = None
-        self._chunks: list[bytes] = []
-        self._held: list[tuple[StreamId, bytes]] | None = None
-        self._floor: StreamId | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def push(self, frame: bytes, stream_id: StreamId | None = None) -> bool:
-        """Queue ``frame``; returns True when this push evicted the client (over its cap)."""
-        if self.closed:
-            return False
-        if stream_id is not None and self._floor is not None:
-            if stream_id <= self._floor:
-                return False  # replay already sent it
-            self._floor = None  # ids only grow from here
-        if self._held is not None and stream_id is not None:
-            self._held.append((stream_id, frame))
-        else:
-            self._chunks.append(frame)
-        self.buffered += len(frame)
-        if self.buffered > self.cap:
-            self.close("slow_consumer")
-            return True
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-        return False
-
-    def take(self) -> bytes:
-        """Everything queued, as one write (coalescing), or b"" when nothing is."""
-        if not self._chunks:
-            return b""
-        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks = []
-        self.buffered -= len(data)
-        return data
-
-    async def wait(self) -> None:
-        """Return once something is queued or the client is closed."""
-        if self._chunks or self.closed:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiter = waiter
-        await waiter
-
-    def begin_replay(self) -> None:
-        self._held = []
-
-    def end_replay(self, last_sent: StreamId) -> None:
-        """Release the live frames held during replay, skipping ids replay already sent, and
-        keep skipping them if they are still on their way."""
-        held, self._held = self._held or [], None
-        for stream_id, frame in held:
-            self.buffered -= len(frame)
-            if stream_id > last_sent:
-                self.push(frame)
-        if not held or held[-1][0] <= last_sent:
-            self._floor = last_sent
-
-    def close(self, reason: CloseReason | Literal["disconnect"]) -> None:
-        """Mark the stream for closing and wake its writer. What is queued is still written
-        on a deliberate close (shutdown, revoked); it is dropped for an evicted or gone
-        client."""
-        if self.closed:
-            return
-        self.closed = True
-        self.close_reason = reason
-        self._held = None
-        if reason in ("slow_consumer", "write_timeout", "disconnect"):
-            self._chunks = []
-            self.buffered = 0
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
 
 #: upper bounds (seconds) of the dispatch-time histogram: 10 µs .. 100 ms
@@ -285,6 +114,8 @@ class Hub:
         self._clients: set[Client] = set()
         self._per_key: Counter[str] = Counter()
         self._drops = _ThrottledLog()
+        self._dirty: list[Client] = []
+        self._flush_handle: asyncio.Handle | None = None
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -363,7 +194,7 @@ class Hub:
         frame: bytes | None = None
         delivered = 0
         index = self._index
-        for key in _candidate_keys(event):
+        for key in candidate_keys(event):
             members = index.get(key)
             if not members:
                 continue
@@ -378,6 +209,18 @@ class Hub:
             self.stats.events_matched += 1
         self.stats.deliveries += delivered
         self.stats.dispatch.observe(perf_counter() - started)
+
+    def notify(self, client: Client) -> None:
+        """A direct client has data: write it in this loop iteration's flush."""
+        self._dirty.append(client)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, []
+        for client in dirty:
+            client.flush()
 
     def _evicted(self, client: Client) -> None:
         if client.close_reason == "slow_consumer":

@@ -28,23 +28,22 @@ from starlette.types import Message, Receive, Scope, Send
 
 from publisher.schema import decode_event
 
-from .auth import authenticate
+from .auth import authenticate, raw_target
+from .direct import CYCLE_SCOPE_KEY, TransportSink
 from .errors import Problem
 from .frames import event_frame, notice_frame, parse_stream_id, retry_frame, server_close_frame
 from .history import first_available, read_after, was_trimmed
 from .hub import Client, StreamId
 from .visibility import build_filter, parse_query
+from .websession import authenticate_cookie
 
 if TYPE_CHECKING:
     from .app import GatewayState
 
-__all__ = ["TRANSPORT_SCOPE_KEY", "HubStreamResponse", "stream_events"]
+__all__ = ["HubStreamResponse", "stream_events"]
 
 log = logging.getLogger(__name__)
 
-#: where :class:`gateway.app.TransportScope` leaves the connection's transport, when the
-#: server is uvicorn: the hub aborts a stuck client's socket through it.
-TRANSPORT_SCOPE_KEY: Final = "kev.transport"
 #: all request header names and values together, at most (uvicorn's parser allows more)
 MAX_HEADER_BYTES: Final = 16 * 1024
 
@@ -73,7 +72,8 @@ class HubStreamResponse(EventSourceResponse):
             await super().__call__(scope, receive, send)
             return
         state, client, hub = self._state, self._client, self._state.hub
-        transport: _Abortable | None = scope.get(TRANSPORT_SCOPE_KEY)
+        cycle = scope.get(CYCLE_SCOPE_KEY)
+        transport: _Abortable | None = cycle.transport if cycle is not None else None
         task = asyncio.current_task()
         assert task is not None
 
@@ -97,6 +97,8 @@ class HubStreamResponse(EventSourceResponse):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await send(_body(retry_frame(state.settings.retry_ms)))
+            if cycle is not None:  # headers are out: from here the hub may write directly
+                client.go_direct(TransportSink(cycle), hub.notify)
             if self._last_event_id is not None:
                 replay = asyncio.ensure_future(self._replay(self._last_event_id))
             await self._write_loop(send)
@@ -187,13 +189,6 @@ def _body(data: bytes) -> Message:
     return {"type": "http.response.body", "body": data, "more_body": True}
 
 
-def _request_target(scope: Scope) -> str:
-    path: bytes = scope.get("raw_path") or scope["path"].encode()
-    query: bytes = scope.get("query_string", b"")
-    target = path.decode("latin-1")
-    return f"{target}?{query.decode('latin-1')}" if query else target
-
-
 async def stream_events(request: Request) -> Response:
     state: GatewayState = request.state.gateway
     if not state.accepting:
@@ -209,14 +204,22 @@ async def stream_events(request: Request) -> Response:
         )
     query = parse_query(request.scope.get("query_string", b""), request.headers)
     try:
-        identity = await authenticate(
-            request.method,
-            _request_target(request.scope),
-            request.headers,
-            state.store,
-            now=datetime.now(UTC),
-            max_skew=state.max_skew,
-        )
+        # A browser (EventSource) has no signature, only its session cookie.
+        identity = None
+        if "authorization" not in request.headers:
+            identity = await authenticate_cookie(request, state)
+        if identity is None:
+            identity = await authenticate(
+                request.method,
+                raw_target(
+                    request.scope.get("raw_path") or request.scope["path"].encode(),
+                    request.scope["query_string"],
+                ),
+                request.headers,
+                state.store,
+                now=datetime.now(UTC),
+                max_skew=state.max_skew,
+            )
     except Problem as exc:
         state.auth_failures[exc.title] += 1
         raise

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import msgspec
@@ -209,3 +210,52 @@ def test_live_frames_that_replay_already_sent_are_dropped_when_they_arrive_late(
     sent = client.take()
     assert b"id: 2-0" not in sent and b"id: 3-0" not in sent
     assert sent.count(b"event: kernel_started") == 2
+
+
+class FakeSink:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.is_paused = False
+
+    def paused(self) -> bool:
+        return self.is_paused
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+@pytest.mark.anyio
+async def test_direct_clients_get_one_coalesced_write_per_flush() -> None:
+    hub, ids = _hub(), Counter()
+    sinks = [FakeSink() for _ in range(3)]
+    clients = [hub.new_client(Filter(), f"k{i}") for i in range(3)]
+    for client, sink in zip(clients, sinks, strict=True):
+        hub.register(client)
+        client.go_direct(sink, hub.notify)
+    for i in range(5):
+        _publish(hub, ids, _ref().started(str(i)))
+    assert all(not s.writes for s in sinks)  # nothing until the loop runs the flush
+    await asyncio.sleep(0)
+    for sink in sinks:
+        assert len(sink.writes) == 1 and sink.writes[0].count(b"event: kernel_started") == 5
+    assert sinks[0].writes[0] is sinks[1].writes[0] or sinks[0].writes[0] == sinks[1].writes[0]
+
+
+@pytest.mark.anyio
+async def test_a_paused_direct_client_is_left_to_its_writer_task() -> None:
+    hub, ids = _hub(), Counter()
+    sink, client = FakeSink(), hub.new_client(Filter(), "k")
+    hub.register(client)
+    client.go_direct(sink, hub.notify)
+    sink.is_paused = True
+    waiting = asyncio.ensure_future(client.wait())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    _publish(hub, ids, _ref().started())
+    await asyncio.wait_for(waiting, 1)  # the writer task is woken to take it (and await drain)
+    assert not sink.writes
+    assert b"kernel_started" in client.take()
+    client.close("shutdown")
+    _publish(hub, ids, _ref().started())
+    await asyncio.sleep(0)
+    assert not sink.writes
