@@ -108,6 +108,7 @@ def _lifespan(settings: Settings) -> Any:
             write_deadline=settings.write_deadline,
             ping_interval=settings.ping_interval,
             max_payload=settings.max_payload,
+            flush_interval=settings.flush_interval,
         )
         state = GatewayState(
             settings=settings,

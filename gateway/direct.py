@@ -38,16 +38,20 @@ def uvicorn_cycle(send: object) -> Any | None:
 class TransportSink:
     """The :class:`gateway.outbox.Sink` for one uvicorn (httptools) response."""
 
-    __slots__ = ("_chunked", "_flow", "_transport")
+    __slots__ = ("_chunked", "_cycle", "_flow", "_transport")
 
     def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
         self._transport: _Transport = cycle.transport
         self._flow = cycle.flow
         # Decided when the headers went out: chunked, unless the response had a length.
         self._chunked: bool = bool(cycle.chunked_encoding)
 
     def paused(self) -> bool:
-        return bool(self._flow.write_paused) or self._transport.is_closing()
+        # Two attribute loads, no call: this runs once per client per flush. A vanished
+        # client (uvicorn's connection_lost sets ``disconnected``) counts as paused, so its
+        # writer task, not a write to a dead transport, sees it out.
+        return bool(self._flow.write_paused or self._cycle.disconnected)
 
     def write(self, data: bytes) -> None:
         if self._chunked:

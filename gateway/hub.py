@@ -100,12 +100,14 @@ class Hub:
         write_deadline: float,
         ping_interval: float,
         max_payload: int = 64 * 1024,
+        flush_interval: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.buffer_cap = buffer_cap
         self.write_deadline = write_deadline
         self.ping_interval = ping_interval
         self.max_payload = max_payload
+        self.flush_interval = flush_interval
         self.clock = clock
         self.stats = HubStats()
         #: id of the newest event dispatched; older or equal ids are duplicates (gap-fill)
@@ -116,6 +118,7 @@ class Hub:
         self._drops = _ThrottledLog()
         self._dirty: list[Client] = []
         self._flush_handle: asyncio.Handle | None = None
+        self._last_flush = 0.0
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -211,13 +214,22 @@ class Hub:
         self.stats.dispatch.observe(perf_counter() - started)
 
     def notify(self, client: Client) -> None:
-        """A direct client has data: write it in this loop iteration's flush."""
+        """A direct client has data: write it in the next flush. That is this loop
+        iteration's, or, within ``flush_interval`` of the previous flush, the one due then:
+        an idle hub answers at once, a busy one batches more events into each write."""
         self._dirty.append(client)
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+            loop = asyncio.get_running_loop()
+            delay = self._last_flush + self.flush_interval - loop.time()
+            if delay > 0:
+                self._flush_handle = loop.call_later(delay, self.flush)
+            else:
+                self._flush_handle = loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._flush_handle = None
+        if self.flush_interval:
+            self._last_flush = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, []
         for client in dirty:
             client.flush()

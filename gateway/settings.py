@@ -48,6 +48,9 @@ class Settings:
     buffer_cap: int = 256 * 1024
     #: seconds one write to a client may take before the client is evicted
     write_deadline: float = 10.0
+    #: seconds the hub waits after one flush before the next, gathering events into fewer,
+    #: larger writes (0: flush every loop iteration; see the README's benchmark)
+    flush_interval: float = 0.0
     #: SO_SNDBUF of each stream's socket, bytes (0: the kernel's autotuning, up to
     #: net.ipv4.tcp_wmem's max, 4 MiB by default, per stalled client)
     send_buffer: int = 256 * 1024
@@ -99,6 +102,7 @@ class Settings:
         need(1024 <= self.buffer_cap <= 1 << 30, "buffer_cap", "must be 1 KiB - 1 GiB")
         need(0.1 <= self.write_deadline <= 3600, "write_deadline", "must be 0.1-3600 s")
         need(0 <= self.send_buffer <= 1 << 26, "send_buffer", "must be 0-64 MiB")
+        need(0 <= self.flush_interval <= 1.0, "flush_interval", "must be 0-1 s")
         need(0 <= self.identity_cache_ttl <= 3600, "identity_cache_ttl", "must be 0-3600 s")
         need(0 < self.max_clock_skew <= 86400, "max_clock_skew", "must be 0-86400 s")
         need(self.probe_interval >= 0, "probe_interval", "must be >= 0")
