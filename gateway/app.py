@@ -32,12 +32,12 @@ from publisher.keys import Keys
 from .cors import cors_middleware
 from .dashboard import dashboard_routes
 from .direct import CYCLE_SCOPE_KEY, uvicorn_cycle
-from .errors import Problem, problem_response
+from .errors import Problem, problem_response, redis_unavailable
 from .hub import Hub
 from .identity import IdentityStore
 from .metrics import metrics_endpoint
 from .settings import Settings
-from .stream import stream_events
+from .stream import stream_events, stream_response
 from .subscriber import Subscriber
 from .websession import auth_routes
 
@@ -184,12 +184,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _redis_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("redis unavailable for %s: %s", request.url.path, exc)
-    return problem_response(
-        503,
-        "service-unavailable",
-        "The event store is unreachable; retry shortly",
-        headers={"Retry-After": "2"},
-    )
+    return redis_unavailable()
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -198,10 +193,17 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 class TransportScope:
-    """Outermost ASGI wrapper: remembers uvicorn's request-response cycle in the scope (its
-    ``send`` is a bound method of it), so the hub can write to the transport directly
-    (:mod:`gateway.direct`) and abort a stuck client's socket. Starlette's middlewares wrap
-    ``send`` in closures, hence this sits outside them. Everything passes through unchanged."""
+    """The outermost ASGI app, in front of Starlette.
+
+    * It remembers uvicorn's request-response cycle in the scope (its ``send`` is a bound
+      method of it), so the hub can write to the transport directly (:mod:`gateway.direct`)
+      and abort a stuck client's socket. Starlette's middlewares wrap ``send`` in closures,
+      hence this sits outside them.
+    * A stream request without an ``Origin`` header (SDKs, curl, a same-origin EventSource)
+      goes straight to :func:`gateway.stream.stream_response`, past Starlette's middleware and
+      routing, whose frames every open stream would otherwise keep for its whole life.
+      Cross-origin requests take the Starlette path, where CORS is answered.
+    """
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
@@ -221,6 +223,15 @@ class TransportScope:
             cycle = uvicorn_cycle(send)
             if cycle is not None:
                 scope[CYCLE_SCOPE_KEY] = cycle
+            if (
+                scope["path"] in STREAM_PATHS
+                and scope["method"] in ("GET", "HEAD")
+                and "state" in scope
+                and not any(name == b"origin" for name, _ in scope["headers"])
+            ):
+                response = await stream_response(scope, receive)
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 

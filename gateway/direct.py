@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Protocol
 
-__all__ = ["CYCLE_SCOPE_KEY", "TransportSink", "uvicorn_cycle"]
+__all__ = ["CYCLE_SCOPE_KEY", "TransportSink", "chunk", "uvicorn_cycle"]
 
 #: where :class:`gateway.app.TransportScope` leaves uvicorn's request-response cycle
 CYCLE_SCOPE_KEY: Final = "kev.uvicorn_cycle"
@@ -35,26 +35,27 @@ def uvicorn_cycle(send: object) -> Any | None:
     return None
 
 
-class TransportSink:
-    """The :class:`gateway.outbox.Sink` for one uvicorn (httptools) response."""
+def chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk, the framing uvicorn's ``send`` gives a body part."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
-    __slots__ = ("_chunked", "_cycle", "_flow", "_transport")
+
+class TransportSink:
+    """The :class:`gateway.outbox.Sink` for one chunked uvicorn (httptools) response."""
+
+    __slots__ = ("_cycle", "_flow", "write_chunk")
 
     def __init__(self, cycle: Any) -> None:
+        if not cycle.chunked_encoding:  # decided when the headers went out
+            raise ValueError("direct writes need a chunked response")
         self._cycle = cycle
-        self._transport: _Transport = cycle.transport
         self._flow = cycle.flow
-        # Decided when the headers went out: chunked, unless the response had a length.
-        self._chunked: bool = bool(cycle.chunked_encoding)
+        transport: _Transport = cycle.transport
+        #: the transport's own write: the hub frames each chunk, no call layer per write
+        self.write_chunk = transport.write
 
     def paused(self) -> bool:
         # Two attribute loads, no call: this runs once per client per flush. A vanished
         # client (uvicorn's connection_lost sets ``disconnected``) counts as paused, so its
         # writer task, not a write to a dead transport, sees it out.
         return bool(self._flow.write_paused or self._cycle.disconnected)
-
-    def write(self, data: bytes) -> None:
-        if self._chunked:
-            self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self._transport.write(data)

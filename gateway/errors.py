@@ -7,7 +7,7 @@ from typing import Final, Literal
 import msgspec
 from starlette.responses import Response
 
-__all__ = ["PROBLEM_BASE", "Problem", "ProblemSlug", "problem_response"]
+__all__ = ["PROBLEM_BASE", "Problem", "ProblemSlug", "problem_response", "redis_unavailable"]
 
 PROBLEM_BASE: Final = "https://api.backend.ai/probs/"
 
@@ -67,4 +67,14 @@ def problem_response(
     body = _encoder.encode(_Body(type=PROBLEM_BASE + slug, title=title, msg=msg))
     return Response(
         body, status_code=status, headers=headers, media_type="application/problem+json"
+    )
+
+
+def redis_unavailable() -> Response:
+    """What a request that needed Redis gets while Redis is unreachable."""
+    return problem_response(
+        503,
+        "service-unavailable",
+        "The event store is unreachable; retry shortly",
+        headers={"Retry-After": "2"},
     )

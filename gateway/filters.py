@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from publisher.schema import KernelEvent
@@ -26,11 +26,19 @@ class Filter:
     session_id: str | None = None
     owner_access_key: str | None = None
     group: str | None = None
+    #: True when the index key alone proves a match (nothing else is constrained): the hub
+    #: then skips :meth:`matches`, which is most clients of a broadcast
+    exact: bool = field(init=False, compare=False, repr=False, default=False)
 
     def __post_init__(self) -> None:
         assert self.session_id is None or self.owner_access_key is not None, (
             "a session filter always names its owner key"
         )
+        constraints = sum(
+            value is not None
+            for value in (self.owner_user_id, self.domain, self.owner_access_key, self.group)
+        )
+        object.__setattr__(self, "exact", constraints <= 1)
 
     def index_key(self) -> IndexKey:
         """The one index this filter is filed under: its most selective constraint."""

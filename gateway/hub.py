@@ -27,6 +27,7 @@ import msgspec
 
 from publisher.schema import KernelEvent, decode_event
 
+from .direct import chunk
 from .filters import Filter, IndexKey, candidate_keys
 from .frames import PING, CloseReason, event_frame, parse_stream_id
 from .outbox import Client, StreamId
@@ -202,7 +203,8 @@ class Hub:
             if not members:
                 continue
             for client in members:
-                if not client.closed and client.filter.matches(event):
+                filter = client.filter
+                if not client.closed and (filter.exact or filter.matches(event)):
                     if frame is None:
                         frame = event_frame(text_id, event)
                     delivered += 1
@@ -215,8 +217,8 @@ class Hub:
 
     def notify(self, client: Client) -> None:
         """A direct client has data: write it in the next flush. That is this loop
-        iteration's, or, within ``flush_interval`` of the previous flush, the one due then:
-        an idle hub answers at once, a busy one batches more events into each write."""
+        iteration's, or, within ``flush_interval`` of the end of the previous flush, the one
+        due then: an idle hub answers at once, a busy one batches events into each write."""
         self._dirty.append(client)
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
@@ -227,12 +229,23 @@ class Hub:
                 self._flush_handle = loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        """Write every dirty client's queue as one chunk. In a broadcast most clients queue
+        the very same frame object, so its chunk framing is built once and reused."""
         self._flush_handle = None
-        if self.flush_interval:
-            self._last_flush = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, []
+        last_data: bytes | None = None
+        last_chunk = b""
         for client in dirty:
-            client.flush()
+            data = client.take_for_sink()
+            if data is None:
+                continue
+            if data is not last_data:
+                last_data, last_chunk = data, chunk(data)
+            client.sink.write_chunk(last_chunk)  # type: ignore[union-attr]
+        if self.flush_interval:
+            # From the end: a flush that took long is followed by a full interval of
+            # gathering, so a saturated hub settles on a few events per write.
+            self._last_flush = asyncio.get_running_loop().time()
 
     def _evicted(self, client: Client) -> None:
         if client.close_reason == "slow_consumer":

@@ -43,7 +43,9 @@ class Sink(Protocol):
         """True while the transport holds more than its high-water mark."""
         ...
 
-    def write(self, data: bytes) -> None: ...
+    def write_chunk(self, framed: bytes) -> None:
+        """Write ``framed``, which is :func:`gateway.direct.chunk` of the data."""
+        ...
 
 
 class Client:
@@ -61,6 +63,7 @@ class Client:
         "close_reason",
         "closed",
         "filter",
+        "on_wake",
         "sink",
         "writing_since",
     )
@@ -84,6 +87,9 @@ class Client:
         self._waiter: asyncio.Future[None] | None = None
         self._dirty = False
         self._notify: Callable[[Client], None] | None = None
+        #: called when the writer task is needed and none is waiting (set by the stream,
+        #: which then starts one): the close, or data the direct path cannot write now
+        self.on_wake: Callable[[], None] | None = None
 
     def go_direct(self, sink: Sink, notify: Callable[[Client], None]) -> None:
         """From now on, queued data goes out through ``sink`` when the hub's flush runs;
@@ -123,17 +129,18 @@ class Client:
             return True
         return False
 
-    def flush(self) -> None:
-        """The hub's flush: write what is queued through the sink, or leave it to the writer
-        task while an ASGI write is in flight or the transport is full."""
+    def take_for_sink(self) -> bytes | None:
+        """For the hub's flush: what to write through the sink now, or None when there is
+        nothing, or when it is left to the writer task (an ASGI write in flight, or the
+        transport is full)."""
         self._dirty = False
         sink = self.sink
         if self.closed or sink is None or not self._chunks:
-            return
+            return None
         if self.writing_since or sink.paused():
             self._wake()
-            return
-        sink.write(self.take())
+            return None
+        return self.take()
 
     def take(self) -> bytes:
         """Everything queued, as one write (coalescing), or b"" when nothing is."""
@@ -146,8 +153,17 @@ class Client:
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self.on_wake is not None:
+            self.on_wake()
+
+    def resume_direct(self) -> None:
+        """The transport drained: what is queued goes out with the hub's next flush."""
+        if self._chunks and self._notify is not None and not self._dirty:
+            self._dirty = True
+            self._notify(self)
 
     async def wait(self) -> None:
         """Return once the writer task has something to do: queued data it must write (no

@@ -34,6 +34,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "lifespan": "on",
         "access_log": False,
         "log_config": None,
+        # X-Forwarded-For rewriting is a middleware frame that every open stream would keep
+        # on its stack; the gateway never uses the client's address.
+        "proxy_headers": False,
         # Streams end by themselves within drain_deadline (server_close); this is the
         # backstop after which uvicorn cancels what is left.
         "timeout_graceful_shutdown": int(settings.drain_deadline) + 1,

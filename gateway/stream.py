@@ -3,11 +3,19 @@
 The response is an sse-starlette :class:`EventSourceResponse` (its headers, its
 ``ServerSentEvent`` encoding, its uvicorn shutdown hook), shaped for a fan-out hub. Stock, it
 runs a task group of four tasks per connection (body iterator, pinger, exit watcher,
-disconnect listener) and takes every event through an async generator and ``ensure_bytes``.
-Measured against this lean writer (DESIGN.md §5): ~41 KB and 4-5 tasks per connection and
-~4x the p99 latency, versus ~12 KB. So :meth:`HubStreamResponse.__call__` replaces the task
-group with one writer loop (this request's own task) plus one disconnect listener; pings come
-from the hub's single timer; the exit signal is watched once per process (:mod:`gateway.app`).
+disconnect listener), builds its headers and an ``anyio.Lock`` per response, and takes every
+event through an async generator and ``ensure_bytes``. DESIGN.md §5 measured that at ~41 KB
+and 4-5 tasks per connection and ~4x the p99 of a lean writer; here:
+
+* the headers are sse-starlette's, built once for all responses;
+* an idle stream is one task: the request's own, waiting for the client to go. The hub
+  writes to the transport directly (:mod:`gateway.direct`); a writer task exists only while
+  the transport is full or the stream is closing, or for a server without a direct path;
+* pings come from the hub's single timer; the exit signal is watched once per process.
+
+:func:`stream_response` is the entry :class:`gateway.app.TransportScope` uses for plain stream
+requests, past Starlette's middleware and routing: every frame a suspended request keeps on
+its stack is memory held for as long as the stream lives.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Protocol
 
 import msgspec
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,7 +39,7 @@ from publisher.schema import decode_event
 
 from .auth import authenticate, raw_target
 from .direct import CYCLE_SCOPE_KEY, TransportSink
-from .errors import Problem
+from .errors import Problem, redis_unavailable
 from .frames import event_frame, notice_frame, parse_stream_id, retry_frame, server_close_frame
 from .history import first_available, read_after, was_trimmed
 from .hub import Client, StreamId
@@ -40,7 +49,7 @@ from .websession import authenticate_cookie
 if TYPE_CHECKING:
     from .app import GatewayState
 
-__all__ = ["HubStreamResponse", "stream_events"]
+__all__ = ["HubStreamResponse", "stream_events", "stream_response"]
 
 log = logging.getLogger(__name__)
 
@@ -57,51 +66,77 @@ async def _no_body() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover - makes this an async generator
 
 
+#: sse-starlette's SSE headers (text/event-stream; charset=utf-8, X-Accel-Buffering: no,
+#: Connection: keep-alive) with the API's ``Cache-Control: no-cache``, built once.
+_HEADERS: Final = EventSourceResponse(
+    _no_body(), headers={"Cache-Control": "no-cache"}, ping=0, sep="\n"
+).raw_headers
+
+
 class HubStreamResponse(EventSourceResponse):
     """One client's stream, fed by the hub (see the module docstring for why it is shaped)."""
 
+    raw_headers = _HEADERS
+    background = None
+
     def __init__(self, state: GatewayState, client: Client, last_event_id: str | None) -> None:
-        super().__init__(_no_body(), headers={"Cache-Control": "no-cache"}, ping=0, sep="\n")
+        # No super().__init__(): everything it builds per response (headers, a send lock,
+        # the body iterator) is either shared (_HEADERS) or unused by this shape.
         self._state = state
         self._client = client
         self._last_event_id = last_event_id
         self._abort_requested = False
+        self._send: Send | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._transport: _Abortable | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] == "HEAD":  # headers only, as sse-starlette answers HEAD
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         state, client, hub = self._state, self._client, self._state.hub
         cycle = scope.get(CYCLE_SCOPE_KEY)
-        transport: _Abortable | None = cycle.transport if cycle is not None else None
+        self._transport = cycle.transport if cycle is not None else None
         task = asyncio.current_task()
         assert task is not None
-
-        def abort() -> None:
-            self._abort_requested = True
-            if transport is not None:
-                transport.abort()  # uvicorn: the pending send returns, the socket is gone
-            else:
-                task.cancel()
-
-        client.abort = abort
-        if transport is not None and state.settings.send_buffer:
-            _limit_send_buffer(transport, state.settings.send_buffer)
+        self._task = task
+        self._send = send
+        client.abort = self._abort
+        client.on_wake = self._ensure_writer
+        if self._transport is not None and state.settings.send_buffer:
+            _limit_send_buffer(self._transport, state.settings.send_buffer)
         if self._last_event_id is not None:
             # Hold live frames from the moment the hub can reach the client: anything
             # dispatched before replay starts must wait for it.
             client.begin_replay()
         hub.register(client)
-        listener = asyncio.ensure_future(self._listen_for_disconnect(receive))
         replay: asyncio.Future[None] | None = None
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
             await send(_body(retry_frame(state.settings.retry_ms)))
-            if cycle is not None:  # headers are out: from here the hub may write directly
+            if cycle is not None and cycle.chunked_encoding:
+                # the headers are out: from here the hub may write chunks directly
                 client.go_direct(TransportSink(cycle), hub.notify)
+            else:
+                self._ensure_writer()  # every write goes through ASGI send
             if self._last_event_id is not None:
                 replay = asyncio.ensure_future(self._replay(self._last_event_id))
-            await self._write_loop(send)
+            if cycle is not None:
+                # The request's task just waits for the client to go, or for the response
+                # to complete, which uvicorn's receive() also reports as a disconnect.
+                # (Inline, not a helper: one frame less on every idle stream's stack.)
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            else:  # not every server wakes a pending receive() when the response ends
+                listener = asyncio.ensure_future(self._listen_for_disconnect(receive))
+                assert self._writer is not None
+                try:
+                    await asyncio.wait({listener, self._writer}, return_when="FIRST_COMPLETED")
+                finally:
+                    listener.cancel()
+                    await asyncio.wait({listener})
         except asyncio.CancelledError:
             if self._abort_requested and task.uncancel() == 0:
                 return  # our own abort of a stuck write, not the server's cancellation
@@ -109,14 +144,30 @@ class HubStreamResponse(EventSourceResponse):
         finally:
             hub.unregister(client)
             client.close("disconnect")
-            pending = [f for f in (listener, replay) if f is not None]
+            pending = [f for f in (self._writer, replay) if f is not None]
             for future in pending:
                 future.cancel()
-            await asyncio.wait(pending)
+            if pending:
+                await asyncio.wait(pending)
             log.debug("stream closed key=%s reason=%s", client.access_key, client.close_reason)
 
-    async def _write_loop(self, send: Send) -> None:
-        client = self._client
+    def _abort(self) -> None:
+        """The hub's way to end a write stuck past the deadline."""
+        self._abort_requested = True
+        if self._transport is not None:
+            self._transport.abort()  # uvicorn: the pending send returns, the socket is gone
+        elif self._task is not None:
+            self._task.cancel()
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        """Writes through ASGI send while the direct path cannot: no sink, a full transport
+        (send waits for the drain, and the write deadline measures that wait), the close."""
+        client, send = self._client, self._send
+        assert send is not None
         clock = self._state.hub.clock
         while True:
             await client.wait()
@@ -128,6 +179,10 @@ class HubStreamResponse(EventSourceResponse):
                 client.writing_since = 0.0
             if client.closed:
                 break
+            sink = client.sink
+            if sink is not None and not sink.paused():
+                client.resume_direct()  # drained: the hub's flush takes over again
+                return
         reason = client.close_reason
         # A stuck or vanished client cannot take a goodbye; every other close is announced.
         if reason not in (None, "disconnect", "write_timeout") and not self._abort_requested:
@@ -245,3 +300,16 @@ async def stream_events(request: Request) -> Response:
     return HubStreamResponse(
         state, hub.new_client(filter, identity.access_key), query.last_event_id
     )
+
+
+async def stream_response(scope: Scope, receive: Receive) -> Response:
+    """The stream endpoint as a bare ASGI step (see the module docstring): the response to
+    send, with the same error answers the Starlette app gives. The caller awaits the
+    response itself, so this frame is gone while the stream lives."""
+    try:
+        return await stream_events(Request(scope, receive))
+    except Problem as exc:
+        return exc.response()
+    except RedisError as exc:
+        log.warning("redis unavailable for a stream request: %s", exc)
+        return redis_unavailable()

@@ -220,8 +220,10 @@ class FakeSink:
     def paused(self) -> bool:
         return self.is_paused
 
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
+    def write_chunk(self, framed: bytes) -> None:
+        size, _, rest = framed.partition(b"\r\n")
+        assert int(size, 16) == len(rest) - 2 and rest.endswith(b"\r\n")
+        self.writes.append(rest[:-2])
 
 
 @pytest.mark.anyio
@@ -238,7 +240,7 @@ async def test_direct_clients_get_one_coalesced_write_per_flush() -> None:
     await asyncio.sleep(0)
     for sink in sinks:
         assert len(sink.writes) == 1 and sink.writes[0].count(b"event: kernel_started") == 5
-    assert sinks[0].writes[0] is sinks[1].writes[0] or sinks[0].writes[0] == sinks[1].writes[0]
+    assert sinks[0].writes[0] == sinks[1].writes[0]
 
 
 @pytest.mark.anyio
