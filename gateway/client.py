@@ -30,6 +30,7 @@ __all__ = [
     "SSEParser",
     "StreamError",
     "StreamEventData",
+    "decode_data",
     "open_stream",
 ]
 
