@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, Self
+from typing import Any, Final, Generic, Self, TypeVar
 
 import redis
 import redis.asyncio as aredis
@@ -38,6 +38,8 @@ from .schema import KernelEvent, encode_event
 __all__ = ["DEFAULT_MAXLEN", "AsyncPublisher", "SyncPublisher"]
 
 log = logging.getLogger(__name__)
+
+ClientT = TypeVar("ClientT", aredis.Redis, redis.Redis)
 
 DEFAULT_MAXLEN: Final = 100_000
 DEFAULT_CHUNK: Final = 256
@@ -130,19 +132,13 @@ def _client_options(timeout: float) -> dict[str, Any]:
     }
 
 
-class AsyncPublisher:
-    """Publishes events from asyncio code.
-
-    >>> async with AsyncPublisher.from_url("redis://127.0.0.1:6379/0") as pub:
-    ...     stream_id = await pub.publish(ref.started())
-
-    ``publish`` returns the event's stream id, or ``None`` when Redis is unreachable and the
-    event was buffered (it is flushed in order, in the background, when Redis is back).
-    """
+class _Publisher(Generic[ClientT]):
+    """What both publishers are made of: the client, the script, names, bounds, sequence
+    numbers and the outage buffer (:class:`_Core`)."""
 
     def __init__(
         self,
-        client: aredis.Redis,
+        client: ClientT,
         *,
         prefix: str = DEFAULT_PREFIX,
         maxlen: int = DEFAULT_MAXLEN,
@@ -158,17 +154,10 @@ class AsyncPublisher:
             prefix=prefix, maxlen=maxlen, exact_trim=exact_trim, chunk_size=chunk_size,
             timeout=timeout, buffer_size=buffer_size, overflow=overflow,
         )  # fmt: skip
-        self._client = client
+        self._client: ClientT = client
         self._owns_client = owns_client
-        self._script = client.register_script(PUBLISH_SCRIPT)
+        self._script: Any = client.register_script(PUBLISH_SCRIPT)  # sync or async Script
         self._retry_interval = retry_interval
-        self._flusher: asyncio.Task[None] | None = None
-
-    @classmethod
-    def from_url(cls, url: str, *, timeout: float = 2.0, **options: Any) -> Self:
-        """A publisher with its own client for ``url`` (see :mod:`publisher.connection`)."""
-        client = connect_async(url, **_client_options(timeout))
-        return cls(client, owns_client=True, timeout=timeout, **options)
 
     @property
     def keys(self) -> Keys:
@@ -183,6 +172,27 @@ class AsyncPublisher:
     def dropped(self) -> int:
         """Events lost to the overflow policy since this publisher started."""
         return self._core.buffer.dropped
+
+
+class AsyncPublisher(_Publisher[aredis.Redis]):
+    """Publishes events from asyncio code.
+
+    >>> async with AsyncPublisher.from_url("redis://127.0.0.1:6379/0") as pub:
+    ...     stream_id = await pub.publish(ref.started())
+
+    ``publish`` returns the event's stream id, or ``None`` when Redis is unreachable and the
+    event was buffered (it is flushed in order, in the background, when Redis is back).
+    """
+
+    def __init__(self, client: aredis.Redis, **options: Any) -> None:
+        super().__init__(client, **options)
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 2.0, **options: Any) -> Self:
+        """A publisher with its own client for ``url`` (see :mod:`publisher.connection`)."""
+        client = connect_async(url, **_client_options(timeout))
+        return cls(client, owns_client=True, timeout=timeout, **options)
 
     async def publish(self, event: KernelEvent) -> str | None:
         """Publish one event; its stream id, or ``None`` if it was buffered."""
@@ -267,52 +277,20 @@ class AsyncPublisher:
         await self.aclose()
 
 
-class SyncPublisher:
+class SyncPublisher(_Publisher[redis.Redis]):
     """The blocking twin of :class:`AsyncPublisher`: same script, same bytes.
 
     There is no background thread: buffered events are flushed, in order, before the next
     publish goes out, and by :meth:`flush`."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        *,
-        prefix: str = DEFAULT_PREFIX,
-        maxlen: int = DEFAULT_MAXLEN,
-        exact_trim: bool = False,
-        chunk_size: int = DEFAULT_CHUNK,
-        timeout: float = 2.0,
-        buffer_size: int = 10_000,
-        overflow: OverflowPolicy = "drop_oldest",
-        retry_interval: float = 0.5,
-        owns_client: bool = False,
-    ) -> None:
-        self._core = _Core(
-            prefix=prefix, maxlen=maxlen, exact_trim=exact_trim, chunk_size=chunk_size,
-            timeout=timeout, buffer_size=buffer_size, overflow=overflow,
-        )  # fmt: skip
-        self._client = client
-        self._owns_client = owns_client
-        self._script = client.register_script(PUBLISH_SCRIPT)
-        self._retry_interval = retry_interval
+    def __init__(self, client: redis.Redis, **options: Any) -> None:
+        super().__init__(client, **options)
         self._next_try = 0.0
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 2.0, **options: Any) -> Self:
         client = connect_sync(url, **_client_options(timeout))
         return cls(client, owns_client=True, timeout=timeout, **options)
-
-    @property
-    def keys(self) -> Keys:
-        return self._core.keys
-
-    @property
-    def buffered(self) -> int:
-        return len(self._core.buffer)
-
-    @property
-    def dropped(self) -> int:
-        return self._core.buffer.dropped
 
     def publish(self, event: KernelEvent) -> str | None:
         ids = self.publish_many((event,))
