@@ -1,0 +1,241 @@
+"""The processes a fan-out scenario runs against: gateway replicas (``python -m gateway.cli
+serve``, each its own process), their identities in Redis, and what we read off them (CPU and
+RSS through psutil, Prometheus counters through ``/metrics``, pub/sub clients through Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import psutil
+import redis
+import redis.asyncio as aredis
+
+from gateway.identity import IdentityStore
+from gateway.localredis import free_port
+from publisher.keys import Keys
+
+__all__ = [
+    "ROOT_KEY",
+    "ROOT_SECRET",
+    "ROOT_USER",
+    "Gateway",
+    "cpu_by_process",
+    "gateways",
+    "others_cpu",
+    "pin_load",
+    "pubsub_owners",
+    "raise_nofile",
+    "seed",
+]
+
+PREFIX: Final = "kev"
+ROOT_USER: Final = "bench-root"
+ROOT_KEY: Final = "AKIABENCHROOT0000000"
+ROOT_SECRET: Final = "bench-root-secret-" + "s" * 24
+DOMAIN: Final = "default"
+GROUP: Final = "default"
+
+#: what every bench gateway runs with; pings are off so that the per-delivery figures count
+#: deliveries only (a ping round is one write per client: at 10,000 clients it would double
+#: the filtered scenario's cost). Scenarios add their own on top.
+BASE_ENV: Final[Mapping[str, str]] = {
+    "GATEWAY_MAX_STREAMS_PER_KEY": "100000",
+    "GATEWAY_MAX_STREAMS": "100000",
+    "GATEWAY_LOG_LEVEL": "warning",
+    "GATEWAY_IDENTITY_CACHE_TTL": "60",
+    "GATEWAY_PROBE_INTERVAL": "5",
+    "GATEWAY_PING_INTERVAL": "0",
+    "GATEWAY_DRAIN_DEADLINE": "3",
+}
+
+
+#: CPU pinning (see :func:`pin_load`): gateway ``i`` runs on core ``i % cpus``; None: unpinned
+_gateway_cores: list[int] | None = None
+
+
+def pin_load() -> dict[str, Any]:
+    """Keep the load (this driver, and what it starts after: redis-server, the load client,
+    the publisher) off core 0, which the first gateway gets to itself (``--pin``). On one core
+    there is nothing to separate. Returns what was done, for the report."""
+    global _gateway_cores
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {"pinned": False, "cpus": cpus}
+    os.sched_setaffinity(0, cpus[1:])
+    _gateway_cores = cpus
+    return {"pinned": True, "gateway_cores": "i % cpus", "load_cores": cpus[1:]}
+
+
+def cpu_by_process() -> dict[tuple[int, float], float]:
+    """CPU seconds (user + system) of every process now, keyed by (pid, start time)."""
+    out: dict[tuple[int, float], float] = {}
+    for proc in psutil.process_iter(["create_time", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is not None:
+            out[(proc.pid, proc.info["create_time"])] = times.user + times.system
+    return out
+
+
+def others_cpu(
+    before: dict[tuple[int, float], float], after: dict[tuple[int, float], float], ours: set[int]
+) -> float:
+    """CPU seconds spent between two snapshots by processes that are not ``ours`` (those
+    that both started and ended in between are missed: a lower bound)."""
+    return sum(cpu - before.get(key, 0.0) for key, cpu in after.items() if key[0] not in ours)
+
+
+def raise_nofile() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit (the gateways inherit it); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def seed(redis_url: str) -> None:
+    """One superadmin keypair: every bench stream is opened with it."""
+    doc = {
+        "users": [{"user_id": ROOT_USER, "role": "superadmin", "domain": DOMAIN}],
+        "keypairs": [{"access_key": ROOT_KEY, "secret_key": ROOT_SECRET, "user_id": ROOT_USER}],
+        "groups": [{"domain": DOMAIN, "name": GROUP}],
+    }
+
+    async def go() -> None:
+        client = aredis.Redis.from_url(redis_url)
+        try:
+            await IdentityStore(client, Keys(PREFIX)).import_data(doc)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+@dataclass
+class Gateway:
+    """One running gateway process."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    ps: psutil.Process
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cpu(self) -> float:
+        """User + system CPU seconds so far."""
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def rss(self) -> int:
+        return int(self.ps.memory_info().rss)
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}{path}", timeout=timeout) as resp:
+                return int(resp.status), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def metrics(self) -> dict[str, float]:
+        """``/metrics`` as ``{"name{labels}": value}``."""
+        _, body = self.get("/metrics")
+        out: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+            with contextlib.suppress(OSError):
+                if self.get("/ready", timeout=1)[0] == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} on port {self.port} not ready within {timeout}s")
+
+    def stop(self) -> None:
+        """SIGTERM (the gateway drains with server_close), SIGKILL past the deadline."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def gateways(
+    redis_url: str, count: int, env: Mapping[str, str], log_dir: Path
+) -> Iterator[list[Gateway]]:
+    """``count`` gateway processes on free ports behind the same Redis, all ready."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    running: list[Gateway] = []
+    try:
+        for n in range(count):
+            port = free_port()
+            name = f"gateway-{n + 1}"
+            proc_env = {
+                **base,
+                **BASE_ENV,
+                **env,
+                "GATEWAY_REDIS_URL": redis_url,
+                "GATEWAY_PORT": str(port),
+                "GATEWAY_REPLICA": f"bench-{n + 1}",
+                "PYTHONUNBUFFERED": "1",
+            }
+            with (log_dir / f"{name}.log").open("wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "gateway.cli", "serve"],
+                    env=proc_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            ps = psutil.Process(proc.pid)
+            if _gateway_cores is not None:
+                ps.cpu_affinity([_gateway_cores[n % len(_gateway_cores)]])
+            running.append(Gateway(name, port, proc, ps))
+        for gw in running:
+            gw.wait_ready(timeout=30)
+        yield running
+    finally:
+        for gw in running:
+            gw.stop()
+
+
+def pubsub_owners(redis_url: str, gws: list[Gateway]) -> dict[str, int]:
+    """Pub/sub connections Redis sees (``CLIENT LIST TYPE pubsub``), by owning process."""
+    with redis.Redis.from_url(redis_url) as client:
+        listed = client.client_list(_type="pubsub")
+    redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    ports: dict[int, str] = {}
+    for gw in gws:
+        for conn in gw.ps.net_connections(kind="tcp"):
+            if conn.raddr and conn.raddr.port == redis_port:
+                ports[conn.laddr.port] = gw.name
+    owners = {gw.name: 0 for gw in gws}
+    owners["other"] = 0
+    for entry in listed:
+        port = int(str(entry["addr"]).rsplit(":", 1)[1])
+        owners[ports.get(port, "other")] += 1
+    return owners

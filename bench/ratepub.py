@@ -1,0 +1,101 @@
+"""Publish at a fixed rate through the publisher library, the publish time inside each event.
+
+The SSE data a client sees carries ``sessionId``, ``ownerAccessKey`` and ``reason`` only (not
+the event's ``timestamp``), so the publish time travels in ``reason`` as ``t=<unix seconds>``;
+each event is built right before the call that publishes it. Events due in one tick (5 ms
+at high rates) go out as one ``publish_many`` batch: one round trip, order kept.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Final
+
+from publisher import KernelEvent, SyncPublisher
+
+from .procs import DOMAIN, GROUP, ROOT_KEY, ROOT_USER
+
+__all__ = ["RatePublisher", "session_name"]
+
+_MIN_TICK: Final = 0.005
+_SESSION_UUID: Final = uuid.UUID(int=1)
+_KERNEL_ID: Final = uuid.UUID(int=2)
+
+
+def session_name(i: int) -> str:
+    return f"s{i:05d}"
+
+
+class RatePublisher:
+    """Round-robins events over ``sessions`` session ids (one: every event the same session)
+    and counts how many each session got, so the driver knows what every client is owed."""
+
+    def __init__(self, redis_url: str, *, sessions: int = 1, pad: int = 0) -> None:
+        self._pub = SyncPublisher.from_url(redis_url)
+        self._names = [session_name(i) for i in range(sessions)]
+        self._pad = " " + "x" * (pad - 1) if pad > 0 else ""
+        self._next = 0
+        self.counts = [0] * sessions
+
+    def close(self) -> None:
+        self._pub.close()
+
+    def __enter__(self) -> RatePublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def reset_counts(self) -> None:
+        self.counts = [0] * len(self.counts)
+
+    def _event(self) -> KernelEvent:
+        i = self._next
+        self._next = (i + 1) % len(self._names)
+        self.counts[i] += 1
+        now = time.time()
+        return KernelEvent(
+            name="kernel_started",
+            session_id=self._names[i],
+            session_uuid=_SESSION_UUID,
+            kernel_id=_KERNEL_ID,
+            owner_access_key=ROOT_KEY,
+            owner_user_id=ROOT_USER,
+            domain=DOMAIN,
+            group=GROUP,
+            reason=f"t={now:.6f}{self._pad}",
+            timestamp=now,
+        )
+
+    def run(
+        self,
+        rate: float,
+        seconds: float,
+        every: Callable[[float], None] | None = None,
+    ) -> int:
+        """Publish ``rate * seconds`` events evenly over ``seconds``; ``every(elapsed)`` is
+        called once per tick. Returns how many were published."""
+        total = round(rate * seconds)
+        tick = max(_MIN_TICK, 1.0 / rate)
+        start = time.monotonic()
+        published = 0
+        while published < total:
+            elapsed = time.monotonic() - start
+            if elapsed > seconds + 5.0:  # hopelessly behind: stop, the report shows the count
+                break
+            due = min(total, int(elapsed * rate) + 1) - published
+            if due > 0:
+                if due == 1:
+                    self._pub.publish(self._event())
+                else:
+                    self._pub.publish_many([self._event() for _ in range(due)])
+                published += due
+            if every is not None:
+                every(elapsed)
+            next_at = start + (published / rate if published < total else seconds)
+            time.sleep(max(0.0, min(tick, next_at - time.monotonic())))
+        if every is not None:
+            every(time.monotonic() - start)
+        return published
