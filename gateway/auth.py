@@ -30,7 +30,8 @@ from email.utils import format_datetime, parsedate_to_datetime
 from typing import Final
 
 from gateway.errors import Problem
-from gateway.identity import Identity, IdentityError, IdentityStore, check_access_key
+from gateway.identity import Identity, IdentityError, IdentityStore
+from gateway.identity_model import check_access_key
 
 __all__ = [
     "DEFAULT_VERSION",

@@ -14,22 +14,32 @@ there for as long. Management calls through a store clear that store's own cache
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
-import os
 import time
-import unicodedata
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from enum import Enum
-from typing import Any, Final, Generic, Literal, TypeVar, cast, get_args
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aredis
 
 from publisher.keys import Keys
+
+from .identity_model import (
+    ROLES,
+    Group,
+    Identity,
+    IdentityError,
+    ImportSummary,
+    Keypair,
+    Role,
+    UnknownIdentityError,
+    User,
+    check_group,
+    check_keypair,
+    check_user,
+)
+from .passwords import hash_password, verify_password
+from .ttlcache import MISS, TTLCache
 
 __all__ = [
     "ROLES",
@@ -47,208 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-Role = Literal["user", "admin", "superadmin", "monitor"]
-"""``admin`` is a domain admin; ``monitor`` sees everything, read only."""
-ROLES: Final[frozenset[str]] = frozenset(get_args(Role))
-
-MAX_NAME_LEN: Final = 128
-MIN_SECRET_LEN: Final = 16
-MAX_SECRET_LEN: Final = 256
-
-
-class IdentityError(ValueError):
-    """An identity that is invalid, conflicts with a stored one, or is missing; names the value."""
-
-
-class UnknownIdentityError(IdentityError, LookupError):
-    """A management call named a keypair, user or group that is not stored."""
-
-
-class Keypair(msgspec.Struct, frozen=True):
-    access_key: str
-    secret_key: str
-    user_id: str
-    active: bool = True
-
-    def __repr__(self) -> str:  # the secret must never reach a log line or a traceback
-        return (
-            f"Keypair(access_key={self.access_key!r}, secret_key='***', "
-            f"user_id={self.user_id!r}, active={self.active!r})"
-        )
-
-
-class User(msgspec.Struct, frozen=True):
-    user_id: str
-    role: Role
-    domain: str
-    password_hash: str = ""
-
-    def __repr__(self) -> str:
-        return f"User(user_id={self.user_id!r}, role={self.role!r}, domain={self.domain!r})"
-
-
-class Group(msgspec.Struct, frozen=True):
-    domain: str
-    name: str
-
-
-class Identity(msgspec.Struct, frozen=True):
-    """Who is calling: what the stream endpoint filters by."""
-
-    access_key: str
-    user_id: str
-    role: Role
-    domain: str
-
-
-class ImportSummary(msgspec.Struct, frozen=True):
-    users: int
-    keypairs: int
-    groups: int
-
-
-# -- validation ---------------------------------------------------------------------------------
-
-
-def _check_name(what: str, value: str, *, forbid: str = "", ascii_only: bool = False) -> str:
-    if not value:
-        raise IdentityError(f"{what} must not be empty")
-    if len(value) > MAX_NAME_LEN:
-        raise IdentityError(f"{what} {value[:40]!r}... is longer than {MAX_NAME_LEN} characters")
-    for ch in value:
-        # C*: control, format (zero-width), surrogate, private, unassigned; Z*: any space
-        if unicodedata.category(ch)[0] in "CZ":
-            raise IdentityError(f"{what} {value!r} contains whitespace or a control character")
-        if ch in forbid:
-            raise IdentityError(f"{what} {value!r} must not contain {ch!r}")
-        if ascii_only and not ch.isascii():
-            raise IdentityError(f"{what} {value!r} must be ASCII")
-    return value
-
-
-def check_access_key(value: str) -> str:
-    # It travels in ``credential=<ak>:<sig>`` of an HTTP header, so ASCII and none of ``:,=``.
-    return _check_name("access key", value, forbid=":,=", ascii_only=True)
-
-
-def _check_secret(value: str) -> None:
-    # Never echo the value: it is the secret.
-    if not MIN_SECRET_LEN <= len(value) <= MAX_SECRET_LEN:
-        raise IdentityError(
-            f"secret key must be {MIN_SECRET_LEN}-{MAX_SECRET_LEN} characters, not {len(value)}"
-        )
-    if not (value.isascii() and value.isprintable()) or any(c.isspace() for c in value):
-        raise IdentityError("secret key must be printable ASCII without whitespace")
-
-
-def _check_domain(value: str) -> str:
-    # ``:`` separates domain and name in the groups set and the group key.
-    return _check_name("domain", value, forbid=":")
-
-
-def _check_keypair(kp: Keypair) -> None:
-    check_access_key(kp.access_key)
-    _check_secret(kp.secret_key)
-    _check_name("user id", kp.user_id)
-
-
-def _check_user(user: User) -> None:
-    _check_name("user id", user.user_id)
-    if user.role not in ROLES:
-        raise IdentityError(f"role {user.role!r} is not one of {', '.join(sorted(ROLES))}")
-    _check_domain(user.domain)
-
-
-def _check_group(group: Group) -> None:
-    _check_domain(group.domain)
-    _check_name("group name", group.name)
-
-
-# -- passwords ----------------------------------------------------------------------------------
-
-_SCRYPT_N: Final = 2**14
-_SCRYPT_R: Final = 8
-_SCRYPT_P: Final = 1
-_SCRYPT_MAX_MEM: Final = 2**26  # a stored hash must not make a login allocate unbounded memory
-
-
-def hash_password(password: str) -> str:
-    """``scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>`` with a random 16-byte salt."""
-    salt = os.urandom(16)
-    digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
-    )
-    b64 = base64.b64encode
-    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def verify_password(password: str, password_hash: str) -> bool:
-    """Constant-time check against :func:`hash_password` output; False if the hash is malformed."""
-    try:
-        scheme, n_s, r_s, p_s, salt_s, digest_s = password_hash.split("$")
-        n, r, p = int(n_s), int(r_s), int(p_s)
-        salt = base64.b64decode(salt_s, validate=True)
-        expected = base64.b64decode(digest_s, validate=True)
-        if scheme != "scrypt" or not (
-            16 <= len(expected) <= 64 and 1 < n and 0 < r and 0 < p <= 16
-        ):
-            return False
-        if 128 * n * r > _SCRYPT_MAX_MEM:
-            return False
-        actual = hashlib.scrypt(
-            password.encode(),
-            salt=salt,
-            n=n,
-            r=r,
-            p=p,
-            dklen=len(expected),
-            maxmem=2 * _SCRYPT_MAX_MEM,
-        )
-    except ValueError:  # bad split, number, base64, or scrypt parameters (n not a power of 2)
-        return False
-    return hmac.compare_digest(actual, expected)
-
-
-# -- cache --------------------------------------------------------------------------------------
-
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-class _Miss(Enum):
-    MISS = 0
-
-
-class _TTLCache(Generic[_K, _V]):
-    """Hits and misses (None) for ``ttl`` seconds; at most ``size`` entries, oldest out first."""
-
-    def __init__(self, ttl: float, size: int, clock: Callable[[], float]) -> None:
-        self._ttl = ttl
-        self._size = size
-        self._clock = clock
-        self._entries: OrderedDict[_K, tuple[float, _V | None]] = OrderedDict()
-
-    def get(self, key: _K) -> _V | Literal[_Miss.MISS] | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return _Miss.MISS
-        if self._clock() >= entry[0]:
-            del self._entries[key]
-            return _Miss.MISS
-        return entry[1]
-
-    def put(self, key: _K, value: _V | None) -> None:
-        if self._ttl <= 0 or self._size <= 0:
-            return
-        self._entries.pop(key, None)
-        self._entries[key] = (self._clock() + self._ttl, value)
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
 
 # -- import document ----------------------------------------------------------------------------
 
@@ -308,9 +116,9 @@ class IdentityStore:
     ) -> None:
         self._redis = redis
         self._keys = keys
-        self._keypairs: _TTLCache[str, Keypair] = _TTLCache(cache_ttl, cache_size, clock)
-        self._users: _TTLCache[str, User] = _TTLCache(cache_ttl, cache_size, clock)
-        self._groups: _TTLCache[tuple[str | None, str], bool] = _TTLCache(
+        self._keypairs: TTLCache[str, Keypair] = TTLCache(cache_ttl, cache_size, clock)
+        self._users: TTLCache[str, User] = TTLCache(cache_ttl, cache_size, clock)
+        self._groups: TTLCache[tuple[str | None, str], bool] = TTLCache(
             cache_ttl, cache_size, clock
         )
 
@@ -327,7 +135,7 @@ class IdentityStore:
 
     async def get_keypair(self, access_key: str) -> Keypair | None:
         cached = self._keypairs.get(access_key)
-        if cached is not _Miss.MISS:
+        if cached is not MISS:
             return cached
         keypair = self._keypair_from(
             access_key, await self._redis.hgetall(self._keys.keypair(access_key))
@@ -337,7 +145,7 @@ class IdentityStore:
 
     async def get_user(self, user_id: str) -> User | None:
         cached = self._users.get(user_id)
-        if cached is not _Miss.MISS:
+        if cached is not MISS:
             return cached
         user = self._user_from(user_id, await self._redis.hgetall(self._keys.user(user_id)))
         self._users.put(user_id, user)
@@ -361,7 +169,7 @@ class IdentityStore:
         """Whether group ``name`` exists in ``domain``, or in any domain when ``domain`` is None."""
         cache_key = (domain, name)
         cached = self._groups.get(cache_key)
-        if cached is not _Miss.MISS:
+        if cached is not MISS:
             return bool(cached)
         if domain is not None:
             found = bool(await self._redis.exists(self._keys.group(domain, name)))
@@ -380,7 +188,7 @@ class IdentityStore:
 
     async def add_keypair(self, keypair: Keypair, *, replace: bool = False) -> None:
         """Store ``keypair``; its user must exist. Raises :class:`IdentityError` if it exists."""
-        _check_keypair(keypair)
+        check_keypair(keypair)
         kp_key = self._keys.keypair(keypair.access_key)
         user_key = self._keys.user(keypair.user_id)
 
@@ -427,7 +235,7 @@ class IdentityStore:
     # users -------------------------------------------------------------------------------------
 
     async def add_user(self, user: User, *, replace: bool = False) -> None:
-        _check_user(user)
+        check_user(user)
         user_key = self._keys.user(user.user_id)
 
         async def tx(pipe: Any) -> None:
@@ -474,7 +282,7 @@ class IdentityStore:
     # groups ------------------------------------------------------------------------------------
 
     async def add_group(self, group: Group) -> None:
-        _check_group(group)
+        check_group(group)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.exists(self._keys.group(group.domain, group.name))
             self._queue_group(pipe, group)
@@ -523,19 +331,19 @@ class IdentityStore:
             if u.password is not None:
                 pw_hash = hash_password(u.password)
             user = User(u.user_id, u.role, u.domain, pw_hash)
-            self._checked(where, _check_user, user, u.user_id in users)
+            self._checked(where, check_user, user, u.user_id in users)
             users[u.user_id] = (user, u.password is not None or u.password_hash is not None)
         groups: set[tuple[str, str]] = set()
         for i, entry in enumerate(parsed.groups):
             g = Group(entry.domain, entry.name)
             where = f"import: groups[{i}] ({g.domain!r}:{g.name!r})"
-            self._checked(where, _check_group, g, (g.domain, g.name) in groups)
+            self._checked(where, check_group, g, (g.domain, g.name) in groups)
             groups.add((g.domain, g.name))
         keypairs: dict[str, Keypair] = {}
         for i, k in enumerate(parsed.keypairs):
             where = f"import: keypairs[{i}] ({k.access_key!r})"
             kp = Keypair(k.access_key, k.secret_key, k.user_id, k.active)
-            self._checked(where, _check_keypair, kp, k.access_key in keypairs)
+            self._checked(where, check_keypair, kp, k.access_key in keypairs)
             keypairs[k.access_key] = kp
         known = set(users)
         for ak, kp in keypairs.items():

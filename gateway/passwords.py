@@ -1,0 +1,55 @@
+"""Password hashes for browser logins: scrypt with a random salt, compared in constant
+time, with the cost parameters bounded so a stored hash cannot make a login allocate
+unbounded memory."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from typing import Final
+
+__all__ = ["hash_password", "verify_password"]
+
+_SCRYPT_N: Final = 2**14
+_SCRYPT_R: Final = 8
+_SCRYPT_P: Final = 1
+_SCRYPT_MAX_MEM: Final = 2**26  # a stored hash must not make a login allocate unbounded memory
+
+
+def hash_password(password: str) -> str:
+    """``scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>`` with a random 16-byte salt."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+    b64 = base64.b64encode
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, password_hash: str) -> bool:
+    """Constant-time check against :func:`hash_password` output; False if the hash is malformed."""
+    try:
+        scheme, n_s, r_s, p_s, salt_s, digest_s = password_hash.split("$")
+        n, r, p = int(n_s), int(r_s), int(p_s)
+        salt = base64.b64decode(salt_s, validate=True)
+        expected = base64.b64decode(digest_s, validate=True)
+        if scheme != "scrypt" or not (
+            16 <= len(expected) <= 64 and 1 < n and 0 < r and 0 < p <= 16
+        ):
+            return False
+        if 128 * n * r > _SCRYPT_MAX_MEM:
+            return False
+        actual = hashlib.scrypt(
+            password.encode(),
+            salt=salt,
+            n=n,
+            r=r,
+            p=p,
+            dklen=len(expected),
+            maxmem=2 * _SCRYPT_MAX_MEM,
+        )
+    except ValueError:  # bad split, number, base64, or scrypt parameters (n not a power of 2)
+        return False
+    return hmac.compare_digest(actual, expected)
