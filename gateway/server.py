@@ -50,15 +50,24 @@ class DrainingServer(uvicorn.Server):
         self._app = app
         self._drain_deadline = drain_deadline
         self._draining: asyncio.Task[None] | None = None
+        self._signalled = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         state = getattr(self._app.state, "gateway", None)
-        if self._draining is not None or state is None or state.loop is None:
+        if self._signalled or state is None or state.loop is None:
             super().handle_exit(sig, frame)
             return
-        log.info("signal %d: draining %d streams before exit", sig, len(state.hub))
-        # Runs in the loop's thread (uvicorn installs signal.signal handlers there).
-        self._draining = state.loop.create_task(self._drain_then_exit())
+        self._signalled = True
+        # A signal.signal handler may run between any two bytecodes of the loop's thread:
+        # hand the work to the loop instead of touching it from here.
+        state.loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        log.info(
+            "signal received: draining %d streams before exit", len(self._app.state.gateway.hub)
+        )
+        if self._draining is None:
+            self._draining = asyncio.get_running_loop().create_task(self._drain_then_exit())
 
     async def _drain_then_exit(self) -> None:
         state = self._app.state.gateway
