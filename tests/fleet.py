@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import anyio
 import httpx
 
-from gateway.client import KernelEventStream
+from gateway.client import KernelEventStream, SSEEvent
 from publisher import AsyncPublisher
 from tests.identities import ROOT, Person, session_of
 
@@ -70,6 +70,13 @@ async def streams(base_url: str) -> int:
         return int((await http.get(base_url + "/ready")).json()["streams"])
 
 
+async def until_streams(base_url: str, n: int, timeout: float = 10) -> None:
+    """Wait until the replica at ``base_url`` holds ``n`` streams."""
+    with anyio.fail_after(timeout):
+        while await streams(base_url) < n:
+            await anyio.sleep(0.05)
+
+
 def metric(base_url: str, name: str) -> float:
     text = httpx.get(base_url + "/metrics", timeout=5).text
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
@@ -114,3 +121,17 @@ def assert_complete(consumers: list[Consumer], expected: list[str]) -> None:
                 f"first difference at {at}:\n{window}"
             )
         assert len(set(consumer.ids)) == len(consumer.ids)
+
+
+async def kernel_events(
+    events: AsyncIterator[SSEEvent], n: int, timeout: float = 10
+) -> list[SSEEvent]:
+    """The next ``n`` kernel events of a stream (control events skipped)."""
+    got: list[SSEEvent] = []
+    with anyio.fail_after(timeout):
+        async for event in events:
+            if event.event.startswith("kernel_"):
+                got.append(event)
+                if len(got) == n:
+                    break
+    return got

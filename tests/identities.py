@@ -75,3 +75,18 @@ def session_of(person: Person, session_id: str, group: str = "default") -> Sessi
         domain=person.domain,
         group=group,
     )
+
+
+ALICE_PASSWORD = "correct horse battery staple"
+
+
+async def seed_with_password(redis_url: str, prefix: str = "kev") -> None:
+    """The cast, and a browser-login password for alice."""
+    await seed(redis_url, prefix)
+    client = aredis.Redis.from_url(redis_url)
+    try:
+        doc = {"users": [{"user_id": "alice", "role": "user", "domain": "default",
+                          "password": ALICE_PASSWORD}]}  # fmt: skip
+        await IdentityStore(client, Keys(prefix)).import_data(doc)
+    finally:
+        await client.aclose()

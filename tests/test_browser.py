@@ -17,16 +17,14 @@ import anyio
 import httpx
 import pytest
 import redis
-import redis.asyncio as aredis
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from gateway.cluster import LocalCluster
-from gateway.identity import IdentityStore
 from gateway.settings import Settings
 from publisher import Keys, SessionRef, SyncPublisher
 from publisher.demo import demo_identities
 from tests.gateway_server import gateway_settings, run_gateway
-from tests.identities import ALICE, BOB, seed, session_of
+from tests.identities import ALICE, ALICE_PASSWORD, BOB, seed, seed_with_password, session_of
 
 
 def _chromium() -> str | None:
@@ -47,7 +45,6 @@ LAUNCH_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-ALICE_PASSWORD = "correct horse battery staple"
 WAIT_MS = 20_000
 
 pytestmark = [
@@ -116,28 +113,6 @@ def _in_thread(func: Callable[[str], Awaitable[None]], redis_url: str) -> None:
     # Playwright's sync API keeps an event loop in this thread: run async setup elsewhere.
     with ThreadPoolExecutor(1) as pool:
         pool.submit(anyio.run, func, redis_url).result()
-
-
-def _seed_with_password(redis_url: str) -> None:
-    async def run(redis_url: str) -> None:
-        await seed(redis_url)
-        client = aredis.Redis.from_url(redis_url)
-        try:
-            doc = {
-                "users": [
-                    {
-                        "user_id": "alice",
-                        "role": "user",
-                        "domain": "default",
-                        "password": ALICE_PASSWORD,
-                    }
-                ]
-            }
-            await IdentityStore(client, Keys()).import_data(doc)
-        finally:
-            await client.aclose()
-
-    _in_thread(run, redis_url)
 
 
 def test_dashboard_shows_live_events_and_resumes_after_a_gateway_restart(
@@ -224,7 +199,7 @@ def test_dashboard_shows_live_events_and_resumes_after_a_gateway_restart(
 
 
 def test_sign_in_with_user_password_and_session_end(page: Page, redis_url: str) -> None:
-    _seed_with_password(redis_url)
+    _in_thread(seed_with_password, redis_url)
     settings = gateway_settings(redis_url, retry_ms=300)
     with run_gateway(settings) as gw:
         page.goto(gw.base_url + "/dashboard")

@@ -12,7 +12,15 @@ import pytest
 import redis
 
 from publisher import AsyncPublisher
-from tests.fleet import Publishing, assert_complete, fleet, metric, streams, until
+from tests.fleet import (
+    Publishing,
+    assert_complete,
+    fleet,
+    metric,
+    streams,
+    until,
+    until_streams,
+)
 from tests.gateway_server import gateway_settings, run_gateway, spawn_gateway
 from tests.identities import seed
 from tests.redis_server import RedisServer
@@ -29,9 +37,7 @@ async def test_redis_killed_and_restarted_loses_nothing() -> None:
                 AsyncPublisher.from_url(server.url, timeout=0.3) as pub,
                 fleet(gw.base_url, 200) as consumers,
             ):
-                with anyio.fail_after(10):
-                    while await streams(gw.base_url) < 200:
-                        await anyio.sleep(0.05)
+                await until_streams(gw.base_url, 200)
                 publishing = Publishing(pub)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(publishing.run)
@@ -113,9 +119,7 @@ async def test_sigterm_drains_to_another_replica_and_loses_nothing(redis_url: st
             AsyncPublisher.from_url(redis_url) as pub,
             fleet([first.base_url, second.base_url], 200) as consumers,
         ):
-            with anyio.fail_after(10):
-                while await streams(first.base_url) < 200:
-                    await anyio.sleep(0.05)
+            await until_streams(first.base_url, 200)
             publishing = Publishing(pub)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(publishing.run)

@@ -19,7 +19,7 @@ import redis
 from redis.asyncio.connection import AbstractConnection
 
 from publisher import AsyncPublisher, Keys
-from tests.fleet import Publishing, fleet, streams, until
+from tests.fleet import Publishing, fleet, until, until_streams
 from tests.gateway_server import gateway_settings, spawn_gateway
 from tests.identities import seed
 from tests.redis_server import RedisServer, free_port
@@ -104,9 +104,7 @@ async def test_gateway_and_publisher_follow_a_sentinel_failover() -> None:
                 AsyncPublisher.from_url(url, timeout=0.3) as pub,
                 fleet(gw.base_url, 20) as consumers,
             ):
-                with anyio.fail_after(10):
-                    while await streams(gw.base_url) < 20:
-                        await anyio.sleep(0.05)
+                await until_streams(gw.base_url, 20)
                 publishing = Publishing(pub)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(publishing.run)

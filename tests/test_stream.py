@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -17,6 +17,7 @@ from gateway.auth import sign_request, signed_headers
 from gateway.client import SSEEvent, SSEParser, StreamError, open_stream
 from gateway.settings import Settings
 from publisher import AsyncPublisher, Keys, SyncPublisher
+from tests.fleet import kernel_events
 from tests.gateway_server import RunningGateway, gateway_settings, run_gateway
 from tests.identities import ALICE, BOB_OFF, DAVE, ROOT, Person, seed, session_of
 
@@ -34,19 +35,6 @@ def settings(redis_url: str) -> Settings:
 def gateway(settings: Settings) -> Iterator[RunningGateway]:
     with run_gateway(settings) as running:
         yield running
-
-
-async def _kernel_events(
-    events: AsyncIterator[SSEEvent], n: int, timeout: float = 10
-) -> list[SSEEvent]:
-    got: list[SSEEvent] = []
-    with anyio.fail_after(timeout):
-        async for event in events:
-            if event.event.startswith("kernel_"):
-                got.append(event)
-                if len(got) == n:
-                    break
-    return got
 
 
 def _get(
@@ -275,7 +263,7 @@ async def test_v4_prefix_path_streams_too(gateway: RunningGateway, redis_url: st
     ) as (_, events):
         with SyncPublisher.from_url(redis_url) as pub:
             stream_id = pub.publish(session_of(ALICE, "v4-path").started())
-        [event] = await _kernel_events(events, 1)
+        [event] = await kernel_events(events, 1)
     assert event.id == stream_id
 
 
@@ -292,7 +280,7 @@ async def test_unknown_session_is_an_open_stream_that_shows_it_later(
         async with AsyncPublisher.from_url(redis_url) as pub:
             await pub.publish(session_of(ALICE, "other").started())
             await pub.publish(session_of(ALICE, "not-yet").started())
-        [event] = await _kernel_events(events, 1)
+        [event] = await kernel_events(events, 1)
     assert json.loads(event.data)["sessionId"] == "not-yet"
 
 
@@ -306,7 +294,7 @@ async def test_resume_gets_exactly_the_missed_events_then_live(
             gateway.base_url, access_key=ALICE.access_key, secret_key=ALICE.secret_key
         ) as (_, events):
             first = await pub.publish_many([ref.started(str(i)) for i in range(5)])
-            seen = await _kernel_events(events, 5)
+            seen = await kernel_events(events, 5)
         assert [e.id for e in seen] == first
         # the client is gone; 50 more are published, some not for alice
         missed = []
@@ -319,9 +307,9 @@ async def test_resume_gets_exactly_the_missed_events_then_live(
             secret_key=ALICE.secret_key,
             last_event_id=seen[-1].id,
         ) as (_, events):
-            replayed = await _kernel_events(events, 50)
+            replayed = await kernel_events(events, 50)
             live_id = await pub.publish(ref.terminated(result="SUCCESS"))
-            [live] = await _kernel_events(events, 1)
+            [live] = await kernel_events(events, 1)
     assert [e.id for e in replayed] == missed
     assert [json.loads(e.data)["reason"] for e in replayed] == [f"missed-{i}" for i in range(50)]
     assert live.id == live_id
@@ -419,7 +407,7 @@ async def test_garbage_on_the_channel_is_counted_and_others_still_flow(
             after = pub.publish(session_of(ALICE, "after-garbage").started())
         # ids above are in the future; the gateway must not let them hide real events
         del after
-        got = await _kernel_events(events, 1, timeout=5) if False else []
+        got = await kernel_events(events, 1, timeout=5) if False else []
     metrics = httpx.get(gateway.base_url + "/metrics").text
     for kind in ("bad_id", "decode", "schema", "oversized"):
         assert f'kev_payloads_dropped_total{{kind="{kind}"}} 1.0' in metrics, kind
@@ -440,7 +428,7 @@ async def test_garbage_between_events_loses_nothing(
             for i in range(20):
                 ids.append(pub.publish(ref.started(str(i))))
                 raw.publish(channel, b"\xff" * (i + 1))
-        got = await _kernel_events(events, 20)
+        got = await kernel_events(events, 20)
     assert [e.id for e in got] == ids
 
 

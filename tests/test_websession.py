@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import anyio
 import httpx
@@ -13,42 +13,33 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from gateway.client import SSEEvent, StreamError, decode_data, open_stream
+from gateway.client import StreamError, decode_data, open_stream
 from gateway.identity import IdentityStore
 from gateway.settings import Settings
 from gateway.websession import SESSION_COOKIE
 from publisher import AsyncPublisher, Keys, SyncPublisher
+from tests.fleet import kernel_events
 from tests.gateway_server import RunningGateway, gateway_settings, run_gateway
-from tests.identities import ALICE, BOB, BOB_OFF, CAROL, ROOT, Person, seed, session_of
+from tests.identities import (
+    ALICE,
+    ALICE_PASSWORD,
+    BOB,
+    BOB_OFF,
+    CAROL,
+    ROOT,
+    Person,
+    seed_with_password,
+    session_of,
+)
 
 PATH = "/stream/kernel/_/events"
-ALICE_PASSWORD = "correct horse battery staple"
 DASH = "http://dash.example.test"
 EVIL = "http://evil.example.test"
 
 
-async def _seed_with_password(redis_url: str) -> None:
-    await seed(redis_url)
-    client = aredis.Redis.from_url(redis_url)
-    try:
-        doc = {
-            "users": [
-                {
-                    "user_id": "alice",
-                    "role": "user",
-                    "domain": "default",
-                    "password": ALICE_PASSWORD,
-                }
-            ]
-        }
-        await IdentityStore(client, Keys()).import_data(doc)
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture
 def seeded(redis_url: str) -> str:
-    anyio.run(_seed_with_password, redis_url)
+    anyio.run(seed_with_password, redis_url)
     return redis_url
 
 
@@ -100,17 +91,6 @@ def _problem(response: httpx.Response) -> tuple[int, str, str]:
 def _stream_status(gw: RunningGateway, token: str, query: str = "") -> int:
     with httpx.stream("GET", gw.base_url + PATH + query, headers=_cookie(token), timeout=5) as r:
         return r.status_code
-
-
-async def _collect(events: AsyncIterator[SSEEvent], n: int, timeout: float = 10) -> list[SSEEvent]:
-    got: list[SSEEvent] = []
-    with anyio.fail_after(timeout):
-        async for event in events:
-            if event.event.startswith("kernel_"):
-                got.append(event)
-                if len(got) == n:
-                    break
-    return got
 
 
 def _wait_until_refused(gw: RunningGateway, token: str, within: float) -> float:
@@ -288,8 +268,8 @@ async def test_the_cookie_opens_a_stream_with_the_roles_visibility(
                     mine.terminated("done", "SUCCESS"),
                 ]
             )
-        seen_by_alice = await _collect(alice_events, 2)
-        seen_by_root = await _collect(root_events, 4)
+        seen_by_alice = await kernel_events(alice_events, 2)
+        seen_by_root = await kernel_events(root_events, 4)
     assert [(e.event, decode_data(e).sessionId) for e in seen_by_alice] == [
         ("kernel_started", "alice-1"),
         ("kernel_terminated", "alice-1"),
@@ -309,7 +289,7 @@ async def test_a_session_id_filter_uses_the_sessions_access_key(
             pub.publish_many(
                 [session_of(ALICE, "s2").started(), session_of(ALICE, "s1").preparing()]
             )
-        (event,) = await _collect(events, 1)
+        (event,) = await kernel_events(events, 1)
     assert decode_data(event).sessionId == "s1"
 
 
