@@ -124,10 +124,6 @@ class Hub:
     def __len__(self) -> int:
         return len(self._clients)
 
-    @property
-    def clients(self) -> frozenset[Client]:
-        return frozenset(self._clients)
-
     def buffered_bytes(self) -> int:
         return sum(c.buffered for c in self._clients)
 
