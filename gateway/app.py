@@ -1,7 +1,8 @@
 """The Starlette app factory and the lifespan that owns every process-wide resource.
 
-Inside the lifespan, in order: the Redis client, the identity store, the hub, and three
-background tasks (the subscriber, the hub's timer, the exit watcher). On the way out the
+Inside the lifespan, in order: the Redis clients, the identity store, the hub, and four
+background tasks (the subscriber, the hub's timer, the exit watcher, the revalidation of
+open streams' keypairs). On the way out the
 tasks are cancelled and awaited before the Redis client closes, so no reader outlives the
 connection it reads.
 """
@@ -86,6 +87,23 @@ async def _watch_exit(state: GatewayState) -> None:
     state.begin_shutdown()
 
 
+async def _revalidate(state: GatewayState) -> None:
+    """Open streams follow their keypair: one removed or deactivated (or whose user is gone)
+    gets ``server_close`` with reason ``revoked`` within ``identity_cache_ttl`` plus one
+    period, as new requests are refused within ``identity_cache_ttl``."""
+    period = max(1.0, state.settings.identity_cache_ttl)
+    while True:
+        await asyncio.sleep(period)
+        for access_key in state.hub.access_keys():
+            try:
+                resolved = await state.store.resolve(access_key)
+            except RedisError:
+                break  # Redis is away: judge no one, try again next period
+            if resolved is None or not resolved[0].active:
+                closed = state.hub.close_key(access_key, "revoked")
+                log.info("keypair %s revoked: closed %d streams", access_key, closed)
+
+
 async def _drained(state: GatewayState) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + state.settings.drain_deadline
@@ -135,6 +153,7 @@ def _lifespan(settings: Settings) -> Any:
             spawn(state.subscriber.run(), "kev-subscriber")
             spawn(hub.run_timer(), "kev-hub-timer")
             spawn(_watch_exit(state), "kev-exit-watch")
+            spawn(_revalidate(state), "kev-revalidate")
             app.state.gateway = state  # for embedding servers and tests: begin_shutdown()
             state.loop = asyncio.get_running_loop()
             log.info("gateway replica %s up, redis %s", settings.replica, settings.prefix)

@@ -133,6 +133,17 @@ class Hub:
     def streams_of(self, access_key: str) -> int:
         return self._per_key[access_key]
 
+    def access_keys(self) -> list[str]:
+        """The access keys with at least one open stream."""
+        return list(self._per_key)
+
+    def close_key(self, access_key: str, reason: CloseReason) -> int:
+        """Close every stream of ``access_key`` (rare: a revoked key); returns how many."""
+        closing = [c for c in self._clients if c.access_key == access_key and not c.closed]
+        for client in closing:
+            client.close(reason)
+        return len(closing)
+
     def register(self, client: Client) -> None:
         if client in self._clients:
             return

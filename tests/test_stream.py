@@ -12,9 +12,11 @@ import httpx
 import httpx_sse
 import pytest
 import redis
+import redis.asyncio as aredis
 
 from gateway.auth import sign_request, signed_headers
 from gateway.client import SSEEvent, SSEParser, StreamError, open_stream
+from gateway.identity import IdentityStore
 from gateway.settings import Settings
 from publisher import AsyncPublisher, Keys, SyncPublisher
 from tests.fleet import kernel_events
@@ -477,3 +479,29 @@ def test_stream_error_type_is_raised_by_the_client_for_refusals(
     with pytest.raises(StreamError) as info:
         anyio.run(main)
     assert info.value.status == 401
+
+
+@pytest.mark.anyio
+async def test_open_streams_of_a_deactivated_keypair_are_closed(
+    gateway: RunningGateway, redis_url: str
+) -> None:
+    async with open_stream(
+        gateway.base_url, access_key=ALICE.access_key, secret_key=ALICE.secret_key
+    ) as (_, events):
+        client = aredis.Redis.from_url(redis_url)
+        try:
+            await IdentityStore(client, Keys()).set_keypair_active(ALICE.access_key, False)
+        finally:
+            await client.aclose()
+        got: list[SSEEvent] = []
+        with anyio.fail_after(5):  # identity_cache_ttl is 0 here: within one 1 s period
+            async for event in events:
+                got.append(event)
+    assert [e.event for e in got] == ["server_close"]
+    assert json.loads(got[0].data)["reason"] == "revoked"
+    with pytest.raises(StreamError) as refused:
+        async with open_stream(
+            gateway.base_url, access_key=ALICE.access_key, secret_key=ALICE.secret_key
+        ):
+            pass
+    assert refused.value.status == 401
