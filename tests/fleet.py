@@ -135,3 +135,14 @@ async def kernel_events(
                 if len(got) == n:
                     break
     return got
+
+
+async def caught_up(consumers: list[Consumer], expected: list[str], timeout: float) -> None:
+    """Wait until every consumer holds as many events as were published, then a little more,
+    so a duplicate would have arrived too (assert_complete judges the result)."""
+    await until(
+        lambda: all(len(c.reasons) >= len(expected) for c in consumers),
+        timeout,
+        "every consumer to catch up",
+    )
+    await anyio.sleep(0.3)

@@ -11,7 +11,7 @@ import pytest
 from gateway.cluster import LocalCluster
 from gateway.settings import Settings
 from publisher import AsyncPublisher
-from tests.fleet import Publishing, assert_complete, fleet, until
+from tests.fleet import Publishing, assert_complete, caught_up, fleet
 from tests.identities import seed
 
 pytestmark = pytest.mark.skipif(not LocalCluster().use_nginx, reason="nginx is not installed")
@@ -50,12 +50,7 @@ async def test_a_replica_killed_mid_stream_loses_no_event_behind_nginx() -> None
                 await anyio.sleep(2.0)
                 publishing.stop.set()
             expected = publishing.reasons
-            await until(
-                lambda: all(len(c.reasons) >= len(expected) for c in consumers),
-                30,
-                "every consumer to catch up through nginx",
-            )
-            await anyio.sleep(0.3)  # a duplicate would show up by now
+            await caught_up(consumers, expected, 30)
             assert await total_streams() == 300
         assert_complete(consumers, expected)
         moved = sum(1 for c in consumers if any("kernel_" in line for line in c.log))

@@ -15,6 +15,7 @@ from publisher import AsyncPublisher
 from tests.fleet import (
     Publishing,
     assert_complete,
+    caught_up,
     fleet,
     metric,
     streams,
@@ -54,12 +55,7 @@ async def test_redis_killed_and_restarted_loses_nothing() -> None:
                 assert await pub.flush(timeout=10)
                 assert pub.dropped == 0
                 expected = publishing.reasons
-                await until(
-                    lambda: all(len(c.reasons) >= len(expected) for c in consumers),
-                    20,
-                    "every consumer to catch up",
-                )
-                await anyio.sleep(0.3)  # a duplicate would show up by now
+                await caught_up(consumers, expected, 20)
             assert_complete(consumers, expected)
             assert metric(gw.base_url, "kev_redis_reconnects_total") >= 1
 
@@ -95,12 +91,7 @@ async def test_a_dead_or_silent_subscription_is_found_and_recovered(fault: str) 
                     await anyio.sleep(0.5)
                     publishing.stop.set()
                 expected = publishing.reasons
-                await until(
-                    lambda: all(len(c.reasons) >= len(expected) for c in consumers),
-                    10,
-                    "every consumer to catch up",
-                )
-                await anyio.sleep(0.3)
+                await caught_up(consumers, expected, 10)
             assert_complete(consumers, expected)
             assert detected <= 2 * probe, detected
             if fault == "frozen":
@@ -132,12 +123,7 @@ async def test_sigterm_drains_to_another_replica_and_loses_nothing(redis_url: st
                 await anyio.sleep(0.5)
                 publishing.stop.set()
             expected = publishing.reasons
-            await until(
-                lambda: all(len(c.reasons) >= len(expected) for c in consumers),
-                15,
-                "every consumer to catch up on the second replica",
-            )
-            await anyio.sleep(0.3)
+            await caught_up(consumers, expected, 15)
             assert await streams(second.base_url) == 200
         assert first.proc.returncode == 0
         assert exited_after < drain
