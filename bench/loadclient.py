@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from gateway.auth import signed_headers
+from gateway.identity.signing import signed_headers
 
 __all__ = ["BUILD_DIR", "LoadClient", "Request", "build", "stream_request"]
 

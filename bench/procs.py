@@ -23,8 +23,8 @@ import psutil
 import redis
 import redis.asyncio as aredis
 
-from gateway.identity import IdentityStore
-from gateway.localredis import free_port
+from devtools.localredis import free_port
+from gateway.identity.store import IdentityStore
 from publisher.keys import Keys
 
 __all__ = [

@@ -40,7 +40,7 @@ from typing import Any, Final, TypeVar
 import redis
 import redis.asyncio as aredis
 
-from gateway.localredis import PrivateRedis as RedisServer
+from devtools.localredis import PrivateRedis as RedisServer
 from publisher import DEFAULT_MAXLEN, AsyncPublisher, KernelEvent, Keys, SyncPublisher
 from publisher.demo import LifecycleGenerator
 from publisher.schema import encode_event

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
-from gateway.localredis import PrivateRedis
+from devtools.localredis import PrivateRedis
 
 from .loadclient import BUILD_DIR, LoadClient, Request, stream_request
 from .procs import (

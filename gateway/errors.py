@@ -1,15 +1,28 @@
-"""Errors as Backend.AI shows them: ``application/problem+json`` with a problem type URL."""
+"""The errors a caller is told about, as domain types: no HTTP here.
+
+Each class carries the Backend.AI problem type (``slug``, the last part of
+``https://api.backend.ai/probs/<slug>``) that the manager uses for it; the HTTP edge
+(:mod:`gateway.http.errors`) is the one place that maps a class to a status code and an
+``application/problem+json`` body, for every door a request can come through.
+
+Messages never carry a secret; they may name the bad value (cut short).
+"""
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import ClassVar, Literal
 
-import msgspec
-from starlette.responses import Response
-
-__all__ = ["PROBLEM_BASE", "Problem", "ProblemSlug", "problem_response", "redis_unavailable"]
-
-PROBLEM_BASE: Final = "https://api.backend.ai/probs/"
+__all__ = [
+    "AuthFailed",
+    "Forbidden",
+    "GatewayError",
+    "GroupNotFound",
+    "InvalidAuthParams",
+    "InvalidParams",
+    "ProblemSlug",
+    "RateLimited",
+    "Unavailable",
+]
 
 ProblemSlug = Literal[
     "invalid-api-params",
@@ -25,56 +38,54 @@ ProblemSlug = Literal[
 ]
 
 
-class _Body(msgspec.Struct, omit_defaults=True):
-    type: str
-    title: str
-    msg: str | None = None
+class GatewayError(Exception):
+    """An error the caller is told about: ``title`` (short, fixed), ``msg`` (what was wrong),
+    and ``retry_after`` (seconds) where trying again later helps."""
 
+    slug: ClassVar[ProblemSlug] = "internal-server-error"
 
-_encoder: Final = msgspec.json.Encoder()
-
-
-class Problem(Exception):
-    """An error the client is told about; never carries a secret in its text."""
-
-    def __init__(
-        self,
-        status: int,
-        slug: ProblemSlug,
-        title: str,
-        msg: str | None = None,
-        *,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(f"{status} {slug}: {title}" + (f" ({msg})" if msg else ""))
-        self.status = status
-        self.slug = slug
+    def __init__(self, title: str, msg: str | None = None, *, retry_after: int | None = None):
+        super().__init__(f"{self.slug}: {title}" + (f" ({msg})" if msg else ""))
         self.title = title
         self.msg = msg
-        self.headers = headers or {}
-
-    def response(self) -> Response:
-        return problem_response(self.status, self.slug, self.title, self.msg, self.headers)
+        self.retry_after = retry_after
 
 
-def problem_response(
-    status: int,
-    slug: ProblemSlug,
-    title: str,
-    msg: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    body = _encoder.encode(_Body(type=PROBLEM_BASE + slug, title=title, msg=msg))
-    return Response(
-        body, status_code=status, headers=headers, media_type="application/problem+json"
-    )
+class InvalidParams(GatewayError):
+    """A query parameter, header value or body field is missing, unknown or malformed."""
+
+    slug = "invalid-api-params"
 
 
-def redis_unavailable() -> Response:
-    """What a request that needed Redis gets while Redis is unreachable."""
-    return problem_response(
-        503,
-        "service-unavailable",
-        "The event store is unreachable; retry shortly",
-        headers={"Retry-After": "2"},
-    )
+class InvalidAuthParams(GatewayError):
+    """The signature headers are missing or malformed, or the date is off the clock."""
+
+    slug = "invalid-auth-params"
+
+
+class AuthFailed(GatewayError):
+    """Unknown or inactive key, wrong signature or secret, no such browser session."""
+
+    slug = "auth-failed"
+
+
+class Forbidden(GatewayError):
+    """The caller's role does not allow what it asked for."""
+
+    slug = "generic-forbidden"
+
+
+class GroupNotFound(GatewayError):
+    slug = "group-not-found"
+
+
+class RateLimited(GatewayError):
+    """A per-key limit is reached; ``retry_after`` says when to try again."""
+
+    slug = "rate-limit-exceeded"
+
+
+class Unavailable(GatewayError):
+    """This replica cannot serve the request now (shutting down, at its limit, Redis away)."""
+
+    slug = "service-unavailable"

@@ -9,7 +9,7 @@ import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from publisher.connection import RedisURLError, check_url
 from publisher.keys import Keys
@@ -133,11 +133,41 @@ class Settings:
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
-                values[f.name] = _cast(f, raw)
+                values[f.name] = cls.parse(f.name, raw)
         for name, value in overrides.items():
             if value is not None:
                 values[name] = value
         return cls(**values)
+
+    @classmethod
+    def parse(cls, name: str, raw: str) -> Any:
+        """The value of field ``name`` from its text form (an environment variable or a
+        command-line flag): ints, floats, booleans (true/false, 1/0, yes/no, on/off) and
+        comma lists. Raises :class:`SettingsError` naming the variable."""
+        kind = _KINDS[name]
+        try:
+            if kind == "int":
+                return int(raw)
+            if kind == "float":
+                return float(raw)
+            if kind == "bool":
+                lowered = raw.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off", ""):
+                    return False
+                raise ValueError("expected true/false")
+            if kind.startswith("tuple"):
+                return tuple(part.strip() for part in raw.split(",") if part.strip())
+        except ValueError as exc:
+            key = ENV_PREFIX + name.upper()
+            raise SettingsError(f"{key}: {raw!r} is not a valid {kind} ({exc})") from exc
+        return raw
+
+    @classmethod
+    def kind(cls, name: str) -> str:
+        """The declared type of field ``name`` as written (``"int"``, ``"tuple[str, ...]"``)."""
+        return _KINDS[name]
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -157,23 +187,8 @@ class Settings:
         return env
 
 
-def _cast(f: dataclasses.Field[Any], raw: str) -> Any:
-    key = ENV_PREFIX + f.name.upper()
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "bool":
-            lowered = raw.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError("expected true/false")
-        if kind.startswith("tuple"):
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
-    except ValueError as exc:
-        raise SettingsError(f"{key}: {raw!r} is not a valid {kind} ({exc})") from exc
-    return raw
+#: each field's declared type, as written in the class (annotations are strings here)
+_KINDS: Final[dict[str, str]] = {
+    f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    for f in fields(Settings)
+}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import anyio
 import httpx
 
-from gateway.client import KernelEventStream, SSEEvent
+from gateway.consumer import KernelEventStream, SSEEvent
 from publisher import AsyncPublisher
 from tests.identities import ROOT, Person, session_of
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
-from gateway.app import GatewayState, TransportScope, create_app
+from gateway.http.app import TransportScope, create_app
+from gateway.http.server import uvicorn_options
+from gateway.http.state import GatewayState
 from gateway.settings import Settings
 from tests.redis_server import free_port
 
@@ -70,17 +72,7 @@ def gateway_settings(redis_url: str, **changes: object) -> Settings:
 def run_gateway(settings: Settings, timeout: float = 15.0) -> Iterator[RunningGateway]:
     """uvicorn in a thread of this process (so tests can look at the hub)."""
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=settings.port,
-        http="httptools",
-        loop="asyncio",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=2,
-    )
+    config = uvicorn.Config(app, **uvicorn_options(settings))  # production's: uvloop, httptools
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"gateway-{settings.port}", daemon=True)
     thread.start()

@@ -7,7 +7,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from gateway.identity import IdentityStore
+from gateway.identity.store import IdentityStore
 from publisher.keys import Keys
 from publisher.schema import SessionRef
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.localredis import PrivateRedis as RedisServer
-from gateway.localredis import free_port
+from devtools.localredis import PrivateRedis as RedisServer
+from devtools.localredis import free_port
 
 __all__ = ["RedisServer", "free_port"]

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
-from gateway import admin
-from gateway.identity import IdentityStore, verify_password
+from gateway.cli import admin
+from gateway.identity.passwords import verify_password
+from gateway.identity.store import IdentityStore
 from publisher.keys import Keys
 from tests.redis_server import free_port
 

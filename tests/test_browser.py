@@ -19,7 +19,7 @@ import pytest
 import redis
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from gateway.cluster import LocalCluster
+from devtools.cluster import LocalCluster
 from gateway.settings import Settings
 from publisher import Keys, SessionRef, SyncPublisher
 from publisher.demo import demo_identities

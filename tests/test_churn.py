@@ -9,7 +9,7 @@ import os
 import anyio
 import pytest
 
-from gateway.auth import signed_headers
+from gateway.identity.signing import signed_headers
 from tests.gateway_server import RunningGateway, gateway_settings, run_gateway
 from tests.identities import ALICE, ROOT, seed
 

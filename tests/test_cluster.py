@@ -8,7 +8,7 @@ import anyio
 import httpx
 import pytest
 
-from gateway.cluster import LocalCluster
+from devtools.cluster import LocalCluster
 from gateway.settings import Settings
 from publisher import AsyncPublisher
 from tests.fleet import Publishing, assert_complete, caught_up, fleet

@@ -11,7 +11,7 @@ import pytest
 
 from tests.gateway_server import RunningGateway, gateway_settings, run_gateway
 
-STATIC = resources.files("gateway") / "static"
+STATIC = resources.files("gateway.http") / "static"
 
 
 @pytest.fixture

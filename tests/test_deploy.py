@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from gateway.cli import main as gateway_main
-from gateway.server import uvicorn_options
+from gateway.http.server import uvicorn_options
 from gateway.settings import ENV_PREFIX, Settings
 from publisher.demo import demo_identities
 from tests.redis_server import free_port

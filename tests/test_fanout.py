@@ -12,8 +12,8 @@ import anyio
 import pytest
 import redis
 
-from gateway.auth import signed_headers
-from gateway.client import SSEEvent, open_stream
+from gateway.consumer import SSEEvent, open_stream
+from gateway.identity.signing import signed_headers
 from publisher import AsyncPublisher, Keys
 from tests.gateway_server import gateway_settings, run_gateway, spawn_gateway
 from tests.identities import ALICE, ROOT, seed, session_of

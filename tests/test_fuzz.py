@@ -1,5 +1,5 @@
 """Hostile input, fuzzed (hypothesis): the query parser, the auth header parsers, the date
-parser and the Redis payload decoder answer with a Problem or drop and count; nothing else
+parser and the Redis payload decoder answer with a GatewayError or drop and count; nothing else
 escapes. 10,000 cases each, then a few hundred whole requests against a live gateway."""
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ import redis.asyncio as aredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.auth import authenticate, parse_authorization, parse_date
-from gateway.errors import Problem
-from gateway.hub import Filter, Hub
-from gateway.identity import IdentityStore
-from gateway.visibility import parse_query
+from gateway.errors import GatewayError
+from gateway.fanout.filters import Filter
+from gateway.fanout.hub import Hub
+from gateway.http.errors import STATUS
+from gateway.http.query import parse_query
+from gateway.identity.authenticate import authenticate
+from gateway.identity.signing import parse_authorization, parse_date
+from gateway.identity.store import IdentityStore
 from publisher import Keys
 from tests.gateway_server import RunningGateway, gateway_settings, run_gateway
 from tests.identities import ALICE, seed
@@ -46,8 +49,8 @@ def test_query_parser_answers_400_or_a_query(query: bytes, last_id: str | None) 
     headers = {} if last_id is None else {"last-event-id": last_id}
     try:
         parsed = parse_query(query, headers)
-    except Problem as exc:
-        assert (exc.status, exc.slug) == (400, "invalid-api-params")
+    except GatewayError as exc:
+        assert (STATUS[exc.slug], exc.slug) == (400, "invalid-api-params")
     else:
         assert parsed.session_id is None or 0 < len(parsed.session_id) <= 64
 
@@ -58,8 +61,8 @@ def test_query_parser_answers_400_or_a_query(query: bytes, last_id: str | None) 
 def test_date_parser_answers_400_or_an_aware_date(value: str) -> None:
     try:
         parsed = parse_date(value)
-    except Problem as exc:
-        assert (exc.status, exc.slug) == (400, "invalid-auth-params")
+    except GatewayError as exc:
+        assert (STATUS[exc.slug], exc.slug) == (400, "invalid-auth-params")
     else:
         assert parsed.tzinfo is not None
 
@@ -80,8 +83,8 @@ def test_date_parser_answers_400_or_an_aware_date(value: str) -> None:
 def test_authorization_parser_answers_400_or_a_credential(value: str) -> None:
     try:
         access_key, signature = parse_authorization(value)
-    except Problem as exc:
-        assert (exc.status, exc.slug) == (400, "invalid-auth-params")
+    except GatewayError as exc:
+        assert (STATUS[exc.slug], exc.slug) == (400, "invalid-auth-params")
     else:
         assert access_key and signature
 
@@ -135,9 +138,9 @@ def test_authenticate_answers_400_or_401_for_any_headers(
     method: str,
     target: str,
 ) -> None:
-    with pytest.raises(Problem) as info:  # no valid signature can come out of this
+    with pytest.raises(GatewayError) as info:  # no valid signature can come out of this
         runner.run(authenticate(method, target, headers, store, now=datetime.now(UTC)))
-    assert (info.value.status, info.value.slug) in {
+    assert (STATUS[info.value.slug], info.value.slug) in {
         (400, "invalid-auth-params"),
         (401, "auth-failed"),
     }
@@ -189,7 +192,7 @@ msgpack_values = st.recursive(
 )
 def test_the_payload_decoder_drops_and_counts_garbage(message: bytes) -> None:
     hub = Hub(buffer_cap=1 << 20, write_deadline=5, ping_interval=0)
-    client = hub.new_client(Filter(), "x")
+    client = hub.new_connection(Filter(), "x")
     hub.register(client)
     hub.publish_message(message)  # must not raise
     stats = hub.stats

@@ -6,8 +6,9 @@ import uuid
 import msgspec
 import pytest
 
-from gateway.frames import PING, event_frame
-from gateway.hub import Filter, Hub
+from gateway.fanout.filters import Filter
+from gateway.fanout.frames import PING, event_frame
+from gateway.fanout.hub import Hub
 from publisher.schema import KernelEvent, SessionRef, encode_event
 
 
@@ -66,14 +67,14 @@ def test_filters_file_under_their_most_selective_index() -> None:
 def test_dispatch_reaches_exactly_the_matching_clients() -> None:
     hub, ids = _hub(), Counter()
     clients = {
-        "all": hub.new_client(Filter(), "root"),
-        "domain1": hub.new_client(Filter(domain="d1"), "adm"),
-        "domain2": hub.new_client(Filter(domain="d2"), "adm2"),
-        "user1": hub.new_client(Filter(owner_user_id="u1"), "AK1"),
-        "session": hub.new_client(Filter(session_id="s1", owner_access_key="AK1"), "AK1"),
-        "other_owner": hub.new_client(Filter(session_id="s1", owner_access_key="AK2"), "AK2"),
-        "group": hub.new_client(Filter(group="g1"), "root"),
-        "group2": hub.new_client(Filter(group="g2"), "root"),
+        "all": hub.new_connection(Filter(), "root"),
+        "domain1": hub.new_connection(Filter(domain="d1"), "adm"),
+        "domain2": hub.new_connection(Filter(domain="d2"), "adm2"),
+        "user1": hub.new_connection(Filter(owner_user_id="u1"), "AK1"),
+        "session": hub.new_connection(Filter(session_id="s1", owner_access_key="AK1"), "AK1"),
+        "other_owner": hub.new_connection(Filter(session_id="s1", owner_access_key="AK2"), "AK2"),
+        "group": hub.new_connection(Filter(group="g1"), "root"),
+        "group2": hub.new_connection(Filter(group="g2"), "root"),
     }
     for client in clients.values():
         hub.register(client)
@@ -88,7 +89,7 @@ def test_dispatch_reaches_exactly_the_matching_clients() -> None:
 
 def test_one_frame_object_is_shared_by_all_clients() -> None:
     hub, ids = _hub(), Counter()
-    a, b = hub.new_client(Filter(), "x"), hub.new_client(Filter(domain="d1"), "y")
+    a, b = hub.new_connection(Filter(), "x"), hub.new_connection(Filter(domain="d1"), "y")
     hub.register(a)
     hub.register(b)
     _publish(hub, ids, _ref().started())
@@ -97,7 +98,7 @@ def test_one_frame_object_is_shared_by_all_clients() -> None:
 
 def test_duplicates_and_older_ids_are_dropped() -> None:
     hub = _hub()
-    client = hub.new_client(Filter(), "x")
+    client = hub.new_connection(Filter(), "x")
     hub.register(client)
     payload = encode_event(_ref().started())
     hub.publish(b"5-1", payload)
@@ -121,7 +122,7 @@ def test_duplicates_and_older_ids_are_dropped() -> None:
 )
 def test_garbage_is_counted_and_never_stops_dispatch(message: bytes, kind: str) -> None:
     hub = _hub()
-    client = hub.new_client(Filter(), "x")
+    client = hub.new_connection(Filter(), "x")
     hub.register(client)
     hub.publish_message(message)
     assert hub.stats.dropped[kind] == 1
@@ -131,7 +132,7 @@ def test_garbage_is_counted_and_never_stops_dispatch(message: bytes, kind: str) 
 
 def test_a_client_over_its_cap_is_evicted_and_others_keep_receiving() -> None:
     hub, ids = _hub(cap=1024), Counter()
-    slow, fast = hub.new_client(Filter(), "slow"), hub.new_client(Filter(), "fast")
+    slow, fast = hub.new_connection(Filter(), "slow"), hub.new_connection(Filter(), "fast")
     hub.register(slow)
     hub.register(fast)
     for _ in range(20):
@@ -145,7 +146,7 @@ def test_a_client_over_its_cap_is_evicted_and_others_keep_receiving() -> None:
 
 def test_replay_holds_live_frames_and_releases_only_newer_ones() -> None:
     hub, ids = _hub(), Counter()
-    client = hub.new_client(Filter(), "x")
+    client = hub.new_connection(Filter(), "x")
     client.begin_replay()
     hub.register(client)
     first = _publish(hub, ids, _ref().started("live-1"))
@@ -161,12 +162,33 @@ def test_replay_holds_live_frames_and_releases_only_newer_ones() -> None:
     assert client.buffered == 0
 
 
-def test_timer_pings_and_evicts_stuck_writers() -> None:
+class FakeTransport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+
+class FakeCycle:
+    def __init__(self) -> None:
+        self.transport = FakeTransport()
+
+
+async def _no_send(message: object) -> None:
+    raise AssertionError("nothing is sent in this test")
+
+
+@pytest.mark.anyio
+async def test_timer_pings_and_evicts_stuck_writers() -> None:
     clock = FakeClock()
     hub = _hub(clock=clock)
-    idle, stuck = hub.new_client(Filter(), "idle"), hub.new_client(Filter(), "stuck")
-    aborted: list[str] = []
-    stuck.abort = lambda: aborted.append("stuck")
+    idle, stuck = hub.new_connection(Filter(), "idle"), hub.new_connection(Filter(), "stuck")
+    cycle = FakeCycle()
+    stuck.attach(_no_send, cycle)
     hub.register(idle)
     hub.register(stuck)
     stuck.writing_since = clock.now
@@ -176,15 +198,17 @@ def test_timer_pings_and_evicts_stuck_writers() -> None:
     clock.now += 1.5  # 2.5 s into the write, deadline is 2 s
     hub.tick(ping=False)
     assert stuck.closed and stuck.close_reason == "write_timeout"
-    assert aborted == ["stuck"]
+    assert cycle.transport.aborted and stuck.abort_requested
     assert hub.stats.evictions["write_timeout"] == 1
     assert idle.take() == b""
+    await stuck.finish()
 
 
 def test_unregister_cleans_every_index() -> None:
     hub = _hub()
     clients = [
-        hub.new_client(Filter(session_id=f"s{i}", owner_access_key="k"), "k") for i in range(100)
+        hub.new_connection(Filter(session_id=f"s{i}", owner_access_key="k"), "k")
+        for i in range(100)
     ]
     for client in clients:
         hub.register(client)
@@ -200,7 +224,7 @@ def test_live_frames_that_replay_already_sent_are_dropped_when_they_arrive_late(
     # History runs ahead of the channel: replay read ids 1-0..3-0 from the stream while their
     # PUBLISHes were still on the way to this process.
     hub = _hub()
-    client = hub.new_client(Filter(), "x")
+    client = hub.new_connection(Filter(), "x")
     client.begin_replay()
     hub.register(client)
     client.end_replay((3, 0))
@@ -230,7 +254,7 @@ class FakeSink:
 async def test_direct_clients_get_one_coalesced_write_per_flush() -> None:
     hub, ids = _hub(), Counter()
     sinks = [FakeSink() for _ in range(3)]
-    clients = [hub.new_client(Filter(), f"k{i}") for i in range(3)]
+    clients = [hub.new_connection(Filter(), f"k{i}") for i in range(3)]
     for client, sink in zip(clients, sinks, strict=True):
         hub.register(client)
         client.go_direct(sink, hub.notify)
@@ -246,11 +270,11 @@ async def test_direct_clients_get_one_coalesced_write_per_flush() -> None:
 @pytest.mark.anyio
 async def test_a_paused_direct_client_is_left_to_its_writer_task() -> None:
     hub, ids = _hub(), Counter()
-    sink, client = FakeSink(), hub.new_client(Filter(), "k")
+    sink, client = FakeSink(), hub.new_connection(Filter(), "k")
     hub.register(client)
     client.go_direct(sink, hub.notify)
     sink.is_paused = True
-    waiting = asyncio.ensure_future(client.wait())
+    waiting = asyncio.ensure_future(client._wait())
     await asyncio.sleep(0)
     assert not waiting.done()
     _publish(hub, ids, _ref().started())

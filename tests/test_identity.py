@@ -7,17 +7,16 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
-from gateway.identity import (
+from gateway.identity.models import (
     Group,
     Identity,
     IdentityError,
-    IdentityStore,
     Keypair,
     UnknownIdentityError,
     User,
-    hash_password,
-    verify_password,
 )
+from gateway.identity.passwords import hash_password, verify_password
+from gateway.identity.store import IdentityStore
 from publisher.keys import Keys
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"

@@ -14,9 +14,9 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from gateway.auth import sign_request, signed_headers
-from gateway.client import SSEEvent, SSEParser, StreamError, open_stream
-from gateway.identity import IdentityStore
+from gateway.consumer import SSEEvent, SSEParser, StreamError, open_stream
+from gateway.identity.signing import sign_request, signed_headers
+from gateway.identity.store import IdentityStore
 from gateway.settings import Settings
 from publisher import AsyncPublisher, Keys, SyncPublisher
 from tests.fleet import kernel_events

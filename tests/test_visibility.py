@@ -27,12 +27,14 @@ import redis.asyncio as aredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.client import SSEEvent, SSEParser, StreamError, open_stream
-from gateway.errors import Problem
-from gateway.frames import event_frame
-from gateway.hub import Hub
-from gateway.identity import IdentityStore
-from gateway.visibility import build_filter, parse_query
+from gateway.consumer import SSEEvent, SSEParser, StreamError, open_stream
+from gateway.errors import GatewayError
+from gateway.fanout.frames import event_frame
+from gateway.fanout.hub import Hub
+from gateway.http.errors import STATUS
+from gateway.http.query import parse_query
+from gateway.identity.store import IdentityStore
+from gateway.identity.visibility import build_filter
 from publisher import AsyncPublisher, Keys
 from publisher.schema import EventName, KernelEvent, SessionRef, encode_event
 from tests.gateway_server import RunningGateway, gateway_settings, run_gateway
@@ -494,11 +496,13 @@ async def test_build_filter_and_hub_deliver_what_the_oracle_allows(
         status = refusal(caller, request.ask, world)
         hypothesis.event(f"{caller.role}: {status or 'streams'}")
         if status is not None:
-            with pytest.raises(Problem) as info:
+            with pytest.raises(GatewayError) as info:
                 await build_filter(resolved[1], query, store)
-            assert (info.value.status, info.value.slug) == (status, SLUGS[status]), request
+            assert (STATUS[info.value.slug], info.value.slug) == (status, SLUGS[status]), request
             continue
-        client = hub.new_client(await build_filter(resolved[1], query, store), caller.access_key)
+        client = hub.new_connection(
+            await build_filter(resolved[1], query, store), caller.access_key
+        )
         hub.register(client)
         clients.append((caller, request, client))
 

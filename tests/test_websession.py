@@ -13,10 +13,10 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from gateway.client import StreamError, decode_data, open_stream
-from gateway.identity import IdentityStore
+from gateway.consumer import StreamError, decode_data, open_stream
+from gateway.http.websession import SESSION_COOKIE
+from gateway.identity.store import IdentityStore
 from gateway.settings import Settings
-from gateway.websession import SESSION_COOKIE
 from publisher import AsyncPublisher, Keys, SyncPublisher
 from tests.fleet import kernel_events
 from tests.gateway_server import RunningGateway, gateway_settings, run_gateway
@@ -294,7 +294,7 @@ async def test_a_session_id_filter_uses_the_sessions_access_key(
 
 
 def test_a_signature_wins_over_a_cookie(gateway: RunningGateway) -> None:
-    from gateway.auth import signed_headers
+    from gateway.identity.signing import signed_headers
 
     headers = signed_headers("GET", PATH, gateway.host, ROOT.access_key, ROOT.secret_key)
     headers["Cookie"] = f"{SESSION_COOKIE}=garbage"

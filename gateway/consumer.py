@@ -22,7 +22,7 @@ from urllib.parse import urlencode, urlsplit
 
 import msgspec
 
-from .auth import signed_headers
+from .identity.signing import signed_headers
 
 __all__ = [
     "KernelEventStream",

@@ -3,8 +3,8 @@
 * :meth:`Hub.publish` parses the stream id and decodes the payload once, builds the SSE frame
   once, then finds candidates through six dict lookups (one per index a client can sit in), so
   a publish costs O(matching clients), not O(all clients).
-* :meth:`Client.push` appends to the client's bounded buffer; it never awaits. A client over
-  its byte cap is evicted on the spot (``slow_consumer``). Clients with a direct sink are
+* :meth:`Connection.push` appends to the client's bounded buffer; it never awaits. A client
+  over its byte cap is evicted on the spot (``slow_consumer``). Clients with a direct sink are
   marked dirty, and one flush per loop iteration (:meth:`Hub.flush`) writes each one's queue
   as a single chunk: everything dispatched from one Redis read is coalesced.
 * One timer for the whole hub sends heartbeats and evicts clients whose write has been stuck
@@ -16,83 +16,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Final, Literal
 
 import msgspec
 
 from publisher.schema import KernelEvent, decode_event
 
-from .direct import chunk
+from .connection import Connection, chunk
 from .filters import Filter, IndexKey, candidate_keys
-from .frames import PING, CloseReason, event_frame, parse_stream_id
-from .outbox import Client, StreamId
+from .frames import PING, CloseReason, StreamId, event_frame, parse_stream_id
+from .stats import DropKind, HubStats, ThrottledLog
 
-__all__ = ["Client", "Filter", "Hub", "HubStats", "StreamId"]
+__all__ = ["Hub"]
 
 log = logging.getLogger(__name__)
 
-DropKind = Literal["bad_id", "decode", "schema", "oversized"]
-
-
-#: upper bounds (seconds) of the dispatch-time histogram: 10 µs .. 100 ms
-DISPATCH_BUCKETS: Final = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1)
-
-
-@dataclass(slots=True)
-class Histogram:
-    """Fixed buckets, filled with one bisect and two adds; read at scrape time."""
-
-    bounds: tuple[float, ...] = DISPATCH_BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * (len(DISPATCH_BUCKETS) + 1))
-    total: float = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-
-@dataclass(slots=True)
-class HubStats:
-    """Plain counters, read by /metrics at scrape time (nothing per delivery but an add)."""
-
-    events_in: int = 0
-    events_matched: int = 0
-    deliveries: int = 0
-    duplicates: int = 0
-    connections_total: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)
-    evictions: Counter[str] = field(default_factory=Counter)
-    #: seconds from a message's arrival to the last matching client's buffer
-    dispatch: Histogram = field(default_factory=Histogram)
-
-
-class _ThrottledLog:
-    """Logs the first drop of each kind at once, then at most one summary line a minute."""
-
-    def __init__(self, period: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._period = period
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def warn(self, kind: str, message: str, *args: object) -> None:
-        now = self._clock()
-        last = self._last.get(kind)
-        if last is not None and now - last < self._period:
-            self._suppressed[kind] += 1
-            return
-        self._last[kind] = now
-        suppressed = self._suppressed.pop(kind, 0)
-        log.warning(message + " (%d similar suppressed)", *args, suppressed)
-
 
 class Hub:
-    """Holds every connected client of this process and dispatches events to them."""
+    """Holds every open stream (:class:`Connection`) of this process; dispatches events."""
 
     def __init__(
         self,
@@ -102,6 +45,7 @@ class Hub:
         ping_interval: float,
         max_payload: int = 64 * 1024,
         flush_interval: float = 0.0,
+        retry_ms: int = 3000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.buffer_cap = buffer_cap
@@ -109,15 +53,17 @@ class Hub:
         self.ping_interval = ping_interval
         self.max_payload = max_payload
         self.flush_interval = flush_interval
+        #: the reconnect hint (ms) in every ``server_close``
+        self.retry_ms = retry_ms
         self.clock = clock
         self.stats = HubStats()
         #: id of the newest event dispatched; older or equal ids are duplicates (gap-fill)
         self.last_id: StreamId = (0, 0)
-        self._index: dict[IndexKey, set[Client]] = {}
-        self._clients: set[Client] = set()
+        self._index: dict[IndexKey, set[Connection]] = {}
+        self._clients: set[Connection] = set()
         self._per_key: Counter[str] = Counter()
-        self._drops = _ThrottledLog()
-        self._dirty: list[Client] = []
+        self._drops = ThrottledLog()
+        self._dirty: list[Connection] = []
         self._flush_handle: asyncio.Handle | None = None
         self._last_flush = 0.0
 
@@ -127,8 +73,12 @@ class Hub:
     def buffered_bytes(self) -> int:
         return sum(c.buffered for c in self._clients)
 
-    def new_client(self, filter: Filter, access_key: str) -> Client:
-        return Client(filter, access_key, self.buffer_cap)
+    def new_connection(self, filter: Filter, access_key: str) -> Connection:
+        """A connection with this hub's buffer cap, clock and reconnect hint (not yet
+        registered)."""
+        return Connection(
+            filter, access_key, self.buffer_cap, clock=self.clock, retry_ms=self.retry_ms
+        )
 
     def streams_of(self, access_key: str) -> int:
         return self._per_key[access_key]
@@ -144,7 +94,7 @@ class Hub:
             client.close(reason)
         return len(closing)
 
-    def register(self, client: Client) -> None:
+    def register(self, client: Connection) -> None:
         if client in self._clients:
             return
         self._clients.add(client)
@@ -152,7 +102,7 @@ class Hub:
         self._index.setdefault(client.filter.index_key(), set()).add(client)
         self.stats.connections_total += 1
 
-    def unregister(self, client: Client) -> None:
+    def unregister(self, client: Connection) -> None:
         if client not in self._clients:
             return
         self._clients.remove(client)
@@ -222,7 +172,7 @@ class Hub:
         self.stats.deliveries += delivered
         self.stats.dispatch.observe(perf_counter() - started)
 
-    def notify(self, client: Client) -> None:
+    def notify(self, client: Connection) -> None:
         """A direct client has data: write it in the next flush. That is this loop
         iteration's, or, within ``flush_interval`` of the end of the previous flush, the one
         due then: an idle hub answers at once, a busy one batches events into each write."""
@@ -254,7 +204,7 @@ class Hub:
             # gathering, so a saturated hub settles on a few events per write.
             self._last_flush = asyncio.get_running_loop().time()
 
-    def _evicted(self, client: Client) -> None:
+    def _evicted(self, client: Connection) -> None:
         if client.close_reason == "slow_consumer":
             self.stats.evictions["slow_consumer"] += 1
             log.info(
@@ -285,8 +235,7 @@ class Hub:
                         client.access_key,
                         deadline,
                     )
-                if client.abort is not None:
-                    client.abort()
+                client.abort_write()
             elif ping and client.push(PING):
                 self._evicted(client)
 
@@ -305,3 +254,12 @@ class Hub:
     def close_all(self, reason: CloseReason) -> None:
         for client in list(self._clients):
             client.close(reason)
+
+    async def drained(self, timeout: float, *, poll: float = 0.02) -> bool:
+        """Wait until every stream has gone (each ends itself after ``close_all``), at most
+        ``timeout`` seconds; True when none is left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._clients and loop.time() < deadline:
+            await asyncio.sleep(poll)
+        return not self._clients

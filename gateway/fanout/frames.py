@@ -17,6 +17,7 @@ from publisher.schema import KernelEvent
 __all__ = [
     "PING",
     "CloseReason",
+    "StreamId",
     "event_frame",
     "notice_frame",
     "parse_stream_id",
@@ -26,6 +27,9 @@ __all__ = [
 
 SEP: Final = "\n"
 PING: Final = b": ping\n\n"
+
+#: a Redis stream id, ``"<ms>-<seq>"``, as the pair of integers it orders by
+StreamId = tuple[int, int]
 
 CloseReason = Literal["slow_consumer", "write_timeout", "shutdown", "revoked", "resume_failed"]
 
@@ -79,7 +83,7 @@ def notice_frame(last_event_id: str, first_available_id: str | None) -> bytes:
     return ServerSentEvent(body, event="history_truncated", sep=SEP).encode()
 
 
-def parse_stream_id(value: str | bytes) -> tuple[int, int]:
+def parse_stream_id(value: str | bytes) -> StreamId:
     """``"1700000000000-3"`` -> ``(1700000000000, 3)``; ``ValueError`` for anything else."""
     text = value.decode("ascii") if isinstance(value, bytes) else value
     ms, sep, seq = text.partition("-")

@@ -1,4 +1,4 @@
-"""The live dashboard: one HTML page, its script and its stylesheet from ``gateway/static``.
+"""The live dashboard: one HTML page, its script and its stylesheet from ``gateway/http/static``.
 
 No build step and nothing fetched from elsewhere (the page must work offline). The three
 files are read once, when the app is built, and served from memory with a strict Content
@@ -33,7 +33,7 @@ _HEADERS: Final = {
 
 
 def _static(name: str) -> Route:
-    body = (resources.files("gateway") / "static" / name).read_bytes()
+    body = (resources.files("gateway.http") / "static" / name).read_bytes()
     media_type = _FILES[name]
 
     async def serve(request: Request) -> Response:

@@ -12,68 +12,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, TypedDict
 
-import redis.asyncio as aredis
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway.errors import GatewayError
+from gateway.fanout.connection import CYCLE_SCOPE_KEY, uvicorn_cycle
+from gateway.fanout.hub import Hub
+from gateway.fanout.subscriber import Subscriber
+from gateway.identity.store import IdentityStore
+from gateway.settings import Settings
 from publisher.connection import connect_async
 from publisher.keys import Keys
 
+from . import errors
 from .cors import cors_middleware
 from .dashboard import dashboard_routes
-from .direct import CYCLE_SCOPE_KEY, uvicorn_cycle
-from .errors import Problem, problem_response, redis_unavailable
-from .hub import Hub
-from .identity import IdentityStore
 from .metrics import metrics_endpoint
-from .settings import Settings
+from .state import GatewayState
 from .stream import stream_events, stream_response
-from .subscriber import Subscriber
 from .websession import auth_routes
 
-__all__ = ["GatewayState", "TransportScope", "create_app"]
+__all__ = ["STREAM_PATHS", "TransportScope", "create_app", "create_app_from_env"]
 
 log = logging.getLogger(__name__)
 
 STREAM_PATHS = ("/stream/kernel/_/events", "/v4/stream/kernel/_/events")
-
-
-@dataclass(eq=False)
-class GatewayState:
-    """What the lifespan builds and every request reads (``request.state.gateway``)."""
-
-    settings: Settings
-    redis: aredis.Redis
-    keys: Keys
-    hub: Hub
-    store: IdentityStore
-    subscriber: Subscriber
-    accepting: bool = True
-    loop: asyncio.AbstractEventLoop | None = None
-    auth_failures: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def max_skew(self) -> timedelta:
-        return timedelta(seconds=self.settings.max_clock_skew)
-
-    def begin_shutdown(self) -> None:
-        """Not ready, accept no new stream, and tell every client to go elsewhere."""
-        if not self.accepting:
-            return
-        self.accepting = False
-        log.info("shutting down: closing %d streams with server_close", len(self.hub))
-        self.hub.close_all("shutdown")
 
 
 class _LifespanState(TypedDict):
@@ -104,13 +76,6 @@ async def _revalidate(state: GatewayState) -> None:
                 log.info("keypair %s revoked: closed %d streams", access_key, closed)
 
 
-async def _drained(state: GatewayState) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + state.settings.drain_deadline
-    while len(state.hub) and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-
-
 def _lifespan(settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[_LifespanState]:
@@ -127,6 +92,7 @@ def _lifespan(settings: Settings) -> Any:
             ping_interval=settings.ping_interval,
             max_payload=settings.max_payload,
             flush_interval=settings.flush_interval,
+            retry_ms=settings.retry_ms,
         )
         state = GatewayState(
             settings=settings,
@@ -158,8 +124,7 @@ def _lifespan(settings: Settings) -> Any:
             state.loop = asyncio.get_running_loop()
             log.info("gateway replica %s up, redis %s", settings.replica, settings.prefix)
             yield {"gateway": state}
-            state.begin_shutdown()
-            await _drained(state)
+            await state.drain()
         finally:
             for task in tasks:
                 task.cancel()
@@ -187,39 +152,15 @@ async def ready(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
-async def _problem_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Problem)
-    return exc.response()
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    status = getattr(exc, "status_code", 500)
-    if status == 404:
-        return problem_response(404, "generic-not-found", "Not found", request.url.path[:200])
-    if status == 405:
-        return problem_response(405, "method-not-allowed", "Method not allowed")
-    return problem_response(status, "invalid-api-params", "Bad request")
-
-
-async def _redis_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("redis unavailable for %s: %s", request.url.path, exc)
-    return redis_unavailable()
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path)
-    return problem_response(500, "internal-server-error", "Internal server error")
-
-
 class TransportScope:
     """The outermost ASGI app, in front of Starlette.
 
     * It remembers uvicorn's request-response cycle in the scope (its ``send`` is a bound
-      method of it), so the hub can write to the transport directly (:mod:`gateway.direct`)
-      and abort a stuck client's socket. Starlette's middlewares wrap ``send`` in closures,
-      hence this sits outside them.
+      method of it), so the hub can write to the transport directly
+      (:mod:`gateway.fanout.connection`) and abort a stuck client's socket. Starlette's
+      middlewares wrap ``send`` in closures, hence this sits outside them.
     * A stream request without an ``Origin`` header (SDKs, curl, a same-origin EventSource)
-      goes straight to :func:`gateway.stream.stream_response`, past Starlette's middleware and
+      goes straight to :func:`gateway.http.stream.stream_response`, past Starlette's middleware and
       routing, whose frames every open stream would otherwise keep for its whole life.
       Cross-origin requests take the Starlette path, where CORS is answered.
     """
@@ -269,12 +210,12 @@ def create_app(settings: Settings | None = None) -> TransportScope:
         routes=routes,
         middleware=cors_middleware(settings),  # none unless cors_origins is set
         lifespan=_lifespan(settings),
+        # one mapper for every error, as on the fast stream path (gateway.http.errors)
         exception_handlers={
-            Problem: _problem_handler,
-            RedisError: _redis_unavailable,
-            404: _http_error,
-            405: _http_error,
-            500: _server_error,
+            GatewayError: errors.handle,
+            RedisError: errors.handle,
+            HTTPException: errors.handle,
+            Exception: errors.handle,
         },
     )
     return TransportScope(app)

@@ -1,5 +1,5 @@
 """The identity records the gateway stores (keypairs, users, groups), who is calling, and the
-rules their names and secrets follow. Storage is :mod:`gateway.identity`."""
+rules their names and secrets follow. Storage is :mod:`gateway.identity.store`."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
 """Prometheus ``/metrics``, read from the hub's plain counters at scrape time.
 
-The hot path only adds to ints on :class:`gateway.hub.HubStats`; this collector turns them
-into metric families when Prometheus asks, so a delivery costs no metrics-library call.
+The hot path only adds to ints on :class:`gateway.fanout.stats.HubStats`; this collector
+turns them into metric families when Prometheus asks, so a delivery costs no metrics-library call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -20,8 +19,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
-if TYPE_CHECKING:
-    from .app import GatewayState
+from .state import GatewayState
 
 __all__ = ["GatewayCollector", "metrics_endpoint"]
 

@@ -21,15 +21,9 @@ from typing import Any, Final
 import msgspec
 import redis
 
-from gateway.identity import (
-    ROLES,
-    Group,
-    IdentityError,
-    IdentityStore,
-    Keypair,
-    User,
-    hash_password,
-)
+from gateway.identity.models import ROLES, Group, IdentityError, Keypair, User
+from gateway.identity.passwords import hash_password
+from gateway.identity.store import IdentityStore
 from publisher.connection import connect_async
 from publisher.keys import DEFAULT_PREFIX, Keys
 

@@ -24,7 +24,8 @@ import redis.asyncio as aredis
 
 from publisher.keys import Keys
 
-from .identity_model import (
+from .cache import MISS, TTLCache
+from .models import (
     ROLES,
     Group,
     Identity,
@@ -38,23 +39,9 @@ from .identity_model import (
     check_keypair,
     check_user,
 )
-from .passwords import hash_password, verify_password
-from .ttlcache import MISS, TTLCache
+from .passwords import hash_password
 
-__all__ = [
-    "ROLES",
-    "Group",
-    "Identity",
-    "IdentityError",
-    "IdentityStore",
-    "ImportSummary",
-    "Keypair",
-    "Role",
-    "UnknownIdentityError",
-    "User",
-    "hash_password",
-    "verify_password",
-]
+__all__ = ["IdentityStore"]
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TextIO
 
-from .client import KernelEventStream, SSEEvent, StreamError
+from gateway.consumer import KernelEventStream, SSEEvent, StreamError
 
 __all__ = ["add_parser", "format_event", "run"]
 

@@ -1,20 +1,24 @@
-"""``gateway``: serve the stream, manage identities, sign a request for curl, run the demo."""
+"""``gateway``: serve the stream, sign a request for curl, follow the stream, manage identities.
+
+The local demo cluster is dev tooling outside the wheel: ``scripts/demo`` (``python -m devtools``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any
+
+from gateway.identity.signing import DEFAULT_VERSION, signed_headers
+from gateway.logs import configure_logging
+from gateway.settings import ENV_PREFIX, Settings, SettingsError
 
 from . import admin, tail
-from .auth import DEFAULT_VERSION, signed_headers
-from .logs import configure_logging
-from .settings import ENV_PREFIX, Settings, SettingsError
 
 __all__ = ["main"]
 
@@ -22,17 +26,12 @@ __all__ = ["main"]
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per settings field; unset flags fall back to env, then defaults."""
     for f in fields(Settings):
-        kind = f.type if isinstance(f.type, str) else str(f.type)
         flag = "--" + f.name.replace("_", "-")
-        if kind == "bool":
+        if Settings.kind(f.name) == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction)
-        elif kind.startswith("tuple"):
-            parser.add_argument(
-                flag, dest=f.name, type=lambda v: tuple(p for p in v.split(",") if p)
-            )
-        else:
-            caster: Any = {"int": int, "float": float}.get(kind, str)
-            parser.add_argument(flag, dest=f.name, type=caster, metavar=f.name.upper())
+        else:  # the same casts as the environment's (Settings.parse)
+            cast = functools.partial(Settings.parse, f.name)
+            parser.add_argument(flag, dest=f.name, type=cast, metavar=f.name.upper())
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -41,7 +40,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from gateway.http.server import serve
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -80,23 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--curl", action="store_true", help="print a whole curl command")
     sign.set_defaults(run=_sign)
 
-    demo = sub.add_parser("demo", help="redis-server + gateway + demo publisher, all local")
-    demo.add_argument("--port", type=int, default=8081)
-    demo.add_argument("--rate", type=float, default=5.0, help="demo events per second")
-    demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
-    demo.add_argument("--redis-url", default=None, help="use this Redis, not a private one")
-    demo.set_defaults(run=_demo)
-
     tail.add_parser(sub)
-
-    cluster = sub.add_parser(
-        "cluster", help="redis + N replicas + nginx + demo publisher on loopback (no Docker)"
-    )
-    cluster.add_argument("--replicas", type=int, default=3)
-    cluster.add_argument("--port", type=int, default=8080, help="nginx's port")
-    cluster.add_argument("--rate", type=float, default=5.0, help="demo events/s (0: none)")
-    cluster.add_argument("--duration", type=float, default=None, help="stop after N seconds")
-    cluster.set_defaults(run=_cluster)
 
     admin_parent = argparse.ArgumentParser(add_help=False)
     defaults = Settings.load({})
@@ -108,48 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     admin.register(sub, parents=[admin_parent])
     return parser
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    result: int = asyncio.run(
-        run_demo(port=args.port, rate=args.rate, duration=args.duration, redis_url=args.redis_url)
-    )
-    return result
-
-
-def _cluster(args: argparse.Namespace) -> int:
-    import signal
-    import time
-
-    from .cluster import LocalCluster
-    from .demo import banner
-
-    configure_logging("info")
-    stop = False
-
-    def on_signal(sig: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    with LocalCluster(
-        replicas=args.replicas, port=args.port, publisher_rate=args.rate, quiet=False
-    ) as cluster:
-        front = (
-            f"  nginx on :{cluster.port} in front of {len(cluster.replicas)} replicas: "
-            + ", ".join(cluster.replica_urls)
-            if cluster.use_nginx
-            else "  nginx not found: one replica, no load balancer (scripts/install adds nginx)"
-        )
-        print(banner(cluster.url, cluster.redis_url, (front,)), file=sys.stderr, flush=True)
-        deadline = None if args.duration is None else time.monotonic() + args.duration
-        while not stop and (deadline is None or time.monotonic() < deadline):
-            time.sleep(0.2)
-        print("stopping the cluster...", file=sys.stderr, flush=True)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,7 @@ import logging
 import re
 import secrets
 import time
-from typing import TYPE_CHECKING, Annotated, Final, Literal, cast
+from typing import Annotated, Final, Literal, cast
 from urllib.parse import urlsplit
 
 import msgspec
@@ -34,12 +34,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .errors import Problem
-from .identity import Identity, Role, hash_password, verify_password
+from gateway.errors import AuthFailed, Forbidden, GatewayError, InvalidParams, Unavailable
+from gateway.identity.models import Identity, Role
+from gateway.identity.passwords import hash_password, verify_password
+from gateway.settings import Settings
 
-if TYPE_CHECKING:
-    from .app import GatewayState
-    from .settings import Settings
+from .state import GatewayState
 
 __all__ = [
     "MAX_LOGIN_BODY",
@@ -102,12 +102,8 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _auth_failed(title: str) -> Problem:
-    return Problem(401, "auth-failed", title)
-
-
-def _bad_body(msg: str) -> Problem:
-    return Problem(400, "invalid-api-params", "Invalid login request", msg)
+def _bad_body(msg: str) -> InvalidParams:
+    return InvalidParams("Invalid login request", msg)
 
 
 # -- CSRF ---------------------------------------------------------------------------------------
@@ -128,7 +124,7 @@ def _check_same_origin(request: Request, settings: Settings) -> None:
     if parts.scheme in ("http", "https") and parts.netloc == request.headers.get("host"):
         return
     log.info("login/logout refused from origin %r", origin[:200])
-    raise Problem(403, "generic-forbidden", "Origin not allowed", f"origin {origin[:200]!r}")
+    raise Forbidden("Origin not allowed", f"origin {origin[:200]!r}")
 
 
 async def _read_body(request: Request) -> bytes:
@@ -179,12 +175,7 @@ class _PasswordChecks:
 
     async def verify(self, password: str, password_hash: str | None) -> bool:
         if self._waiting >= self._queue:
-            raise Problem(
-                503,
-                "service-unavailable",
-                "Too many logins at once",
-                headers={"Retry-After": "1"},
-            )
+            raise Unavailable("Too many logins at once", retry_after=1)
         self._waiting += 1
         try:
             async with self._slots:
@@ -210,11 +201,11 @@ async def _keypair_login(login: LoginRequest, state: GatewayState) -> Identity:
     if keypair is None or not secret_ok or not keypair.active:
         why = "unknown key" if keypair is None else "bad secret" if not secret_ok else "inactive"
         log.info("login failed: access key %r: %s", login.access_key, why)
-        raise _auth_failed("Login failed")
+        raise AuthFailed("Login failed")
     resolved = await state.store.resolve(keypair.access_key)
     if resolved is None:
         log.info("login failed: access key %r belongs to no user", login.access_key)
-        raise _auth_failed("Login failed")
+        raise AuthFailed("Login failed")
     return resolved[1]
 
 
@@ -228,7 +219,7 @@ async def _password_login(
     if user is None or pw_hash is None or not ok:
         why = "unknown user" if user is None else "no password" if pw_hash is None else "bad"
         log.info("login failed: user %r: %s", login.user_id, why)
-        raise _auth_failed("Login failed")
+        raise AuthFailed("Login failed")
     # A browser session speaks for one keypair (its key is what the stream's filters name):
     # the user's first active one. Listing scans every keypair; logins are rare.
     active = sorted(
@@ -236,7 +227,7 @@ async def _password_login(
     )
     if not active:
         log.info("login failed: user %r has no active keypair", login.user_id)
-        raise _auth_failed("Login failed")
+        raise AuthFailed("Login failed")
     return Identity(active[0], user.user_id, user.role, user.domain)
 
 
@@ -245,26 +236,26 @@ async def _password_login(
 
 async def _session_identity(token: str, state: GatewayState) -> Identity:
     if not _TOKEN.fullmatch(token):
-        raise _auth_failed("Session not found")
+        raise AuthFailed("Session not found")
     raw = await state.redis.get(state.keys.browser_session(token_hash(token)))
     if raw is None:  # never was, logged out, or expired
-        raise _auth_failed("Session not found")
+        raise AuthFailed("Session not found")
     try:
         session = _session_decoder.decode(cast(bytes, raw))  # decode_responses is off
     except msgspec.DecodeError:
         log.warning("browser session %s… is stored garbled: refused", token_hash(token)[:12])
-        raise _auth_failed("Session not found") from None
+        raise AuthFailed("Session not found") from None
     resolved = await state.store.resolve(session.access_key)
     if resolved is None or not resolved[0].active or resolved[1].user_id != session.user_id:
         log.info("browser session of key %r refused: keypair gone or inactive", session.access_key)
-        raise _auth_failed("Session revoked")
+        raise AuthFailed("Session revoked")
     return resolved[1]
 
 
 async def authenticate_cookie(request: Request, state: GatewayState) -> Identity | None:
     """Who the request's session cookie speaks for; None when it carries no session cookie.
 
-    Raises :class:`Problem` 401 auth-failed for an unknown or expired session, or one whose
+    Raises :class:`~gateway.errors.AuthFailed` for an unknown or expired session, or one whose
     keypair has been removed or deactivated (seen within ``identity_cache_ttl``).
     """
     token = request.cookies.get(SESSION_COOKIE)
@@ -307,7 +298,7 @@ class _Endpoints:
                 identity = await _keypair_login(login, state)
             else:
                 identity = await _password_login(login, state, self._checks)
-        except Problem as exc:
+        except GatewayError as exc:
             state.auth_failures[exc.title] += 1
             raise
         token = secrets.token_urlsafe(32)
@@ -355,7 +346,7 @@ class _Endpoints:
         state: GatewayState = request.state.gateway
         identity = await authenticate_cookie(request, state)
         if identity is None:
-            raise _auth_failed("Not logged in")
+            raise AuthFailed("Not logged in")
         return _identity_response(identity)
 
 

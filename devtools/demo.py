@@ -13,15 +13,16 @@ import sys
 import redis.asyncio as aredis
 import uvicorn
 
+from gateway.http.app import create_app
+from gateway.http.server import uvicorn_options
+from gateway.identity.store import IdentityStore
+from gateway.logs import configure_logging
+from gateway.settings import Settings
 from publisher.client import AsyncPublisher
 from publisher.demo import LifecycleDemo, demo_identities
 from publisher.keys import Keys
 
-from .app import create_app
-from .identity import IdentityStore
 from .localredis import PrivateRedis
-from .logs import configure_logging
-from .settings import Settings
 
 __all__ = ["banner", "run_demo", "seed_demo_identities"]
 
@@ -84,12 +85,7 @@ async def run_demo(
         settings = Settings.load({}, port=port, redis_url=redis_url)
         await seed_demo_identities(redis_url, settings.prefix)
         app = create_app(settings)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app, host=settings.host, port=settings.port, http="httptools",
-                lifespan="on", access_log=False, log_config=None, timeout_graceful_shutdown=2,
-            )
-        )  # fmt: skip
+        server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(settings)))
         publisher = AsyncPublisher.from_url(redis_url, prefix=settings.prefix)
         demo = LifecycleDemo(
             publisher, rate=rate, sessions=max(4, int(rate * 2)), rng=random.Random(),

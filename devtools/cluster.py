@@ -1,4 +1,5 @@
-"""``gateway cluster``: the deployment in miniature on loopback, without Docker.
+"""``python -m devtools cluster`` (``scripts/demo``): the deployment in miniature on
+loopback, without Docker.
 
 A private redis-server, N gateway replicas (one process each), nginx in front of them with
 the very ``deploy/nginx/nginx.conf`` docker-compose uses, and optionally the demo publisher.
@@ -23,8 +24,9 @@ from typing import Final
 
 import httpx
 
+from gateway.settings import Settings
+
 from .localredis import PrivateRedis, free_port
-from .settings import Settings
 
 __all__ = ["NGINX_CONF", "LocalCluster"]
 

@@ -1,5 +1,7 @@
-"""Backend.AI keypair authentication: the ``Authorization: BackendAI signMethod=HMAC-SHA256, ...``
-request signature, checked against the identity store.
+"""Backend.AI keypair signatures, pure: the ``Authorization: BackendAI signMethod=HMAC-SHA256,
+...`` header, built (clients) and taken apart (the gateway). No Redis, no HTTP framework: the
+consumer client imports this alone; :mod:`gateway.identity.authenticate` checks a request
+against the identity store with it.
 
 String to sign, lines joined by ``\\n``::
 
@@ -22,52 +24,42 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import re
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Final
 
-from gateway.errors import Problem
-from gateway.identity import Identity, IdentityError, IdentityStore
-from gateway.identity_model import check_access_key
+from gateway.errors import InvalidAuthParams
+
+from .models import IdentityError, check_access_key
 
 __all__ = [
     "DEFAULT_VERSION",
     "KNOWN_VERSION",
     "MAX_AUTH_HEADER",
+    "MAX_HOST",
     "MAX_SKEW",
-    "authenticate",
+    "MAX_SMALL_HEADER",
     "is_known_version",
     "parse_authorization",
     "parse_date",
     "raw_target",
     "sign_request",
+    "signature",
     "signed_headers",
     "string_to_sign",
 ]
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_VERSION: Final = "v8.20240915"
 KNOWN_VERSION: Final = re.compile(r"v([4-9])\.(\d{8})")
 """``v<major>.<YYYYMMDD>``, major 4 to 9; the date part must also be a real date."""
 MAX_SKEW: Final = timedelta(minutes=15)
 MAX_AUTH_HEADER: Final = 4096
-_MAX_SMALL_HEADER: Final = 256  # Date, version
-_MAX_HOST: Final = 1024
+MAX_SMALL_HEADER: Final = 256  # Date, version
+MAX_HOST: Final = 1024
 _EMPTY_BODY_HASH: Final = hashlib.sha256(b"").hexdigest()
 _SIGN_METHOD: Final = "HMAC-SHA256"
 _HEX64: Final = re.compile(r"[0-9a-fA-F]{64}")
-
-
-def _bad_params(title: str, msg: str | None = None) -> Problem:
-    return Problem(400, "invalid-auth-params", title, msg)
-
-
-def _auth_failed(title: str) -> Problem:
-    return Problem(401, "auth-failed", title)
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -87,11 +79,11 @@ def is_known_version(version: str) -> bool:
 def parse_date(value: str) -> datetime:
     """An aware UTC datetime from ISO 8601 (offset, ``Z`` or naive = UTC) or RFC 1123.
 
-    Raises :class:`Problem` (400 invalid-auth-params) for anything else.
+    Raises :class:`~gateway.errors.InvalidAuthParams` for anything else.
     """
     text = value.strip()
-    if not text or len(text) > _MAX_SMALL_HEADER or not text.isascii():
-        raise _bad_params("Invalid date header", "use ISO 8601 or RFC 1123")
+    if not text or len(text) > MAX_SMALL_HEADER or not text.isascii():
+        raise InvalidAuthParams("Invalid date header", "use ISO 8601 or RFC 1123")
     try:
         if text[0].isdigit():
             parsed = datetime.fromisoformat(text)
@@ -101,41 +93,43 @@ def parse_date(value: str) -> datetime:
             parsed = parsed.replace(tzinfo=UTC)
         return parsed.astimezone(UTC)
     except (ValueError, TypeError, OverflowError, IndexError):
-        raise _bad_params("Invalid date header", "use ISO 8601 or RFC 1123") from None
+        raise InvalidAuthParams("Invalid date header", "use ISO 8601 or RFC 1123") from None
 
 
 def parse_authorization(value: str) -> tuple[str, str]:
     """``(access_key, hex signature)`` from a ``BackendAI signMethod=..., credential=ak:sig`` value.
 
-    Raises :class:`Problem` (400 invalid-auth-params) when it is oversized or malformed, or names a
+    Raises :class:`~gateway.errors.InvalidAuthParams` when it is oversized or malformed, or names a
     sign method other than HMAC-SHA256.
     """
     if len(value) > MAX_AUTH_HEADER:
-        raise _bad_params("Authorization header too large", f"at most {MAX_AUTH_HEADER} bytes")
+        raise InvalidAuthParams(
+            "Authorization header too large", f"at most {MAX_AUTH_HEADER} bytes"
+        )
     scheme, _, rest = value.strip().partition(" ")
     if scheme != "BackendAI":
-        raise _bad_params("Malformed Authorization header", "the scheme must be BackendAI")
+        raise InvalidAuthParams("Malformed Authorization header", "the scheme must be BackendAI")
     params: dict[str, str] = {}
     for piece in rest.split(","):
         name, eq, param = piece.partition("=")
         if not eq:
-            raise _bad_params("Malformed Authorization header", "parameters are name=value")
+            raise InvalidAuthParams("Malformed Authorization header", "parameters are name=value")
         params[name.strip().lower()] = param.strip()
     method = params.get("signmethod")
     if method is None or "credential" not in params:
-        raise _bad_params("Malformed Authorization header", "needs signMethod and credential")
+        raise InvalidAuthParams("Malformed Authorization header", "needs signMethod and credential")
     if method.upper() != _SIGN_METHOD:
-        raise _bad_params("Unsupported signMethod", f"only {_SIGN_METHOD} is supported")
-    access_key, colon, signature = params["credential"].rpartition(":")
+        raise InvalidAuthParams("Unsupported signMethod", f"only {_SIGN_METHOD} is supported")
+    access_key, colon, digest = params["credential"].rpartition(":")
     try:
         check_access_key(access_key)
     except IdentityError:
-        raise _bad_params(
+        raise InvalidAuthParams(
             "Malformed Authorization header", "credential is <access key>:<signature>"
         ) from None
-    if not colon or not _HEX64.fullmatch(signature):
-        raise _bad_params("Malformed Authorization header", "the signature is 64 hex digits")
-    return access_key, signature.lower()
+    if not colon or not _HEX64.fullmatch(digest):
+        raise InvalidAuthParams("Malformed Authorization header", "the signature is 64 hex digits")
+    return access_key, digest.lower()
 
 
 def raw_target(raw_path: bytes, query_string: bytes) -> str:
@@ -168,7 +162,7 @@ def string_to_sign(
     )
 
 
-def _signature(secret_key: str, date: datetime, host: str, text: str) -> str:
+def signature(secret_key: str, date: datetime, host: str, text: str) -> str:
     k1 = hmac.digest(secret_key.encode(), date.strftime("%Y%m%d").encode(), "sha256")
     k2 = hmac.digest(k1, host.encode(), "sha256")
     return hmac.new(k2, text.encode(), "sha256").hexdigest()
@@ -186,8 +180,8 @@ def sign_request(
 ) -> str:
     """The ``Authorization`` header value for a request whose Date header is exactly ``date``."""
     text = string_to_sign(method, target, date, host, content_type, version)
-    signature = _signature(secret_key, parse_date(date), host, text)
-    return f"BackendAI signMethod={_SIGN_METHOD}, credential={access_key}:{signature}"
+    digest = signature(secret_key, parse_date(date), host, text)
+    return f"BackendAI signMethod={_SIGN_METHOD}, credential={access_key}:{digest}"
 
 
 def signed_headers(
@@ -208,64 +202,3 @@ def signed_headers(
         method, target, date_value, host, content_type, version, access_key, secret_key
     )
     return {"Date": date_value, "X-BackendAI-Version": version, "Authorization": auth}
-
-
-# -- checking -----------------------------------------------------------------------------------
-
-
-async def authenticate(
-    method: str,
-    raw_target: str,
-    headers: Mapping[str, str],
-    store: IdentityStore,
-    *,
-    now: datetime,
-    max_skew: timedelta = MAX_SKEW,
-) -> Identity:
-    """Who signed this request, or :class:`Problem`: 400 invalid-auth-params, 401 auth-failed.
-
-    ``headers`` has lower-case names (a Starlette ``Headers`` will do). The keypair's secret is
-    checked before its state, so only a caller holding it learns that a keypair is inactive.
-    """
-    authorization = headers.get("authorization")
-    if not authorization:
-        raise _bad_params("Missing Authorization header")
-    access_key, signature = parse_authorization(authorization)
-    version = headers.get("x-backendai-version")
-    if not version:
-        raise _bad_params("Missing X-BackendAI-Version header")
-    if len(version) > _MAX_SMALL_HEADER or not is_known_version(version):
-        raise _bad_params("Unsupported X-BackendAI-Version", "expected v<4-9>.<YYYYMMDD>")
-    raw_date = headers.get("date") or headers.get("x-backendai-date")
-    if not raw_date:
-        raise _bad_params("Missing Date or X-BackendAI-Date header")
-    date = parse_date(raw_date)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)
-    if abs(now - date) > max_skew:
-        raise _bad_params(
-            "Too large clock skew",
-            f"the request date must be within {max_skew} of the server's "
-            f"{now.astimezone(UTC).isoformat(timespec='seconds')}",
-        )
-    host = headers.get("host")
-    if not host or len(host) > _MAX_HOST:
-        raise _bad_params("Missing or oversized Host header")
-
-    keypair = await store.get_keypair(access_key)
-    if keypair is None:
-        logger.info("auth failed: unknown access key %r", access_key)
-        raise _auth_failed("Access key not found")
-    text = string_to_sign(method, raw_target, raw_date, host, headers.get("content-type"), version)
-    expected = _signature(keypair.secret_key, date, host, text)
-    if not hmac.compare_digest(expected, signature):
-        logger.info("auth failed: signature mismatch for access key %r", access_key)
-        raise _auth_failed("Signature mismatch")
-    if not keypair.active:
-        logger.info("auth failed: inactive access key %r", access_key)
-        raise _auth_failed("Inactive keypair")
-    user = await store.get_user(keypair.user_id)
-    if user is None:
-        logger.warning("auth failed: access key %r belongs to unknown user", access_key)
-        raise _auth_failed("Keypair owner not found")
-    return Identity(access_key, user.user_id, user.role, user.domain)

@@ -17,8 +17,9 @@ from starlette.middleware import Middleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.settings import Settings
+
 from .errors import problem_response
-from .settings import Settings
 
 __all__ = ["ALLOW_HEADERS", "ALLOW_METHODS", "CredentialedCORS", "cors_middleware"]
 
@@ -86,9 +87,7 @@ class CredentialedCORS:
             if h.strip()
         }
         if not allowed or method not in ALLOW_METHODS or not requested <= ALLOW_HEADERS:
-            return problem_response(
-                403, "generic-forbidden", "CORS preflight refused", headers=vary
-            )
+            return problem_response("generic-forbidden", "CORS preflight refused", headers=vary)
         return Response(
             status_code=204,
             headers={**vary, **self._preflight_headers, "Access-Control-Allow-Origin": origin},

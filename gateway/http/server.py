@@ -17,8 +17,9 @@ from typing import Any
 
 import uvicorn
 
+from gateway.settings import ENV_PREFIX, Settings
+
 from .app import TransportScope, create_app
-from .settings import ENV_PREFIX, Settings
 
 __all__ = ["DrainingServer", "serve", "uvicorn_options"]
 
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The one uvicorn configuration (``uvicorn.Config`` keywords): what ``gateway serve``
+    runs, and what the tests and the bench run, so they exercise the production paths
+    (uvloop, httptools, whose chunked responses the direct writes rely on)."""
     return {
         "host": settings.host,
         "port": settings.port,
@@ -45,10 +49,11 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: TransportScope, drain_deadline: float):
+    """uvicorn's server with the drain of the module docstring in front of its shutdown."""
+
+    def __init__(self, config: uvicorn.Config, app: TransportScope):
         super().__init__(config)
         self._app = app
-        self._drain_deadline = drain_deadline
         self._draining: asyncio.Task[None] | None = None
         self._signalled = False
 
@@ -70,14 +75,7 @@ class DrainingServer(uvicorn.Server):
             self._draining = asyncio.get_running_loop().create_task(self._drain_then_exit())
 
     async def _drain_then_exit(self) -> None:
-        state = self._app.state.gateway
-        state.begin_shutdown()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._drain_deadline
-        while len(state.hub) and loop.time() < deadline:
-            await asyncio.sleep(0.02)
-        if len(state.hub):
-            log.warning("drain deadline passed with %d streams left", len(state.hub))
+        await self._app.state.gateway.drain()
         self.should_exit = True
 
 
@@ -86,13 +84,16 @@ def serve(settings: Settings) -> None:
     if settings.workers > 1:
         # Workers are separate processes (one Redis subscription each) that read the same
         # settings from the environment; uvicorn's supervisor relays signals to them and
-        # each drains through sse-starlette's exit hook (gateway.app._watch_exit).
+        # each drains through sse-starlette's exit hook (gateway.http.app._watch_exit).
         env = settings.to_env()
         del env[ENV_PREFIX + "REPLICA"]  # each worker names itself
         os.environ.update(env)
         uvicorn.run(
-            "gateway.app:create_app_from_env", factory=True, workers=settings.workers, **options
+            "gateway.http.app:create_app_from_env",
+            factory=True,
+            workers=settings.workers,
+            **options,
         )
         return
     app = create_app(settings)
-    DrainingServer(uvicorn.Config(app, **options), app, settings.drain_deadline).run()
+    DrainingServer(uvicorn.Config(app, **options), app).run()

@@ -1,0 +1,392 @@
+"""One stream's write machine, in one unit: its filter, bounded buffer, ways out, pacing,
+eviction and error isolation.
+
+Two ways out of the buffer:
+
+* **direct** (uvicorn's httptools protocol, the normal case): after the headers have gone
+  out through ASGI the response is chunked, so :meth:`Connection.go_direct` hands the
+  connection a :class:`TransportSink`. ``push`` only queues and marks the connection dirty;
+  the hub's one flush per loop iteration writes every dirty connection's queue as one chunk,
+  framed by :func:`chunk` exactly as uvicorn's ``send`` would, straight to the transport. No
+  task wakes up per connection per event.
+* **the writer task** (any other ASGI server; and, in direct mode, whenever the transport is
+  above its high-water mark, and for the close): the connection's own task takes the queue
+  and awaits ASGI ``send``, which waits for the socket to drain. That wait is what the write
+  deadline measures.
+
+Eviction: a ``push`` over the byte cap closes the connection on the spot (``slow_consumer``);
+the hub's timer closes one whose write has been in flight past the write deadline
+(``write_timeout``) and aborts its transport. A deliberate close (shutdown, revoked) still
+writes what is queued, then ``server_close``; an evicted or gone client's queue is dropped.
+Whatever happens to one connection (its transport failing, its task cancelled) stays in its
+own writer task; the hub never awaits a connection.
+
+During a resume (:mod:`gateway.fanout.resume`) the connection is registered before history is
+read; live frames that arrive meanwhile wait in ``_held`` with their ids and are released by
+:meth:`Connection.end_replay`, minus those replay already sent. History can also be ahead of
+the live channel (an event is in the stream before its PUBLISH reaches this process), so after
+replay ``_floor`` drops live frames up to the last replayed id until a newer one passes. No
+gap, no duplicate.
+
+Why direct writes: ASGI ``send`` costs a coroutine and three wrapper frames per call, and the
+writer task behind it a wake-up per connection per event; for a hub that sends the same small
+frame to thousands of streams that was most of the CPU (ARCHITECTURE.md, measured deviations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final, Literal, Protocol
+
+from .filters import Filter
+from .frames import CloseReason, StreamId, server_close_frame
+
+__all__ = [
+    "CYCLE_SCOPE_KEY",
+    "Connection",
+    "Sink",
+    "TransportSink",
+    "chunk",
+    "uvicorn_cycle",
+]
+
+#: where the HTTP edge leaves uvicorn's request-response cycle in the ASGI scope
+CYCLE_SCOPE_KEY: Final = "kev.uvicorn_cycle"
+
+#: ASGI ``send`` as this module uses it (a plain dict message, no framework types)
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+class Sink(Protocol):
+    """Writes straight to the client's connection, bypassing ASGI ``send``."""
+
+    def paused(self) -> bool:
+        """True while the transport holds more than its high-water mark."""
+        ...
+
+    def write_chunk(self, framed: bytes) -> None:
+        """Write ``framed``, which is :func:`chunk` of the data."""
+        ...
+
+
+class _Transport(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def is_closing(self) -> bool: ...
+    def abort(self) -> None: ...
+    def get_extra_info(self, name: str) -> Any: ...
+
+
+def uvicorn_cycle(send: object) -> Any | None:
+    """uvicorn's ``RequestResponseCycle`` behind an ASGI ``send``, or None for any other
+    server (``send`` is then used for everything)."""
+    cycle = getattr(send, "__self__", None)
+    if all(hasattr(cycle, name) for name in ("transport", "flow", "chunked_encoding")):
+        return cycle
+    return None
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk, the framing uvicorn's ``send`` gives a body part."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class TransportSink:
+    """The :class:`Sink` for one chunked uvicorn (httptools) response."""
+
+    __slots__ = ("_cycle", "_flow", "write_chunk")
+
+    def __init__(self, cycle: Any) -> None:
+        if not cycle.chunked_encoding:  # decided when the headers went out
+            raise ValueError("direct writes need a chunked response")
+        self._cycle = cycle
+        self._flow = cycle.flow
+        transport: _Transport = cycle.transport
+        #: the transport's own write: the hub frames each chunk, no call layer per write
+        self.write_chunk = transport.write
+
+    def paused(self) -> bool:
+        # Two attribute loads, no call: this runs once per connection per flush. A vanished
+        # client (uvicorn's connection_lost sets ``disconnected``) counts as paused, so the
+        # writer task, not a write to a dead transport, sees it out.
+        return bool(self._flow.write_paused or self._cycle.disconnected)
+
+
+def body(data: bytes) -> dict[str, Any]:
+    """An ASGI body message with more to come."""
+    return {"type": "http.response.body", "body": data, "more_body": True}
+
+
+class Connection:
+    """One stream: what it may see (``filter``), whose it is (``access_key``), and its
+    bounded outgoing buffer (``cap`` bytes) with everything that empties it."""
+
+    __slots__ = (
+        "_chunks",
+        "_clock",
+        "_dirty",
+        "_floor",
+        "_held",
+        "_notify",
+        "_retry_ms",
+        "_send",
+        "_task",
+        "_transport",
+        "_waiter",
+        "_writer",
+        "abort_requested",
+        "access_key",
+        "buffered",
+        "cap",
+        "close_reason",
+        "closed",
+        "filter",
+        "sink",
+        "writing_since",
+    )
+
+    def __init__(
+        self,
+        filter: Filter,
+        access_key: str,
+        cap: int,
+        *,
+        clock: Callable[[], float],
+        retry_ms: int = 3000,
+    ) -> None:
+        self.filter = filter
+        self.access_key = access_key
+        self.cap = cap
+        self.buffered = 0
+        self.closed = False
+        self.close_reason: CloseReason | Literal["disconnect"] | None = None
+        #: monotonic time the current ASGI write started, or 0.0 when none is in flight
+        self.writing_since = 0.0
+        #: the direct way out, when the server offers one (:meth:`go_direct`)
+        self.sink: Sink | None = None
+        #: set by :meth:`abort_write`: the cancellation that follows is ours, not the server's
+        self.abort_requested = False
+        self._clock = clock
+        self._retry_ms = retry_ms
+        self._chunks: list[bytes] = []
+        self._held: list[tuple[StreamId, bytes]] | None = None
+        self._floor: StreamId | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._dirty = False
+        self._notify: Callable[[Connection], None] | None = None
+        self._send: Send | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._transport: _Transport | None = None
+
+    # -- wiring (the HTTP edge, once per stream) ---------------------------------------------
+
+    def attach(self, send: Send, cycle: Any | None, *, send_buffer: int = 0) -> None:
+        """Bind the connection to its ASGI ``send`` and, under uvicorn, its request cycle;
+        the calling task is the one :meth:`abort_write` cancels where there is no transport.
+        ``send_buffer`` (bytes, 0 = the kernel's autotuning) bounds what the kernel holds for
+        a client that stopped reading; past it the transport pauses and the write deadline
+        starts to count."""
+        self._send = send
+        self._task = asyncio.current_task()
+        self._transport = cycle.transport if cycle is not None else None
+        if self._transport is not None and send_buffer:
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError, AttributeError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+
+    def start_writing(self, cycle: Any | None, notify: Callable[[Connection], None]) -> None:
+        """The headers are out: write directly when the response is chunked under uvicorn,
+        else through the writer task."""
+        if cycle is not None and cycle.chunked_encoding:
+            self.go_direct(TransportSink(cycle), notify)
+        else:
+            self._ensure_writer()
+
+    def go_direct(self, sink: Sink, notify: Callable[[Connection], None]) -> None:
+        """From now on, queued data goes out through ``sink`` when the hub's flush runs;
+        ``notify`` (the hub's) is told once per batch that this connection has data."""
+        self.sink = sink
+        self._notify = notify
+        if self._chunks:
+            notify(self)
+
+    # -- the hub's side (never awaits) -------------------------------------------------------
+
+    def push(self, frame: bytes, stream_id: StreamId | None = None) -> bool:
+        """Queue ``frame``; returns True when this push evicted the connection (over its cap)."""
+        if self.closed:
+            return False
+        if stream_id is not None and self._floor is not None:
+            if stream_id <= self._floor:
+                return False  # replay already sent it
+            self._floor = None  # ids only grow from here
+        if self._held is not None and stream_id is not None:
+            self._held.append((stream_id, frame))
+            self.buffered += len(frame)
+            return self._over_cap()
+        self._chunks.append(frame)
+        self.buffered += len(frame)
+        if self._over_cap():
+            return True
+        if self._notify is not None:
+            if not self._dirty:
+                self._dirty = True
+                self._notify(self)
+        else:
+            self._wake()
+        return False
+
+    def _over_cap(self) -> bool:
+        if self.buffered > self.cap:
+            self.close("slow_consumer")
+            return True
+        return False
+
+    def take_for_sink(self) -> bytes | None:
+        """For the hub's flush: what to write through the sink now, or None when there is
+        nothing, or when it is left to the writer task (an ASGI write in flight, or the
+        transport is full)."""
+        self._dirty = False
+        sink = self.sink
+        if self.closed or sink is None or not self._chunks:
+            return None
+        if self.writing_since or sink.paused():
+            self._wake()
+            return None
+        return self.take()
+
+    def take(self) -> bytes:
+        """Everything queued, as one write (coalescing), or b"" when nothing is."""
+        if not self._chunks:
+            return b""
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks = []
+        self.buffered -= len(data)
+        return data
+
+    def close(self, reason: CloseReason | Literal["disconnect"]) -> None:
+        """Mark the stream for closing and wake its writer. What is queued is still written
+        on a deliberate close (shutdown, revoked); it is dropped for an evicted or gone
+        client."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._held = None
+        if reason in ("slow_consumer", "write_timeout", "disconnect"):
+            self._chunks = []
+            self.buffered = 0
+        self._wake()
+
+    def abort_write(self) -> None:
+        """End a write stuck past the deadline: under uvicorn the transport is aborted (the
+        pending ``send`` returns, the socket is gone); elsewhere the stream's task is
+        cancelled, and the edge knows it was us by :attr:`abort_requested`."""
+        self.abort_requested = True
+        if self._transport is not None:
+            self._transport.abort()
+        elif self._task is not None:
+            self._task.cancel()
+
+    # -- resume ------------------------------------------------------------------------------
+
+    def begin_replay(self) -> None:
+        """Hold live frames (with their ids) until :meth:`end_replay`."""
+        self._held = []
+
+    def end_replay(self, last_sent: StreamId) -> None:
+        """Release the live frames held during replay, skipping ids replay already sent, and
+        keep skipping them if they are still on their way."""
+        held, self._held = self._held or [], None
+        for stream_id, frame in held:
+            self.buffered -= len(frame)
+            if stream_id > last_sent:
+                self.push(frame)
+        if not held or held[-1][0] <= last_sent:
+            self._floor = last_sent
+
+    # -- the writer task ---------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self._send is not None:
+            self._ensure_writer()
+
+    def _resume_direct(self) -> None:
+        """The transport drained: what is queued goes out with the hub's next flush."""
+        if self._chunks and self._notify is not None and not self._dirty:
+            self._dirty = True
+            self._notify(self)
+
+    async def _wait(self) -> None:
+        """Return once the writer task has something to do: queued data it must write (no
+        sink, or the sink is paused) or the close."""
+        if self.closed or (self._chunks and (self.sink is None or self.sink.paused())):
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        await waiter
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        """Writes through ASGI send while the direct path cannot: no sink, a full transport
+        (send waits for the drain, and the write deadline measures that wait), the close."""
+        send, clock = self._send, self._clock
+        assert send is not None
+        while True:
+            await self._wait()
+            data = self.take()
+            if data:
+                # The hub's timer evicts a connection whose write is stuck past the deadline.
+                self.writing_since = clock() or 1e-9
+                await send(body(data))
+                self.writing_since = 0.0
+            if self.closed:
+                break
+            sink = self.sink
+            if sink is not None and not sink.paused():
+                self._resume_direct()  # drained: the hub's flush takes over again
+                return
+        reason = self.close_reason
+        # A stuck or vanished client cannot take a goodbye; every other close is announced.
+        if reason not in (None, "disconnect", "write_timeout") and not self.abort_requested:
+            assert reason is not None and reason != "disconnect"
+            self.writing_since = clock() or 1e-9
+            await send(body(server_close_frame(reason, self._retry_ms)))
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self.writing_since = 0.0
+
+    async def until_gone(self, receive: Receive) -> None:
+        """For a server without the direct path, which may not wake a pending ``receive()``
+        when the response ends: return when the client disconnects or the writer finishes."""
+        listener = asyncio.ensure_future(self._listen_for_disconnect(receive))
+        assert self._writer is not None
+        try:
+            await asyncio.wait({listener, self._writer}, return_when="FIRST_COMPLETED")
+        finally:
+            listener.cancel()
+            await asyncio.wait({listener})
+
+    async def _listen_for_disconnect(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.close("disconnect")
+
+    async def finish(self) -> None:
+        """The stream is over: mark it gone and wait for its writer task to end."""
+        self.close("disconnect")
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            await asyncio.wait({writer})

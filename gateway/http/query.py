@@ -1,0 +1,73 @@
+"""The stream endpoint's query string and ``Last-Event-ID`` header, parsed and checked."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Final
+from urllib.parse import parse_qsl
+
+from gateway.errors import InvalidParams
+from gateway.identity.visibility import StreamQuery
+from publisher.schema import SLUG_PATTERN
+
+__all__ = ["MAX_QUERY_BYTES", "parse_query"]
+
+MAX_QUERY_BYTES: Final = 2048
+_SLUG: Final = re.compile(SLUG_PATTERN)
+_ACCESS_KEY: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+_GROUP: Final = re.compile(r"^[^\x00-\x20\x7f]{1,64}$")
+_STREAM_ID: Final = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+_KNOWN: Final = frozenset({"sessionId", "ownerAccessKey", "group", "groupName", "lastEventId"})
+
+
+def _bad(msg: str) -> InvalidParams:
+    return InvalidParams("Invalid API parameters", msg)
+
+
+def parse_query(query_string: bytes, headers: Mapping[str, str]) -> StreamQuery:
+    """The stream's parameters and the ``Last-Event-ID`` header, checked.
+
+    Raises :class:`~gateway.errors.InvalidParams` for an unknown, repeated or malformed
+    parameter or an id this server cannot have sent."""
+    if len(query_string) > MAX_QUERY_BYTES:
+        raise _bad(f"the query string is over {MAX_QUERY_BYTES} bytes")
+    try:
+        pairs = parse_qsl(
+            query_string.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=False,
+            max_num_fields=16,
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _bad(f"the query string cannot be parsed: {exc}") from exc
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in _KNOWN:
+            raise _bad(f"unknown parameter {name[:40]!r}")
+        if name in params:
+            raise _bad(f"parameter {name!r} is given twice")
+        params[name] = value
+    if "group" in params and "groupName" in params:
+        raise _bad("give either group or groupName, not both")
+
+    session_id = params.get("sessionId", "*")
+    if session_id != "*" and not _SLUG.match(session_id):
+        raise _bad(f"sessionId {session_id[:70]!r} is not '*' or a session name")
+    owner = params.get("ownerAccessKey")
+    if owner is not None and not _ACCESS_KEY.match(owner):
+        raise _bad(f"ownerAccessKey {owner[:70]!r} is not an access key")
+    group = params.get("group", params.get("groupName", "*"))
+    if group != "*" and not _GROUP.match(group):
+        raise _bad(f"group {group[:70]!r} is not '*' or a group name")
+
+    # EventSource sends the header on reconnect; it is newer than any id baked into the URL.
+    last_id = headers.get("last-event-id") or params.get("lastEventId") or None
+    if last_id is not None and not _STREAM_ID.match(last_id):
+        raise _bad(f"Last-Event-ID {last_id[:70]!r} is not an event id this server sent")
+    return StreamQuery(
+        session_id=None if session_id == "*" else session_id,
+        owner_access_key=owner,
+        group=None if group == "*" else group,
+        last_event_id=last_id,
+    )

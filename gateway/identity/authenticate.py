@@ -1,0 +1,89 @@
+"""Checking a request's Backend.AI keypair signature against the identity store."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+from gateway.errors import AuthFailed, InvalidAuthParams
+
+from .models import Identity
+from .signing import (
+    MAX_HOST,
+    MAX_SKEW,
+    MAX_SMALL_HEADER,
+    is_known_version,
+    parse_authorization,
+    parse_date,
+    signature,
+    string_to_sign,
+)
+from .store import IdentityStore
+
+__all__ = ["authenticate"]
+
+logger = logging.getLogger(__name__)
+
+
+async def authenticate(
+    method: str,
+    raw_target: str,
+    headers: Mapping[str, str],
+    store: IdentityStore,
+    *,
+    now: datetime,
+    max_skew: timedelta = MAX_SKEW,
+) -> Identity:
+    """Who signed this request.
+
+    Raises :class:`~gateway.errors.InvalidAuthParams` for missing or malformed signature
+    headers or a date off by more than ``max_skew``, and :class:`~gateway.errors.AuthFailed`
+    for an unknown, inactive or ownerless key or a wrong signature.
+
+    ``headers`` has lower-case names (a Starlette ``Headers`` will do). The keypair's secret is
+    checked before its state, so only a caller holding it learns that a keypair is inactive.
+    """
+    authorization = headers.get("authorization")
+    if not authorization:
+        raise InvalidAuthParams("Missing Authorization header")
+    access_key, sent = parse_authorization(authorization)
+    version = headers.get("x-backendai-version")
+    if not version:
+        raise InvalidAuthParams("Missing X-BackendAI-Version header")
+    if len(version) > MAX_SMALL_HEADER or not is_known_version(version):
+        raise InvalidAuthParams("Unsupported X-BackendAI-Version", "expected v<4-9>.<YYYYMMDD>")
+    raw_date = headers.get("date") or headers.get("x-backendai-date")
+    if not raw_date:
+        raise InvalidAuthParams("Missing Date or X-BackendAI-Date header")
+    date = parse_date(raw_date)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    if abs(now - date) > max_skew:
+        raise InvalidAuthParams(
+            "Too large clock skew",
+            f"the request date must be within {max_skew} of the server's "
+            f"{now.astimezone(UTC).isoformat(timespec='seconds')}",
+        )
+    host = headers.get("host")
+    if not host or len(host) > MAX_HOST:
+        raise InvalidAuthParams("Missing or oversized Host header")
+
+    keypair = await store.get_keypair(access_key)
+    if keypair is None:
+        logger.info("auth failed: unknown access key %r", access_key)
+        raise AuthFailed("Access key not found")
+    text = string_to_sign(method, raw_target, raw_date, host, headers.get("content-type"), version)
+    expected = signature(keypair.secret_key, date, host, text)
+    if not hmac.compare_digest(expected, sent):
+        logger.info("auth failed: signature mismatch for access key %r", access_key)
+        raise AuthFailed("Signature mismatch")
+    if not keypair.active:
+        logger.info("auth failed: inactive access key %r", access_key)
+        raise AuthFailed("Inactive keypair")
+    user = await store.get_user(keypair.user_id)
+    if user is None:
+        logger.warning("auth failed: access key %r belongs to unknown user", access_key)
+        raise AuthFailed("Keypair owner not found")
+    return Identity(access_key, user.user_id, user.role, user.domain)
