@@ -32,8 +32,9 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol
+from typing import Final, Protocol
 
+from .keys import Role
 from .schema import EventName, KernelEvent, Result, SessionRef
 
 __all__ = [
@@ -55,8 +56,6 @@ __all__ = [
 #: batch small enough that a live view looks continuous rather than bursty.
 DEFAULT_TICK: Final = 0.025
 DEFAULT_MAX_BATCH: Final = 10_000
-
-Role = Literal["superadmin", "admin", "user", "monitor"]
 
 
 @dataclass(frozen=True, slots=True)

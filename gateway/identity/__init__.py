@@ -4,37 +4,22 @@ signatures, and the role rules that turn a caller and its query into a hub filte
 No HTTP here: failures are :mod:`gateway.errors` domain errors that the HTTP edge maps.
 Imports only downward (:mod:`gateway.fanout` for :class:`~gateway.fanout.filters.Filter`).
 
-This package's namespace holds the pure part (records and signing: msgspec and the standard
-library), so a client that signs requests imports no Redis. The parts that read Redis are
+This package's namespace holds the pure part (the main records and signing: msgspec and the
+standard library), so a client that signs requests imports no Redis. The parts that read Redis are
 imported from their modules: :mod:`.store` (:class:`IdentityStore`), :mod:`.authenticate`,
 :mod:`.visibility`.
 """
 
-from .models import (
-    ROLES,
-    Group,
-    Identity,
-    IdentityError,
-    ImportSummary,
-    Keypair,
-    Role,
-    UnknownIdentityError,
-    User,
-)
-from .signing import DEFAULT_VERSION, parse_authorization, sign_request, signed_headers
+from .models import Identity, IdentityError, Keypair, Role, User
+from .signing import DEFAULT_VERSION, sign_request, signed_headers
 
 __all__ = [
     "DEFAULT_VERSION",
-    "ROLES",
-    "Group",
     "Identity",
     "IdentityError",
-    "ImportSummary",
     "Keypair",
     "Role",
-    "UnknownIdentityError",
     "User",
-    "parse_authorization",
     "sign_request",
     "signed_headers",
 ]

@@ -4,9 +4,11 @@ rules their names and secrets follow. Storage is :mod:`gateway.identity.store`."
 from __future__ import annotations
 
 import unicodedata
-from typing import Final, Literal, get_args
+from typing import Final, get_args
 
 import msgspec
+
+from publisher.keys import Role
 
 __all__ = [
     "MAX_NAME_LEN",
@@ -25,8 +27,6 @@ __all__ = [
     "check_user",
 ]
 
-Role = Literal["user", "admin", "superadmin", "monitor"]
-"""``admin`` is a domain admin; ``monitor`` sees everything, read only."""
 ROLES: Final[frozenset[str]] = frozenset(get_args(Role))
 
 MAX_NAME_LEN: Final = 128
