@@ -34,7 +34,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from .keys import Role
 from .schema import EventName, KernelEvent, Result, SessionRef
 
 __all__ = [
@@ -47,7 +46,6 @@ __all__ = [
     "LifecycleDemo",
     "LifecycleGenerator",
     "ProgressCallback",
-    "Role",
     "demo_identities",
     "run_demo",
 ]
@@ -69,7 +67,8 @@ class DemoKeypair:
     access_key: str
     secret_key: str
     user_id: str
-    role: Role
+    #: a role of the gateway's identity store (user, admin, superadmin, monitor)
+    role: str
     domain: str
     groups: tuple[str, ...]
 
@@ -126,7 +125,7 @@ def demo_identities() -> DemoIdentities:
 
 
 # Users own most sessions; admins run a few of their own.
-_OWNER_WEIGHT: Final[Mapping[Role, int]] = {"user": 4, "admin": 1, "superadmin": 1, "monitor": 0}
+_OWNER_WEIGHT: Final[Mapping[str, int]] = {"user": 4, "admin": 1, "superadmin": 1, "monitor": 0}
 _INTERACTIVE: Final = ("jupyter", "vscode", "notebook", "ssh", "tensorboard")
 _BATCH: Final = ("train", "batch", "finetune", "eval")
 _IMAGES: Final = (

@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
-__all__ = ["DEFAULT_PREFIX", "Keys", "Role"]
-
-#: the roles of the identity store that lives under these keys (``admin`` is a domain admin;
-#: ``monitor`` sees everything, read only). Defined here, below both sides, so the gateway's
-#: identity records and the demo publisher's identities share one type.
-Role = Literal["user", "admin", "superadmin", "monitor"]
+__all__ = ["DEFAULT_PREFIX", "Keys"]
 
 DEFAULT_PREFIX: Final = "kev"
 _PREFIX = re.compile(r"^[A-Za-z0-9_.\-:{}]{1,64}$")

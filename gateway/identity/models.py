@@ -4,11 +4,9 @@ rules their names and secrets follow. Storage is :mod:`gateway.identity.store`."
 from __future__ import annotations
 
 import unicodedata
-from typing import Final, get_args
+from typing import Final, Literal, get_args
 
 import msgspec
-
-from publisher.keys import Role
 
 __all__ = [
     "MAX_NAME_LEN",
@@ -27,6 +25,8 @@ __all__ = [
     "check_user",
 ]
 
+Role = Literal["user", "admin", "superadmin", "monitor"]
+"""``admin`` is a domain admin; ``monitor`` sees everything, read only."""
 ROLES: Final[frozenset[str]] = frozenset(get_args(Role))
 
 MAX_NAME_LEN: Final = 128

@@ -1,0 +1,380 @@
+"""deploy/ and docker-compose.yml read, not run: the nginx and haproxy configs are SSE-safe,
+and (Docker does not run in the test environment) the compose file, the Dockerfile and the
+Kubernetes manifests are checked for structure and against the real settings object. (The
+proxies running for real: tests/system/test_deploy.py.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.cli import main as gateway_main
+from gateway.http.server import uvicorn_options
+from gateway.settings import ENV_PREFIX, Settings
+from publisher.demo import demo_identities
+from tests.support.deploy import (
+    COMPOSE,
+    DEPLOY,
+    GATEWAYS,
+    HAPROXY_CFG,
+    K8S,
+    NGINX_CONF,
+    NGINX_DIR,
+    ROOT,
+)
+
+# -- nginx ---------------------------------------------------------------------------------------
+
+
+def _nginx_text(path: Path) -> str:
+    return re.sub(r"#[^\n]*", "", path.read_text())
+
+
+def _block(text: str, opener: str) -> str:
+    """The body of the first ``opener { ... }`` block in ``text``."""
+    start = text.index(opener)
+    depth = 0
+    for i in range(text.index("{", start), len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[text.index("{", start) + 1 : i]
+    raise AssertionError(f"unbalanced block {opener!r}")
+
+
+def _directives(block: str) -> set[str]:
+    """The simple directives directly in ``block`` (nested blocks dropped), whitespace folded."""
+    flat = block
+    while re.search(r"\{[^{}]*\}", flat):
+        flat = re.sub(r"[^;{}]*\{[^{}]*\}", "", flat)
+    return {" ".join(part.split()) for part in flat.split(";") if part.strip()}
+
+
+def _seconds(value: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    match = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", value)
+    assert match, f"not a duration: {value!r}"
+    return int(match[1]) * units[match[2] or "s"]
+
+
+def test_nginx_config_is_sse_safe() -> None:
+    text = _nginx_text(NGINX_CONF)
+    top = _directives(text)
+    http = _directives(_block(text, "http {"))
+    location = _directives(_block(_block(text, "server {"), "location / {"))
+    # Runs unprivileged under any prefix, and under the official image's -g 'daemon off;'.
+    assert not {d for d in top if d.split()[0] in ("daemon", "user")}
+    assert "pid nginx.pid" in top
+    # Two descriptors per stream (client + upstream).
+    nofile = re.search(r"worker_rlimit_nofile (\d+);", text)
+    connections = re.search(r"worker_connections (\d+);", text)
+    assert nofile and connections and int(nofile[1]) >= 2 * int(connections[1])
+    assert {"include upstream.conf", "gzip off"} <= http
+    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        assert f"{kind}_temp_path {kind}_temp" in http
+    assert "include listen.conf" in _directives(_block(text, "server {"))
+    # No URI part: the target goes upstream as sent; Host as the client sent it.
+    assert "proxy_pass http://gateways" in location
+    assert {
+        "proxy_buffering off",
+        "proxy_cache off",
+        "proxy_http_version 1.1",
+        'proxy_set_header Connection ""',
+        "proxy_set_header Host $http_host",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for",
+        "proxy_next_upstream error timeout http_502 http_503",
+    } <= location
+    timeouts = {
+        d.split()[0]: _seconds(d.split()[1]) for d in location if d.split()[0].endswith("_timeout")
+    }
+    assert timeouts["proxy_read_timeout"] >= 3600
+    assert timeouts["proxy_send_timeout"] >= 3600
+    assert timeouts["send_timeout"] >= 30
+    assert timeouts["proxy_connect_timeout"] <= 5
+
+    upstream = _nginx_text(NGINX_DIR / "upstream.compose.conf")
+    group = _directives(_block(upstream, "upstream gateways {"))
+    servers = sorted(d for d in group if d.startswith("server "))
+    assert [s.split()[1] for s in servers] == [f"{name}:8081" for name in GATEWAYS]
+    assert all("max_fails=" in s and "fail_timeout=" in s for s in servers)
+    assert any(d.startswith("keepalive ") for d in group)
+    listen = _directives(_nginx_text(NGINX_DIR / "listen.compose.conf"))
+    assert listen == {"listen 8080"}
+
+
+# -- haproxy -------------------------------------------------------------------------------------
+
+
+def test_haproxy_config_is_sse_safe() -> None:
+    lines = {
+        " ".join(line.split())
+        for line in re.sub(r"#[^\n]*", "", HAPROXY_CFG.read_text()).splitlines()
+        if line.strip()
+    }
+    assert {
+        "mode http",
+        "balance leastconn",
+        "option httpchk GET /ready",
+        "option forwardfor",
+        "option redispatch 1",
+    } <= lines
+    timeouts = {
+        line.split()[1]: _seconds(line.split()[2]) for line in lines if line.startswith("timeout ")
+    }
+    for name in ("client", "server", "tunnel"):
+        assert timeouts[name] >= 3600, name
+    assert timeouts["connect"] <= 5
+    assert any(line.startswith("retry-on conn-failure") and "503" in line for line in lines)
+    # Buffering or compressing responses, or cutting streams of a failed check: none of it.
+    assert not any(
+        word in line
+        for line in lines
+        for word in ("http-buffer-request", "compression", "shutdown-sessions")
+    )
+    servers = sorted(line.split()[1:3] for line in lines if line.startswith("server "))
+    assert servers == [[name, f"{name}:8081"] for name in GATEWAYS]
+
+
+# -- Dockerfile ----------------------------------------------------------------------------------
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), " ".join(rest.split())))
+    return out
+
+
+def test_dockerfile() -> None:
+    steps = _instructions(DEPLOY / "Dockerfile")
+    froms = [rest for kw, rest in steps if kw == "FROM"]
+    assert froms and all(f.startswith("python:3.11-slim") for f in froms)
+    final = steps[max(i for i, (kw, _) in enumerate(steps) if kw == "FROM") :]
+    users = [rest for kw, rest in final if kw == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert any(kw == "RUN" and "pip install ." in rest for kw, rest in steps)
+    assert ("EXPOSE", "8081") in final
+    (healthcheck,) = [rest for kw, rest in final if kw == "HEALTHCHECK"]
+    assert "/health" in healthcheck and "urllib" in healthcheck
+    (cmd,) = [rest for kw, rest in final if kw == "CMD"]
+    assert json.loads(cmd) == ["gateway", "serve", "--host", "0.0.0.0"]
+
+    # What the build copies exists, and .dockerignore (an allow list) lets it through.
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ignore[0] == "*"
+    copied = [
+        src
+        for kw, rest in steps
+        if kw == "COPY" and not rest.startswith("--from")
+        for src in rest.split()[:-1]
+    ]
+    assert {"pyproject.toml", "gateway", "publisher"} <= set(copied)
+    for src in copied:
+        assert (ROOT / src).exists(), src
+        assert f"!{src}" in ignore or f"!{src}/" in ignore, src
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"gateway", "kev-publish"} <= set(scripts)
+
+
+# -- docker-compose.yml --------------------------------------------------------------------------
+
+
+def _stop_seconds(env: Mapping[str, str]) -> float:
+    """The longest a replica with these settings takes to stop after SIGTERM: the drain, then
+    uvicorn's graceful shutdown backstop for connections still open."""
+    settings = Settings.load(env)
+    return settings.drain_deadline + uvicorn_options(settings)["timeout_graceful_shutdown"]
+
+
+def _settings_env(env: Mapping[str, Any]) -> dict[str, str]:
+    """``env``'s GATEWAY_* variables, each checked to be a real setting, and loadable."""
+    names = {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
+    gateway_env = {k: str(v) for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    assert set(gateway_env) <= names, set(gateway_env) - names
+    Settings.load(gateway_env)  # every value valid, URLs included
+    return gateway_env
+
+
+def _mounts(service: Mapping[str, Any]) -> dict[str, str]:
+    """container path -> host path of a service's bind mounts."""
+    out = {}
+    for volume in service.get("volumes", []):
+        host, container, *_ = volume.split(":")
+        out[container] = host
+    return out
+
+
+def test_compose_file() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert {"redis", "seed", "publisher", "nginx", *GATEWAYS} <= set(services)
+    assert services["redis"]["image"].startswith("redis:7")
+
+    for name in GATEWAYS:
+        gw = services[name]
+        assert gw["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert (ROOT / gw["build"]["context"] / gw["build"]["dockerfile"]).is_file()
+        env = _settings_env(gw["environment"])
+        assert env["GATEWAY_REDIS_URL"] == "redis://redis:6379/0"
+        assert _seconds(gw["stop_grace_period"]) > _stop_seconds(env)
+        assert any("/ready" in part for part in gw["healthcheck"]["test"])
+        assert gw["depends_on"]["redis"]["condition"] == "service_healthy"
+
+    publisher = services["publisher"]
+    assert publisher["command"][:4] == ["kev-publish", "demo", "--rate", "5"]
+    assert publisher["environment"]["KEV_REDIS_URL"] == "redis://redis:6379/0"
+
+    seed = services["seed"]
+    assert seed["command"][:2] == ["gateway", "import"]
+    assert _mounts(seed)[seed["command"][2]] == "./deploy/demo-identities.json"
+    _settings_env(seed["environment"])
+
+    nginx = services["nginx"]
+    assert "8080:8080" in nginx["ports"]
+    assert _mounts(nginx) == {
+        "/etc/nginx/nginx.conf": "./deploy/nginx/nginx.conf",
+        "/etc/nginx/upstream.conf": "./deploy/nginx/upstream.compose.conf",
+        "/etc/nginx/listen.conf": "./deploy/nginx/listen.compose.conf",
+    }
+    # Its prefix holds pid and temp dirs; the includes resolve next to nginx.conf.
+    command = nginx["command"]
+    assert command[command.index("-c") + 1] == "/etc/nginx/nginx.conf"
+    assert "daemon off;" in command
+    assert all(nginx["depends_on"][name]["condition"] == "service_healthy" for name in GATEWAYS)
+
+    for service in services.values():
+        for host in _mounts(service).values():
+            assert (ROOT / host).is_file(), host
+
+
+def test_demo_identities_file_matches_the_demo_publisher() -> None:
+    doc = json.loads((DEPLOY / "demo-identities.json").read_text())
+    ids = demo_identities()
+    assert doc["users"] == [
+        {"user_id": k.user_id, "role": k.role, "domain": k.domain, "password": k.secret_key}
+        for k in ids.keypairs
+    ]
+    assert doc["keypairs"] == [
+        {
+            "access_key": k.access_key,
+            "secret_key": k.secret_key,
+            "user_id": k.user_id,
+            "active": True,
+        }
+        for k in ids.keypairs
+    ]
+    assert doc["groups"] == [{"domain": g.domain, "name": g.name} for g in ids.groups]
+
+
+def test_demo_identities_file_imports_with_the_seed_command(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(DEPLOY / "demo-identities.json")
+    assert gateway_main(["import", path, "--redis-url", redis_url]) == 0
+    assert capsys.readouterr().out.strip() == "imported 6 users, 6 keypairs, 4 groups"
+
+
+# -- Kubernetes ----------------------------------------------------------------------------------
+
+
+def _manifests() -> dict[str, dict[str, Any]]:
+    """kind -> manifest, one document per file, none with a namespace."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        assert len(docs) == 1, path
+        (doc,) = docs
+        assert "namespace" not in doc.get("metadata", {}), path
+        assert doc["kind"] not in out, path
+        out[doc["kind"]] = doc | {"_file": path.name}
+    return out
+
+
+def test_kubernetes_manifests() -> None:
+    m = _manifests()
+    versions = {kind: doc["apiVersion"] for kind, doc in m.items()}
+    assert versions == {
+        "ConfigMap": "v1",
+        "Secret": "v1",
+        "Deployment": "apps/v1",
+        "Service": "v1",
+        "HorizontalPodAutoscaler": "autoscaling/v2",
+        "PodDisruptionBudget": "policy/v1",
+        "Kustomization": "kustomize.config.k8s.io/v1beta1",
+    }
+    # The Sentinel Secret is an example to edit, not applied by default.
+    listed = set(m["Kustomization"]["resources"])
+    assert listed == {doc["_file"] for doc in m.values()} - {
+        "kustomization.yaml",
+        m["Secret"]["_file"],
+    }
+
+    config = _settings_env(m["ConfigMap"]["data"])
+    assert config["GATEWAY_REDIS_URL"].startswith("redis+sentinel://")
+    _settings_env(m["Secret"]["stringData"])
+
+    deployment = m["Deployment"]
+    assert deployment["spec"]["replicas"] == 3
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    (container,) = spec["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    (port,) = container["ports"]
+    assert port == {"name": "http", "containerPort": 8081, "protocol": "TCP"}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] in ("http", 8081)
+    sources = container["envFrom"]
+    assert sources[0]["configMapRef"]["name"] == m["ConfigMap"]["metadata"]["name"]
+    assert sources[1]["secretRef"] == {"name": m["Secret"]["metadata"]["name"], "optional": True}
+    _settings_env({e["name"]: "x" for e in container["env"] if e["name"] != "GATEWAY_REPLICA"})
+    assert {e["name"] for e in container["env"]} <= {
+        ENV_PREFIX + f.name.upper() for f in fields(Settings)
+    }
+    # preStop sleep + drain + shutdown must end before the kubelet's SIGKILL.
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert spec["terminationGracePeriodSeconds"] > float(pre_stop[1]) + _stop_seconds(config)
+
+    service = m["Service"]["spec"]
+    assert service["type"] == "ClusterIP"
+    assert service.get("sessionAffinity", "None") == "None"
+    assert service["selector"].items() <= labels.items()
+    assert service["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+    hpa = m["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] > hpa["minReplicas"]
+    assert [metric["resource"]["name"] for metric in hpa["metrics"]] == ["cpu"]
+
+    pdb = m["PodDisruptionBudget"]["spec"]
+    assert pdb.get("maxUnavailable") == 1 or pdb.get("minAvailable") == 2
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()

@@ -1,0 +1,104 @@
+"""ARCHITECTURE.md's floor plan, enforced.
+
+Statically, from the import graph: import-linter's contracts in pyproject.toml
+(``[tool.importlinter]``): the layers ``cli > http > identity > fanout > settings, errors,
+logs``; only the CLI imports the consumer; the consumer imports only the pure identity
+modules; ``publisher`` never imports ``gateway``; nothing shipped imports ``devtools``.
+
+Dynamically, in a fresh interpreter: what importing the consumer, and the publisher, really
+loads. The graph sees ``import a.b`` but not that it runs ``a/__init__.py`` and everything
+that imports, which is how a pure module can still drag in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: prints what importing the modules named in argv adds to sys.modules, and all of it
+_PROBE = """\
+import importlib, json, sys
+before = set(sys.modules)
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(json.dumps({"all": sorted(sys.modules), "new": sorted(set(sys.modules) - before)}))
+"""
+
+#: the gateway's server-side dependencies, which neither the consumer nor the publisher needs
+SERVER_PACKAGES = {"redis", "starlette", "sse_starlette", "uvicorn", "prometheus_client"}
+
+#: everything ``import gateway.consumer`` may load besides the standard library
+CONSUMER_MAY_LOAD = {
+    "gateway",
+    "gateway.consumer",
+    "gateway.errors",
+    "gateway.identity",
+    "gateway.identity.models",
+    "gateway.identity.signing",
+}
+#: and of other distributions: msgspec (with what msgspec itself loads)
+CONSUMER_THIRD_PARTY = "msgspec"
+
+
+def _top(module: str) -> str:
+    return module.partition(".")[0]
+
+
+def _import_in_fresh_interpreter(*modules: str) -> tuple[set[str], set[str]]:
+    """(all of sys.modules, the modules the imports added) in a new ``python``."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, *modules],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout)
+    return set(loaded["all"]), set(loaded["new"])
+
+
+def test_import_contracts_hold() -> None:
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    assert lint_imports.exists(), "import-linter is missing: pip install -e '.[test]'"
+    proc = subprocess.run(
+        [str(lint_imports), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 broken" in proc.stdout
+
+
+def test_consumer_loads_no_server_code() -> None:
+    everything, new = _import_in_fresh_interpreter("gateway.consumer")
+    assert "gateway.consumer" in new
+    assert not {m for m in everything if _top(m) in SERVER_PACKAGES}, sorted(everything)
+    ours = {m for m in new if _top(m) in ("gateway", "publisher", "devtools")}
+    assert ours <= CONSUMER_MAY_LOAD, f"the consumer also loads {sorted(ours - CONSUMER_MAY_LOAD)}"
+    _, by_msgspec = _import_in_fresh_interpreter(CONSUMER_THIRD_PARTY)
+    third_party = {_top(m) for m in new - by_msgspec} - sys.stdlib_module_names
+    assert third_party <= {"gateway", "publisher"}, f"the consumer loads {sorted(third_party)}"
+
+
+def test_publisher_loads_no_gateway() -> None:
+    modules = ["publisher"] + [
+        f"publisher.{path.stem}"
+        for path in sorted((ROOT / "publisher").glob("*.py"))
+        if path.stem not in ("__init__", "__main__")
+    ]
+    assert "publisher.cli" in modules
+    everything, _ = _import_in_fresh_interpreter(*modules)
+    assert set(modules) <= everything
+    leaked = {m for m in everything if _top(m) in ("gateway", "devtools")}
+    assert not leaked, f"importing the publisher loads {sorted(leaked)}"
+    server_only = {_top(m) for m in everything} & (SERVER_PACKAGES - {"redis"})
+    assert not server_only, f"importing the publisher loads {sorted(server_only)}"

@@ -1,0 +1,154 @@
+"""The settings object (``gateway.settings``): text casts from ``GATEWAY_*`` variables and the
+``gateway serve`` flags alike, checks whose errors name the variable, and the environment
+round trip worker processes rely on."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from gateway.cli import build_parser
+from gateway.settings import ENV_PREFIX, Settings, SettingsError
+
+#: a text per declared kind, each cast to something other than the text itself
+SAMPLES = {
+    "int": ("7", 7),
+    "float": ("0.5", 0.5),
+    "str": ("debug", "debug"),
+    "tuple[str, ...]": ("http://a.test, http://b.test,,", ("http://a.test", "http://b.test")),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "value"),
+    [
+        ("port", "8080", 8080),
+        ("buffer_cap", " 2048 ", 2048),
+        ("ping_interval", "2.5", 2.5),
+        ("write_deadline", "3", 3.0),
+        ("cookie_secure", "1", True),
+        ("cookie_secure", "TRUE", True),
+        ("cookie_secure", " yes ", True),
+        ("cookie_secure", "on", True),
+        ("cookie_secure", "0", False),
+        ("cookie_secure", "False", False),
+        ("cookie_secure", "no", False),
+        ("cookie_secure", "off", False),
+        ("cookie_secure", "", False),
+        ("cors_origins", "http://a.test,http://b.test", ("http://a.test", "http://b.test")),
+        ("cors_origins", " http://a.test , ,", ("http://a.test",)),
+        ("cors_origins", "", ()),
+        ("log_level", "warning", "warning"),
+    ],
+)
+def test_parse_casts_by_the_declared_type(name: str, raw: str, value: object) -> None:
+    parsed = Settings.parse(name, raw)
+    assert parsed == value and type(parsed) is type(value)
+
+
+#: bad texts for a field of each kind, and that kind as the error should name it
+BAD_TEXTS = {
+    "port": (["eighty", "80.5", ""], "int"),
+    "write_deadline": (["soon", "1,5"], "float"),
+    "cookie_secure": (["maybe", "2"], "bool"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TEXTS))
+def test_a_bad_text_is_an_error_naming_the_variable(name: str) -> None:
+    texts, kind = BAD_TEXTS[name]
+    for raw in texts:
+        with pytest.raises(SettingsError) as info:
+            Settings.parse(name, raw)
+        message = str(info.value)
+        assert message.startswith(f"{ENV_PREFIX}{name.upper()}: {raw!r} is not a valid {kind}")
+
+
+def test_every_field_has_a_kind_parse_knows() -> None:
+    kinds = {Settings.kind(f.name) for f in fields(Settings)}
+    assert kinds <= {*SAMPLES, "bool", "LogFormat"}, kinds
+
+
+def test_load_reads_the_environment_and_flags_win() -> None:
+    env = {
+        "GATEWAY_PORT": "9000",
+        "GATEWAY_PING_INTERVAL": "2.5",
+        "GATEWAY_COOKIE_SECURE": "yes",
+        "GATEWAY_CORS_ORIGINS": "http://a.test,http://b.test",
+        "GATEWAY_PREFIX": "east",
+        "OTHER_PORT": "1",
+    }
+    loaded = Settings.load(env)
+    assert (loaded.port, loaded.ping_interval, loaded.cookie_secure) == (9000, 2.5, True)
+    assert loaded.cors_origins == ("http://a.test", "http://b.test")
+    assert loaded.prefix == "east"
+    assert Settings.load(env, port=9001, prefix=None).port == 9001  # None: the flag was unset
+    assert Settings.load(env, port=None).port == 9000
+    assert Settings.load({}).port == Settings().port == 8081
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"GATEWAY_PORT": "0"}, "GATEWAY_PORT (--port)"),
+        ({"GATEWAY_BUFFER_CAP": "10"}, "GATEWAY_BUFFER_CAP (--buffer-cap)"),
+        ({"GATEWAY_LOG_FORMAT": "xml"}, "GATEWAY_LOG_FORMAT (--log-format)"),
+        ({"GATEWAY_REDIS_URL": "http://h:1"}, "GATEWAY_REDIS_URL (--redis-url)"),
+        ({"GATEWAY_PREFIX": "has space"}, "GATEWAY_PREFIX (--prefix)"),
+        ({"GATEWAY_CORS_ORIGINS": "http://x.test/path"}, "GATEWAY_CORS_ORIGINS (--cors-origins)"),
+        ({"GATEWAY_MAX_STREAMS": "nope"}, "GATEWAY_MAX_STREAMS"),
+    ],
+)
+def test_a_bad_value_is_an_error_naming_the_variable_and_flag(
+    env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.load(env)
+    assert str(info.value).startswith(named), info.value
+
+
+def test_settings_reject_a_bad_origin() -> None:
+    with pytest.raises(ValueError, match="CORS_ORIGINS"):
+        Settings.load({}, cors_origins=("http://x.test/path",))
+
+
+def test_the_environment_round_trip_keeps_every_value() -> None:
+    changed = Settings.load(
+        {},
+        port=9100,
+        ping_interval=1.5,
+        cookie_secure=True,
+        cors_origins=("http://a.test", "https://b.test:8443"),
+        log_format="json",
+        replica="r-1",
+    )
+    env = changed.to_env()
+    assert set(env) == {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
+    assert Settings.load(env) == changed
+    assert Settings.load(Settings.load({}, replica="r-2").to_env()).cookie_secure is False
+
+
+def test_serve_flags_cast_exactly_as_the_environment_does() -> None:
+    parser = build_parser()
+    assert vars(parser.parse_args(["serve"])).keys() >= {f.name for f in fields(Settings)}
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        unset = parser.parse_args(["serve"])
+        assert getattr(unset, f.name) is None, f.name  # falls back to env, then default
+        kind = Settings.kind(f.name)
+        if kind == "bool":
+            assert getattr(parser.parse_args(["serve", flag]), f.name) is True
+            assert getattr(parser.parse_args(["serve", "--no-" + flag[2:]]), f.name) is False
+            continue
+        raw, value = SAMPLES.get(kind, ("text", "text"))
+        parsed = getattr(parser.parse_args(["serve", flag, raw]), f.name)
+        assert parsed == value == Settings.parse(f.name, raw), f.name
+        assert type(parsed) is type(value), f.name
+
+
+def test_a_bad_flag_value_exits_2_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["serve", "--port", "eighty"])
+    assert info.value.code == 2
+    assert "--port" in capsys.readouterr().err
