@@ -62,6 +62,11 @@ class Settings:
     probe_interval: float = 5.0
     #: seconds a stopping replica gives its streams to close (shorter than the k8s grace)
     drain_deadline: float = 10.0
+    #: seconds a replica may stay unable to deliver (not ready while accepting) before
+    #: /health fails, so the orchestrator's liveness probe restarts it (0: never)
+    liveness_timeout: float = 300.0
+    #: milliseconds a live event id may be ahead of Redis' clock and still be trusted
+    max_id_skew_ms: int = 2000
     #: streams one replica serves at most (503 beyond), and per access key (429 beyond)
     max_streams: int = 20_000
     max_streams_per_key: int = 100
@@ -107,6 +112,8 @@ class Settings:
         need(0 < self.max_clock_skew <= 86400, "max_clock_skew", "must be 0-86400 s")
         need(self.probe_interval >= 0, "probe_interval", "must be >= 0")
         need(0 < self.drain_deadline <= 3600, "drain_deadline", "must be 0-3600 s")
+        need(0 <= self.liveness_timeout <= 86400, "liveness_timeout", "must be 0-86400 s")
+        need(0 <= self.max_id_skew_ms <= 3_600_000, "max_id_skew_ms", "must be 0-3600000")
         need(self.max_streams >= 1, "max_streams", "must be >= 1")
         need(self.max_streams_per_key >= 1, "max_streams_per_key", "must be >= 1")
         need(1024 <= self.max_payload <= 1 << 26, "max_payload", "must be 1 KiB - 64 MiB")

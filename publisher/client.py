@@ -45,18 +45,26 @@ DEFAULT_MAXLEN: Final = 100_000
 DEFAULT_CHUNK: Final = 256
 SEQ_TTL: Final = 7 * 24 * 3600
 
-# KEYS[1] history stream, KEYS[2] this publisher's last applied sequence number.
+# KEYS[1] history stream, KEYS[2] this publisher's last applied sequence number, KEYS[3] the
+# history's epoch: the id of the first entry this history ever held, set once (NX). A Redis
+# that lost its data has no epoch until the next publish, so gateways tell a new history from
+# the old one (ARCHITECTURE.md, "Watermark and epoch").
 # ARGV[1] maxlen, ARGV[2] channel, ARGV[3] "~" or "=", ARGV[4] seq key ttl,
 # ARGV[5] sequence number of the first payload, ARGV[6..] payloads.
 PUBLISH_SCRIPT: Final = """
 local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
 local seq = tonumber(ARGV[5])
 local ids = {}
+local marked = false
 for i = 6, #ARGV do
   if seq > last then
     local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[1], '*', 'e', ARGV[i])
     redis.call('PUBLISH', ARGV[2], id .. ' ' .. ARGV[i])
     ids[#ids + 1] = id
+    if not marked then
+      redis.call('SET', KEYS[3], id, 'NX')
+      marked = true
+    end
   else
     ids[#ids + 1] = ''
   end
@@ -116,7 +124,7 @@ class _Core:
 
     @property
     def script_keys(self) -> list[str]:
-        return [self.keys.history, self.seq_key]
+        return [self.keys.history, self.seq_key, self.keys.epoch]
 
 
 def _ids(replies: Sequence[Any]) -> list[str]:

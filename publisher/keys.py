@@ -32,6 +32,13 @@ class Keys:
         return f"{self.prefix}:events"
 
     @property
+    def epoch(self) -> str:
+        """The history's epoch: the id of the first entry it ever held (the publish script
+        sets it once). It changes only when Redis lost the history (a restart without
+        persistence, a fresh instance), which is how gateways recognise a new history."""
+        return f"{self.prefix}:epoch"
+
+    @property
     def channel(self) -> str:
         """The live pub/sub channel; each message is ``<stream id> <msgpack payload>``."""
         return f"{self.prefix}:live"

@@ -49,7 +49,8 @@ RESULTS: Final[frozenset[str]] = frozenset(get_args(Result))
 
 #: What a session id (Backend.AI calls it the session name) may look like, on the wire and in
 #: the ``sessionId`` query parameter: a slug of word characters, dots and dashes.
-SLUG_PATTERN: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$"
+#: the whole string (use with ``fullmatch``: ``$`` alone would let a trailing newline through)
+SLUG_PATTERN: Final = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}"
 _SLUG = re.compile(SLUG_PATTERN)
 _MAX_TEXT = 1024  # owner keys, user ids, domain and group names, reason
 
@@ -83,7 +84,7 @@ class KernelEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
         # InvalidEvent (a ValueError) into a msgspec.ValidationError.
         if self.name not in EVENT_NAMES:
             raise InvalidEvent(f"name: unknown event name {self.name!r}")
-        if not isinstance(self.session_id, str) or not _SLUG.match(self.session_id):
+        if not isinstance(self.session_id, str) or not _SLUG.fullmatch(self.session_id):
             raise InvalidEvent(
                 f"session_id: {self.session_id!r} is not a slug (1-64 of A-Z a-z 0-9 _ . -)"
             )

@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Literal, Protocol
 
 from .filters import Filter
-from .frames import CloseReason, StreamId, server_close_frame
+from .frames import EVICTIONS, CloseReason, StreamId, server_close_frame
+from .stats import HubStats
 
 __all__ = [
     "CYCLE_SCOPE_KEY",
@@ -52,6 +54,8 @@ __all__ = [
     "chunk",
     "uvicorn_cycle",
 ]
+
+log = logging.getLogger(__name__)
 
 #: where the HTTP edge leaves uvicorn's request-response cycle in the ASGI scope
 CYCLE_SCOPE_KEY: Final = "kev.uvicorn_cycle"
@@ -128,11 +132,15 @@ class Connection:
         "_chunks",
         "_clock",
         "_dirty",
+        "_drain_limit",
+        "_drain_waiter",
         "_floor",
         "_held",
+        "_held_bytes",
         "_notify",
         "_retry_ms",
         "_send",
+        "_stats",
         "_task",
         "_transport",
         "_waiter",
@@ -144,6 +152,7 @@ class Connection:
         "close_reason",
         "closed",
         "filter",
+        "held_overflow",
         "sink",
         "writing_since",
     )
@@ -156,6 +165,7 @@ class Connection:
         *,
         clock: Callable[[], float],
         retry_ms: int = 3000,
+        stats: HubStats | None = None,
     ) -> None:
         self.filter = filter
         self.access_key = access_key
@@ -171,9 +181,16 @@ class Connection:
         self.abort_requested = False
         self._clock = clock
         self._retry_ms = retry_ms
+        self._stats = stats
         self._chunks: list[bytes] = []
         self._held: list[tuple[StreamId, bytes]] | None = None
+        self._held_bytes = 0
+        #: the newest id of the live frames dropped from ``_held`` while it was over its share
+        #: of the cap; resume reads history at least that far before it ends the replay
+        self.held_overflow: StreamId | None = None
         self._floor: StreamId | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._drain_limit = 0
         self._waiter: asyncio.Future[None] | None = None
         self._dirty = False
         self._notify: Callable[[Connection], None] | None = None
@@ -226,9 +243,16 @@ class Connection:
                 return False  # replay already sent it
             self._floor = None  # ids only grow from here
         if self._held is not None and stream_id is not None:
+            # Held live frames are all in history too: past half the cap they are dropped
+            # and replay reads them from there, so a live burst never evicts a resuming
+            # reader and never counts against the replay's own pacing.
             self._held.append((stream_id, frame))
-            self.buffered += len(frame)
-            return self._over_cap()
+            self._held_bytes += len(frame)
+            if self._held_bytes > self.cap // 2:
+                self.held_overflow = stream_id
+                self._held = []
+                self._held_bytes = 0
+            return False
         self._chunks.append(frame)
         self.buffered += len(frame)
         if self._over_cap():
@@ -267,7 +291,26 @@ class Connection:
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks = []
         self.buffered -= len(data)
+        if self._drain_waiter is not None:
+            self._release_drain()
         return data
+
+    async def drained(self, limit: int) -> None:
+        """Return once at most ``limit`` bytes are queued (or the stream closed): the queue
+        empties as the client really reads, so a producer that awaits this (resume) goes at
+        the client's pace. No polling: ``take`` wakes it."""
+        if self.buffered <= limit or self.closed:
+            return
+        self._drain_limit = limit
+        self._drain_waiter = asyncio.get_running_loop().create_future()
+        await self._drain_waiter
+
+    def _release_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and (self.closed or self.buffered <= self._drain_limit):
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def close(self, reason: CloseReason | Literal["disconnect"]) -> None:
         """Mark the stream for closing and wake its writer. What is queued is still written
@@ -278,9 +321,16 @@ class Connection:
         self.closed = True
         self.close_reason = reason
         self._held = None
-        if reason in ("slow_consumer", "write_timeout", "disconnect"):
+        self._held_bytes = 0
+        if reason in EVICTIONS or reason == "disconnect":
             self._chunks = []
             self.buffered = 0
+        if reason in EVICTIONS:
+            # every path that evicts comes through here, so every eviction is counted
+            if self._stats is not None:
+                self._stats.evictions[reason] += 1
+            log.info("evicted key=%s: %s (cap %d bytes)", self.access_key, reason, self.cap)
+        self._release_drain()
         self._wake()
 
     def abort_write(self) -> None:
@@ -298,13 +348,16 @@ class Connection:
     def begin_replay(self) -> None:
         """Hold live frames (with their ids) until :meth:`end_replay`."""
         self._held = []
+        self._held_bytes = 0
+        self.held_overflow = None
 
     def end_replay(self, last_sent: StreamId) -> None:
         """Release the live frames held during replay, skipping ids replay already sent, and
-        keep skipping them if they are still on their way."""
+        keep skipping them if they are still on their way. The caller has read history at
+        least up to :attr:`held_overflow`."""
         held, self._held = self._held or [], None
+        self._held_bytes = 0
         for stream_id, frame in held:
-            self.buffered -= len(frame)
             if stream_id > last_sent:
                 self.push(frame)
         if not held or held[-1][0] <= last_sent:
@@ -353,6 +406,8 @@ class Connection:
                 await send(body(data))
                 self.writing_since = 0.0
             if self.closed:
+                if self._chunks:
+                    continue  # a deliberate close still writes what was queued meanwhile
                 break
             sink = self.sink
             if sink is not None and not sink.paused():

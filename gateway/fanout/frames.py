@@ -7,6 +7,7 @@ once per client: the hub hands the same ``bytes`` object to every matching clien
 
 from __future__ import annotations
 
+import re
 from typing import Final, Literal
 
 import msgspec
@@ -15,10 +16,14 @@ from sse_starlette import ServerSentEvent
 from publisher.schema import KernelEvent
 
 __all__ = [
+    "EVICTIONS",
+    "MAX_ID_PART",
     "PING",
     "CloseReason",
+    "GapReason",
     "StreamId",
     "event_frame",
+    "format_stream_id",
     "notice_frame",
     "parse_stream_id",
     "retry_frame",
@@ -31,7 +36,11 @@ PING: Final = b": ping\n\n"
 #: a Redis stream id, ``"<ms>-<seq>"``, as the pair of integers it orders by
 StreamId = tuple[int, int]
 
-CloseReason = Literal["slow_consumer", "write_timeout", "shutdown", "revoked", "resume_failed"]
+CloseReason = Literal[
+    "slow_consumer", "write_timeout", "write_error", "shutdown", "revoked", "resume_failed"
+]
+#: the close reasons that are evictions, counted in ``kev_evictions_total{reason}``
+EVICTIONS: Final[tuple[CloseReason, ...]] = ("slow_consumer", "write_timeout", "write_error")
 
 
 class _Data(msgspec.Struct):
@@ -75,18 +84,44 @@ def server_close_frame(reason: CloseReason, retry_ms: int) -> bytes:
     return ServerSentEvent(body, event="server_close", sep=SEP).encode()
 
 
-def notice_frame(last_event_id: str, first_available_id: str | None) -> bytes:
-    """Told before replay when history no longer holds every event after the client's id."""
+#: why history cannot prove it holds every event after a client's id (``history_truncated``):
+#: ``trimmed`` MAXLEN or a deletion removed entries after it; ``reset`` it is older than this
+#: history (Redis lost its data, or a fresh instance); ``ahead`` it is newer than anything in
+#: history; ``unknown`` it is in range but no entry has it
+GapReason = Literal["trimmed", "reset", "ahead", "unknown"]
+
+
+def notice_frame(
+    last_event_id: str | None, first_available_id: str | None, reason: GapReason = "trimmed"
+) -> bytes:
+    """Told before the events that follow a gap history cannot fill: before a replay, or to
+    every open stream when this replica finds that Redis holds a new history."""
     body = _json.encode(
-        {"lastEventId": last_event_id, "firstAvailableId": first_available_id}
+        {"lastEventId": last_event_id, "firstAvailableId": first_available_id, "reason": reason}
     ).decode()
     return ServerSentEvent(body, event="history_truncated", sep=SEP).encode()
 
 
+#: both parts of a Redis stream id are unsigned 64-bit integers
+MAX_ID_PART: Final = 2**64 - 1
+
+
 def parse_stream_id(value: str | bytes) -> StreamId:
-    """``"1700000000000-3"`` -> ``(1700000000000, 3)``; ``ValueError`` for anything else."""
+    """``"1700000000000-3"`` -> ``(1700000000000, 3)``: ASCII digits, each part within 64 bits,
+    the whole string. ``ValueError`` (or ``UnicodeDecodeError`` for non-ASCII bytes) for
+    anything else."""
     text = value.decode("ascii") if isinstance(value, bytes) else value
     ms, sep, seq = text.partition("-")
-    if not sep or not ms.isdigit() or not seq.isdigit() or len(ms) > 20 or len(seq) > 20:
+    if not (sep and _DIGITS.fullmatch(ms) and _DIGITS.fullmatch(seq)):
         raise ValueError(f"not a stream id: {text[:64]!r}")
-    return int(ms), int(seq)
+    parsed = int(ms), int(seq)
+    if parsed[0] > MAX_ID_PART or parsed[1] > MAX_ID_PART:
+        raise ValueError(f"stream id out of range: {text[:64]!r}")
+    return parsed
+
+
+def format_stream_id(stream_id: StreamId) -> str:
+    return f"{stream_id[0]}-{stream_id[1]}"
+
+
+_DIGITS: Final = re.compile(r"[0-9]{1,20}")

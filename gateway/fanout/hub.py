@@ -1,14 +1,23 @@
 """The fan-out core: one decoded Redis message in, the same frame bytes to every matching client.
 
-* :meth:`Hub.publish` parses the stream id and decodes the payload once, builds the SSE frame
-  once, then finds candidates through six dict lookups (one per index a client can sit in), so
-  a publish costs O(matching clients), not O(all clients).
+* :meth:`Hub.publish_message` (live) and :meth:`Hub.publish` (history: gap-fill) check the
+  stream id and decode the payload once, build the SSE frame once, then find candidates
+  through six dict lookups (one per index a client can sit in), so a publish costs
+  O(matching clients), not O(all clients).
 * :meth:`Connection.push` appends to the client's bounded buffer; it never awaits. A client
   over its byte cap is evicted on the spot (``slow_consumer``). Clients with a direct sink are
   marked dirty, and one flush per loop iteration (:meth:`Hub.flush`) writes each one's queue
   as a single chunk: everything dispatched from one Redis read is coalesced.
 * One timer for the whole hub sends heartbeats and evicts clients whose write has been stuck
   past the write deadline (``write_timeout``).
+
+The watermark (:attr:`Hub.last_id`, the id of the newest event dispatched) tells gap-fill where
+to read history from, and which live messages are copies of what gap-fill already sent. A
+message moves it only once its payload has validated, and a live id only when it is plausible:
+within 64 bits and not ahead of Redis' clock by more than ``max_id_skew_ms``. A live message
+that fails the clock check is not trusted: the hub asks the subscriber to read history instead
+(:attr:`Hub.on_suspect`), which delivers it if history holds it. ARCHITECTURE.md, "Watermark
+and epoch", has the whole set of rules.
 """
 
 from __future__ import annotations
@@ -26,7 +35,15 @@ from publisher.schema import KernelEvent, decode_event
 
 from .connection import Connection, chunk
 from .filters import Filter, IndexKey, candidate_keys
-from .frames import PING, CloseReason, StreamId, event_frame, parse_stream_id
+from .frames import (
+    PING,
+    CloseReason,
+    GapReason,
+    StreamId,
+    event_frame,
+    notice_frame,
+    parse_stream_id,
+)
 from .stats import DropKind, HubStats, ThrottledLog
 
 __all__ = ["Hub"]
@@ -46,7 +63,9 @@ class Hub:
         max_payload: int = 64 * 1024,
         flush_interval: float = 0.0,
         retry_ms: int = 3000,
+        max_id_skew_ms: int = 2000,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.buffer_cap = buffer_cap
         self.write_deadline = write_deadline
@@ -56,9 +75,19 @@ class Hub:
         #: the reconnect hint (ms) in every ``server_close``
         self.retry_ms = retry_ms
         self.clock = clock
+        self.wall_clock = wall_clock
+        #: how far (ms) a live id may be ahead of Redis' clock and still be trusted
+        self.max_id_skew_ms = max_id_skew_ms
+        #: Redis' clock minus ours, ms (the subscriber measures it with TIME)
+        self.redis_clock_offset_ms = 0.0
+        #: called when a live message could not be trusted: read history instead (subscriber)
+        self.on_suspect: Callable[[], None] | None = None
         self.stats = HubStats()
-        #: id of the newest event dispatched; older or equal ids are duplicates (gap-fill)
-        self.last_id: StreamId = (0, 0)
+        #: the watermark: id of the newest event dispatched; live ids at or below it are
+        #: copies of what gap-fill sent. None until the subscriber sets the baseline.
+        self.last_id: StreamId | None = None
+        #: the first id dispatched since the watermark was set or reset (epoch checks)
+        self.first_id: StreamId | None = None
         self._index: dict[IndexKey, set[Connection]] = {}
         self._clients: set[Connection] = set()
         self._per_key: Counter[str] = Counter()
@@ -77,7 +106,12 @@ class Hub:
         """A connection with this hub's buffer cap, clock and reconnect hint (not yet
         registered)."""
         return Connection(
-            filter, access_key, self.buffer_cap, clock=self.clock, retry_ms=self.retry_ms
+            filter,
+            access_key,
+            self.buffer_cap,
+            clock=self.clock,
+            retry_ms=self.retry_ms,
+            stats=self.stats,
         )
 
     def streams_of(self, access_key: str) -> int:
@@ -117,38 +151,82 @@ class Hub:
                 del self._index[key]
 
     def publish_message(self, data: bytes) -> None:
-        """One live message from the channel: ``<stream id> <msgpack payload>``."""
-        stream_id, sep, payload = data.partition(b" ")
+        """One live message from the channel: ``<stream id> <msgpack payload>``. Never
+        awaits, never raises on bad input (dropped, counted, logged throttled)."""
+        raw_id, sep, payload = data.partition(b" ")
         if not sep:
             self._drop("bad_id", data)
             return
-        self.publish(stream_id, payload)
-
-    def publish(self, raw_id: bytes, payload: bytes) -> None:
-        """Dispatch one event to every matching client; never awaits, never raises on bad
-        input (it is dropped, counted and logged, throttled)."""
-        try:
-            stream_id = parse_stream_id(raw_id)
-        except (ValueError, UnicodeDecodeError):
-            self._drop("bad_id", raw_id)
+        stream_id = self._parse_id(raw_id)
+        if stream_id is None:
             return
-        if stream_id <= self.last_id:
+        if self.last_id is not None and stream_id <= self.last_id:
             self.stats.duplicates += 1
             return
-        self.last_id = stream_id
-        self.stats.events_in += 1
-        if len(payload) > self.max_payload:
-            self._drop("oversized", raw_id)
+        if stream_id[0] > self.redis_now_ms() + self.max_id_skew_ms:
+            self._drop("future_id", raw_id)
+            if self.on_suspect is not None:
+                self.on_suspect()  # history decides whether it is real
             return
+        self._dispatch_checked(stream_id, raw_id, payload)
+
+    def publish(self, raw_id: bytes, payload: bytes | None) -> None:
+        """Dispatch one history entry (gap-fill): the id is history's own, so only the
+        payload is checked. Ids at or below the watermark were dispatched already."""
+        stream_id = self._parse_id(raw_id)
+        if stream_id is None:
+            return
+        if self.last_id is not None and stream_id <= self.last_id:
+            self.stats.duplicates += 1
+            return
+        self._dispatch_checked(stream_id, raw_id, payload)
+
+    def redis_now_ms(self) -> float:
+        return self.wall_clock() * 1000 + self.redis_clock_offset_ms
+
+    def decode(self, raw_id: bytes, payload: bytes | None) -> KernelEvent | None:
+        """The event in ``payload``, or None when it is over ``max_payload`` (None: a
+        history read held it back as such) or does not decode or validate (dropped and
+        counted). Live messages, gap-fill and replay all check here, with the same limit
+        and the same counters."""
+        if payload is None or len(payload) > self.max_payload:
+            self._drop("oversized", raw_id)
+            return None
         try:
-            event = decode_event(payload)
+            return decode_event(payload)
         except msgspec.ValidationError as exc:
             self._drop("schema", raw_id, exc)
-            return
         except msgspec.DecodeError as exc:
             self._drop("decode", raw_id, exc)
-            return
+        return None
+
+    def _parse_id(self, raw_id: bytes) -> StreamId | None:
+        try:
+            return parse_stream_id(raw_id)
+        except (ValueError, UnicodeDecodeError):
+            self._drop("bad_id", raw_id)
+            return None
+
+    def _dispatch_checked(self, stream_id: StreamId, raw_id: bytes, payload: bytes | None) -> None:
+        self.stats.events_in += 1
+        event = self.decode(raw_id, payload)
+        if event is None:
+            return  # the watermark stays: a bad message cannot hide the ones after it
+        self.last_id = stream_id
+        if self.first_id is None:
+            self.first_id = stream_id
         self.dispatch(stream_id, raw_id.decode("ascii"), event)
+
+    def new_history(self, reason: GapReason) -> None:
+        """Redis holds another history than the one the watermark points into (an epoch
+        change) or the watermark is past its end: forget the watermark, and tell every open
+        stream, before anything from the new history reaches it, that a gap may be there.
+        The next gap-fill then dispatches the whole history Redis holds now."""
+        self.last_id = (0, 0)  # everything the new history holds is new here
+        self.first_id = None
+        frame = notice_frame(None, None, reason)
+        for client in list(self._clients):
+            client.push(frame)
 
     def dispatch(self, stream_id: StreamId, text_id: str, event: KernelEvent) -> None:
         started = perf_counter()
@@ -165,8 +243,7 @@ class Hub:
                     if frame is None:
                         frame = event_frame(text_id, event)
                     delivered += 1
-                    if client.push(frame, stream_id):
-                        self._evicted(client)
+                    client.push(frame, stream_id)
         if frame is not None:
             self.stats.events_matched += 1
         self.stats.deliveries += delivered
@@ -198,20 +275,15 @@ class Hub:
                 continue
             if data is not last_data:
                 last_data, last_chunk = data, chunk(data)
-            client.sink.write_chunk(last_chunk)  # type: ignore[union-attr]
+            try:
+                client.sink.write_chunk(last_chunk)  # type: ignore[union-attr]
+            except Exception:  # one failing transport must not strand the rest of the flush
+                log.exception("write to key=%s failed; closing its stream", client.access_key)
+                client.close("write_error")
         if self.flush_interval:
             # From the end: a flush that took long is followed by a full interval of
             # gathering, so a saturated hub settles on a few events per write.
             self._last_flush = asyncio.get_running_loop().time()
-
-    def _evicted(self, client: Connection) -> None:
-        if client.close_reason == "slow_consumer":
-            self.stats.evictions["slow_consumer"] += 1
-            log.info(
-                "evicted slow consumer key=%s over its %d byte buffer",
-                client.access_key,
-                self.buffer_cap,
-            )
 
     def _drop(self, kind: DropKind, raw_id: bytes, exc: Exception | None = None) -> None:
         self.stats.dropped[kind] += 1
@@ -227,17 +299,10 @@ class Hub:
             since = client.writing_since
             if since and now - since > deadline:
                 client.writing_since = 0.0
-                if not client.closed:
-                    client.close("write_timeout")
-                    self.stats.evictions["write_timeout"] += 1
-                    log.info(
-                        "evicted key=%s: a write was stuck for over %.1fs",
-                        client.access_key,
-                        deadline,
-                    )
+                client.close("write_timeout")  # counted and logged by the connection
                 client.abort_write()
-            elif ping and client.push(PING):
-                self._evicted(client)
+            elif ping:
+                client.push(PING)
 
     async def run_timer(self) -> None:
         """Ticks often enough to hold the write deadline; pings every ``ping_interval``."""

@@ -5,25 +5,26 @@ The order (ARCHITECTURE.md, "Resume"):
 
 1. the HTTP edge calls :meth:`Connection.begin_replay` *before* registering the connection
    with the hub, so every live frame from then on is held with its id;
-2. :func:`replay` tells the client with ``history_truncated`` when history cannot prove it
-   holds everything after its id, then sends history after that id in chunks, pulled at the
-   client's pace (it waits while the buffer is over half its cap instead of evicting);
+2. :func:`replay` first tells the client with ``history_truncated`` (and why) when history
+   cannot prove it holds everything after its id (:func:`~gateway.fanout.history.gap_reason`),
+   then sends history after that id, paced by the client's real reading: before each frame
+   it waits (:meth:`Connection.drained`) while more than half the cap is queued. Held live
+   frames do not count: past their own share they are dropped and read from history instead;
 3. :meth:`Connection.end_replay` releases the held frames newer than the last replayed id.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-import msgspec
 import redis.asyncio as aredis
 
-from publisher.schema import decode_event
+from publisher.keys import Keys
 
 from .connection import Connection
-from .frames import StreamId, event_frame, notice_frame, parse_stream_id
-from .history import first_available, read_after, was_trimmed
+from .frames import StreamId, event_frame, format_stream_id, notice_frame, parse_stream_id
+from .history import gap_reason, read_after
+from .hub import Hub
 
 __all__ = ["replay"]
 
@@ -31,31 +32,41 @@ log = logging.getLogger(__name__)
 
 
 async def replay(
-    connection: Connection, redis: aredis.Redis, history: str, last_event_id: str
+    connection: Connection, hub: Hub, redis: aredis.Redis, keys: Keys, last_event_id: str
 ) -> None:
-    """Send what ``history`` holds after ``last_event_id`` through the connection's filter,
+    """Send what history holds after ``last_event_id`` through the connection's filter,
     while live frames are held back; then release the held ones that replay did not cover.
+    Payloads are checked as live ones are (:meth:`Hub.decode`: same limit, same counters).
 
     Never raises but ``CancelledError``: a failed read closes the stream with
     ``server_close`` (``resume_failed``), and the client resumes again from its last id."""
     last: StreamId = parse_stream_id(last_event_id)
+    pace = connection.cap // 2
     try:
-        if await was_trimmed(redis, history, last_event_id):
-            connection.push(notice_frame(last_event_id, await first_available(redis, history)))
-        async for batch in read_after(redis, history, last_event_id):
-            for raw_id, payload in batch:
-                last = parse_stream_id(raw_id)
-                try:
-                    event = decode_event(payload)
-                except msgspec.DecodeError:
-                    continue  # the hub counted it when it went live
-                if connection.filter.matches(event):
+        reason, state = await gap_reason(redis, keys, last)
+        if reason is not None:
+            first = format_stream_id(state.first_id) if state.first_id else None
+            connection.push(notice_frame(last_event_id, first, reason))
+        cursor = last
+        # An id ahead of history covers nothing: live frames past history's end must pass.
+        last = min(last, state.last_id)
+        while True:
+            after = format_stream_id(cursor)
+            async for batch in read_after(redis, keys.history, after, max_payload=hub.max_payload):
+                for raw_id, payload in batch:
+                    last = cursor = parse_stream_id(raw_id)
+                    event = hub.decode(raw_id, payload)
+                    if event is None or not connection.filter.matches(event):
+                        continue
+                    await connection.drained(pace)
+                    if connection.closed:
+                        return
                     connection.push(event_frame(raw_id.decode(), event))
-            # Replay is pulled, so it waits for the client instead of evicting it.
-            while connection.buffered > connection.cap // 2 and not connection.closed:
-                await asyncio.sleep(0.005)
-            if connection.closed:
-                return
+            overflow = connection.held_overflow
+            if overflow is None or overflow <= cursor:
+                break
+            # Live frames were dropped from the hold while replay ran; every one of them was
+            # in history before it went live, so reading on from ``last`` finds them.
     except Exception:
         log.exception("replay after %s failed; closing the stream", last_event_id)
         connection.close("resume_failed")

@@ -9,13 +9,17 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
-__all__ = ["DISPATCH_BUCKETS", "DropKind", "Histogram", "HubStats", "ThrottledLog"]
+__all__ = ["DISPATCH_BUCKETS", "DROP_KINDS", "DropKind", "Histogram", "HubStats", "ThrottledLog"]
 
 log = logging.getLogger("gateway.fanout.hub")
 
-DropKind = Literal["bad_id", "decode", "schema", "oversized"]
+#: why a Redis message was not dispatched: ``bad_id`` malformed or out of 64-bit range,
+#: ``future_id`` a live id ahead of Redis' clock (checked against history instead),
+#: ``decode``/``schema`` the payload, ``oversized`` over ``max_payload``
+DropKind = Literal["bad_id", "future_id", "decode", "schema", "oversized"]
+DROP_KINDS: Final[tuple[DropKind, ...]] = get_args(DropKind)
 
 
 #: upper bounds (seconds) of the dispatch-time histogram: 10 µs .. 100 ms

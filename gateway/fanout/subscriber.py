@@ -1,9 +1,15 @@
 """The process's one Redis subscription, kept alive and proven live.
 
-Flow of one subscription session (see ARCHITECTURE.md):
+Flow of one subscription session (see ARCHITECTURE.md, "Watermark and epoch"):
 
-1. ``SUBSCRIBE <live channel> <own probe channel>`` on a fresh pub/sub connection.
-2. Gap-fill: read history after the hub's last id and dispatch it (the hub drops ids it has
+1. Before subscribing, look at the history (:func:`~gateway.fanout.history.history_state`)
+   and Redis' clock. The first session takes the history's last id as the hub's watermark:
+   everything after it is new to this replica. Later sessions compare the epoch: another
+   one means Redis lost its history, so the watermark is reset and every open stream is told
+   (``history_truncated``, reason ``reset``); a watermark past the history's end is pulled
+   back to it, with the same notice (reason ``unknown``).
+2. ``SUBSCRIBE <live channel> <own probe channel>`` on a fresh pub/sub connection, then
+   gap-fill: read history after the watermark and dispatch it (the hub drops ids it has
    already seen, so live messages that queued up meanwhile are not delivered twice).
 3. Read live messages and hand each to the hub. Every ``probe_interval`` publish a probe on
    the replica's own channel; if no probe has come back for 1.5 intervals the connection is
@@ -27,7 +33,8 @@ from redis.exceptions import RedisError
 
 from publisher.keys import Keys
 
-from .history import read_after
+from .frames import format_stream_id, parse_stream_id
+from .history import history_state, read_after
 from .hub import Hub
 
 __all__ = ["ProbeLost", "Subscriber", "SubscriptionReset"]
@@ -73,7 +80,13 @@ class Subscriber:
         self.probe_ok = False
         self.reconnects = 0
         self.probe_failures = 0
+        self.new_histories = 0
         self._reset = False
+        self._suspect = False
+        #: the epoch this replica's watermark belongs to; unset until the first session
+        self._epoch: str | None = None
+        self._started = False
+        hub.on_suspect = self._on_suspect
 
     @property
     def ready(self) -> bool:
@@ -109,6 +122,8 @@ class Subscriber:
                 failures = 0
 
     async def _session(self) -> None:
+        await self._sync_clock()
+        await self._locate_history()
         pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(self._keys.channel, self._probe_channel)
@@ -126,13 +141,62 @@ class Subscriber:
     def _on_reconnect(self, connection: object) -> None:
         self._reset = True
 
+    def _on_suspect(self) -> None:
+        self._suspect = True
+
+    async def _sync_clock(self) -> None:
+        """Redis' clock against ours, for the hub's plausibility check of live ids."""
+        seconds, micros = await self._redis.time()
+        now_ms = seconds * 1000 + micros / 1000
+        self._hub.redis_clock_offset_ms = now_ms - self._hub.wall_clock() * 1000
+
+    async def _locate_history(self) -> None:
+        hub = self._hub
+        state = await history_state(self._redis, self._keys)
+        if not self._started:
+            # Cold: whatever history holds now predates this replica; clients resume through
+            # their own ids. Read before SUBSCRIBE, so what comes between is gap-filled.
+            hub.last_id = state.last_id
+            self._epoch, self._started = state.epoch, True
+            return
+        if self._is_new_history(state.epoch):
+            self.new_histories += 1
+            log.warning(
+                "redis holds a new history (epoch %s, was %s): every open stream is told, "
+                "and gets the new history from its start",
+                state.epoch,
+                self._epoch,
+            )
+            hub.new_history("reset")
+        elif hub.last_id is not None and hub.last_id > state.last_id:
+            log.warning(
+                "the watermark %s is past the end of history %s: pulled back",
+                format_stream_id(hub.last_id),
+                format_stream_id(state.last_id),
+            )
+            hub.new_history("unknown")
+            hub.last_id = state.last_id
+        self._epoch = state.epoch
+
+    def _is_new_history(self, epoch: str | None) -> bool:
+        """Whether Redis now holds another history than the one this replica dispatched
+        from. The epoch is the first id that history ever held, so every id dispatched
+        from it is at or above it."""
+        if self._epoch is not None:
+            return epoch != self._epoch
+        first = self._hub.first_id  # the history was empty when last looked at
+        if first is None:
+            return False  # nothing dispatched since: nothing to mix up
+        return epoch is None or parse_stream_id(epoch) > first
+
     async def _gap_fill(self) -> None:
         hub = self._hub
-        if hub.last_id == (0, 0):
-            return  # first start: live from now on; clients resume through their own ids
-        after = f"{hub.last_id[0]}-{hub.last_id[1]}"
+        assert hub.last_id is not None, "the watermark is set before the first gap-fill"
+        after = format_stream_id(hub.last_id)
         filled = 0
-        async for batch in read_after(self._redis, self._keys.history, after):
+        async for batch in read_after(
+            self._redis, self._keys.history, after, max_payload=hub.max_payload
+        ):
             for stream_id, payload in batch:
                 hub.publish(stream_id, payload)
             filled += len(batch)
@@ -156,6 +220,7 @@ class Subscriber:
                     raise ProbeLost(f"no probe came back for {now - answered:.1f}s")
                 if now >= next_probe:
                     await self._redis.publish(self._probe_channel, b"probe")
+                    await self._sync_clock()
                     next_probe = now + interval
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll)
             if self._reset:
@@ -169,5 +234,10 @@ class Subscriber:
                         publish_message(message["data"])
                 # drain what is already buffered without another wait
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+            if self._suspect:
+                # A live id the hub could not trust: history holds the truth. Messages that
+                # queue up meanwhile are dropped as already seen if gap-fill sent them.
+                self._suspect = False
+                await self._gap_fill()
             if interval <= 0:
                 self.probe_ok = True

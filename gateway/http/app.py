@@ -2,9 +2,10 @@
 
 Inside the lifespan, in order: the Redis clients, the identity store, the hub, and four
 background tasks (the subscriber, the hub's timer, the exit watcher, the revalidation of
-open streams' keypairs). On the way out the
-tasks are cancelled and awaited before the Redis client closes, so no reader outlives the
-connection it reads.
+open streams' keypairs), each supervised: one that dies is logged, counted
+(``kev_task_restarts_total``) and restarted after a backoff, and ``/ready`` is 503 meanwhile.
+On the way out the tasks are cancelled and awaited before the Redis client closes, so no
+reader outlives the connection it reads.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypedDict
 
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
@@ -59,6 +62,30 @@ async def _watch_exit(state: GatewayState) -> None:
     state.begin_shutdown()
 
 
+async def _supervise(
+    state: GatewayState, name: str, run: Callable[[], Coroutine[Any, Any, None]], *, once: bool
+) -> None:
+    """Run ``run()`` for the life of the process: a crash (or, unless ``once``, a return) is
+    logged and counted, the task is marked down (``/ready`` 503) and restarted after a
+    backoff of 0.1 s doubling to 5 s."""
+    delay = 0.1
+    while True:
+        try:
+            await run()
+            if once:
+                return
+            log.error("background task %s returned; restarting it", name)
+        except Exception:
+            log.exception("background task %s died; restarting it in %.1fs", name, delay)
+        state.task_restarts[name] += 1
+        state.tasks_down.add(name)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            state.tasks_down.discard(name)
+        delay = min(delay * 2, 5.0)
+
+
 async def _revalidate(state: GatewayState) -> None:
     """Open streams follow their keypair: one removed or deactivated (or whose user is gone)
     gets ``server_close`` with reason ``revoked`` within ``identity_cache_ttl`` plus one
@@ -80,8 +107,14 @@ def _lifespan(settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[_LifespanState]:
         keys = Keys(settings.prefix)
+        # A pooled connection found dead on first use (Redis restarted since) is retried
+        # once on a fresh one: without it the first request after every restart got 503.
+        # The gateway's commands are reads and idempotent writes, so a retry is safe.
         redis = connect_async(
-            settings.redis_url, pool_size=settings.redis_pool_size, health_check_interval=30
+            settings.redis_url,
+            pool_size=settings.redis_pool_size,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 1),
         )
         # The subscription and its probes get a client of their own, so a storm of
         # reconnecting clients can never starve the one thing every stream depends on.
@@ -93,6 +126,7 @@ def _lifespan(settings: Settings) -> Any:
             max_payload=settings.max_payload,
             flush_interval=settings.flush_interval,
             retry_ms=settings.retry_ms,
+            max_id_skew_ms=settings.max_id_skew_ms,
         )
         state = GatewayState(
             settings=settings,
@@ -110,16 +144,18 @@ def _lifespan(settings: Settings) -> Any:
         )
         tasks: set[asyncio.Task[None]] = set()
 
-        def spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
-            task = asyncio.create_task(coro, name=name)
+        def spawn(
+            name: str, run: Callable[[], Coroutine[Any, Any, None]], *, once: bool = False
+        ) -> None:
+            task = asyncio.create_task(_supervise(state, name, run, once=once), name=name)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
         try:
-            spawn(state.subscriber.run(), "kev-subscriber")
-            spawn(hub.run_timer(), "kev-hub-timer")
-            spawn(_watch_exit(state), "kev-exit-watch")
-            spawn(_revalidate(state), "kev-revalidate")
+            spawn("subscriber", state.subscriber.run)
+            spawn("hub-timer", hub.run_timer)
+            spawn("exit-watch", lambda: _watch_exit(state), once=True)
+            spawn("revalidate", lambda: _revalidate(state))
             app.state.gateway = state  # for embedding servers and tests: begin_shutdown()
             state.loop = asyncio.get_running_loop()
             log.info("gateway replica %s up, redis %s", settings.replica, settings.prefix)
@@ -136,6 +172,15 @@ def _lifespan(settings: Settings) -> Any:
 
 
 async def health(request: Request) -> Response:
+    """Liveness: 200 while the process can serve; 503 once it has been unable to deliver
+    (not ready while accepting) for over ``liveness_timeout`` seconds, so an orchestrator
+    restarts a replica that stays deaf."""
+    state: GatewayState = request.state.gateway
+    stuck = state.unable_to_deliver_for()
+    limit = state.settings.liveness_timeout
+    if limit and stuck > limit:
+        body = {"status": "unable to deliver", "seconds": round(stuck, 1)}
+        return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
@@ -143,10 +188,11 @@ async def ready(request: Request) -> Response:
     state: GatewayState = request.state.gateway
     sub = state.subscriber
     body = {
-        "ready": state.accepting and sub.ready,
+        "ready": state.ready,
         "accepting": state.accepting,
         "subscribed": sub.subscribed,
         "probe_ok": sub.probe_ok,
+        "tasks_down": sorted(state.tasks_down),
         "streams": len(state.hub),
     }
     return JSONResponse(body, status_code=200 if body["ready"] else 503)

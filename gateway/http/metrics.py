@@ -19,6 +19,9 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.fanout.frames import EVICTIONS
+from gateway.fanout.stats import DROP_KINDS
+
 from .state import GatewayState
 
 __all__ = ["GatewayCollector", "metrics_endpoint"]
@@ -50,28 +53,45 @@ class GatewayCollector(Collector):
         evictions = CounterMetricFamily(
             "kev_evictions", "Clients evicted, by reason", labels=["reason"]
         )
-        for reason in ("slow_consumer", "write_timeout"):
+        for reason in EVICTIONS:
             evictions.add_metric([reason], stats.evictions[reason])
         yield evictions
         dropped = CounterMetricFamily(
-            "kev_payloads_dropped", "Redis messages that failed to decode", labels=["kind"]
+            "kev_payloads_dropped",
+            "Redis messages not dispatched (bad id, future id, bad or oversized payload)",
+            labels=["kind"],
         )
-        for kind in ("bad_id", "decode", "schema", "oversized"):
-            dropped.add_metric([kind], stats.dropped[kind])
+        for drop in DROP_KINDS:
+            dropped.add_metric([drop], stats.dropped[drop])
         yield dropped
         yield CounterMetricFamily(
             "kev_redis_reconnects", "Times the subscription was re-established", sub.reconnects
         )
         yield CounterMetricFamily(
+            "kev_new_histories",
+            "Times Redis was found holding a new history (epoch change): streams were told",
+            sub.new_histories,
+        )
+        yield CounterMetricFamily(
             "kev_probe_failures", "Subscriptions found dead by the probe", sub.probe_failures
         )
+        restarts = CounterMetricFamily(
+            "kev_task_restarts",
+            "Background tasks that died (or returned) and were restarted, by task",
+            labels=["task"],
+        )
+        for task, count in sorted(state.task_restarts.items()):
+            restarts.add_metric([task], count)
+        yield restarts
         auth = CounterMetricFamily(
             "kev_auth_failures", "Refused requests, by kind", labels=["kind"]
         )
         for kind, count in sorted(state.auth_failures.items()):
             auth.add_metric([kind], count)
         yield auth
-        yield GaugeMetricFamily("kev_ready", "1 when subscribed and probed live", int(sub.ready))
+        yield GaugeMetricFamily(
+            "kev_ready", "1 when subscribed, probed live and every task running", int(state.ready)
+        )
         hist = stats.dispatch
         cumulative, buckets = 0, []
         for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):

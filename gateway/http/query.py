@@ -8,6 +8,7 @@ from typing import Final
 from urllib.parse import parse_qsl
 
 from gateway.errors import InvalidParams
+from gateway.fanout.frames import parse_stream_id
 from gateway.identity.visibility import StreamQuery
 from publisher.schema import SLUG_PATTERN
 
@@ -15,9 +16,9 @@ __all__ = ["MAX_QUERY_BYTES", "parse_query"]
 
 MAX_QUERY_BYTES: Final = 2048
 _SLUG: Final = re.compile(SLUG_PATTERN)
-_ACCESS_KEY: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
-_GROUP: Final = re.compile(r"^[^\x00-\x20\x7f]{1,64}$")
-_STREAM_ID: Final = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+# every pattern is matched against the whole value (fullmatch): "$" alone lets "\n" through
+_ACCESS_KEY: Final = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_GROUP: Final = re.compile(r"[^\x00-\x20\x7f]{1,64}")
 _KNOWN: Final = frozenset({"sessionId", "ownerAccessKey", "group", "groupName", "lastEventId"})
 
 
@@ -52,19 +53,24 @@ def parse_query(query_string: bytes, headers: Mapping[str, str]) -> StreamQuery:
         raise _bad("give either group or groupName, not both")
 
     session_id = params.get("sessionId", "*")
-    if session_id != "*" and not _SLUG.match(session_id):
+    if session_id != "*" and not _SLUG.fullmatch(session_id):
         raise _bad(f"sessionId {session_id[:70]!r} is not '*' or a session name")
     owner = params.get("ownerAccessKey")
-    if owner is not None and not _ACCESS_KEY.match(owner):
+    if owner is not None and not _ACCESS_KEY.fullmatch(owner):
         raise _bad(f"ownerAccessKey {owner[:70]!r} is not an access key")
     group = params.get("group", params.get("groupName", "*"))
-    if group != "*" and not _GROUP.match(group):
+    if group != "*" and not _GROUP.fullmatch(group):
         raise _bad(f"group {group[:70]!r} is not '*' or a group name")
 
     # EventSource sends the header on reconnect; it is newer than any id baked into the URL.
     last_id = headers.get("last-event-id") or params.get("lastEventId") or None
-    if last_id is not None and not _STREAM_ID.match(last_id):
-        raise _bad(f"Last-Event-ID {last_id[:70]!r} is not an event id this server sent")
+    if last_id is not None:
+        try:
+            parse_stream_id(last_id)
+        except ValueError:
+            raise _bad(
+                f"Last-Event-ID {last_id[:70]!r} is not an event id this server sent"
+            ) from None
     return StreamQuery(
         session_id=None if session_id == "*" else session_id,
         owner_access_key=owner,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,6 +36,27 @@ class GatewayState:
     loop: asyncio.AbstractEventLoop | None = None
     #: refused requests by problem title, for ``/metrics``
     auth_failures: Counter[str] = field(default_factory=Counter)
+    #: restarts of each supervised background task, and the ones down right now
+    task_restarts: Counter[str] = field(default_factory=Counter)
+    tasks_down: set[str] = field(default_factory=set)
+    #: monotonic time since which the replica has been unable to deliver, or None
+    _unready_since: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Accepting streams, subscribed with a probe round trip, every task running."""
+        return self.accepting and self.subscriber.ready and not self.tasks_down
+
+    def unable_to_deliver_for(self) -> float:
+        """Seconds this replica has been accepting but not ready (0 when it is ready or
+        draining), as seen by the health endpoints that ask."""
+        now = time.monotonic()
+        if self.ready or not self.accepting:
+            self._unready_since = None
+            return 0.0
+        if self._unready_since is None:
+            self._unready_since = now
+        return now - self._unready_since
 
     @property
     def max_skew(self) -> timedelta:

@@ -96,7 +96,7 @@ class HubStreamResponse(EventSourceResponse):
             connection.start_writing(cycle, hub.notify)
             if self._last_event_id is not None:
                 resuming = asyncio.ensure_future(
-                    replay(connection, state.redis, state.keys.history, self._last_event_id)
+                    replay(connection, hub, state.redis, state.keys, self._last_event_id)
                 )
             if cycle is not None:
                 # The request's task just waits for the client to go, or for the response

@@ -20,9 +20,9 @@ class _Link:
 
 
 class TcpProxy:
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, port: int | None = None) -> None:
         self.target_port = target_port
-        self.port = free_port()
+        self.port = port or free_port()
         self.links: list[_Link] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -76,6 +76,10 @@ class TcpProxy:
         await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
 
     def close(self) -> None:
+        """Drop every link and stop listening (a cut); idempotent."""
+        if self._loop.is_closed():
+            return
+
         async def stop() -> None:
             if self._server is not None:
                 self._server.close()
@@ -96,8 +100,8 @@ class TcpProxy:
 
 
 @contextlib.contextmanager
-def tcp_proxy(target_port: int) -> Iterator[TcpProxy]:
-    proxy = TcpProxy(target_port)
+def tcp_proxy(target_port: int, port: int | None = None) -> Iterator[TcpProxy]:
+    proxy = TcpProxy(target_port, port)
     proxy.start()
     try:
         yield proxy

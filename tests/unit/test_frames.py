@@ -41,7 +41,11 @@ def test_control_frames() -> None:
     )
     [notice] = parser.feed(notice_frame("5-0", None))
     assert notice.event == "history_truncated"
-    assert json.loads(notice.data) == {"lastEventId": "5-0", "firstAvailableId": None}
+    assert json.loads(notice.data) == {
+        "lastEventId": "5-0",
+        "firstAvailableId": None,
+        "reason": "trimmed",
+    }
     assert parser.comments == 1
 
 
