@@ -43,7 +43,9 @@ def _stall(r: dict[str, Any]) -> dict[str, Any]:
     first = next((i for i, e in enumerate(ev) if e - base > 0), None)
     every = next((i for i, e in enumerate(ev) if e - base >= stalled), None)
     deadline = float(r.get("env", {}).get("GATEWAY_WRITE_DEADLINE", 10.0))
-    period = max(0.05, min(deadline / 4, 1.0))  # the hub timer's tick (gateway.hub.run_timer)
+    period = max(
+        0.05, min(deadline / 4, 1.0)
+    )  # the hub timer's tick (gateway.fanout.hub.Hub.run_timer)
     out: dict[str, Any] = {
         "stalled": stalled,
         "evicted": sum(r["evictions"].values()),

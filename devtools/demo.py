@@ -1,5 +1,5 @@
-"""``gateway demo``: a private redis-server, one gateway replica and the demo publisher in one
-process, so a fresh machine shows live kernel events with one command."""
+"""``python -m devtools demo``: a private redis-server, one gateway replica and the demo
+publisher in one process, so a fresh machine shows live kernel events with one command."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import random
 import signal
 import sys
 
-import redis.asyncio as aredis
 import uvicorn
 
 from gateway.http.app import create_app
@@ -19,6 +18,7 @@ from gateway.identity.store import IdentityStore
 from gateway.logs import configure_logging
 from gateway.settings import Settings
 from publisher.client import AsyncPublisher
+from publisher.connection import connect_async
 from publisher.demo import LifecycleDemo, demo_identities
 from publisher.keys import Keys
 
@@ -43,7 +43,7 @@ async def seed_demo_identities(redis_url: str, prefix: str = "kev") -> None:
         ],
         "groups": [{"domain": g.domain, "name": g.name} for g in ids.groups],
     }
-    client = aredis.Redis.from_url(redis_url)
+    client = connect_async(redis_url)  # any topology the gateway takes (Sentinel too)
     try:
         await IdentityStore(client, Keys(prefix), cache_ttl=0).import_data(doc)
     finally:

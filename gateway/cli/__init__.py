@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
+from typing import Any
 
 from gateway.identity.signing import DEFAULT_VERSION, signed_headers
 from gateway.logs import configure_logging
@@ -29,9 +29,19 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         if Settings.kind(f.name) == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction)
-        else:  # the same casts as the environment's (Settings.parse)
-            cast = functools.partial(Settings.parse, f.name)
-            parser.add_argument(flag, dest=f.name, type=cast, metavar=f.name.upper())
+        else:
+            parser.add_argument(flag, dest=f.name, type=_flag_type(f.name), metavar=f.name.upper())
+
+
+def _flag_type(name: str) -> Callable[[str], Any]:
+    """The same cast as the environment's (:meth:`Settings.parse`), named after the field's
+    type so that argparse says "invalid int value: 'abc'"."""
+
+    def cast(raw: str) -> Any:
+        return Settings.parse(name, raw)
+
+    cast.__name__ = Settings.kind(name)
+    return cast
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -97,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if hasattr(args, "func"):  # identity management (gateway.admin)
+        if hasattr(args, "func"):  # identity management (gateway.cli.admin)
             logging.basicConfig(level=logging.WARNING)
             return asyncio.run(admin.run(args))
         result: int = args.run(args)

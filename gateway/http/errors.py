@@ -69,8 +69,9 @@ def problem_response(
     )
 
 
-def error_response(exc: BaseException, path: str = "") -> Response:
-    """The answer to ``exc`` raised while serving ``path`` (see the module's table)."""
+def error_response(exc: BaseException, path: str = "", *, log_unexpected: bool = True) -> Response:
+    """The answer to ``exc`` raised while serving ``path`` (see the module's table); an
+    unexpected error is logged with its traceback unless ``log_unexpected`` is false."""
     if isinstance(exc, GatewayError):
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return problem_response(exc.slug, exc.title, exc.msg, headers)
@@ -82,15 +83,18 @@ def error_response(exc: BaseException, path: str = "") -> Response:
             headers={"Retry-After": "2"},
         )
     if isinstance(exc, HTTPException):
+        headers = dict(exc.headers or {})  # 405 carries Allow
         if exc.status_code == 404:
-            return problem_response("generic-not-found", "Not found", path[:200])
+            return problem_response("generic-not-found", "Not found", path[:200], headers)
         if exc.status_code == 405:
-            return problem_response("method-not-allowed", "Method not allowed")
-        return problem_response("invalid-api-params", "Bad request")
-    log.error("unhandled error on %s", path, exc_info=exc)
+            return problem_response("method-not-allowed", "Method not allowed", None, headers)
+        return problem_response("invalid-api-params", "Bad request", None, headers)
+    if log_unexpected:
+        log.error("unhandled error on %s", path, exc_info=exc)
     return problem_response("internal-server-error", "Internal server error")
 
 
 async def handle(request: Request, exc: Exception) -> Response:
-    """Starlette's exception handler for every class the mapper knows."""
-    return error_response(exc, request.url.path)
+    """Starlette's exception handler for every class the mapper knows. An unexpected error
+    is not logged here: Starlette re-raises it after the response and uvicorn logs it."""
+    return error_response(exc, request.url.path, log_unexpected=False)

@@ -12,13 +12,17 @@ __all__ = [
     "MAX_NAME_LEN",
     "ROLES",
     "Group",
+    "GroupEntry",
     "Identity",
     "IdentityError",
+    "ImportDocument",
     "ImportSummary",
     "Keypair",
+    "KeypairEntry",
     "Role",
     "UnknownIdentityError",
     "User",
+    "UserEntry",
     "check_access_key",
     "check_group",
     "check_keypair",
@@ -140,3 +144,34 @@ def check_user(user: User) -> None:
 def check_group(group: Group) -> None:
     _check_domain(group.domain)
     _check_name("group name", group.name)
+
+
+# -- import document ----------------------------------------------------------------------------
+
+
+class UserEntry(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: str
+    role: Role
+    domain: str
+    password: str | None = None
+    password_hash: str | None = None
+
+
+class KeypairEntry(msgspec.Struct, forbid_unknown_fields=True):
+    access_key: str
+    secret_key: str
+    user_id: str
+    active: bool = True
+
+
+class GroupEntry(msgspec.Struct, forbid_unknown_fields=True):
+    domain: str
+    name: str
+
+
+class ImportDocument(msgspec.Struct, forbid_unknown_fields=True):
+    """What ``gateway import`` reads (JSON): users, keypairs and groups, unknown keys refused."""
+
+    users: list[UserEntry] = msgspec.field(default_factory=list)
+    keypairs: list[KeypairEntry] = msgspec.field(default_factory=list)
+    groups: list[GroupEntry] = msgspec.field(default_factory=list)

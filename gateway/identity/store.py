@@ -30,6 +30,7 @@ from .models import (
     Group,
     Identity,
     IdentityError,
+    ImportDocument,
     ImportSummary,
     Keypair,
     Role,
@@ -44,35 +45,6 @@ from .passwords import hash_password
 __all__ = ["IdentityStore"]
 
 logger = logging.getLogger(__name__)
-
-# -- import document ----------------------------------------------------------------------------
-
-
-class _UserEntry(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: str
-    role: Role
-    domain: str
-    password: str | None = None
-    password_hash: str | None = None
-
-
-class _KeypairEntry(msgspec.Struct, forbid_unknown_fields=True):
-    access_key: str
-    secret_key: str
-    user_id: str
-    active: bool = True
-
-
-class _GroupEntry(msgspec.Struct, forbid_unknown_fields=True):
-    domain: str
-    name: str
-
-
-class _ImportDoc(msgspec.Struct, forbid_unknown_fields=True):
-    users: list[_UserEntry] = msgspec.field(default_factory=list)
-    keypairs: list[_KeypairEntry] = msgspec.field(default_factory=list)
-    groups: list[_GroupEntry] = msgspec.field(default_factory=list)
-
 
 # -- the store ----------------------------------------------------------------------------------
 
@@ -306,7 +278,7 @@ class IdentityStore:
         stored user keeps its password.
         """
         try:
-            parsed = msgspec.convert(doc, _ImportDoc)
+            parsed = msgspec.convert(doc, ImportDocument)
         except msgspec.ValidationError as exc:
             raise IdentityError(f"import: {exc}") from exc
         users: dict[str, tuple[User, bool]] = {}

@@ -235,6 +235,7 @@ def test_domain_admin_may_name_keys_of_its_domain_only(gateway: RunningGateway) 
 def test_other_methods_and_paths(gateway: RunningGateway) -> None:
     resp = httpx.post(gateway.base_url + PATH, timeout=5)
     assert problem(resp)[:2] == (405, "method-not-allowed")
+    assert "GET" in resp.headers["allow"]  # RFC 9110: a 405 says what is allowed
     resp = httpx.get(gateway.base_url + "/nope", timeout=5)
     assert problem(resp)[:2] == (404, "generic-not-found")
     assert httpx.get(gateway.base_url + "/health").json() == {"status": "ok"}
