@@ -10,7 +10,9 @@ Every refusal is counted by title in ``state.auth_failures`` (``kev_auth_failure
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from starlette.requests import Request
 
@@ -22,20 +24,30 @@ from gateway.identity.signing import raw_target
 from .state import GatewayState
 from .websession import authenticate_cookie
 
-__all__ = ["authenticate_request"]
+__all__ = ["AuthMethod", "Caller", "authenticate_request"]
+
+#: how a request proved who it is: a keypair signature (SDKs, CLIs, curl) or a browser session
+AuthMethod = Literal["signature", "cookie"]
 
 
-async def authenticate_request(request: Request, state: GatewayState) -> Identity:
-    """Who is calling. Raises :class:`~gateway.errors.InvalidAuthParams` (malformed or
-    missing credentials) or :class:`~gateway.errors.AuthFailed` (wrong or revoked ones)."""
+@dataclass(frozen=True, slots=True)
+class Caller:
+    identity: Identity
+    method: AuthMethod
+
+
+async def authenticate_request(request: Request, state: GatewayState) -> Caller:
+    """Who is calling, and how it proved it. Raises
+    :class:`~gateway.errors.InvalidAuthParams` (malformed or missing credentials) or
+    :class:`~gateway.errors.AuthFailed` (wrong or revoked ones)."""
     try:
         if "authorization" not in request.headers:
             # A browser (EventSource) has no signature, only its session cookie.
             identity = await authenticate_cookie(request, state)
             if identity is not None:
-                return identity
+                return Caller(identity, "cookie")
         scope = request.scope
-        return await authenticate(
+        identity = await authenticate(
             request.method,
             raw_target(scope.get("raw_path") or scope["path"].encode(), scope["query_string"]),
             request.headers,
@@ -43,6 +55,7 @@ async def authenticate_request(request: Request, state: GatewayState) -> Identit
             now=datetime.now(UTC),
             max_skew=state.max_skew,
         )
+        return Caller(identity, "signature")
     except GatewayError as exc:
         state.auth_failures[exc.title] += 1
         raise

@@ -68,13 +68,19 @@ class HubStreamResponse(EventSourceResponse):
     background = None
 
     def __init__(
-        self, state: GatewayState, connection: Connection, last_event_id: str | None
+        self,
+        state: GatewayState,
+        connection: Connection,
+        last_event_id: str | None,
+        *,
+        retry_hint: bool,
     ) -> None:
         # No super().__init__(): everything it builds per response (headers, a send lock,
         # the body iterator) is either shared (_HEADERS) or unused by this shape.
         self._state = state
         self._connection = connection
         self._last_event_id = last_event_id
+        self._retry_hint = retry_hint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] == "HEAD":  # headers only, as sse-starlette answers HEAD
@@ -92,7 +98,8 @@ class HubStreamResponse(EventSourceResponse):
         resuming: asyncio.Future[None] | None = None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-            await send(body(retry_frame(state.settings.retry_ms)))
+            if self._retry_hint:
+                await send(body(retry_frame(state.settings.retry_ms)))
             connection.start_writing(cycle, hub.notify)
             if self._last_event_id is not None:
                 resuming = asyncio.ensure_future(
@@ -132,7 +139,8 @@ async def stream_events(request: Request) -> Response:
     if sum(len(name) + len(value) for name, value in request.scope["headers"]) > MAX_HEADER_BYTES:
         raise InvalidParams("Request headers too large", f"over {MAX_HEADER_BYTES} bytes")
     query = parse_query(request.scope.get("query_string", b""), request.headers)
-    identity = await authenticate_request(request, state)
+    caller = await authenticate_request(request, state)
+    identity = caller.identity
     filter = await build_filter(identity, query, state.store)
     hub = state.hub
     if len(hub) >= state.settings.max_streams:
@@ -144,8 +152,14 @@ async def stream_events(request: Request) -> Response:
             retry_after=5,
         )
     log.debug("stream opened key=%s filter=%s", identity.access_key, filter)
+    # The reconnect hint is for EventSource (browsers, with their session cookie). The
+    # official SDKs read a standalone ``retry:`` block as an event with empty data (and
+    # newer ones as seconds), and Backend.AI's manager never sent one.
     return HubStreamResponse(
-        state, hub.new_connection(filter, identity.access_key), query.last_event_id
+        state,
+        hub.new_connection(filter, identity.access_key),
+        query.last_event_id,
+        retry_hint=caller.method == "cookie",
     )
 
 

@@ -252,7 +252,7 @@ async def test_the_cookie_opens_a_stream_with_the_roles_visibility(
         session_of(CAROL, "carol-1", group="ml"),
     )
     async with (
-        open_stream(gateway.base_url + PATH, headers=_cookie(alice)) as (_, alice_events),
+        open_stream(gateway.base_url + PATH, headers=_cookie(alice)) as (parser, alice_events),
         open_stream(gateway.base_url + PATH, headers=_cookie(root)) as (_, root_events),
     ):
         async with AsyncPublisher.from_url(cast) as pub:
@@ -266,6 +266,8 @@ async def test_the_cookie_opens_a_stream_with_the_roles_visibility(
             )
         seen_by_alice = await kernel_events(alice_events, 2)
         seen_by_root = await kernel_events(root_events, 4)
+    # a browser stream (cookie) starts with EventSource's reconnect hint
+    assert parser.retry_ms == gateway.settings.retry_ms
     assert [(e.event, decode_data(e).sessionId) for e in seen_by_alice] == [
         ("kernel_started", "alice-1"),
         ("kernel_terminated", "alice-1"),

@@ -39,7 +39,7 @@ async def _cycle(gw: RunningGateway, i: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.settings.port)
     try:
         writer.write(raw_stream_request(gw.host, person, target))
-        await reader.readuntil(b"retry: 3000\n\n")  # the stream is open and registered
+        await reader.readuntil(b"\r\n\r\n")  # headers: the stream is open and registered
         if i % 4 == 0:  # some leave abruptly, some politely
             writer.transport.abort()
     finally:
