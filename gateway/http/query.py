@@ -19,7 +19,14 @@ _SLUG: Final = re.compile(SLUG_PATTERN)
 # every pattern is matched against the whole value (fullmatch): "$" alone lets "\n" through
 _ACCESS_KEY: Final = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _GROUP: Final = re.compile(r"[^\x00-\x20\x7f]{1,64}")
-_KNOWN: Final = frozenset({"sessionId", "ownerAccessKey", "group", "groupName", "lastEventId"})
+#: each parameter and the spellings Backend.AI's managers accepted for it (API v4)
+ALIASES: Final[dict[str, tuple[str, ...]]] = {
+    "sessionId": ("sessionId",),
+    "ownerAccessKey": ("ownerAccessKey", "owner_access_key"),
+    "group": ("group", "groupName"),
+    "lastEventId": ("lastEventId",),
+}
+_CANONICAL: Final = {alias: name for name, aliases in ALIASES.items() for alias in aliases}
 
 
 def _bad(msg: str) -> InvalidParams:
@@ -44,13 +51,13 @@ def parse_query(query_string: bytes, headers: Mapping[str, str]) -> StreamQuery:
         raise _bad(f"the query string cannot be parsed: {exc}") from exc
     params: dict[str, str] = {}
     for name, value in pairs:
-        if name not in _KNOWN:
+        canonical = _CANONICAL.get(name)
+        if canonical is None:
             raise _bad(f"unknown parameter {name[:40]!r}")
-        if name in params:
-            raise _bad(f"parameter {name!r} is given twice")
-        params[name] = value
-    if "group" in params and "groupName" in params:
-        raise _bad("give either group or groupName, not both")
+        if canonical in params:
+            spellings = " or ".join(ALIASES[canonical])
+            raise _bad(f"parameter {canonical!r} is given twice (as {spellings})")
+        params[canonical] = value
 
     session_id = params.get("sessionId", "*")
     if session_id != "*" and not _SLUG.fullmatch(session_id):
@@ -58,7 +65,7 @@ def parse_query(query_string: bytes, headers: Mapping[str, str]) -> StreamQuery:
     owner = params.get("ownerAccessKey")
     if owner is not None and not _ACCESS_KEY.fullmatch(owner):
         raise _bad(f"ownerAccessKey {owner[:70]!r} is not an access key")
-    group = params.get("group", params.get("groupName", "*"))
+    group = params.get("group", "*")
     if group != "*" and not _GROUP.fullmatch(group):
         raise _bad(f"group {group[:70]!r} is not '*' or a group name")
 

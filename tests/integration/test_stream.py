@@ -212,12 +212,22 @@ def test_each_auth_failure_has_its_own_answer(gateway: RunningGateway) -> None:
         ("?group=nosuchgroup", 404, "group-not-found"),
         ("?groupName=rteam", 404, "group-not-found"),  # exists, but in the other domain
         ("?ownerAccessKey=AKIABOB0000000000000", 403, "generic-forbidden"),
+        # the spelling Backend.AI's SDKs send is the same parameter, with the same rules
+        ("?owner_access_key=AKIABOB0000000000000", 403, "generic-forbidden"),
+        ("?ownerAccessKey=a&owner_access_key=a", 400, "invalid-api-params"),
         ("?sessionId=x&ownerAccessKey=AKIACAROL00000000000", 403, "generic-forbidden"),
     ],
 )
 def test_query_errors(gateway: RunningGateway, query: str, status: int, slug: str) -> None:
     got = problem(_get(gateway, PATH + query))
     assert got[:2] == (status, slug)
+
+
+def test_the_sdk_spelling_of_the_owner_key_is_accepted(gateway: RunningGateway) -> None:
+    target = PATH + "?sessionId=s1&owner_access_key=" + ALICE.access_key
+    headers = signed_headers("GET", target, gateway.host, ALICE.access_key, ALICE.secret_key)
+    with httpx.stream("GET", gateway.base_url + target, headers=headers, timeout=5) as resp:
+        assert resp.status_code == 200
 
 
 def test_domain_admin_may_name_keys_of_its_domain_only(gateway: RunningGateway) -> None:
