@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import uuid
 from collections.abc import Mapping
@@ -72,6 +73,8 @@ class Settings:
     max_streams_per_key: int = 100
     #: largest Redis payload decoded; bigger ones are dropped and counted
     max_payload: int = 64 * 1024
+    #: the API version ``GET /`` reports (Backend.AI SDKs pick their paths by it)
+    api_version: str = "v4.20190615"
     #: origins allowed to open streams with credentials (browser EventSource); comma list
     cors_origins: tuple[str, ...] = ()
     #: browser session lifetime, seconds
@@ -118,6 +121,11 @@ class Settings:
         need(self.max_streams_per_key >= 1, "max_streams_per_key", "must be >= 1")
         need(1024 <= self.max_payload <= 1 << 26, "max_payload", "must be 1 KiB - 64 MiB")
         need(self.session_ttl > 0, "session_ttl", "must be > 0")
+        need(
+            re.fullmatch(r"v[0-9]+\.[0-9]{8}", self.api_version) is not None,
+            "api_version",
+            "must be v<major>.<YYYYMMDD>",
+        )
         need(
             self.log_level.lower() in ("debug", "info", "warning", "error"),
             "log_level",

@@ -39,6 +39,7 @@ from publisher.keys import Keys
 from . import errors
 from .cors import cors_middleware
 from .dashboard import dashboard_routes
+from .discovery import discovery_routes
 from .metrics import metrics_endpoint
 from .state import GatewayState
 from .stream import stream_events, stream_response
@@ -251,7 +252,8 @@ def create_app(settings: Settings | None = None) -> TransportScope:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
     routes += auth_routes()  # browser sessions: /auth/login, /auth/logout, /auth/me
-    routes += dashboard_routes()  # /, /dashboard, /static/dashboard.{js,css}
+    routes += discovery_routes()  # / (version JSON; the dashboard for browsers), /func/
+    routes += dashboard_routes()  # /dashboard, /static/dashboard.{js,css}
     app = Starlette(
         routes=routes,
         middleware=cors_middleware(settings),  # none unless cors_origins is set

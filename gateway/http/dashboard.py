@@ -7,6 +7,7 @@ Security Policy: scripts, styles and connections from the gateway's own origin o
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Final
 
@@ -32,23 +33,27 @@ _HEADERS: Final = {
 }
 
 
-def _static(name: str) -> Route:
+def _serve(name: str) -> Callable[[Request], Awaitable[Response]]:
     body = (resources.files("gateway.http") / "static" / name).read_bytes()
     media_type = _FILES[name]
 
     async def serve(request: Request) -> Response:
         return Response(body, media_type=media_type, headers=_HEADERS)
 
-    path = "/" if name == "index.html" else f"/static/{name}"
-    return Route(path, serve, methods=["GET"], name=f"static-{name}")
+    return serve
+
+
+#: the dashboard page; ``/`` serves it to browsers (gateway.http.discovery)
+page: Final = _serve("index.html")
 
 
 def dashboard_routes() -> list[Route]:
-    """``/`` and ``/dashboard`` (the page), ``/static/dashboard.{js,css}``."""
-    page, script, style = (_static(name) for name in _FILES)
+    """``/dashboard`` (the page), ``/static/dashboard.{js,css}``."""
     return [
-        page,
-        Route("/dashboard", page.endpoint, methods=["GET"], name="dashboard"),
-        script,
-        style,
+        Route("/dashboard", page, methods=["GET"], name="dashboard"),
+        *(
+            Route(f"/static/{name}", _serve(name), methods=["GET"], name=f"static-{name}")
+            for name in _FILES
+            if name != "index.html"
+        ),
     ]

@@ -26,7 +26,8 @@ STATIC = resources.files("gateway.http") / "static"
 def test_files_are_served_with_a_strict_policy(
     gateway: RunningGateway, path: str, file: str, media_type: str
 ) -> None:
-    response = httpx.get(gateway.base_url + path, timeout=5)
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}  # what a browser sends
+    response = httpx.get(gateway.base_url + path, headers=browser, timeout=5)
     assert response.status_code == 200
     assert response.headers["content-type"] == media_type
     assert response.content == (STATIC / file).read_bytes()
@@ -34,7 +35,7 @@ def test_files_are_served_with_a_strict_policy(
     assert "default-src 'none'" in csp and "script-src 'self'" in csp
     assert "connect-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert response.headers["x-content-type-options"] == "nosniff"
-    assert httpx.head(gateway.base_url + path, timeout=5).status_code == 200
+    assert httpx.head(gateway.base_url + path, headers=browser, timeout=5).status_code == 200
 
 
 def test_the_page_needs_nothing_from_elsewhere() -> None:
