@@ -185,6 +185,16 @@ def _plan(rng: random.Random, batch: bool) -> list[_Step]:
     return [*steps, ("kernel_terminating", reason, None), ("kernel_terminated", reason, result)]
 
 
+def _exit_code(name: EventName, result: Result | None) -> int | None:
+    """Where the manager knows one (API v5's ``exitCode``): 0 on success, 1 on failure (137
+    for a kernel killed on a forced termination would be as realistic; 1 keeps it simple)."""
+    if name == "kernel_success" or result == "SUCCESS":
+        return 0
+    if name == "kernel_failure" or result == "FAILURE":
+        return 1
+    return None
+
+
 class _Session:
     __slots__ = ("next", "ref", "steps")
 
@@ -196,7 +206,9 @@ class _Session:
     def advance(self) -> KernelEvent:
         name, reason, result = self.steps[self.next]
         self.next += 1
-        return self.ref.event(name, reason=reason, result=result)
+        return self.ref.event(
+            name, reason=reason, result=result, exit_code=_exit_code(name, result)
+        )
 
     @property
     def done(self) -> bool:

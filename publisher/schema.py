@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 EventName = Literal[
+    # API v4 (manager 19.09) names: what the v4 stream shows
     "kernel_enqueued",
     "kernel_preparing",
     "kernel_pulling",
@@ -41,6 +42,15 @@ EventName = Literal[
     "kernel_cancelled",
     "kernel_success",
     "kernel_failure",
+    # session-level events of API v5 and later (gateway.fanout.frames maps the generations)
+    "session_enqueued",
+    "session_scheduled",
+    "session_started",
+    "session_terminating",
+    "session_terminated",
+    "session_cancelled",
+    "session_success",
+    "session_failure",
 ]
 Result = Literal["UNDEFINED", "SUCCESS", "FAILURE"]
 
@@ -78,6 +88,14 @@ class KernelEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     reason: str = ""
     result: Result | None = None
     timestamp: float = msgspec.field(default_factory=time.time)
+    # Added for API v5+ (schema evolution: defaults, so older payloads decode as a session's
+    # main kernel with no exit code, and older gateways ignore these fields).
+    #: the kernel's role in its cluster session (``main``, ``sub``, ...) and its index
+    cluster_role: str = "main"
+    cluster_idx: int = 0
+    #: the process exit code where known (kernel_terminating/terminated, session_success and
+    #: session_failure), else None
+    exit_code: int | None = None
 
     def __post_init__(self) -> None:
         # msgspec runs this on construction and on decode; on decode it turns the
@@ -104,6 +122,14 @@ class KernelEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
         for field in ("session_uuid", "kernel_id"):
             if not isinstance(getattr(self, field), uuid.UUID):
                 raise InvalidEvent(f"{field}: must be a UUID, got {getattr(self, field)!r}")
+        if not isinstance(self.cluster_role, str) or not _SLUG.fullmatch(self.cluster_role):
+            raise InvalidEvent(f"cluster_role: {self.cluster_role!r} is not a slug")
+        if not isinstance(self.cluster_idx, int) or not 0 <= self.cluster_idx < 65536:
+            raise InvalidEvent(f"cluster_idx: must be 0-65535, got {self.cluster_idx!r}")
+        if self.exit_code is not None and (
+            not isinstance(self.exit_code, int) or not -(2**31) <= self.exit_code < 2**31
+        ):
+            raise InvalidEvent(f"exit_code: must be a 32-bit integer, got {self.exit_code!r}")
 
 
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -139,19 +165,31 @@ class SessionRef(msgspec.Struct, frozen=True, kw_only=True):
     kernel_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
 
     def event(
-        self, name: EventName, *, reason: str = "", result: Result | None = None
+        self,
+        name: EventName,
+        *,
+        reason: str = "",
+        result: Result | None = None,
+        exit_code: int | None = None,
+        kernel_id: uuid.UUID | None = None,
+        cluster_role: str = "main",
+        cluster_idx: int = 0,
     ) -> KernelEvent:
+        """Any event of this session; ``kernel_id`` defaults to the session's main kernel."""
         return KernelEvent(
             name=name,
             session_id=self.session_id,
             session_uuid=self.session_uuid,
-            kernel_id=self.kernel_id,
+            kernel_id=self.kernel_id if kernel_id is None else kernel_id,
             owner_access_key=self.owner_access_key,
             owner_user_id=self.owner_user_id,
             domain=self.domain,
             group=self.group,
             reason=reason,
             result=result,
+            exit_code=exit_code,
+            cluster_role=cluster_role,
+            cluster_idx=cluster_idx,
         )
 
     def enqueued(self, reason: str = "") -> KernelEvent:

@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Literal, Protocol
 
 from .filters import Filter
-from .frames import EVICTIONS, CloseReason, StreamId, server_close_frame
+from .frames import EVICTIONS, CloseReason, StreamId, View, server_close_frame
 from .stats import HubStats
 
 __all__ = [
@@ -154,6 +154,7 @@ class Connection:
         "filter",
         "held_overflow",
         "sink",
+        "view",
         "writing_since",
     )
 
@@ -166,8 +167,11 @@ class Connection:
         clock: Callable[[], float],
         retry_ms: int = 3000,
         stats: HubStats | None = None,
+        view: View = "v4",
     ) -> None:
         self.filter = filter
+        #: which API generation (and v5 scope) this stream shows (gateway.fanout.frames)
+        self.view = view
         self.access_key = access_key
         self.cap = cap
         self.buffered = 0

@@ -14,6 +14,7 @@ index holds is still checked by ``matches``: it can make delivery slower, never 
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Final
@@ -49,8 +50,10 @@ class Filter:
     session_id: str | None = None
     owner_access_key: str | None = None
     group: str | None = None
+    #: a session by its UUID (API v5's ``sessionId``)
+    session_uuid: uuid.UUID | None = None
     #: the constrained fields as ``(name, value)``, derived: what :meth:`matches` checks
-    constraints: tuple[tuple[str, str], ...] = field(
+    constraints: tuple[tuple[str, object], ...] = field(
         init=False, compare=False, repr=False, default=()
     )
     #: True when the index key alone proves a match (it holds every constrained field): the

@@ -22,8 +22,10 @@ __all__ = [
     "CloseReason",
     "GapReason",
     "StreamId",
+    "View",
     "event_frame",
     "format_stream_id",
+    "frame_for",
     "notice_frame",
     "parse_stream_id",
     "retry_frame",
@@ -58,19 +60,99 @@ class _TerminatedData(msgspec.Struct):
 
 _json: Final = msgspec.json.Encoder()
 
+#: which API generation, and which part of it, a stream shows: ``v4`` is
+#: ``/stream/kernel/_/events`` (manager 19.09); the others are ``/events/session`` (API v5
+#: and later) with its ``scope`` parameter (``*``, ``session``, ``kernel``)
+View = Literal["v4", "all", "session", "kernel"]
 
-def event_frame(stream_id: str, event: KernelEvent) -> bytes:
-    """``id:``/``event:``/``data:`` exactly as Backend.AI's manager sends them."""
+#: how one published event shows in each generation (ARCHITECTURE.md, "Two API generations,
+#: one event"): the v4 names of session-level events, and the v5 names of v4-only ones
+_V4_NAME: Final[dict[str, str]] = {
+    "session_enqueued": "kernel_enqueued",
+    "session_cancelled": "kernel_cancelled",
+    "session_success": "kernel_success",
+    "session_failure": "kernel_failure",
+}
+_V5_NAME: Final[dict[str, str]] = {
+    "kernel_enqueued": "session_enqueued",
+    "kernel_success": "session_success",
+    "kernel_failure": "session_failure",
+}
+
+
+def v4_name(event: KernelEvent) -> str | None:
+    """The event's name on the v4 stream, or None when v4 did not show it: the session-level
+    events it had no name for (scheduled, started, terminating, terminated: v4 showed the
+    main kernel's), and the events of a cluster's other kernels."""
+    name = event.name
+    if name.startswith("session_"):
+        return _V4_NAME.get(name)
+    return name if event.cluster_idx == 0 else None
+
+
+def v5_name(event: KernelEvent) -> str:
+    return _V5_NAME.get(event.name, event.name)
+
+
+class _SessionData(msgspec.Struct):
+    reason: str
+    sessionName: str
+    ownerAccessKey: str
+    sessionId: str
+    exitCode: int | None
+    kernelId: str
+
+
+class _KernelData(msgspec.Struct, omit_defaults=True):
+    reason: str
+    sessionName: str
+    ownerAccessKey: str
+    sessionId: str
+    exitCode: int | None
+    kernelId: str
+    clusterRole: str
+    clusterIdx: int = 0  # omitted when 0, as the manager does
+
+
+def frame_for(view: View, stream_id: str, event: KernelEvent) -> bytes | None:
+    """The event as a stream of ``view`` shows it, or None when that view does not show it.
+    ``v4`` is :func:`event_frame`'s; the v5 views carry the manager 23.09 data fields."""
+    if view == "v4":
+        return event_frame(stream_id, event)
+    name = v5_name(event)
+    session_level = name.startswith("session_")
+    if view == ("kernel" if session_level else "session"):
+        return None
+    common = (
+        event.reason,
+        event.session_id,
+        event.owner_access_key,
+        str(event.session_uuid),
+        event.exit_code,
+        str(event.kernel_id),
+    )
+    data: _SessionData | _KernelData
+    if session_level:
+        data = _SessionData(*common)
+    else:
+        data = _KernelData(*common, event.cluster_role, event.cluster_idx)
+    return ServerSentEvent(_json.encode(data).decode(), id=stream_id, event=name, sep=SEP).encode()
+
+
+def event_frame(stream_id: str, event: KernelEvent) -> bytes | None:
+    """``id:``/``event:``/``data:`` exactly as Backend.AI's manager (API v4) sends them, or
+    None for an event the v4 stream did not show (:func:`v4_name`)."""
+    name = v4_name(event)
+    if name is None:
+        return None
     data: _Data | _TerminatedData
-    if event.name == "kernel_terminated":
+    if name == "kernel_terminated":
         data = _TerminatedData(
             event.session_id, event.owner_access_key, event.reason, event.result or "UNDEFINED"
         )
     else:
         data = _Data(event.session_id, event.owner_access_key, event.reason)
-    return ServerSentEvent(
-        _json.encode(data).decode(), id=stream_id, event=event.name, sep=SEP
-    ).encode()
+    return ServerSentEvent(_json.encode(data).decode(), id=stream_id, event=name, sep=SEP).encode()
 
 
 def retry_frame(retry_ms: int) -> bytes:

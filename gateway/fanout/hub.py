@@ -40,7 +40,9 @@ from .frames import (
     CloseReason,
     GapReason,
     StreamId,
+    View,
     event_frame,
+    frame_for,
     notice_frame,
     parse_stream_id,
 )
@@ -102,7 +104,7 @@ class Hub:
     def buffered_bytes(self) -> int:
         return sum(c.buffered for c in self._clients)
 
-    def new_connection(self, filter: Filter, access_key: str) -> Connection:
+    def new_connection(self, filter: Filter, access_key: str, view: View = "v4") -> Connection:
         """A connection with this hub's buffer cap, clock and reconnect hint (not yet
         registered)."""
         return Connection(
@@ -112,6 +114,7 @@ class Hub:
             clock=self.clock,
             retry_ms=self.retry_ms,
             stats=self.stats,
+            view=view,
         )
 
     def streams_of(self, access_key: str) -> int:
@@ -229,8 +232,12 @@ class Hub:
             client.push(frame)
 
     def dispatch(self, stream_id: StreamId, text_id: str, event: KernelEvent) -> None:
+        """Hand ``event`` to every matching connection: each view's frame is built once, on
+        its first match (the v4 one inline: it is most streams'), and shared."""
         started = perf_counter()
-        frame: bytes | None = None
+        frame: bytes | None = None  # the v4 frame
+        v4_built = False
+        others: dict[View, bytes | None] = {}
         delivered = 0
         index = self._index
         for key in candidate_keys(event):
@@ -240,11 +247,19 @@ class Hub:
             for client in members:
                 filter = client.filter
                 if not client.closed and (filter.exact or filter.matches(event)):
-                    if frame is None:
-                        frame = event_frame(text_id, event)
-                    delivered += 1
-                    client.push(frame, stream_id)
-        if frame is not None:
+                    view = client.view
+                    if view == "v4":
+                        if not v4_built:
+                            frame, v4_built = event_frame(text_id, event), True
+                        shown = frame
+                    else:
+                        if view not in others:
+                            others[view] = frame_for(view, text_id, event)
+                        shown = others[view]
+                    if shown is not None:
+                        delivered += 1
+                        client.push(shown, stream_id)
+        if delivered:
             self.stats.events_matched += 1
         self.stats.deliveries += delivered
         self.stats.dispatch.observe(perf_counter() - started)

@@ -22,7 +22,7 @@ import redis.asyncio as aredis
 from publisher.keys import Keys
 
 from .connection import Connection
-from .frames import StreamId, event_frame, format_stream_id, notice_frame, parse_stream_id
+from .frames import StreamId, format_stream_id, frame_for, notice_frame, parse_stream_id
 from .history import gap_reason, read_after
 from .hub import Hub
 
@@ -58,10 +58,13 @@ async def replay(
                     event = hub.decode(raw_id, payload)
                     if event is None or not connection.filter.matches(event):
                         continue
+                    frame = frame_for(connection.view, raw_id.decode(), event)
+                    if frame is None:
+                        continue  # not shown in this stream's API generation
                     await connection.drained(pace)
                     if connection.closed:
                         return
-                    connection.push(event_frame(raw_id.decode(), event))
+                    connection.push(frame)
             overflow = connection.held_overflow
             if overflow is None or overflow <= cursor:
                 break

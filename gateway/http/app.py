@@ -42,14 +42,12 @@ from .dashboard import dashboard_routes
 from .discovery import discovery_routes
 from .metrics import metrics_endpoint
 from .state import GatewayState
-from .stream import stream_events, stream_response
+from .stream import STREAM_PATHS, stream_events, stream_response
 from .websession import auth_routes
 
 __all__ = ["STREAM_PATHS", "TransportScope", "create_app", "create_app_from_env"]
 
 log = logging.getLogger(__name__)
-
-STREAM_PATHS = ("/stream/kernel/_/events", "/v4/stream/kernel/_/events")
 
 
 class _LifespanState(TypedDict):

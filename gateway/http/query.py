@@ -3,38 +3,58 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Literal
 from urllib.parse import parse_qsl
 
 from gateway.errors import InvalidParams
-from gateway.fanout.frames import parse_stream_id
+from gateway.fanout.frames import View, parse_stream_id
 from gateway.identity.visibility import StreamQuery
 from publisher.schema import SLUG_PATTERN
 
-__all__ = ["MAX_QUERY_BYTES", "parse_query"]
+__all__ = ["ALIASES", "MAX_QUERY_BYTES", "Api", "parse_query"]
 
 MAX_QUERY_BYTES: Final = 2048
 _SLUG: Final = re.compile(SLUG_PATTERN)
 # every pattern is matched against the whole value (fullmatch): "$" alone lets "\n" through
 _ACCESS_KEY: Final = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _GROUP: Final = re.compile(r"[^\x00-\x20\x7f]{1,64}")
-#: each parameter and the spellings Backend.AI's managers accepted for it (API v4)
-ALIASES: Final[dict[str, tuple[str, ...]]] = {
-    "sessionId": ("sessionId",),
-    "ownerAccessKey": ("ownerAccessKey", "owner_access_key"),
-    "group": ("group", "groupName"),
-    "lastEventId": ("lastEventId",),
+#: which endpoint a query is for: ``/stream/kernel/_/events`` (API v4) or ``/events/session``
+Api = Literal["v4", "v5"]
+
+#: per API, each parameter and the spellings Backend.AI's managers (and SDKs) used for it.
+#: v4: ``sessionId`` is the session's name; v5: ``name``/``sessionName`` is, ``sessionId``
+#: its UUID, and ``scope`` picks session- or kernel-level events.
+ALIASES: Final[dict[Api, dict[str, tuple[str, ...]]]] = {
+    "v4": {
+        "sessionId": ("sessionId",),
+        "ownerAccessKey": ("ownerAccessKey", "owner_access_key"),
+        "group": ("group", "groupName"),
+        "lastEventId": ("lastEventId",),
+    },
+    "v5": {
+        "name": ("name", "sessionName"),
+        "sessionId": ("sessionId",),
+        "ownerAccessKey": ("ownerAccessKey", "owner_access_key"),
+        "group": ("group", "groupName"),
+        "scope": ("scope",),
+        "lastEventId": ("lastEventId",),
+    },
 }
-_CANONICAL: Final = {alias: name for name, aliases in ALIASES.items() for alias in aliases}
+_CANONICAL: Final = {
+    api: {alias: name for name, aliases in table.items() for alias in aliases}
+    for api, table in ALIASES.items()
+}
+_SCOPES: Final[dict[str, View]] = {"*": "all", "session": "session", "kernel": "kernel"}
 
 
 def _bad(msg: str) -> InvalidParams:
     return InvalidParams("Invalid API parameters", msg)
 
 
-def parse_query(query_string: bytes, headers: Mapping[str, str]) -> StreamQuery:
-    """The stream's parameters and the ``Last-Event-ID`` header, checked.
+def parse_query(query_string: bytes, headers: Mapping[str, str], api: Api = "v4") -> StreamQuery:
+    """The stream's parameters and the ``Last-Event-ID`` header, checked, for ``api``.
 
     Raises :class:`~gateway.errors.InvalidParams` for an unknown, repeated or malformed
     parameter or an id this server cannot have sent."""
@@ -51,17 +71,32 @@ def parse_query(query_string: bytes, headers: Mapping[str, str]) -> StreamQuery:
         raise _bad(f"the query string cannot be parsed: {exc}") from exc
     params: dict[str, str] = {}
     for name, value in pairs:
-        canonical = _CANONICAL.get(name)
+        canonical = _CANONICAL[api].get(name)
         if canonical is None:
             raise _bad(f"unknown parameter {name[:40]!r}")
         if canonical in params:
-            spellings = " or ".join(ALIASES[canonical])
+            spellings = " or ".join(ALIASES[api][canonical])
             raise _bad(f"parameter {canonical!r} is given twice (as {spellings})")
         params[canonical] = value
 
-    session_id = params.get("sessionId", "*")
+    session_uuid: uuid.UUID | None = None
+    view: View = "v4"
+    if api == "v4":
+        name_param, session_id = "sessionId", params.get("sessionId", "*")
+    else:
+        name_param, session_id = "name", params.get("name", "*")
+        raw_uuid = params.get("sessionId")
+        if raw_uuid is not None:
+            try:
+                session_uuid = uuid.UUID(raw_uuid)
+            except ValueError:
+                raise _bad(f"sessionId {raw_uuid[:70]!r} is not a session UUID") from None
+        scope = params.get("scope", "*")
+        if scope not in _SCOPES:
+            raise _bad(f"scope {scope[:20]!r} is not '*', 'session' or 'kernel'")
+        view = _SCOPES[scope]
     if session_id != "*" and not _SLUG.fullmatch(session_id):
-        raise _bad(f"sessionId {session_id[:70]!r} is not '*' or a session name")
+        raise _bad(f"{name_param} {session_id[:70]!r} is not '*' or a session name")
     owner = params.get("ownerAccessKey")
     if owner is not None and not _ACCESS_KEY.fullmatch(owner):
         raise _bad(f"ownerAccessKey {owner[:70]!r} is not an access key")
@@ -83,4 +118,6 @@ def parse_query(query_string: bytes, headers: Mapping[str, str]) -> StreamQuery:
         owner_access_key=owner,
         group=None if group == "*" else group,
         last_event_id=last_id,
+        session_uuid=session_uuid,
+        view=view,
     )

@@ -38,12 +38,25 @@ from gateway.identity.visibility import build_filter
 
 from .auth import authenticate_request
 from .errors import error_response
-from .query import parse_query
+from .query import Api, parse_query
 from .state import GatewayState
 
-__all__ = ["MAX_HEADER_BYTES", "HubStreamResponse", "stream_events", "stream_response"]
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "STREAM_PATHS",
+    "V4_PATHS",
+    "V5_PATHS",
+    "HubStreamResponse",
+    "stream_events",
+    "stream_response",
+]
 
 log = logging.getLogger(__name__)
+
+#: the API v4 stream (manager 19.09), and API v5+'s session events (manager 20.03 on)
+V4_PATHS: Final = ("/stream/kernel/_/events", "/v4/stream/kernel/_/events")
+V5_PATHS: Final = ("/events/session",)
+STREAM_PATHS: Final = (*V4_PATHS, *V5_PATHS)
 
 #: all request header names and values together, at most (uvicorn's parser allows more)
 MAX_HEADER_BYTES: Final = 16 * 1024
@@ -138,7 +151,8 @@ async def stream_events(request: Request) -> Response:
         raise Unavailable("This replica is shutting down", retry_after=1)
     if sum(len(name) + len(value) for name, value in request.scope["headers"]) > MAX_HEADER_BYTES:
         raise InvalidParams("Request headers too large", f"over {MAX_HEADER_BYTES} bytes")
-    query = parse_query(request.scope.get("query_string", b""), request.headers)
+    api: Api = "v5" if request.scope["path"] in V5_PATHS else "v4"
+    query = parse_query(request.scope.get("query_string", b""), request.headers, api)
     caller = await authenticate_request(request, state)
     identity = caller.identity
     filter = await build_filter(identity, query, state.store)
@@ -157,7 +171,7 @@ async def stream_events(request: Request) -> Response:
     # newer ones as seconds), and Backend.AI's manager never sent one.
     return HubStreamResponse(
         state,
-        hub.new_connection(filter, identity.access_key),
+        hub.new_connection(filter, identity.access_key, query.view),
         query.last_event_id,
         retry_hint=caller.method == "cookie",
     )

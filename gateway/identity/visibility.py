@@ -14,10 +14,12 @@ monitor        every event, read only               any key
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from gateway.errors import Forbidden, GroupNotFound
 from gateway.fanout.filters import Filter
+from gateway.fanout.frames import View
 
 from .models import Identity
 from .store import IdentityStore
@@ -33,6 +35,11 @@ class StreamQuery:
     owner_access_key: str | None = None
     group: str | None = None
     last_event_id: str | None = None
+    #: API v5's ``sessionId``: one session by its UUID, whoever owns it (within the role's
+    #: rights); it overrides the name and the owner key, as the manager's does
+    session_uuid: uuid.UUID | None = None
+    #: which API generation (and v5 scope) the stream shows
+    view: View = "v4"
 
 
 async def build_filter(identity: Identity, query: StreamQuery, store: IdentityStore) -> Filter:
@@ -60,6 +67,13 @@ async def build_filter(identity: Identity, query: StreamQuery, store: IdentitySt
         if not await store.group_exists(query.group, scope):
             raise GroupNotFound("No such group", f"group {query.group!r}")
 
+    if query.session_uuid is not None:
+        return Filter(
+            owner_user_id=owner_user_id,
+            domain=domain,
+            group=query.group,
+            session_uuid=query.session_uuid,
+        )
     session_owner = None
     if query.session_id is not None:
         session_owner = owner_key or identity.access_key

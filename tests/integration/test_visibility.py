@@ -56,7 +56,11 @@ from tests.support.identities import (
 )
 from tests.support.visibility_oracle import Ask, Caller, Seen, World, refusal, visible
 
-NAMES: Final[tuple[EventName, ...]] = get_args(EventName)  # all ten, in lifecycle order
+#: the ten API v4 names, in lifecycle order (who sees what; how each API generation names an
+#: event is tests/unit/test_frames.py's and tests/integration/test_session_events.py's)
+NAMES: Final[tuple[EventName, ...]] = tuple(
+    n for n in get_args(EventName) if n.startswith("kernel_")
+)
 SLUGS: Final = {403: "generic-forbidden", 404: "group-not-found"}
 
 

@@ -26,6 +26,10 @@ from tests.support.events import REF, event_fields
         ({"group": ""}, "group"),
         ({"reason": "r" * 2000}, "reason"),
         ({"session_uuid": "not-a-uuid"}, "session_uuid"),
+        ({"session_id": "s1\n"}, "session_id"),  # the whole string, no trailing newline
+        ({"cluster_role": "has space"}, "cluster_role"),
+        ({"cluster_idx": -1}, "cluster_idx"),
+        ({"exit_code": 2**40}, "exit_code"),
     ],
 )
 def test_invalid_events_are_refused_naming_the_field(
@@ -53,3 +57,16 @@ def test_schema_evolution_unknown_fields_are_ignored_and_terminated_has_result()
     assert decode_event(newer) == event
     assert REF.terminated().result == "UNDEFINED"
     assert REF.cancelled().result is None
+
+
+def test_payloads_from_before_api_v5_fields_decode_as_a_main_kernel() -> None:
+    # what a publisher of the v4 era wrote: none of cluster_role, cluster_idx, exit_code
+    old = msgspec.msgpack.encode(
+        {**event_fields(), "session_uuid": str(uuid.uuid4()), "kernel_id": str(uuid.uuid4())}
+    )
+    event = decode_event(old)
+    assert (event.cluster_role, event.cluster_idx, event.exit_code) == ("main", 0, None)
+    # and a v5-era event with its defaults writes none of them (older gateways see no change)
+    assert b"cluster_role" not in encode_event(event)
+    session_level = REF.event("session_success", exit_code=0)
+    assert decode_event(encode_event(session_level)).exit_code == 0
