@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DISTRIBUTION = "kernel-event-gateway"
 #: the checkout's ignored files (.gitignore) and its history stay out of the build's copy
 _NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis",
-    "artifacts", "node_modules", "results", "htmlcov", ".coverage*",
+    ".git", ".venv", ".venv-sdk", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
+    ".hypothesis", "artifacts", "node_modules", "results", "htmlcov", ".coverage*",
 )  # fmt: skip
 DRAIN_DEADLINE = 5.0
 
