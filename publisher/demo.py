@@ -7,13 +7,17 @@ apart.
 
 Each session plans its whole lifecycle when it is created, from the same seeded
 ``random.Random`` that picks which session moves next, so a seed fixes the event sequence
-(all but timestamps, UUIDs included)::
+(all but timestamps, UUIDs included), as a scheduler and agents of API v5 and later publish
+it (``k:`` per kernel; a fifth of batch sessions have two)::
 
-    enqueued -> preparing -> [pulling] -> creating -> started -> [success | failure]
-             -> terminating -> terminated(result)
+    session_enqueued -> session_scheduled -> k:preparing -> [k:pulling] -> k:creating
+      -> k:started -> session_started -> [session_success | session_failure]
+      -> k:terminating -> k:terminated(result, exit code) -> session_terminated
 
-with ``cancelled`` instead of the rest after enqueued, preparing or pulling, and
-``terminating``/``terminated(FAILURE)`` straight after creating when the kernel fails to start.
+with ``session_cancelled`` instead of the rest after enqueued, preparing or pulling, and
+``terminating``/``terminated(FAILURE)`` straight after creating when a kernel fails to start.
+The v4 stream shows the main kernel's events and the session's enqueued, cancelled,
+success and failure under their ``kernel_*`` names: the lifecycle manager 19.09 showed.
 A finished session is replaced at once, so ``sessions`` lifecycles are always in flight.
 
 Pacing: the loop wakes on a fixed tick and publishes, in one ``publish_many``, every event due
@@ -142,72 +146,96 @@ _INTERACTIVE_END: Final = (
     ("force-terminated", 8, 1.0),
 )
 
-_Step = tuple[EventName, str, Result | None]
+#: one event of a lifecycle: (name, reason, result, kernel index: 0 the main kernel)
+_Step = tuple[EventName, str, Result | None, int]
 
 
 def _plan(rng: random.Random, batch: bool) -> list[_Step]:
-    """One session's whole lifecycle, decided up front."""
-    steps: list[_Step] = [("kernel_enqueued", "", None)]
+    """One session's whole lifecycle as a scheduler and agents of API v5 and later publish
+    it, decided up front: session-level events, and the kernel events of each of its kernels
+    (a fifth of batch sessions are two-kernel clusters). The v4 stream shows the main
+    kernel's events and the session's enqueued/cancelled/success/failure as ``kernel_*``, the
+    lifecycle the manager 19.09 showed (gateway.fanout.frames)."""
+    kernels = range(2 if batch and rng.random() < 0.2 else 1)
+
+    def each(name: EventName, reason: str = "", result: Result | None = None) -> list[_Step]:
+        return [(name, reason, result, k) for k in kernels]
+
+    steps: list[_Step] = [("session_enqueued", "", None, 0)]
     if rng.random() < 0.04:  # never scheduled
-        return [
-            *steps,
-            ("kernel_cancelled", rng.choice(("pending-timeout", "user-requested")), None),
-        ]
-    steps.append(("kernel_preparing", "", None))
+        reason = rng.choice(("pending-timeout", "user-requested"))
+        return [*steps, ("session_cancelled", reason, None, 0)]
+    steps += [("session_scheduled", "", None, 0), *each("kernel_preparing")]
     if rng.random() < 0.35:  # the image is not cached on the chosen agent
-        steps.append(("kernel_pulling", rng.choice(_IMAGES), None))
+        steps += each("kernel_pulling", rng.choice(_IMAGES))
         if rng.random() < 0.06:
-            return [
-                *steps,
-                ("kernel_cancelled", rng.choice(("failed-to-create", "user-requested")), None),
-            ]
-    steps.append(("kernel_creating", "", None))
+            reason = rng.choice(("failed-to-create", "user-requested"))
+            return [*steps, ("session_cancelled", reason, None, 0)]
+    steps += each("kernel_creating")
     if rng.random() < 0.04:
         return [
             *steps,
-            ("kernel_terminating", "failed-to-start", None),
-            ("kernel_terminated", "failed-to-start", "FAILURE"),
+            *each("kernel_terminating", "failed-to-start"),
+            *each("kernel_terminated", "failed-to-start", "FAILURE"),
+            ("session_terminated", "failed-to-start", None, 0),
         ]
-    steps.append(("kernel_started", "", None))
+    steps += [*each("kernel_started"), ("session_started", "", None, 0)]
     if batch:
         ok = rng.random() < 0.85
         reason = "task-done" if ok else "task-failed"
+        result: Result = "SUCCESS" if ok else "FAILURE"
         return [
             *steps,
-            ("kernel_success" if ok else "kernel_failure", reason, None),
-            ("kernel_terminating", reason, None),
-            ("kernel_terminated", reason, "SUCCESS" if ok else "FAILURE"),
+            ("session_success" if ok else "session_failure", reason, None, 0),
+            *each("kernel_terminating", reason),
+            *each("kernel_terminated", reason, result),
+            ("session_terminated", reason, None, 0),
         ]
     reason, _, failure_p = rng.choices(
         _INTERACTIVE_END, weights=[w for _, w, _ in _INTERACTIVE_END]
     )[0]
-    result: Result = "FAILURE" if rng.random() < failure_p else "SUCCESS"
-    return [*steps, ("kernel_terminating", reason, None), ("kernel_terminated", reason, result)]
+    result = "FAILURE" if rng.random() < failure_p else "SUCCESS"
+    return [
+        *steps,
+        *each("kernel_terminating", reason),
+        *each("kernel_terminated", reason, result),
+        ("session_terminated", reason, None, 0),
+    ]
 
 
 def _exit_code(name: EventName, result: Result | None) -> int | None:
-    """Where the manager knows one (API v5's ``exitCode``): 0 on success, 1 on failure (137
-    for a kernel killed on a forced termination would be as realistic; 1 keeps it simple)."""
-    if name == "kernel_success" or result == "SUCCESS":
+    """Where the manager knows one (API v5's ``exitCode``): 0 on success, 1 on failure."""
+    if name == "session_success" or result == "SUCCESS":
         return 0
-    if name == "kernel_failure" or result == "FAILURE":
+    if name == "session_failure" or result == "FAILURE":
         return 1
     return None
 
 
 class _Session:
-    __slots__ = ("next", "ref", "steps")
+    __slots__ = ("kernels", "next", "ref", "steps")
 
-    def __init__(self, ref: SessionRef, steps: list[_Step]) -> None:
+    def __init__(self, ref: SessionRef, steps: list[_Step], rng: random.Random) -> None:
         self.ref = ref
         self.steps = steps
         self.next = 0
+        count = 1 + max(k for *_, k in steps)
+        #: the kernel ids: the session's main kernel first
+        self.kernels = [ref.kernel_id] + [
+            uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(count - 1)
+        ]
 
     def advance(self) -> KernelEvent:
-        name, reason, result = self.steps[self.next]
+        name, reason, result, k = self.steps[self.next]
         self.next += 1
         return self.ref.event(
-            name, reason=reason, result=result, exit_code=_exit_code(name, result)
+            name,
+            reason=reason,
+            result=result,
+            exit_code=_exit_code(name, result),
+            kernel_id=self.kernels[k],
+            cluster_role="main" if k == 0 else "sub",
+            cluster_idx=k,
         )
 
     @property
@@ -264,7 +292,7 @@ class LifecycleGenerator:
             session_uuid=uuid.UUID(int=rng.getrandbits(128), version=4),
             kernel_id=uuid.UUID(int=rng.getrandbits(128), version=4),
         )
-        return _Session(ref, _plan(rng, batch))
+        return _Session(ref, _plan(rng, batch), rng)
 
     def next_events(self, count: int) -> list[KernelEvent]:
         """The next ``count`` events, in the order they must be published."""

@@ -13,7 +13,7 @@ import pytest
 
 from publisher import KernelEvent
 from publisher.demo import LifecycleDemo, LifecycleGenerator, demo_identities, run_demo
-from tests.support.lifecycles import ALLOWED_NEXT, check_lifecycles
+from tests.support.lifecycles import ALLOWED_NEXT, SESSION_NEXT, check_lifecycles
 
 
 class RecordingSink:
@@ -37,17 +37,19 @@ class RecordingSink:
 def test_the_mix_covers_every_path() -> None:
     generator = LifecycleGenerator(random.Random(3), sessions=50)
     events = generator.next_events(30_000)
-    assert set(generator.by_name) == set(ALLOWED_NEXT) - {None}
-    check_lifecycles(events)
+    names = check_lifecycles(events)
+    assert {n for shown in names.values() for n in shown} == set(ALLOWED_NEXT) - {None}
+    assert set(SESSION_NEXT) - {None} <= set(generator.by_name)  # v5's session events too
+    assert any(e.cluster_idx == 1 for e in events)  # and clusters of two kernels
     terminated = [e for e in events if e.name == "kernel_terminated"]
     successes = sum(e.result == "SUCCESS" for e in terminated)
     assert 0.6 * len(terminated) < successes < len(terminated)
     reasons = {e.reason for e in terminated} | {
-        e.reason for e in events if e.name == "kernel_cancelled"
+        e.reason for e in events if e.name == "session_cancelled"
     }
     for reason in ("user-requested", "self-terminated", "failed-to-start", "idle-timeout"):
         assert reason in reasons
-    assert any(e.name == "kernel_cancelled" for e in events)
+    assert any(e.name == "session_cancelled" for e in events)
     owners = {e.owner_access_key for e in events}
     assert owners == {k.access_key for k in demo_identities().owners()}
     assert {e.domain for e in events} == {"default", "research"}
