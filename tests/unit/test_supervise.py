@@ -1,0 +1,89 @@
+"""The lifespan's background tasks are supervised: a crash is logged, counted and restarted,
+the replica is not ready meanwhile, and one that stays unable to deliver fails liveness."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from gateway.http.app import _supervise
+from gateway.http.state import GatewayState
+from gateway.settings import Settings
+
+
+class _Subscriber:
+    ready = True
+
+
+def _state(**settings: Any) -> GatewayState:
+    return GatewayState(
+        settings=Settings.load({}, **settings),
+        redis=None,  # type: ignore[arg-type]  # nothing here reaches Redis
+        keys=None,  # type: ignore[arg-type]
+        hub=None,  # type: ignore[arg-type]
+        store=None,  # type: ignore[arg-type]
+        subscriber=_Subscriber(),  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.anyio
+async def test_a_crashing_task_is_restarted_counted_and_marks_the_replica_not_ready(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    state = _state()
+    runs = 0
+    down_seen: list[bool] = []
+
+    async def flaky() -> None:
+        nonlocal runs
+        runs += 1
+        if runs <= 2:
+            raise RuntimeError(f"crash {runs}")
+        down_seen.append(bool(state.tasks_down))
+        await asyncio.sleep(3600)
+
+    task = asyncio.ensure_future(_supervise(state, "flaky", flaky, once=False))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if runs == 1 and state.tasks_down:
+            assert not state.ready  # down between the crash and the restart
+        if runs >= 3:
+            break
+    assert runs == 3 and state.task_restarts["flaky"] == 2
+    assert down_seen == [False] and state.ready
+    assert sum("background task flaky died" in r.message for r in caplog.records) == 2
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.anyio
+async def test_a_one_shot_task_that_returns_is_not_restarted() -> None:
+    state = _state()
+    calls = 0
+
+    async def once() -> None:
+        nonlocal calls
+        calls += 1
+
+    await asyncio.wait_for(_supervise(state, "exit-watch", once, once=True), 1)
+    assert calls == 1 and not state.task_restarts
+
+
+def test_liveness_fails_only_after_the_timeout_unable_to_deliver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state = _state(liveness_timeout=10)
+    now = [1000.0]
+    monkeypatch.setattr("gateway.http.state.time.monotonic", lambda: now[0])
+    assert state.unable_to_deliver_for() == 0.0
+    _Subscriber.ready = False
+    try:
+        assert state.unable_to_deliver_for() == 0.0  # the clock starts now
+        now[0] += 11
+        assert state.unable_to_deliver_for() == 11.0
+        state.accepting = False  # draining is not "unable to deliver"
+        assert state.unable_to_deliver_for() == 0.0
+    finally:
+        _Subscriber.ready = True
