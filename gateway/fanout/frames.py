@@ -103,13 +103,7 @@ class _SessionData(msgspec.Struct):
     kernelId: str
 
 
-class _KernelData(msgspec.Struct, omit_defaults=True):
-    reason: str
-    sessionName: str
-    ownerAccessKey: str
-    sessionId: str
-    exitCode: int | None
-    kernelId: str
+class _KernelData(_SessionData, omit_defaults=True):
     clusterRole: str
     clusterIdx: int = 0  # omitted when 0, as the manager does
 

@@ -160,11 +160,8 @@ class Hub:
         if not sep:
             self._drop("bad_id", data)
             return
-        stream_id = self._parse_id(raw_id)
+        stream_id = self._new_id(raw_id)
         if stream_id is None:
-            return
-        if self.last_id is not None and stream_id <= self.last_id:
-            self.stats.duplicates += 1
             return
         if stream_id[0] > self.redis_now_ms() + self.max_id_skew_ms:
             self._drop("future_id", raw_id)
@@ -176,13 +173,9 @@ class Hub:
     def publish(self, raw_id: bytes, payload: bytes | None) -> None:
         """Dispatch one history entry (gap-fill): the id is history's own, so only the
         payload is checked. Ids at or below the watermark were dispatched already."""
-        stream_id = self._parse_id(raw_id)
-        if stream_id is None:
-            return
-        if self.last_id is not None and stream_id <= self.last_id:
-            self.stats.duplicates += 1
-            return
-        self._dispatch_checked(stream_id, raw_id, payload)
+        stream_id = self._new_id(raw_id)
+        if stream_id is not None:
+            self._dispatch_checked(stream_id, raw_id, payload)
 
     def redis_now_ms(self) -> float:
         return self.wall_clock() * 1000 + self.redis_clock_offset_ms
@@ -203,12 +196,18 @@ class Hub:
             self._drop("decode", raw_id, exc)
         return None
 
-    def _parse_id(self, raw_id: bytes) -> StreamId | None:
+    def _new_id(self, raw_id: bytes) -> StreamId | None:
+        """``raw_id`` parsed, or None when it is malformed (dropped) or at or below the
+        watermark (a copy of what was dispatched: counted as a duplicate)."""
         try:
-            return parse_stream_id(raw_id)
+            stream_id = parse_stream_id(raw_id)
         except (ValueError, UnicodeDecodeError):
             self._drop("bad_id", raw_id)
             return None
+        if self.last_id is not None and stream_id <= self.last_id:
+            self.stats.duplicates += 1
+            return None
+        return stream_id
 
     def _dispatch_checked(self, stream_id: StreamId, raw_id: bytes, payload: bytes | None) -> None:
         self.stats.events_in += 1
