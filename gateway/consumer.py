@@ -289,7 +289,12 @@ class KernelEventStream:
                             break
                         if event.id is not None:
                             self.last_event_id = event.id
-                        if event.event.startswith("kernel_") or self.include_control:
+                        # a gap notice is never hidden: it is what "nothing lost" rests on
+                        if (
+                            event.event.startswith(("kernel_", "session_"))
+                            or event.event == "history_truncated"
+                            or self.include_control
+                        ):
                             yield event
             except StreamError as exc:
                 if exc.status < 500 and exc.status != 429:

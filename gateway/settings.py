@@ -67,7 +67,7 @@ class Settings:
     #: /health fails, so the orchestrator's liveness probe restarts it (0: never)
     liveness_timeout: float = 300.0
     #: milliseconds a live event id may be ahead of Redis' clock and still be trusted
-    max_id_skew_ms: int = 2000
+    max_id_skew_ms: int = 250
     #: streams one replica serves at most (503 beyond), and per access key (429 beyond)
     max_streams: int = 20_000
     max_streams_per_key: int = 100

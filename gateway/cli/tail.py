@@ -40,10 +40,17 @@ def format_event(event: SSEEvent, as_json: bool) -> str:
     if as_json:
         return json.dumps({"id": event.id, "event": event.event, **data}, separators=(",", ":"))
     stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+    if event.event == "history_truncated":
+        return (
+            f"{stamp} {event.event:<18} history cannot show everything after "
+            f"{data.get('lastEventId') or 'the last event'} (reason={data.get('reason')}, "
+            f"oldest held {data.get('firstAvailableId')})"
+        )
     result = f" result={data['result']}" if "result" in data else ""
     reason = f" reason={data['reason']!r}" if data.get("reason") else ""
     return (
-        f"{stamp} {event.event:<18} {data['sessionId']:<28} {data['ownerAccessKey']}"
+        f"{stamp} {event.event:<18} {data.get('sessionName') or data['sessionId']:<28} "
+        f"{data['ownerAccessKey']}"
         f"{result}{reason}"
     )
 

@@ -361,9 +361,18 @@ class Connection:
         least up to :attr:`held_overflow`."""
         held, self._held = self._held or [], None
         self._held_bytes = 0
-        for stream_id, frame in held:
-            if stream_id > last_sent:
-                self.push(frame)
+        released = [frame for stream_id, frame in held if stream_id > last_sent]
+        if released and not self.closed:
+            # The handover is bounded already (the replay's half of the cap, the hold's half):
+            # it must not evict the reader the replay paced.
+            self._chunks.extend(released)
+            self.buffered += sum(map(len, released))
+            if self._notify is not None:
+                if not self._dirty:
+                    self._dirty = True
+                    self._notify(self)
+            else:
+                self._wake()
         if not held or held[-1][0] <= last_sent:
             self._floor = last_sent
 

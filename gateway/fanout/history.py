@@ -19,7 +19,7 @@ from publisher.keys import Keys
 
 from .frames import GapReason, StreamId, format_stream_id, parse_stream_id
 
-__all__ = ["HistoryState", "gap_reason", "history_state", "read_after"]
+__all__ = ["HistoryState", "entry_exists", "gap_reason", "history_state", "read_after"]
 
 CHUNK: Final = 512
 
@@ -84,6 +84,11 @@ async def history_state(redis: aredis.Redis, keys: Keys) -> HistoryState:
     )
 
 
+async def entry_exists(redis: aredis.Redis, keys: Keys, stream_id: StreamId) -> bool:
+    text = format_stream_id(stream_id)
+    return bool(await redis.xrange(keys.history, min=text, max=text, count=1))
+
+
 async def gap_reason(
     redis: aredis.Redis, keys: Keys, after: StreamId
 ) -> tuple[GapReason | None, HistoryState]:
@@ -105,8 +110,7 @@ async def gap_reason(
         return "trimmed", state
     if state.first_id is None or after < state.first_id:
         return "trimmed", state
-    text = format_stream_id(after)
-    if not await redis.xrange(keys.history, min=text, max=text, count=1):
+    if not await entry_exists(redis, keys, after):
         return "unknown", state
     return None, state
 
@@ -116,7 +120,7 @@ async def gap_reason(
 #: whole before it could be dropped). KEYS[1] history; ARGV[1] exclusive start "(<id>",
 #: ARGV[2] count, ARGV[3] largest payload in bytes. Rows: {id, payload} or {id, size} (an
 #: integer reply) for one over the limit; entries without the payload field are skipped.
-#: Reply: {rows read, last id read, rows}.
+#: Reply: {rows read, last id read, rows, the oldest entry's id now}.
 _READ_SCRIPT: Final = """
 local rows = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
 local limit = tonumber(ARGV[3])
@@ -134,7 +138,10 @@ for i = 1, #rows do
 end
 local last = ''
 if #rows > 0 then last = rows[#rows][1] end
-return {#rows, last, out}
+local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local first = ''
+if #head > 0 then first = head[1][1] end
+return {#rows, last, out, first}
 """
 
 #: one history entry as read: ``(stream id, payload)``, payload None when it is over the
@@ -144,19 +151,24 @@ Entry = tuple[bytes, bytes | None]
 
 async def read_after(
     redis: aredis.Redis, history: str, after: str, *, max_payload: int, chunk: int = CHUNK
-) -> AsyncIterator[list[Entry]]:
-    """Yield chunks of :data:`Entry` for every entry with an id after ``after``, in order.
-    Payloads over ``max_payload`` bytes never leave Redis (None in their place)."""
+) -> AsyncIterator[tuple[list[Entry], bool]]:
+    """Yield ``(entries, gap)`` for every entry with an id after ``after``, in order, a chunk
+    at a time. ``gap`` is True when trimming has passed the read's start since it was known
+    (the oldest entry is newer than it): entries right after it may be gone, and the caller
+    must say so before the entries that follow. Payloads over ``max_payload`` bytes never
+    leave Redis (None in their place)."""
     script = redis.register_script(_READ_SCRIPT)
     cursor = after
     while True:
         reply: list[Any] = await script(keys=[history], args=[f"({cursor}", chunk, max_payload])
-        count, last, rows = int(reply[0]), reply[1], reply[2]
+        count, last, rows, first = int(reply[0]), reply[1], reply[2], _id(reply[3])
         batch: list[Entry] = [
             (sid, payload if isinstance(payload, bytes) else None) for sid, payload in rows
         ]
-        if batch:
-            yield batch
+        start = parse_stream_id(cursor)
+        gap = start != (0, 0) and first is not None and first > start
+        if batch or gap:
+            yield batch, gap
         if count < chunk:
             return
         cursor = _text(last)  # past every row read, with a payload or not

@@ -65,7 +65,7 @@ class Hub:
         max_payload: int = 64 * 1024,
         flush_interval: float = 0.0,
         retry_ms: int = 3000,
-        max_id_skew_ms: int = 2000,
+        max_id_skew_ms: int = 250,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -226,6 +226,11 @@ class Hub:
         The next gap-fill then dispatches the whole history Redis holds now."""
         self.last_id = (0, 0)  # everything the new history holds is new here
         self.first_id = None
+        self.notice_all(reason)
+
+    def notice_all(self, reason: GapReason) -> None:
+        """Tell every open stream ``history_truncated`` (``lastEventId`` null): what comes
+        next may not follow on from what it had."""
         frame = notice_frame(None, None, reason)
         for client in list(self._clients):
             client.push(frame)

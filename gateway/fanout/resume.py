@@ -44,15 +44,24 @@ async def replay(
     pace = connection.cap // 2
     try:
         reason, state = await gap_reason(redis, keys, last)
-        if reason is not None:
+        told = reason is not None
+        if told:
             first = format_stream_id(state.first_id) if state.first_id else None
-            connection.push(notice_frame(last_event_id, first, reason))
+            connection.push(notice_frame(last_event_id, first, reason or "trimmed"))
         cursor = last
         # An id ahead of history covers nothing: live frames past history's end must pass.
         last = min(last, state.last_id)
         while True:
             after = format_stream_id(cursor)
-            async for batch in read_after(redis, keys.history, after, max_payload=hub.max_payload):
+            async for batch, gap in read_after(
+                redis, keys.history, after, max_payload=hub.max_payload
+            ):
+                if gap and not told:
+                    # MAXLEN trimmed past the replay's cursor while it waited for the reader:
+                    # what came right after may be gone. Say so before what follows.
+                    first = format_stream_id(parse_stream_id(batch[0][0])) if batch else None
+                    connection.push(notice_frame(format_stream_id(cursor), first, "trimmed"))
+                told = False
                 for raw_id, payload in batch:
                     last = cursor = parse_stream_id(raw_id)
                     event = hub.decode(raw_id, payload)

@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from publisher.keys import Keys
 
 from .frames import format_stream_id, parse_stream_id
-from .history import history_state, read_after
+from .history import entry_exists, history_state, read_after
 from .hub import Hub
 
 __all__ = ["ProbeLost", "Subscriber", "SubscriptionReset"]
@@ -160,14 +160,38 @@ class Subscriber:
             self._epoch, self._started = state.epoch, True
             return
         if self._is_new_history(state.epoch):
-            self.new_histories += 1
-            log.warning(
-                "redis holds a new history (epoch %s, was %s): every open stream is told, "
-                "and gets the new history from its start",
-                state.epoch,
-                self._epoch,
-            )
-            hub.new_history("reset")
+            watermark = hub.last_id
+            if watermark not in (None, (0, 0)) and await entry_exists(
+                self._redis, self._keys, watermark
+            ):
+                # The epoch key was replaced, the history was not: nothing to tell.
+                log.warning("the history's epoch key changed (%s): history intact", state.epoch)
+            elif (
+                watermark is not None
+                and state.epoch is not None
+                and parse_stream_id(state.epoch) <= watermark
+            ):
+                # The new history began while this replica was subscribed: what it has of it
+                # went out live. Tell the streams, send nothing twice.
+                self.new_histories += 1
+                log.warning("redis holds a new history (epoch %s), already followed", state.epoch)
+                hub.notice_all("reset")
+            else:
+                self.new_histories += 1
+                log.warning(
+                    "redis holds a new history (epoch %s, was %s): every open stream is told, "
+                    "and gets the new history from its start",
+                    state.epoch,
+                    self._epoch,
+                )
+                hub.new_history("reset")
+        elif (
+            hub.last_id is not None
+            and state.max_deleted is not None
+            and state.max_deleted > hub.last_id
+        ):
+            log.warning("an entry after the watermark was deleted (XDEL): streams told")
+            hub.notice_all("trimmed")
         elif hub.last_id is not None and hub.last_id > state.last_id:
             log.warning(
                 "the watermark %s is past the end of history %s: pulled back",
@@ -194,9 +218,14 @@ class Subscriber:
         assert hub.last_id is not None, "the watermark is set before the first gap-fill"
         after = format_stream_id(hub.last_id)
         filled = 0
-        async for batch in read_after(
+        async for batch, gap in read_after(
             self._redis, self._keys.history, after, max_payload=hub.max_payload
         ):
+            if gap:
+                # Trimming passed the watermark while this replica was away (more than MAXLEN
+                # events): every open stream is told before the rest.
+                log.warning("history was trimmed past the watermark %s: streams told", after)
+                hub.notice_all("trimmed")
             for stream_id, payload in batch:
                 hub.publish(stream_id, payload)
             filled += len(batch)

@@ -280,3 +280,59 @@ def test_a_failing_write_strands_no_one_else() -> None:
         assert hub.stats.evictions["write_error"] == 1
 
     asyncio.run(run())
+
+
+@pytest.mark.anyio
+async def test_trimming_past_the_watermark_during_an_outage_is_told() -> None:
+    with PrivateRedis() as server:
+        await seed(server.url)
+        ref = session_of(ALICE, "trimmed-away")
+        with tcp_proxy(server.port) as proxy:
+            proxy_port = proxy.port
+            with spawn_gateway(gateway_settings(proxy.url, probe_interval=0.3)) as gw:
+                async with reading(gw.base_url) as reader:
+                    await _streams(gw, 1)
+                    with SyncPublisher.from_url(server.url, maxlen=50, exact_trim=True) as pub:
+                        first = pub.publish(ref.started("before"))
+                    await until(lambda: len(reader.kernel()) == 1, 10, "the first event")
+                    proxy.close()
+                    await until(
+                        lambda: httpx.get(gw.base_url + "/ready", timeout=5).status_code == 503,
+                        10,
+                        "the replica to notice",
+                    )
+                    with SyncPublisher.from_url(server.url, maxlen=50, exact_trim=True) as pub:
+                        ids = [pub.publish(ref.started(str(i))) for i in range(200)]
+                    with tcp_proxy(server.port, port=proxy_port):
+                        await until(lambda: len(reader.kernel()) >= 51, 15, "what history held")
+                        kinds = [e.event for e in reader.events if e.event != "ping"]
+                        # told before the 50 that history still held, nothing silent
+                        assert kinds[:2] == ["kernel_started", "history_truncated"]
+                        assert reader.notices()[0]["reason"] == "trimmed"
+                        assert [e.id for e in reader.kernel()] == [first, *ids[-50:]]
+
+
+@pytest.mark.anyio
+async def test_an_epoch_key_replaced_over_an_intact_history_resends_nothing(
+    redis_url: str,
+) -> None:
+    await seed(redis_url)
+    ref = session_of(ALICE, "epoch-key")
+    with spawn_gateway(gateway_settings(redis_url, probe_interval=0.3)) as gw:
+        async with reading(gw.base_url) as reader:
+            await _streams(gw, 1)
+            with SyncPublisher.from_url(redis_url) as pub:
+                ids = [pub.publish(ref.started(str(i))) for i in range(3)]
+                with redis.Redis.from_url(redis_url) as raw:
+                    raw.delete(KEYS.epoch)  # an operator's slip; the history is intact
+                ids.append(pub.publish(ref.started("after")))  # sets a new epoch key
+                await until(lambda: len(reader.kernel()) == 4, 10, "the events")
+                with redis.Redis.from_url(redis_url) as raw:
+                    raw.client_kill_filter(_type="pubsub")  # the next session compares epochs
+                await until(
+                    lambda: _metric(gw, "kev_redis_reconnects_total") >= 1, 10, "a new session"
+                )
+                ids.append(pub.publish(ref.started("fence")))
+            await until(lambda: len(reader.kernel()) == 5, 10, "the fence")
+            assert [e.id for e in reader.kernel()] == ids  # nothing sent twice
+            assert reader.notices() == []

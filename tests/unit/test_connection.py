@@ -313,3 +313,15 @@ def test_the_floor_drops_live_frames_replay_already_sent(held: list[tuple[int, i
     connection.push(b"new 4\n\n", (4, 0))
     connection.push(b"new 5\n\n", (5, 0))
     assert connection.take() == b"new 4\n\nnew 5\n\n"
+
+
+def test_the_handover_after_a_replay_never_evicts_the_reader() -> None:
+    # the replay paces its own frames at half the cap and the hold keeps at most the other
+    # half: releasing both must not count as a slow consumer
+    connection = _connection(cap=1000)
+    connection.begin_replay()
+    connection.push(b"h" * 450, (10, 0))  # held
+    connection.push(b"r" * 600)  # replayed (no id), queued
+    connection.end_replay((5, 0))
+    assert not connection.closed
+    assert connection.take() == b"r" * 600 + b"h" * 450
