@@ -37,8 +37,28 @@ _MANAGER: Final = f"kernel-event-gateway {_gateway_version()}"
 _VARY: Final = {"Vary": "Accept"}
 
 
+def _quality(accept: str, media: str) -> float:
+    """The q-value ``accept`` gives ``media`` itself (not through a wildcard), 0 if none."""
+    for part in accept.split(","):
+        name, *params = (p.strip() for p in part.split(";"))
+        if name.lower() == media:
+            for param in params:
+                key, _, value = param.partition("=")
+                if key.strip().lower() == "q":
+                    try:
+                        return float(value)
+                    except ValueError:
+                        return 0.0
+            return 1.0
+    return 0.0
+
+
 def _wants_html(request: Request) -> bool:
-    return "text/html" in request.headers.get("accept", "")
+    """A browser names text/html, and prefers it to JSON; an API client (``*/*``, JSON, or
+    a tie) gets the version JSON."""
+    accept = request.headers.get("accept", "")
+    html = _quality(accept, "text/html")
+    return html > 0 and html > _quality(accept, "application/json")
 
 
 async def _root(request: Request) -> Response:

@@ -12,7 +12,16 @@ from tests.support.gateway_server import RunningGateway
 
 
 @pytest.mark.parametrize("path", ["/", "/func/"])
-@pytest.mark.parametrize("accept", [None, "*/*", "application/json"])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        None,
+        "*/*",
+        "application/json",
+        "application/json, text/html",  # a tie goes to the API
+        "text/html;q=0.1, application/json",
+    ],
+)
 def test_api_clients_get_the_managers_version_json(
     gateway: RunningGateway, path: str, accept: str | None
 ) -> None:
