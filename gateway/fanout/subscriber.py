@@ -102,6 +102,11 @@ class Subscriber:
             except Exception as exc:  # never let the process's only subscription die
                 if not isinstance(exc, (RedisError, OSError, TimeoutError)):
                     log.exception("unexpected error in the subscriber; starting over")
+                if self.probe_ok:
+                    # That session was live: this is a new outage, not the same one going
+                    # on, so the backoff starts short again (it grew for the whole life of
+                    # the process before).
+                    failures = 0
                 self.subscribed = self.probe_ok = False
                 if isinstance(exc, ProbeLost):
                     self.probe_failures += 1
@@ -116,10 +121,6 @@ class Subscriber:
                     delay,
                 )
                 await asyncio.sleep(delay)
-            else:  # pragma: no cover - _session only returns by raising
-                failures = 0
-            if self.probe_ok:
-                failures = 0
 
     async def _session(self) -> None:
         await self._sync_clock()
@@ -189,8 +190,10 @@ class Subscriber:
             hub.last_id is not None
             and state.max_deleted is not None
             and state.max_deleted > hub.last_id
-        ):
-            log.warning("an entry after the watermark was deleted (XDEL): streams told")
+        ) or (hub.last_id == (0, 0) and state.trimmed):
+            # An XDEL after the watermark, or a replica that had dispatched nothing (its
+            # baseline an empty history) finding entries already removed: lost to it.
+            log.warning("entries after the watermark were removed: streams told")
             hub.notice_all("trimmed")
         elif hub.last_id is not None and hub.last_id > state.last_id:
             log.warning(
