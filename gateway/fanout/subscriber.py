@@ -86,6 +86,8 @@ class Subscriber:
         #: the epoch this replica's watermark belongs to; unset until the first session
         self._epoch: str | None = None
         self._started = False
+        #: the Redis instance's run id at the last session: another one means a restart
+        self._run_id: str | None = None
         hub.on_suspect = self._on_suspect
 
     @property
@@ -154,6 +156,8 @@ class Subscriber:
     async def _locate_history(self) -> None:
         hub = self._hub
         state = await history_state(self._redis, self._keys)
+        run_id = (await self._redis.info("server")).get("run_id")
+        restarted, self._run_id = self._run_id is not None and run_id != self._run_id, run_id
         if not self._started:
             # Cold: whatever history holds now predates this replica; clients resume through
             # their own ids. Read before SUBSCRIBE, so what comes between is gap-filled.
@@ -195,6 +199,18 @@ class Subscriber:
             # baseline an empty history) finding entries already removed: lost to it.
             log.warning("entries after the watermark were removed: streams told")
             hub.notice_all("trimmed")
+        elif (
+            restarted
+            and self._epoch is None
+            and state.epoch is None
+            and not int((await self._redis.info("persistence")).get("aof_enabled", 0))
+        ):
+            # Redis restarted without an append-only file and holds no history, as it held
+            # none when last looked at: a history may have come and gone meanwhile
+            # (published, then lost) and nothing can prove otherwise. Say so.
+            self.new_histories += 1
+            log.warning("redis restarted (run id %s) with no history: streams told", run_id)
+            hub.notice_all("reset")
         elif hub.last_id is not None and hub.last_id > state.last_id:
             log.warning(
                 "the watermark %s is past the end of history %s: pulled back",
