@@ -202,14 +202,13 @@ class Subscriber:
         elif (
             restarted
             and self._epoch is None
-            and state.epoch is None
             and not int((await self._redis.info("persistence")).get("aof_enabled", 0))
         ):
-            # Redis restarted without an append-only file and holds no history, as it held
-            # none when last looked at: a history may have come and gone meanwhile
-            # (published, then lost) and nothing can prove otherwise. Say so.
+            # Redis restarted without an append-only file, and this replica had seen no
+            # history before: one may have come and gone meanwhile (published, then lost),
+            # whether or not a new one began since, and nothing can prove otherwise. Say so.
             self.new_histories += 1
-            log.warning("redis restarted (run id %s) with no history: streams told", run_id)
+            log.warning("redis restarted (run id %s), no history seen before: told", run_id)
             hub.notice_all("reset")
         elif hub.last_id is not None and hub.last_id > state.last_id:
             log.warning(
