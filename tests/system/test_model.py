@@ -636,6 +636,7 @@ class DeliveryPath(RuleBasedStateMachine):
         self.faults += 1
         w = self.w
         told = w.gw.state.subscriber.new_histories
+        sessions = w.gw.state.subscriber.reconnects
         lost = False
         if durable:
             w.persist()
@@ -666,6 +667,12 @@ class DeliveryPath(RuleBasedStateMachine):
             assert w.run(
                 _settle(lambda: w.gw.state.subscriber.new_histories > told, FENCE_TIMEOUT)
             ), "the gateway did not find the new history"
+        # The replica has looked at the restarted Redis (what it tells, it has told) before
+        # any stream opens after the restart: else one may get a notice meant for the others.
+        sub = w.gw.state.subscriber
+        assert w.run(_settle(lambda: sub.reconnects > sessions and sub.ready, FENCE_TIMEOUT)), (
+            "the replica did not come back after the restart"
+        )
 
     # -- clients -----------------------------------------------------------------------------
 
