@@ -202,6 +202,13 @@ class Subscriber:
         elif (
             restarted
             and self._epoch is None
+            # a failover to a replica holds the history this replica followed: its epoch is
+            # at or below the first id dispatched from it
+            and not (
+                state.epoch is not None
+                and hub.first_id is not None
+                and parse_stream_id(state.epoch) <= hub.first_id
+            )
             and not int((await self._redis.info("persistence")).get("aof_enabled", 0))
         ):
             # Redis restarted without an append-only file, and this replica had seen no

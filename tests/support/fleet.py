@@ -51,7 +51,7 @@ async def fleet(
             )
             if event.event == "server_close":
                 consumer.closes += 1
-            elif event.id is not None:
+            elif event.event.startswith("kernel_") and event.id is not None:
                 consumer.ids.append(event.id)
                 consumer.reasons.append(json.loads(event.data)["reason"])
                 consumer.rounds.append(stream.reconnects)
