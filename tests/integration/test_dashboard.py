@@ -49,6 +49,14 @@ def test_the_page_needs_nothing_from_elsewhere() -> None:
     assert "<script>" not in html and "style=" not in html  # the CSP forbids inline ones
 
 
+def test_the_script_puts_server_text_in_as_text_only() -> None:
+    # Event data (session ids, reasons, problem titles) must never be parsed as HTML.
+    script = (STATIC / "dashboard.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script, sink
+    assert "textContent" in script
+
+
 def test_unknown_static_paths_are_404(gateway: RunningGateway) -> None:
     for path in ("/static/", "/static/../app.py", "/static/index.html", "/dashboard/x"):
         response = httpx.get(gateway.base_url + path, timeout=5)

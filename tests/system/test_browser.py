@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import shutil
+import struct
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,17 +20,19 @@ import anyio
 import httpx
 import pytest
 import redis
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from devtools.cluster import LocalCluster
 from gateway.settings import Settings
-from publisher import Keys, SessionRef, SyncPublisher
+from publisher import KernelEvent, Keys, SessionRef, SyncPublisher
 from publisher.demo import demo_identities
 from tests.support.gateway_server import gateway_settings, run_gateway
 from tests.support.identities import (
     ALICE,
     ALICE_PASSWORD,
     BOB,
+    ROOT,
+    Person,
     seed,
     session_of,
 )
@@ -116,6 +120,12 @@ def _timeline_ids(page: Page) -> list[str]:
     return ids
 
 
+def _publish_one(pub: SyncPublisher, event: KernelEvent) -> str:
+    stream_id = pub.publish(event)
+    assert stream_id is not None, "Redis is up: nothing is buffered"
+    return stream_id
+
+
 def _in_thread(func: Callable[[str], Awaitable[None]], redis_url: str) -> None:
     # Playwright's sync API keeps an event loop in this thread: run async setup elsewhere.
     with ThreadPoolExecutor(1) as pool:
@@ -181,7 +191,7 @@ def test_dashboard_shows_live_events_and_resumes_after_a_gateway_restart(
 
         with run_gateway(settings):
             _connection(page, "live")
-            after = pub.publish(session_of(ALICE, "train-ml-2", group="ml").started())
+            after = _publish_one(pub, session_of(ALICE, "train-ml-2", group="ml").started())
             expect(page.locator(_row(page, "train-ml-2"))).to_have_attribute(
                 "data-state", "kernel_started"
             )
@@ -240,12 +250,13 @@ def test_dashboard_tells_when_history_no_longer_holds_the_gap(page: Page, redis_
     _in_thread(seed, redis_url)
     settings = gateway_settings(redis_url, retry_ms=300)
     ref = session_of(ALICE, "long-gap")
+    page.clock.install()  # the notice expires on a timer: jump ahead instead of waiting
     with SyncPublisher.from_url(redis_url) as pub, redis.Redis.from_url(redis_url) as client:
         with run_gateway(settings) as gw:
             page.goto(gw.base_url + "/")
             _sign_in_with_keypair(page, ALICE.access_key, ALICE.secret_key)
             _connection(page, "live")
-            seen = pub.publish(ref.enqueued())
+            seen = _publish_one(pub, ref.enqueued())
             expect(page.locator("#conn-last-id")).to_have_text(seen)
         _connection(page, "reconnecting")
         # while the page is away, more happens than history keeps
@@ -261,6 +272,295 @@ def test_dashboard_tells_when_history_no_longer_holds_the_gap(page: Page, redis_
                 "data-state", "kernel_started"
             )
             _screenshot(page, "dashboard-history-truncated.png")
+            # a gap is told, not kept forever: a minute on, the notices are gone
+            page.clock.fast_forward(61_000)
+            expect(page.locator("#notices > li")).to_have_count(0)
+            expect(page.locator(_row(page, "long-gap"))).to_be_visible()
+
+
+# -- layout at three widths, reload, notices, refused filters, type/owner filters -------------
+
+# Every problem that makes a column clip or the page scroll sideways: the page or a box wider
+# than its room, a cell's content poking out of its cell, text cut without its tooltip.
+OVERFLOW_JS = """() => {
+  const problems = [];
+  const shown = (el) => el.getClientRects().length > 0;
+  const root = document.scrollingElement;
+  if (root.scrollWidth > innerWidth) problems.push(`page: ${root.scrollWidth} > ${innerWidth}`);
+  for (const box of document.querySelectorAll(".card, .topbar, .table-wrap, .timeline, main")) {
+    if (shown(box) && box.scrollWidth > box.clientWidth + 1) {
+      const name = box.className || box.tagName;
+      problems.push(`${name} scrolls: ${box.scrollWidth} > ${box.clientWidth}`);
+    }
+  }
+  const cells = "#sessions th, #sessions td, #timeline > li, #state-counts li, .conn div, .field";
+  for (const cell of document.querySelectorAll(cells)) {
+    if (!shown(cell)) continue;
+    const room = cell.getBoundingClientRect();
+    if (room.left < -0.5 || room.right > innerWidth + 0.5) {
+      problems.push(`${cell.tagName}.${cell.className} outside the page`);
+    }
+    for (const part of cell.querySelectorAll("*")) {
+      if (!shown(part)) continue;
+      const what = `${part.tagName}.${part.className} "${part.textContent}"`;
+      const box = part.getBoundingClientRect();
+      if (box.left < room.left - 0.5 || box.right > room.right + 0.5) {
+        problems.push(`${what} pokes out of its cell`);
+      }
+      const clipped = part.scrollWidth > part.clientWidth + 1;
+      const hidden = getComputedStyle(part).overflowX === "hidden";
+      if (clipped && (!hidden || part.title !== part.textContent)) {
+        problems.push(`${what} cut without a tooltip`);
+      }
+    }
+  }
+  return problems;
+}"""
+
+LONG_SESSION = "distributed-training-" + "x" * 39 + "-999"  # 64 characters, the longest slug
+LONG_REASON = "out of memory on agent gpu-node-17 " + "while-allocating-" * 6 + "buffers"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", path
+    width, height = struct.unpack(">II", header[16:24])
+    return width, height
+
+
+def _sign_in(page: Page, base_url: str, person: Person = ALICE) -> None:
+    page.goto(base_url + "/")
+    _sign_in_with_keypair(page, person.access_key, person.secret_key)
+    _connection(page, "live")
+
+
+def _visible_count(page: Page, selector: str) -> int:
+    count: int = page.eval_on_selector_all(selector, "els => els.filter(e => !e.hidden).length")
+    return count
+
+
+@pytest.mark.parametrize("width", [420, 1024, 1920])
+def test_dashboard_fits_every_width_without_clipping(
+    browser: Browser, redis_url: str, width: int
+) -> None:
+    _in_thread(seed, redis_url)
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    long_one = session_of(ALICE, LONG_SESSION, group="ml")
+    refs = [session_of(BOB if i % 2 else ALICE, f"train-{i:05d}-9f2c1d") for i in range(6)]
+    try:
+        with (
+            run_gateway(gateway_settings(redis_url)) as gw,
+            SyncPublisher.from_url(redis_url) as pub,
+        ):
+            _sign_in(page, gw.base_url, ROOT)
+            ids = pub.publish_many(
+                [
+                    long_one.enqueued(),
+                    long_one.terminated(LONG_REASON, "FAILURE"),
+                    *(ref.enqueued() for ref in refs),
+                    refs[0].terminating("user-requested"),
+                    refs[1].started(),
+                    refs[2].cancelled("quota-exceeded"),
+                    refs[3].terminated("idle-timeout", "UNDEFINED"),
+                ]
+            )
+            expect(page.locator("#conn-last-id")).to_have_text(ids[-1])
+            expect(page.locator("#sessions tbody tr")).to_have_count(7)
+            cut = page.locator(f"{_row(page, LONG_SESSION)} td.c-session .cut")
+            expect(cut).to_have_attribute("title", LONG_SESSION)
+            td_display = page.eval_on_selector(
+                "#sessions tbody td", "td => getComputedStyle(td).display"
+            )
+            assert td_display == ("grid" if width < 760 else "table-cell")  # stacked when narrow
+            problems: list[str] = page.evaluate(OVERFLOW_JS)
+            assert problems == [], "\n".join(problems)
+            shot = ARTIFACTS / f"dashboard-{width}.png"
+            _screenshot(page, shot.name)
+            shot_width, shot_height = _png_size(shot)
+            assert shot_width == width  # a full-page shot grows sideways with any overflow
+            assert shot_height >= 900
+    finally:
+        context.close()
+    assert errors == []
+
+
+def test_a_reload_resumes_after_the_last_event_it_showed(page: Page, redis_url: str) -> None:
+    _in_thread(seed, redis_url)
+    ref, other = session_of(ALICE, "reload-1"), session_of(ALICE, "reload-2")
+    with run_gateway(gateway_settings(redis_url)) as gw, SyncPublisher.from_url(redis_url) as pub:
+        _sign_in(page, gw.base_url)
+        page.select_option("#f-type", "")  # the form as a person leaves it
+        before = pub.publish_many([ref.enqueued(), ref.preparing(), other.enqueued()])
+        expect(page.locator("#conn-last-id")).to_have_text(before[-1])
+
+        # Hold the new page's script: the old page is gone and the new one not yet listening
+        # while more events are published.
+        held: list[Route] = []
+        page.route("**/static/dashboard.js", lambda route: held.append(route))
+        page.reload(wait_until="commit")
+        for _ in range(200):
+            if held:
+                break
+            page.wait_for_timeout(50)
+        assert held, "the reloaded page never asked for its script"
+        during = pub.publish_many([ref.started(), other.preparing()])
+        held[0].continue_()
+        page.unroute("**/static/dashboard.js")
+
+        _connection(page, "live")
+        expect(page.locator("#conn-last-id")).to_have_text(during[-1])
+        expect(page.locator("#notices")).to_contain_text(
+            f"Resumed where this tab left off, after {before[-1]}"
+        )
+        after = _publish_one(pub, ref.terminating("user-requested"))
+        expect(page.locator("#conn-last-id")).to_have_text(after)
+        # every event once, newest first: kept ones, the reload's, then the live one
+        assert _timeline_ids(page) == [after, *during[::-1], *before[::-1]]
+        expect(page.locator("#conn-count")).to_have_text("6")
+        expect(page.locator(_row(page, "reload-1"))).to_have_attribute(
+            "data-state", "kernel_terminating"
+        )
+        expect(page.locator(_row(page, "reload-2"))).to_have_attribute(
+            "data-state", "kernel_preparing"
+        )
+        assert page.inner_text("#conn-reconnects") == "0"  # a reload is not a reconnect
+        page.wait_for_function(  # kept within SAVE_MS of the last event shown
+            "id => JSON.parse(sessionStorage.getItem('kev-dashboard')).lastEventId === id",
+            arg=after,
+        )
+        kept = json.loads(page.evaluate("sessionStorage.getItem('kev-dashboard')"))
+        assert kept["lastEventId"] == after and len(kept["timeline"]) == 6
+
+        # other filters are another view: they start empty, and so does a signed-out tab
+        page.fill("#f-session", "reload-2")
+        page.click("#filter-apply")
+        _connection(page, "live")
+        expect(page.locator("#timeline > li")).to_have_count(0)
+        page.click("#logout")
+        expect(page.locator("#login-view")).to_be_visible()
+        assert page.evaluate("sessionStorage.getItem('kev-dashboard')") is None
+
+
+def test_notices_clear_when_their_condition_is_over(page: Page, redis_url: str) -> None:
+    _in_thread(seed, redis_url)
+    page.clock.install()  # notices expire on timers: jump ahead instead of waiting
+    ref = session_of(ALICE, "notice-1")
+    settings = gateway_settings(redis_url, retry_ms=300)
+    with run_gateway(settings) as gw, SyncPublisher.from_url(redis_url) as pub:
+        _sign_in(page, gw.base_url)
+        pub.publish(ref.enqueued())
+        expect(page.locator("#timeline > li")).to_have_count(1)
+        loop = gw.state.loop
+        assert loop is not None
+        loop.call_soon_threadsafe(gw.state.hub.close_all, "shutdown")
+        # the browser reconnects by itself; the "reconnecting" notice goes once it is back
+        expect(page.locator("#notices")).to_contain_text("Reconnected; resumed after")
+        _connection(page, "live")
+        expect(page.locator("#notices")).not_to_contain_text("The server closed the stream")
+        expect(page.locator("#notices > li")).to_have_count(1)
+        page.clock.fast_forward(11_000)
+        expect(page.locator("#notices > li")).to_have_count(0)
+        assert int(page.inner_text("#conn-reconnects")) == 1
+
+
+def test_a_refused_filter_is_an_error_not_a_reconnect(page: Page, redis_url: str) -> None:
+    _in_thread(seed, redis_url)
+    settings = gateway_settings(redis_url, retry_ms=300)
+    stream_requests: list[str] = []
+    page.on(
+        "request",
+        lambda request: stream_requests.append(request.url) if "/stream/" in request.url else None,
+    )
+    with run_gateway(settings) as gw, SyncPublisher.from_url(redis_url) as pub:
+        _sign_in(page, gw.base_url)
+        page.fill("#f-owner", BOB.access_key)  # a user may ask for its own sessions only
+        page.click("#filter-apply")
+        _connection(page, "refused")
+        error = page.locator("#stream-error")
+        expect(error).to_be_visible()
+        expect(error).to_contain_text("The gateway refused these filters (HTTP 403)")
+        expect(page.locator("#conn-state")).to_have_text("Refused")
+        asked = len(stream_requests)
+        page.wait_for_timeout(1500)  # five retry intervals: nothing is retried
+        assert len(stream_requests) == asked
+        assert page.inner_text("#conn-reconnects") == "0"
+        expect(page.locator("#notices > li")).to_have_count(0)
+
+        page.fill("#f-owner", "")
+        page.fill("#f-group", "no-such-group")
+        page.click("#filter-apply")
+        _connection(page, "refused")
+        expect(error).to_contain_text("(HTTP 404)")
+        assert page.inner_text("#conn-reconnects") == "0"
+
+        page.fill("#f-group", "")
+        page.fill("#f-owner", ALICE.access_key)
+        page.click("#filter-apply")
+        _connection(page, "live")
+        expect(error).to_be_hidden()
+        seen = _publish_one(pub, session_of(ALICE, "after-refusal").started())
+        expect(page.locator("#conn-last-id")).to_have_text(seen)
+        assert page.inner_text("#conn-reconnects") == "0"
+
+
+def test_type_and_owner_filters_and_per_state_counts(page: Page, redis_url: str) -> None:
+    _in_thread(seed, redis_url)
+    a1, a2 = session_of(ALICE, "a-1"), session_of(ALICE, "a-2")
+    b1, b2 = session_of(BOB, "b-1"), session_of(BOB, "b-2")
+
+    def count(state: str) -> str:
+        return page.inner_text(f'#state-counts [data-state="{state}"] .chip-n')
+
+    with run_gateway(gateway_settings(redis_url)) as gw, SyncPublisher.from_url(redis_url) as pub:
+        _sign_in(page, gw.base_url, ROOT)
+        ids = pub.publish_many(
+            [
+                a1.enqueued(),
+                a1.preparing(),
+                a2.started(),
+                b1.started(),
+                b1.terminated("user-requested", "SUCCESS"),
+                b2.preparing(),
+            ]
+        )
+        expect(page.locator("#conn-last-id")).to_have_text(ids[-1])
+        assert (count("kernel_preparing"), count("kernel_started")) == ("2", "1")
+        assert (count("kernel_terminated"), count("kernel_enqueued")) == ("1", "0")
+
+        page.select_option("#f-type", "kernel_started")  # shown at once, no new stream
+        expect(page).to_have_url(gw.base_url + "/?type=kernel_started")
+        assert _visible_count(page, "#timeline > li") == 2  # a-2's and b-1's start
+        assert _visible_count(page, "#sessions tbody tr") == 1  # only a-2 is running now
+        expect(page.locator(_row(page, "a-2"))).to_be_visible()
+        expect(page.locator("#timeline > li")).to_have_count(6)
+
+        chip = page.locator('#state-counts [data-state="kernel_preparing"]')
+        chip.click()
+        expect(chip).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#f-type")).to_have_value("kernel_preparing")
+        assert _visible_count(page, "#sessions tbody tr") == 2  # a-1, b-2
+        chip.click()
+        expect(chip).to_have_attribute("aria-pressed", "false")
+        assert _visible_count(page, "#sessions tbody tr") == 4
+
+        page.fill("#f-owner", BOB.access_key)
+        page.click("#filter-apply")
+        expect(page).to_have_url(gw.base_url + f"/?ownerAccessKey={BOB.access_key}")
+        _connection(page, "live")
+        expect(page.locator("#sessions tbody tr")).to_have_count(0)
+        last = pub.publish_many([a1.started(), b2.started(), b1.enqueued()])[-1]
+        expect(page.locator("#conn-last-id")).to_have_text(last)
+        expect(page.locator("#timeline > li")).to_have_count(2)  # bob's two, not alice's
+        owners = page.eval_on_selector_all(
+            "#sessions tbody tr", "rows => rows.map(r => r.dataset.owner)"
+        )
+        assert owners == [BOB.access_key, BOB.access_key]  # alice's a-1 is not shown
+        assert (count("kernel_started"), count("kernel_enqueued")) == ("1", "1")
+        assert count("kernel_preparing") == "0"
 
 
 # -- through the local cluster (nginx in front of replicas) ------------------------------------
@@ -304,7 +604,7 @@ def test_dashboard_behind_nginx_keeps_receiving_when_its_replica_is_killed(page:
             expect(page.locator("#timeline > li")).to_have_count(3)  # resumed via the survivor
             _connection(page, "live")
             assert _streams(survivor) == 1
-            last = pub.publish(ref.terminated("idle-timeout", "SUCCESS"))
+            last = _publish_one(pub, ref.terminated("idle-timeout", "SUCCESS"))
             expect(page.locator("#conn-last-id")).to_have_text(last)
             expect(page.locator(_row(page, "vision-1"))).to_have_attribute(
                 "data-state", "kernel_terminated"
