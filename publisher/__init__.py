@@ -3,8 +3,10 @@
 Depends only on redis and msgspec; never imports the gateway.
 """
 
+from .buffer import BufferFull
 from .client import DEFAULT_MAXLEN, AsyncPublisher, SyncPublisher
 from .connection import RedisURLError, connect_async, connect_sync
+from .errors import PublisherClosed, PublishError, PublishRejected, UndeliveredEvents
 from .keys import DEFAULT_PREFIX, Keys
 from .schema import (
     EVENT_NAMES,
@@ -17,6 +19,7 @@ from .schema import (
     decode_event,
     encode_event,
 )
+from .writer import CloseReport, Health
 
 __all__ = [
     "DEFAULT_MAXLEN",
@@ -24,14 +27,21 @@ __all__ = [
     "EVENT_NAMES",
     "RESULTS",
     "AsyncPublisher",
+    "BufferFull",
+    "CloseReport",
     "EventName",
+    "Health",
     "InvalidEvent",
     "KernelEvent",
     "Keys",
+    "PublishError",
+    "PublishRejected",
+    "PublisherClosed",
     "RedisURLError",
     "Result",
     "SessionRef",
     "SyncPublisher",
+    "UndeliveredEvents",
     "connect_async",
     "connect_sync",
     "decode_event",

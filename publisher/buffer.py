@@ -1,35 +1,81 @@
-"""What a publisher holds while Redis is unreachable: a bounded, ordered queue of encoded
-events, each with its sequence number, and an explicit overflow policy."""
+"""The publisher's queue: every event handed to a publisher and not yet confirmed in Redis,
+in sequence-number order, bounded, with an explicit overflow policy.
+
+Events wait here while their write is in flight (their caller waits, up to the publisher's
+``timeout``) and while Redis is unreachable or refusing writes (the caller got ``None``).
+The head of the queue may be *in flight* (taken by the writer for the current attempt);
+overflow never drops an event in flight, so a dropped event is never in Redis.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
-__all__ = ["BufferFull", "OutageBuffer", "OverflowPolicy", "Pending"]
+__all__ = ["BufferFull", "Call", "OutageBuffer", "OverflowPolicy", "Pending"]
 
 log = logging.getLogger(__name__)
 
 OverflowPolicy = Literal["drop_oldest", "drop_newest", "raise"]
 POLICIES: Final = frozenset(get_args(OverflowPolicy))
+_LOG_EVERY: Final = 30.0  # seconds between two warnings about drops
 
 
 class BufferFull(RuntimeError):
-    """Redis is unreachable and the outage buffer is full (policy ``raise``)."""
+    """The publisher's queue is full (policy ``raise``): nothing of the call was queued or
+    written."""
+
+
+class Call:
+    """One publish call: the stream ids of its events as they are confirmed, the error that
+    ended it, and how to wake the caller waiting for it."""
+
+    __slots__ = ("error", "first", "ids", "unsettled", "wake")
+
+    def __init__(self, first: int, n: int) -> None:
+        self.first = first
+        #: per event: its stream id; ``""`` written by an earlier, unconfirmed attempt (id
+        #: unknown); ``None`` not written (yet), or dropped
+        self.ids: list[str | None] = [None] * n
+        self.unsettled = n
+        self.error: BaseException | None = None
+        self.wake: Callable[[], None] | None = None
+
+    def settle(self, seq: int, stream_id: str | None) -> None:
+        self.ids[seq - self.first] = stream_id
+        self.unsettled -= 1
+        if self.unsettled == 0 and self.wake is not None:
+            self.wake()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        if self.wake is not None:
+            self.wake()
+
+    @property
+    def written(self) -> list[str]:
+        """Every id when every event is confirmed with its id, else ``[]``."""
+        if self.unsettled or not all(self.ids):
+            return []
+        return [i for i in self.ids if i]
 
 
 @dataclass(frozen=True, slots=True)
 class Pending:
     seq: int
     payload: bytes
+    call: Call | None = None
 
 
 class OutageBuffer:
-    """FIFO of events not yet in Redis. ``drop_oldest`` keeps the newest ``capacity`` events
-    (a live view wants the latest state), ``drop_newest`` refuses new ones, ``raise`` makes
-    the publisher raise :class:`BufferFull`. Every dropped event is counted."""
+    """FIFO of events not yet confirmed in Redis. ``drop_oldest`` keeps the newest
+    ``capacity`` events (a live view wants the latest state), ``drop_newest`` refuses new
+    ones, ``raise`` makes the publisher raise :class:`BufferFull`. Every dropped event is
+    counted, and settled as not written on its call."""
 
     def __init__(self, capacity: int, policy: OverflowPolicy) -> None:
         if capacity < 1:
@@ -39,7 +85,10 @@ class OutageBuffer:
         self.capacity = capacity
         self.policy = policy
         self.dropped = 0
+        #: how many events at the head the writer's current attempt holds
+        self.in_flight = 0
         self._items: deque[Pending] = deque()
+        self._last_log = -_LOG_EVERY
 
     def __len__(self) -> int:
         return len(self._items)
@@ -48,24 +97,57 @@ class OutageBuffer:
         return bool(self._items)
 
     def add(self, items: list[Pending]) -> None:
+        """Queue ``items`` (in order, after everything queued) under the overflow policy;
+        the queue may exceed ``capacity`` by at most the events in flight."""
         room = self.capacity - len(self._items)
         if len(items) > room:
             if self.policy == "raise":
                 raise BufferFull(
-                    f"Redis is unreachable and {len(self._items)} events already wait "
-                    f"(capacity {self.capacity})"
+                    f"{len(self._items)} events already wait for Redis "
+                    f"(capacity {self.capacity}); {len(items)} more refused"
                 )
             if self.policy == "drop_newest":
-                self._count_drops(len(items) - max(room, 0))
-                items = items[: max(room, 0)]
+                keep = max(room, 0)
+                self._drop(items[keep:])
+                items = items[:keep]
             else:
                 overflow = len(self._items) + len(items) - self.capacity
-                for _ in range(min(overflow, len(self._items))):
-                    self._items.popleft()
-                if len(items) > self.capacity:
-                    items = items[-self.capacity :]
-                self._count_drops(overflow)
+                droppable = len(self._items) - self.in_flight
+                old = min(overflow, droppable)
+                head = [self._items.popleft() for _ in range(self.in_flight)]
+                self._drop([self._items.popleft() for _ in range(old)])
+                self._items.extendleft(reversed(head))
+                if overflow > old:  # everything queued is in flight: drop the oldest new ones
+                    self._drop(items[: overflow - old])
+                    items = items[overflow - old :]
         self._items.extend(items)
+
+    def extend(self, items: list[Pending]) -> None:
+        """Queue ``items`` whatever the capacity: a call that waits for them (Redis takes
+        writes) holds them anyway; :meth:`trim` applies the policy once it gives up."""
+        self._items.extend(items)
+
+    def trim(self) -> None:
+        """Back to ``capacity`` under a drop policy (``raise`` refuses new calls instead):
+        ``drop_oldest`` the oldest not in flight, ``drop_newest`` the newest."""
+        over = len(self._items) - self.capacity
+        if over <= 0 or self.policy == "raise":
+            return
+        if self.policy == "drop_newest":
+            over = min(over, len(self._items) - self.in_flight)
+            self._drop([self._items.pop() for _ in range(over)][::-1])
+            return
+        over = min(over, len(self._items) - self.in_flight)
+        head = [self._items.popleft() for _ in range(self.in_flight)]
+        self._drop([self._items.popleft() for _ in range(over)])
+        self._items.extendleft(reversed(head))
+
+    def take(self, n: int) -> list[Pending]:
+        """The first ``n`` events, marked in flight until :meth:`pop_through` or
+        :meth:`release`."""
+        items = self.peek(n)
+        self.in_flight = len(items)
+        return items
 
     def peek(self, n: int) -> list[Pending]:
         return [self._items[i] for i in range(min(n, len(self._items)))]
@@ -73,8 +155,40 @@ class OutageBuffer:
     def pop(self, n: int) -> None:
         for _ in range(min(n, len(self._items))):
             self._items.popleft()
+        self.in_flight = max(0, self.in_flight - n)
 
-    def _count_drops(self, n: int) -> None:
-        if n > 0:
-            self.dropped += n
-            log.warning("publisher outage buffer full: dropped %d events (%s)", n, self.policy)
+    def pop_through(self, seq: int) -> list[Pending]:
+        """Remove (and return) the leading events numbered ``seq`` or less."""
+        gone: list[Pending] = []
+        while self._items and self._items[0].seq <= seq:
+            gone.append(self._items.popleft())
+        self.in_flight = max(0, self.in_flight - len(gone))
+        return gone
+
+    def release(self) -> None:
+        """The current attempt is over; nothing is in flight."""
+        self.in_flight = 0
+
+    def drain(self) -> list[Pending]:
+        """Remove and return everything (at close)."""
+        items = list(self._items)
+        self._items.clear()
+        self.in_flight = 0
+        return items
+
+    def _drop(self, items: list[Pending]) -> None:
+        if not items:
+            return
+        self.dropped += len(items)
+        for item in items:
+            if item.call is not None:
+                item.call.settle(item.seq, None)
+        now = time.monotonic()
+        if now - self._last_log >= _LOG_EVERY:  # once per burst, not once per event
+            self._last_log = now
+            log.warning(
+                "publisher queue full (%s, capacity %d): %d events dropped so far",
+                self.policy,
+                self.capacity,
+                self.dropped,
+            )

@@ -3,14 +3,19 @@
 Every publish runs one server-side script that ``XADD``s the payload to the bounded history
 stream and ``PUBLISH``es ``<stream id> <payload>`` on the live channel, atomically: a live
 message always carries the id that history holds, and history never lacks an id that went
-live. A batch is split into chunks of at most ``chunk_size`` events, one script call per
-chunk, and the chunks are sent in one pipeline: one round trip, order kept.
+live.
 
-While Redis is unreachable, events wait in a bounded :class:`~publisher.buffer.OutageBuffer`
-and are flushed in order when it is back; a publish never blocks longer than ``timeout``.
-Each event carries the publisher's sequence number and the script skips numbers it has
-already applied, so a retry after an ambiguous failure (Redis ran the script, the reply was
-lost) does not publish twice.
+Every event goes through one ordered queue (:mod:`publisher.writer`): a call numbers its
+events when it starts, one writer (a task, or a thread for :class:`SyncPublisher`) sends the
+head of the queue on one connection, and calls that arrive while an attempt is in flight go
+out together in the next one, chunks of ``chunk_size`` events per script call in one
+pipeline. So history holds the events in the order the calls started, each exactly once:
+the script skips sequence numbers it has already applied (a retry after a lost reply), and
+since numbers reach Redis in order, a concurrent call is never mistaken for a retry.
+
+A call waits for its events at most ``timeout`` seconds. While Redis is unreachable or
+refuses writes, events stay queued (bounded, ``overflow`` policy) and are retried with
+backoff; see the README's "Publisher guarantees" table and :mod:`publisher.errors`.
 """
 
 from __future__ import annotations
@@ -18,22 +23,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import threading
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Generic, Self, TypeVar
 
 import redis
 import redis.asyncio as aredis
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from .buffer import OutageBuffer, OverflowPolicy, Pending
+from .buffer import OverflowPolicy, Pending
 from .connection import connect_async, connect_sync
+from .errors import ErrorClass, UndeliveredEvents
 from .keys import DEFAULT_PREFIX, Keys
-from .schema import KernelEvent, encode_event
+from .schema import KernelEvent
+from .writer import ChunkResult, CloseReport, Core, Health
 
 __all__ = ["DEFAULT_MAXLEN", "AsyncPublisher", "SyncPublisher"]
 
@@ -43,20 +49,25 @@ ClientT = TypeVar("ClientT", aredis.Redis, redis.Redis)
 
 DEFAULT_MAXLEN: Final = 100_000
 DEFAULT_CHUNK: Final = 256
-SEQ_TTL: Final = 7 * 24 * 3600
 
 # KEYS[1] history stream, KEYS[2] this publisher's last applied sequence number, KEYS[3] the
 # history's epoch: the id of the first entry this history ever held, set once (NX). A Redis
 # that lost its data has no epoch until the next publish, so gateways tell a new history from
 # the old one (ARCHITECTURE.md, "Watermark and epoch").
 # ARGV[1] maxlen, ARGV[2] channel, ARGV[3] "~" or "=", ARGV[4] seq key ttl,
-# ARGV[5] sequence number of the first payload, ARGV[6..] payloads.
+# ARGV[5] sequence number of the first payload, ARGV[6] the last number of the chunk before
+# this one in the same pipeline, or "": if that chunk did not apply (it failed), neither does
+# this one, so numbers are never applied out of order. ARGV[7..] payloads.
+# Per payload: the stream id, or "" when its number was already applied (a retry).
 PUBLISH_SCRIPT: Final = """
 local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if ARGV[6] ~= '' and last < tonumber(ARGV[6]) then
+  return {}
+end
 local seq = tonumber(ARGV[5])
 local ids = {}
 local marked = false
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   if seq > last then
     local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[1], '*', 'e', ARGV[i])
     redis.call('PUBLISH', ARGV[2], id .. ' ' .. ARGV[i])
@@ -76,63 +87,21 @@ end
 return ids
 """
 
-#: what "Redis is unreachable" looks like; anything else is a bug or a refusal and raises
-_UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+def _ids(reply: Sequence[Any]) -> list[str]:
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in reply]
 
 
-class _Core:
-    """What the two publishers share: names, bounds, sequence numbers, the outage buffer."""
-
-    def __init__(
-        self,
-        *,
-        prefix: str,
-        maxlen: int,
-        exact_trim: bool,
-        chunk_size: int,
-        timeout: float,
-        buffer_size: int,
-        overflow: OverflowPolicy,
-    ) -> None:
-        if maxlen < 1:
-            raise ValueError(f"maxlen must be at least 1, got {maxlen}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0, got {timeout}")
-        self.keys = Keys(prefix)
-        self.seq_key = f"{prefix}:pubseq:{uuid.uuid4().hex}"
-        self.maxlen = maxlen
-        self.chunk_size = chunk_size
-        self.timeout = timeout
-        self.buffer = OutageBuffer(buffer_size, overflow)
-        self.next_seq = 0
-        self._head = [str(maxlen), self.keys.channel, "=" if exact_trim else "~", str(SEQ_TTL)]
-
-    def pending(self, events: Iterable[KernelEvent]) -> list[Pending]:
-        """Encode (and so validate) every event before anything is sent, so a bad event
-        fails the whole batch, not half of it; then number them."""
-        payloads = [encode_event(event) for event in events]
-        first, self.next_seq = self.next_seq, self.next_seq + len(payloads)
-        return [Pending(first + i, p) for i, p in enumerate(payloads)]
-
-    def chunks(self, items: Sequence[Pending]) -> list[list[bytes | str]]:
-        return [
-            [*self._head, str(items[i].seq), *(p.payload for p in items[i : i + self.chunk_size])]
-            for i in range(0, len(items), self.chunk_size)
-        ]
-
-    @property
-    def script_keys(self) -> list[str]:
-        return [self.keys.history, self.seq_key, self.keys.epoch]
+def _results(replies: Sequence[Any]) -> list[ChunkResult]:
+    return [r if isinstance(r, BaseException) else _ids(r) for r in replies]
 
 
-def _ids(replies: Sequence[Any]) -> list[str]:
-    return [i.decode() if isinstance(i, bytes) else str(i) for reply in replies for i in reply]
+def _jitter(delay: float) -> float:
+    return delay * random.uniform(0.5, 1.0)
 
 
 def _client_options(timeout: float) -> dict[str, Any]:
-    # No hidden retries: the publisher's own buffer is the retry, and it keeps order.
+    # No hidden retries: the publisher's queue is the retry, and it keeps order.
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
@@ -141,8 +110,8 @@ def _client_options(timeout: float) -> dict[str, Any]:
 
 
 class _Publisher(Generic[ClientT]):
-    """What both publishers are made of: the client, the script, names, bounds, sequence
-    numbers and the outage buffer (:class:`_Core`)."""
+    """What both publishers are made of: the client, the script, and the shared
+    :class:`~publisher.writer.Core` (queue, numbers, health)."""
 
     def __init__(
         self,
@@ -156,9 +125,15 @@ class _Publisher(Generic[ClientT]):
         buffer_size: int = 10_000,
         overflow: OverflowPolicy = "drop_oldest",
         retry_interval: float = 0.5,
+        max_retry_interval: float = 5.0,
         owns_client: bool = False,
     ) -> None:
-        self._core = _Core(
+        if not 0 < retry_interval <= max_retry_interval:
+            raise ValueError(
+                f"need 0 < retry_interval <= max_retry_interval, got {retry_interval} "
+                f"and {max_retry_interval}"
+            )
+        self._core = Core(
             prefix=prefix, maxlen=maxlen, exact_trim=exact_trim, chunk_size=chunk_size,
             timeout=timeout, buffer_size=buffer_size, overflow=overflow,
         )  # fmt: skip
@@ -166,204 +141,332 @@ class _Publisher(Generic[ClientT]):
         self._owns_client = owns_client
         self._script: Any = client.register_script(PUBLISH_SCRIPT)  # sync or async Script
         self._retry_interval = retry_interval
+        self._max_retry_interval = max_retry_interval
+        self._report: CloseReport | None = None
 
     @property
     def keys(self) -> Keys:
         return self._core.keys
 
     @property
+    def health(self) -> Health:
+        """State (``ok``, ``unreachable``, ``refused``, ``rejected``, ``closed``), the last
+        error and the counters, as one snapshot."""
+        return self._core.health()
+
+    @property
     def buffered(self) -> int:
-        """Events waiting for Redis."""
+        """Events handed to the publisher and not yet confirmed in Redis."""
         return len(self._core.buffer)
+
+    @property
+    def published(self) -> int:
+        """Events confirmed in Redis since this publisher started."""
+        return self._core.published
 
     @property
     def dropped(self) -> int:
         """Events lost to the overflow policy since this publisher started."""
         return self._core.buffer.dropped
 
+    @property
+    def rejected(self) -> int:
+        """Events Redis rejected for good (see :mod:`publisher.errors`)."""
+        return self._core.rejected
+
+    def _backoff(self, delay: float) -> float:
+        return min(delay * 2, self._max_retry_interval)
+
 
 class AsyncPublisher(_Publisher[aredis.Redis]):
-    """Publishes events from asyncio code.
+    """Publishes events from asyncio code; safe to share between any number of tasks.
 
     >>> async with AsyncPublisher.from_url("redis://127.0.0.1:6379/0") as pub:
     ...     stream_id = await pub.publish(ref.started())
 
-    ``publish`` returns the event's stream id, or ``None`` when Redis is unreachable and the
-    event was buffered (it is flushed in order, in the background, when Redis is back).
+    ``publish`` returns the event's stream id once it is in Redis, or ``None`` when that
+    was not confirmed within ``timeout`` (the event stays queued and is written, in order,
+    exactly once, when Redis takes writes again, unless counted in ``dropped``).
     """
 
     def __init__(self, client: aredis.Redis, **options: Any) -> None:
         super().__init__(client, **options)
-        self._flusher: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._work = asyncio.Event()  # something is queued
+        self._retry_now = asyncio.Event()  # flush/close: cut a backoff short
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 2.0, **options: Any) -> Self:
-        """A publisher with its own client for ``url`` (see :mod:`publisher.connection`)."""
-        client = connect_async(url, **_client_options(timeout))
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout: float = 2.0,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        **options: Any,
+    ) -> Self:
+        """A publisher with its own client for ``url`` (see :mod:`publisher.connection`);
+        ``password`` is used when the URL has none, ``sentinel_password`` for the Sentinels
+        of a Sentinel URL without its own ``sentinel_password``."""
+        client = connect_async(
+            url, password=password, sentinel_password=sentinel_password,
+            **_client_options(timeout),
+        )  # fmt: skip
         return cls(client, owns_client=True, timeout=timeout, **options)
 
     async def publish(self, event: KernelEvent) -> str | None:
-        """Publish one event; its stream id, or ``None`` if it was buffered."""
+        """Publish one event: its stream id, or ``None`` if not confirmed within
+        ``timeout`` (queued). Raises as :meth:`publish_many`."""
         ids = await self.publish_many((event,))
         return ids[0] if ids else None
 
     async def publish_many(self, events: Iterable[KernelEvent]) -> list[str]:
-        """Publish a batch in order, in one round trip; the stream ids in order, or ``[]``
-        when the batch was buffered behind an outage."""
-        items = self._core.pending(events)
-        if not items:
+        """Publish a batch, in order: every stream id, in order, once all are in Redis; ``[]``
+        if that was not confirmed within ``timeout`` (the events stay queued, as in
+        :meth:`publish`). Returns at once, ``[]``, while Redis is unreachable or refusing
+        writes and the queue is being retried.
+
+        Raises :class:`~publisher.schema.InvalidEvent` (nothing queued),
+        :class:`~publisher.buffer.BufferFull` (policy ``raise``; nothing queued),
+        :class:`~publisher.errors.PublishRejected` (Redis rejected them; none written),
+        :class:`~publisher.errors.PublisherClosed`."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def wake() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        call, wait = self._core.submit(events, wake)
+        if not call.ids:
             return []
-        if self._core.buffer:  # keep order: queue behind what already waits
-            self._buffer(items)
-            return []
-        try:
-            async with asyncio.timeout(self._core.timeout):
-                return await self._send(items)
-        except _UNREACHABLE as exc:
-            log.warning("redis unreachable (%s); buffering %d events", exc, len(items))
-            self._buffer(items)
-            return []
+        self._start_writer()
+        if wait:
+            timer = loop.call_later(self._core.timeout, wake)  # cheaper than wait_for
+            try:
+                await done
+            finally:
+                timer.cancel()
+        return self._core.result(call)
 
     async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the buffer is empty (True) or ``timeout`` passes (False)."""
+        """Retry at once, then wait until every queued event is in Redis (True) or
+        ``timeout`` seconds pass (False)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        if self._core.buffer:
+            self._start_writer()
+            self._retry_now.set()
         while self._core.buffer:
             if deadline is not None and loop.time() >= deadline:
                 return False
-            self._ensure_flusher()
             await asyncio.sleep(0.01)
         return True
 
-    async def _send(self, items: Sequence[Pending]) -> list[str]:
+    def _start_writer(self) -> None:
+        self._work.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_loop(), name="kev-publisher-writer"
+            )
+
+    async def _write_loop(self) -> None:
+        core = self._core
+        delay = self._retry_interval
+        while True:
+            self._work.clear()
+            batch = core.take()
+            if not batch:
+                await self._work.wait()
+                continue
+            kind: ErrorClass | None
+            try:
+                async with asyncio.timeout(core.timeout):
+                    results = await self._send(batch)
+            except Exception as exc:  # classified: unreachable, refused or rejected
+                kind = core.failed(batch, exc)
+            else:
+                kind = core.outcome(batch, results)
+            if kind is None or kind == "rejected":
+                delay = self._retry_interval
+                continue
+            self._retry_now.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_jitter(delay)):
+                    await self._retry_now.wait()
+            delay = self._backoff(delay)
+
+    async def _send(self, items: Sequence[Pending]) -> list[ChunkResult]:
         chunks = self._core.chunks(items)
         keys = self._core.script_keys
         if len(chunks) == 1:
-            return _ids([await self._script(keys=keys, args=chunks[0])])
+            return [_ids(await self._script(keys=keys, args=chunks[0]))]
         async with self._client.pipeline(transaction=False) as pipe:
             for args in chunks:
                 await self._script(keys=keys, args=args, client=pipe)
-            return _ids(await pipe.execute())
+            return _results(await pipe.execute(raise_on_error=False))
 
-    def _buffer(self, items: list[Pending]) -> None:
-        self._core.buffer.add(items)
-        self._ensure_flusher()
-
-    def _ensure_flusher(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-
-    async def _flush_loop(self) -> None:
-        buffer = self._core.buffer
-        while buffer:
-            batch = buffer.peek(self._core.chunk_size * 8)
-            try:
-                async with asyncio.timeout(self._core.timeout):
-                    await self._send(batch)
-            except _UNREACHABLE:
-                await asyncio.sleep(self._retry_interval)
-                continue
-            buffer.pop(len(batch))
-        log.info("redis is back: outage buffer flushed")
-
-    async def aclose(self, flush_timeout: float = 0.0) -> None:
-        """Close; with ``flush_timeout``, first give buffered events that long to go out."""
-        if flush_timeout > 0 and self._core.buffer:
-            await self.flush(flush_timeout)
-        if self._flusher is not None:
-            self._flusher.cancel()
+    async def aclose(self, timeout: float | None = None) -> CloseReport:
+        """Give queued events up to ``timeout`` seconds (default: the publisher's
+        ``timeout``) to reach Redis, stop, close an owned client, and report what was not
+        delivered (:attr:`CloseReport.ok`). Idempotent: later calls return the same report."""
+        if self._report is not None:
+            return self._report
+        await self.flush(self._core.timeout if timeout is None else timeout)
+        if self._writer is not None:
+            self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+                await self._writer
+            self._writer = None
+        self._report = self._core.close()
         if self._owns_client:
             await self._client.aclose()
+        return self._report
 
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """Close; raises :class:`~publisher.errors.UndeliveredEvents` if an event handed to
+        the publisher is not in Redis (unless the block raised: then that propagates, and
+        the close was logged; or ``aclose`` was called in the block: it returned the report)."""
+        if self._report is not None:
+            return
+        report = await self.aclose()
+        if not report.ok and exc_type is None:
+            raise UndeliveredEvents(report)
 
 
 class SyncPublisher(_Publisher[redis.Redis]):
-    """The blocking twin of :class:`AsyncPublisher`: same script, same bytes.
-
-    There is no background thread: buffered events are flushed, in order, before the next
-    publish goes out, and by :meth:`flush`."""
+    """The blocking twin of :class:`AsyncPublisher`: same script, same bytes, same queue;
+    safe to share between threads. One writer thread (a daemon, started by the first
+    publish) does every write, so no caller is held longer than ``timeout``, whatever
+    Redis does (a frozen server included)."""
 
     def __init__(self, client: redis.Redis, **options: Any) -> None:
         super().__init__(client, **options)
-        self._next_try = 0.0
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        self._work = threading.Event()
+        self._retry_now = threading.Event()
+        self._stopping = False
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 2.0, **options: Any) -> Self:
-        client = connect_sync(url, **_client_options(timeout))
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout: float = 2.0,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        **options: Any,
+    ) -> Self:
+        """As :meth:`AsyncPublisher.from_url`."""
+        client = connect_sync(
+            url, password=password, sentinel_password=sentinel_password,
+            **_client_options(timeout),
+        )  # fmt: skip
         return cls(client, owns_client=True, timeout=timeout, **options)
 
     def publish(self, event: KernelEvent) -> str | None:
+        """As :meth:`AsyncPublisher.publish`."""
         ids = self.publish_many((event,))
         return ids[0] if ids else None
 
     def publish_many(self, events: Iterable[KernelEvent]) -> list[str]:
-        items = self._core.pending(events)
-        if not items:
+        """As :meth:`AsyncPublisher.publish_many`; blocks at most ``timeout`` seconds."""
+        done = threading.Event()
+        call, wait = self._core.submit(events, done.set)
+        if not call.ids:
             return []
-        if self._core.buffer and not self._try_flush():
-            self._core.buffer.add(items)
-            return []
-        try:
-            return self._send(items)
-        except _UNREACHABLE as exc:
-            log.warning("redis unreachable (%s); buffering %d events", exc, len(items))
-            self._core.buffer.add(items)
-            self._next_try = time.monotonic() + self._retry_interval
-            return []
+        self._start_writer()
+        if wait:
+            done.wait(self._core.timeout)
+        return self._core.result(call)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Send what waits; True once the buffer is empty, False if ``timeout`` passed."""
+        """As :meth:`AsyncPublisher.flush`."""
+        if self._core.buffer:
+            self._start_writer()
+            self._retry_now.set()
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._core.buffer:
-            self._next_try = 0.0
-            if self._try_flush():
-                return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            time.sleep(self._retry_interval)
+            time.sleep(0.01)
         return True
 
-    def _try_flush(self) -> bool:
-        """One attempt (at most every ``retry_interval``) to empty the buffer."""
-        if time.monotonic() < self._next_try:
-            return False
-        buffer = self._core.buffer
-        try:
-            while buffer:
-                batch = buffer.peek(self._core.chunk_size * 8)
-                self._send(batch)
-                buffer.pop(len(batch))
-        except _UNREACHABLE:
-            self._next_try = time.monotonic() + self._retry_interval
-            return False
-        return True
+    def _start_writer(self) -> None:
+        self._work.set()
+        with self._writer_lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(
+                    target=self._write_loop, name="kev-publisher-writer", daemon=True
+                )
+                self._writer.start()
 
-    def _send(self, items: Sequence[Pending]) -> list[str]:
+    def _write_loop(self) -> None:
+        core = self._core
+        delay = self._retry_interval
+        while not self._stopping:
+            self._work.clear()
+            batch = core.take()
+            if not batch:
+                self._work.wait()
+                continue
+            kind: ErrorClass | None
+            try:
+                results = self._send(batch)
+            except Exception as exc:  # classified: unreachable, refused or rejected
+                kind = core.failed(batch, exc)
+            else:
+                kind = core.outcome(batch, results)
+            if kind is None or kind == "rejected":
+                delay = self._retry_interval
+                continue
+            self._retry_now.wait(_jitter(delay))
+            self._retry_now.clear()
+            delay = self._backoff(delay)
+
+    def _send(self, items: Sequence[Pending]) -> list[ChunkResult]:
         chunks = self._core.chunks(items)
         keys = self._core.script_keys
         if len(chunks) == 1:
-            return _ids([self._script(keys=keys, args=chunks[0])])
+            return [_ids(self._script(keys=keys, args=chunks[0]))]
         with self._client.pipeline(transaction=False) as pipe:
             for args in chunks:
                 self._script(keys=keys, args=args, client=pipe)
-            return _ids(pipe.execute())
+            return _results(pipe.execute(raise_on_error=False))
 
-    def close(self, flush_timeout: float = 0.0) -> None:
-        if flush_timeout > 0 and self._core.buffer:
-            self.flush(flush_timeout)
+    def close(self, timeout: float | None = None) -> CloseReport:
+        """As :meth:`AsyncPublisher.aclose`; blocks at most ``timeout`` seconds (default: the
+        publisher's ``timeout``) plus one second for the writer thread to stop."""
+        with self._close_lock:
+            if self._report is None:
+                self._report = self._close(timeout)
+            return self._report
+
+    def _close(self, timeout: float | None) -> CloseReport:
+        self.flush(self._core.timeout if timeout is None else timeout)
+        self._stopping = True
+        report = self._core.close()
+        self._work.set()
+        self._retry_now.set()
         if self._owns_client:
+            # Also wakes the writer if it waits on a frozen Redis: its socket is shut down.
             self._client.close()
+        if self._writer is not None:
+            self._writer.join(1.0)
+        return report
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """As :meth:`AsyncPublisher.__aexit__`."""
+        if self._report is not None:
+            return
+        report = self.close()
+        if not report.ok and exc_type is None:
+            raise UndeliveredEvents(report)

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +18,7 @@ import redis
 
 from publisher import Keys, decode_event
 from publisher.cli import main
-from tests.support.redis_server import free_port
+from tests.support.redis_server import RedisServer, free_port
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -267,3 +268,24 @@ def test_interrupting_the_demo_ends_it_cleanly_with_a_summary(
     match = re.match(r"interrupted; published ([\d,]+) events", out)
     assert match, out
     assert int(match.group(1).replace(",", "")) == sync_redis.xlen("sig:events")
+
+
+def test_events_not_published_make_a_non_zero_exit(
+    private_redis: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The demo: Redis goes away mid-run and stays away; the summary is printed, then what
+    # was not published, and the exit is 1.
+    killer = threading.Timer(0.3, private_redis.stop, kwargs={"kill": True})
+    killer.start()
+    argv = ["demo", "--rate", "200", "--duration", "0.8", "--redis-url", private_redis.url]
+    try:
+        assert main(argv, environ={}) == 1
+    finally:
+        killer.join()
+    err = capsys.readouterr().err
+    assert "kev-publish demo: error: not all published: " in err and "undelivered" in err
+    assert "Traceback" not in err
+    # emit against the dead server: nothing printed on stdout, 1.
+    assert main([*EMIT, "--redis-url", private_redis.url], environ={}) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "nothing was published" in captured.err

@@ -1,0 +1,106 @@
+"""The publisher's errors, and the three classes every Redis error falls into.
+
+=============  ==========================================  ==================================
+class          what Redis did                               what the publisher does
+=============  ==========================================  ==================================
+unreachable    no answer: connection refused, reset or      keep the events queued, in order;
+               timed out, a frozen server                   retry with backoff; the call
+                                                            returns ``None`` / ``[]``
+refused        answered, and refused a write that may       same as unreachable
+               succeed later: OOM (maxmemory +
+               noeviction), READONLY (a replica, a
+               failover), LOADING, BUSY, MASTERDOWN,
+               MISCONF, NOSCRIPT, TRYAGAIN, NOREPLICAS,
+               auth and ACL (NOAUTH, WRONGPASS, NOPERM:
+               an operator can fix them)
+rejected       answered, and no retry can succeed:          the events are discarded and
+               WRONGTYPE (the history key is not a          counted (``rejected``); a call
+               stream), a script error, any other error     still waiting raises
+               reply                                        :class:`PublishRejected`
+=============  ==========================================  ==================================
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, Literal
+
+import redis.exceptions as rex
+
+if TYPE_CHECKING:
+    from .writer import CloseReport
+
+__all__ = [
+    "ErrorClass",
+    "PublishError",
+    "PublishRejected",
+    "PublisherClosed",
+    "UndeliveredEvents",
+    "classify",
+]
+
+ErrorClass = Literal["unreachable", "refused", "rejected"]
+
+#: error-reply codes of a write Redis may accept later; searched in the whole message, since
+#: a script's error wraps the code of the command that failed inside it
+_REFUSED_CODES: Final = (
+    "OOM",
+    "READONLY",
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "MISCONF",
+    "NOSCRIPT",
+    "TRYAGAIN",
+    "NOREPLICAS",
+    "CLUSTERDOWN",
+    "NOAUTH",
+    "WRONGPASS",
+    "NOPERM",
+)
+
+
+class PublishError(RuntimeError):
+    """Base of the publisher's own errors."""
+
+
+class PublishRejected(PublishError):
+    """Redis rejected the call's events with an error no retry can fix (the cause is
+    chained); none of them was written."""
+
+
+class PublisherClosed(PublishError):
+    """``publish`` after ``close``/``aclose``."""
+
+
+class UndeliveredEvents(PublishError):
+    """Raised when a ``with`` block of a publisher ends and not every event handed to it is
+    in Redis; :attr:`report` says which and why."""
+
+    def __init__(self, report: CloseReport) -> None:
+        super().__init__(report.summary())
+        self.report = report
+
+
+def classify(exc: BaseException) -> ErrorClass:
+    """The class of an error a write raised (see the module's table)."""
+    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError | rex.BusyLoadingError):
+        return "refused"
+    if isinstance(
+        exc, rex.ConnectionError | rex.TimeoutError | rex.InvalidResponse | OSError | TimeoutError
+    ):
+        return "unreachable"
+    if isinstance(
+        exc,
+        rex.OutOfMemoryError
+        | rex.ReadOnlyError
+        | rex.NoScriptError
+        | rex.NoPermissionError
+        | rex.TryAgainError
+        | rex.ClusterDownError,
+    ):
+        return "refused"
+    if isinstance(exc, rex.ResponseError):
+        words = str(exc).replace("-", " ").replace(":", " ").split()
+        if any(code in words for code in _REFUSED_CODES):
+            return "refused"
+    return "rejected"

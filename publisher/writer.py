@@ -1,0 +1,301 @@
+"""What the asyncio and the blocking publisher share: the one ordered queue every event goes
+through, sequence numbers, the outcome of each write attempt, health and counters.
+
+One writer (an asyncio task, or a thread) sends the head of the queue, one attempt at a time
+on one connection, so the script sees sequence numbers in order and its exactly-once check
+(skip numbers at or below the last applied one) never mistakes a concurrent call for a retry.
+Calls that arrive while an attempt is in flight go out together in the next one (group
+commit). Every method here takes the core's lock and never does I/O under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import redis.exceptions as rex
+
+from .buffer import Call, OutageBuffer, OverflowPolicy, Pending
+from .errors import ErrorClass, PublisherClosed, PublishRejected, classify
+from .keys import Keys
+from .schema import KernelEvent, decode_event, encode_event
+
+__all__ = ["SEQ_TTL", "CloseReport", "Core", "Health", "HealthState"]
+
+log = logging.getLogger("publisher.client")
+
+SEQ_TTL: Final = 7 * 24 * 3600
+#: at most this often (seconds) a still-failing writer logs at WARNING (DEBUG in between)
+_LOG_EVERY: Final = 30.0
+
+HealthState = Literal["ok", "unreachable", "refused", "rejected", "closed"]
+
+#: what one chunk of an attempt came back as: its ids, or the error Redis answered it with
+ChunkResult = list[str] | BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """A snapshot of a publisher's state and counters (events, since it started)."""
+
+    #: ``ok`` the last write succeeded; ``unreachable``/``refused`` the last attempt failed
+    #: that way and the queue is being retried with backoff; ``rejected`` the last attempt
+    #: was rejected (its events discarded); ``closed``
+    state: HealthState
+    #: ``time.monotonic()`` when ``state`` was entered
+    since: float
+    #: the last error, as ``"<class>: <message>"``, or None
+    last_error: str | None
+    #: events waiting (queued, in flight or held through an outage)
+    buffered: int
+    published: int
+    dropped: int
+    rejected: int
+    #: failed attempts, by error class
+    errors: Mapping[ErrorClass, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReport:
+    """What ``close``/``aclose`` returns: did every event handed to the publisher reach
+    Redis (:attr:`ok`), and if not, which."""
+
+    published: int
+    #: events still queued when the close deadline passed, in order. One whose write was in
+    #: flight at that moment may have reached Redis all the same.
+    undelivered: tuple[KernelEvent, ...]
+    #: events dropped by the overflow policy, over the publisher's life
+    dropped: int
+    #: events Redis rejected (their calls raised :class:`PublishRejected`)
+    rejected: int
+    last_error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.undelivered and not self.dropped and not self.rejected
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"all {self.published} events published"
+        return (
+            f"{len(self.undelivered)} events undelivered, {self.dropped} dropped, "
+            f"{self.rejected} rejected ({self.published} published); "
+            f"last error: {self.last_error}"
+        )
+
+
+class Core:
+    """The shared state of one publisher (thread-safe)."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str,
+        maxlen: int,
+        exact_trim: bool,
+        chunk_size: int,
+        timeout: float,
+        buffer_size: int,
+        overflow: OverflowPolicy,
+    ) -> None:
+        if maxlen < 1:
+            raise ValueError(f"maxlen must be at least 1, got {maxlen}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        self.keys = Keys(prefix)
+        self.seq_key = f"{prefix}:pubseq:{uuid.uuid4().hex}"
+        self.maxlen = maxlen
+        self.chunk_size = chunk_size
+        self.max_batch = chunk_size * 8
+        self.timeout = timeout
+        self.buffer = OutageBuffer(buffer_size, overflow)
+        self.next_seq = 0
+        self.lock = threading.Lock()
+        self.state: HealthState = "ok"
+        self.since = time.monotonic()
+        self.last_error: str | None = None
+        self.published = 0
+        self.rejected = 0
+        self.errors: dict[ErrorClass, int] = {}
+        self._last_warning = -_LOG_EVERY
+        self._failing_since = 0.0
+        self._head = [str(maxlen), self.keys.channel, "=" if exact_trim else "~", str(SEQ_TTL)]
+
+    # -- callers --------------------------------------------------------------------------
+
+    def submit(
+        self, events: Iterable[KernelEvent], wake: Callable[[], None] | None = None
+    ) -> tuple[Call, bool]:
+        """Encode (and so validate: a bad event fails the whole batch, nothing is queued),
+        number and queue the events; the call, and whether the caller should wait for the
+        writer (False while an outage is being retried: the call returns at once).
+
+        Raises :class:`~publisher.schema.InvalidEvent`, :class:`~publisher.buffer.BufferFull`,
+        :class:`~publisher.errors.PublisherClosed`."""
+        payloads = [encode_event(event) for event in events]
+        with self.lock:
+            if self.state == "closed":
+                raise PublisherClosed("the publisher is closed")
+            call = Call(self.next_seq, len(payloads))
+            call.wake = wake  # under the lock: the writer may settle the call at once
+            items = [Pending(call.first + i, p, call) for i, p in enumerate(payloads)]
+            wait = self.state not in ("unreachable", "refused")
+            if wait:  # the caller holds these until it returns; the bound applies then
+                self.buffer.extend(items)
+            else:
+                self.buffer.add(items)  # BufferFull leaves next_seq as it was
+            self.next_seq += len(payloads)
+            return call, wait
+
+    def result(self, call: Call) -> list[str]:
+        """What a call returns once woken or out of time: every id, or ``[]``."""
+        with self.lock:
+            call.wake = None
+            if call.error is not None:
+                raise PublishRejected(str(call.error)) from call.error
+            written = call.written
+            if not written:  # gave up: its events stay queued, under the bound
+                self.buffer.trim()
+            return written
+
+    # -- the writer -----------------------------------------------------------------------
+
+    def take(self) -> list[Pending]:
+        with self.lock:
+            return self.buffer.take(self.max_batch)
+
+    def chunks(self, items: Sequence[Pending]) -> list[list[bytes | str]]:
+        """Script arguments, one list per chunk; each chunk names the last number of the
+        chunk before it, so a chunk never runs after one that failed (see the script)."""
+        out: list[list[bytes | str]] = []
+        for i in range(0, len(items), self.chunk_size):
+            part = items[i : i + self.chunk_size]
+            prev = str(items[i - 1].seq) if i else ""
+            out.append([*self._head, str(part[0].seq), prev, *(p.payload for p in part)])
+        return out
+
+    @property
+    def script_keys(self) -> list[str]:
+        return [self.keys.history, self.seq_key, self.keys.epoch]
+
+    def outcome(
+        self, batch: Sequence[Pending], results: Sequence[ChunkResult]
+    ) -> ErrorClass | None:
+        """Apply an attempt's per-chunk results: confirm each chunk that came back with ids
+        (until the first that did not), then handle that chunk's error. None when the whole
+        batch is written, else the error's class (the writer backs off unless
+        ``rejected``)."""
+        with self.lock:
+            done = 0
+            for result in results:
+                if isinstance(result, BaseException):
+                    return self._failed(batch[done:], result)
+                if not result:  # the chunk before it did not run: the error said why
+                    break
+                part = batch[done : done + len(result)]
+                for item, stream_id in zip(part, result, strict=True):
+                    if item.call is not None:
+                        item.call.settle(item.seq, stream_id or "")
+                self.buffer.pop_through(part[-1].seq)
+                self.published += len(part)
+                done += len(part)
+            if done < len(batch):  # only after a chunk that failed; a retry decides
+                skipped = rex.TryAgainError("TRYAGAIN a chunk was skipped after its predecessor")
+                return self._failed(batch[done:], skipped)
+            self.buffer.release()
+            if self.state != "ok":
+                if self.state in ("unreachable", "refused"):
+                    log.warning(
+                        "redis accepts writes again after %.1f s; %d events still queued",
+                        time.monotonic() - self._failing_since,
+                        len(self.buffer),
+                    )
+                self._enter("ok")
+            return None
+
+    def failed(self, batch: Sequence[Pending], exc: BaseException) -> ErrorClass:
+        """The whole attempt raised ``exc`` (nothing confirmed)."""
+        with self.lock:
+            return self._failed(batch, exc)
+
+    def _failed(self, batch: Sequence[Pending], exc: BaseException) -> ErrorClass:
+        self.buffer.release()
+        kind = classify(exc)
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if kind == "rejected":
+            gone = self.buffer.pop_through(batch[-1].seq)
+            self.rejected += len(gone)
+            for item in gone:
+                if item.call is not None:
+                    item.call.fail(exc)
+            log.error(
+                "redis rejected %d events, discarded: %s", len(gone), self.last_error,
+                exc_info=None if isinstance(exc, rex.RedisError) else exc,  # a bug: traceback
+            )  # fmt: skip
+            self._enter("rejected")
+            return kind
+        now = time.monotonic()
+        if self.state not in ("unreachable", "refused"):
+            self._failing_since = now
+        if self.state != kind or now - self._last_warning >= _LOG_EVERY:
+            self._last_warning = now
+            log.warning(
+                "redis %s (%s): %d events queued, retrying with backoff",
+                kind, self.last_error, len(self.buffer),
+            )  # fmt: skip
+        else:
+            log.debug("redis still %s (%s)", kind, self.last_error)
+        self._enter(kind)
+        self.buffer.trim()
+        # Whoever waits on an event that is not written now returns None: it stays queued.
+        for item in self.buffer.peek(len(self.buffer)):
+            if item.call is not None and item.call.wake is not None:
+                item.call.wake()
+        return kind
+
+    def _enter(self, state: HealthState) -> None:
+        if state != self.state:
+            self.state = state
+            self.since = time.monotonic()
+
+    # -- state ----------------------------------------------------------------------------
+
+    def health(self) -> Health:
+        with self.lock:
+            return Health(
+                state=self.state,
+                since=self.since,
+                last_error=self.last_error,
+                buffered=len(self.buffer),
+                published=self.published,
+                dropped=self.buffer.dropped,
+                rejected=self.rejected,
+                errors=dict(self.errors),
+            )
+
+    def close(self) -> CloseReport:
+        """Mark closed (later calls raise) and report; what is still queued is undelivered."""
+        with self.lock:
+            self._enter("closed")
+            left = self.buffer.drain()
+            for item in left:
+                if item.call is not None:
+                    item.call.settle(item.seq, None)
+        report = CloseReport(
+            published=self.published,
+            undelivered=tuple(decode_event(item.payload) for item in left),
+            dropped=self.buffer.dropped,
+            rejected=self.rejected,
+            last_error=self.last_error,
+        )
+        if not report.ok:
+            log.error("publisher closed: %s", report.summary())
+        return report
