@@ -57,9 +57,16 @@ class HubStats:
 class ThrottledLog:
     """Logs the first drop of each kind at once, then at most one summary line a minute."""
 
-    def __init__(self, period: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        period: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        logger: logging.Logger = log,
+    ) -> None:
         self._period = period
         self._clock = clock
+        self._log = logger
         self._last: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
 
@@ -71,4 +78,4 @@ class ThrottledLog:
             return
         self._last[kind] = now
         suppressed = self._suppressed.pop(kind, 0)
-        log.warning(message + " (%d similar suppressed)", *args, suppressed)
+        self._log.warning(message + " (%d similar suppressed)", *args, suppressed)

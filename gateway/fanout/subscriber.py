@@ -16,7 +16,12 @@ Flow of one subscription session (see ARCHITECTURE.md, "Watermark and epoch"):
    silently dead (seen after failovers): drop it and start over at 1. redis-py re-subscribing
    by itself after a dropped connection also starts over, since messages were missed.
 
-Any Redis error ends the session; the next starts after a bounded, jittered backoff.
+Any Redis error ends the session; the next starts after a bounded, jittered backoff, on fresh
+connections (every pooled one is closed: one idle through a Redis restart looks alive).
+
+The same subscription carries the process's other channels (``listeners``: the identity
+changes), whose messages go to their callbacks; ``on_subscribed`` runs after each session's
+subscribe, so whatever was published while the subscription was down can be caught up on.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import redis.asyncio as aredis
@@ -66,8 +71,15 @@ class Subscriber:
         backoff_max: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        listeners: Mapping[str, Callable[[bytes], None]] | None = None,
+        on_subscribed: Callable[[], None] | None = None,
     ) -> None:
+        """``listeners``: more channels to subscribe, each with a callback that gets every
+        message's data (called from the read loop: it must not block or raise);
+        ``on_subscribed``: called once each session is subscribed and gap-filled."""
         self._redis = redis
+        self._listeners = {name.encode(): fn for name, fn in (listeners or {}).items()}
+        self._on_subscribed = on_subscribed
         self._keys = keys
         self._hub = hub
         self._probe_channel = keys.probe_channel(replica)
@@ -122,20 +134,34 @@ class Subscriber:
                     exc,
                     delay,
                 )
+                await self._drop_pooled()
                 await asyncio.sleep(delay)
+
+    async def _drop_pooled(self) -> None:
+        """Close every connection of the subscriber's own pool, so the next session starts
+        on fresh ones. A connection idle in the pool while Redis restarted is dead but looks
+        alive (redis-py >= 6 skips its check-out test when maintenance notifications are on):
+        the first session after every restart failed on it (its gap-fill read) and waited
+        one more full backoff, ~2 s, before the replica was ready again."""
+        try:
+            await self._redis.connection_pool.disconnect()
+        except (RedisError, OSError) as exc:  # nothing to keep: they are being thrown away
+            log.debug("closing the subscriber's pooled connections: %s", exc)
 
     async def _session(self) -> None:
         await self._sync_clock()
         await self._locate_history()
         pubsub = self._redis.pubsub()
         try:
-            await pubsub.subscribe(self._keys.channel, self._probe_channel)
+            await pubsub.subscribe(self._keys.channel, self._probe_channel, *self._listeners)
             self._reset = False
             assert pubsub.connection is not None
             pubsub.connection.register_connect_callback(self._on_reconnect)
             await self._gap_fill()
             self.subscribed = True
             log.info("subscribed to %s", self._keys.channel)
+            if self._on_subscribed is not None:
+                self._on_subscribed()
             await self._read(pubsub)
         finally:
             self.subscribed = False
@@ -260,6 +286,7 @@ class Subscriber:
     async def _read(self, pubsub: aredis.client.PubSub) -> None:
         probe_channel = self._probe_channel.encode()
         publish_message = self._hub.publish_message
+        listeners = self._listeners
         interval = self._probe_interval
         # Probes go out every interval and normally return within milliseconds, so the
         # newest answer is at most one interval old; 1.5 intervals without one means the
@@ -281,9 +308,15 @@ class Subscriber:
                 raise SubscriptionReset("the pub/sub connection was re-established underneath")
             while message is not None:
                 if message["type"] == "message":
-                    if message["channel"] == probe_channel:
+                    channel = message["channel"]
+                    if channel == probe_channel:
                         answered = self._clock()
                         self.probe_ok = True
+                    elif channel in listeners:
+                        try:
+                            listeners[channel](message["data"])
+                        except Exception:  # one bad listener must not end the subscription
+                            log.exception("listener of %r failed", channel)
                     else:
                         publish_message(message["data"])
                 # drain what is already buffered without another wait

@@ -12,6 +12,9 @@ exception                      status  body ``type`` slug
 Starlette ``HTTPException``    404/405 generic-not-found / method-not-allowed (else 400)
 anything else                  500     internal-server-error (logged with its traceback)
 =============================  ======  =====================================================
+
+A refusal for capacity (429, 503) also says ``Connection: close``: a client that keeps its
+connection for the retry would hold the very file descriptor the limit protects.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ STATUS: Final[dict[ProblemSlug, int]] = {
 }
 
 
+#: refusals for capacity, whose connection is closed after the answer
+_CLOSES: Final = frozenset({429, 503})
+
+
 class _Body(msgspec.Struct, omit_defaults=True):
     type: str
     title: str
@@ -64,8 +71,11 @@ def problem_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     body = _encoder.encode(_Body(type=PROBLEM_BASE + slug, title=title, msg=msg))
+    status = STATUS[slug]
+    if status in _CLOSES:
+        headers = {**(headers or {}), "Connection": "close"}
     return Response(
-        body, status_code=STATUS[slug], headers=headers, media_type="application/problem+json"
+        body, status_code=status, headers=headers, media_type="application/problem+json"
     )
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aredis
 
@@ -16,6 +18,11 @@ from gateway.fanout.subscriber import Subscriber
 from gateway.identity.store import IdentityStore
 from gateway.settings import Settings
 from publisher.keys import Keys
+
+from .limits import KeyLeases, fd_stream_limit
+
+if TYPE_CHECKING:
+    from .reauthorize import Reauthorizer
 
 __all__ = ["GatewayState"]
 
@@ -34,6 +41,18 @@ class GatewayState:
     subscriber: Subscriber
     accepting: bool = True
     loop: asyncio.AbstractEventLoop | None = None
+    #: re-checks open streams when identities change (None only in tests without a lifespan)
+    reauth: Reauthorizer | None = None
+    #: the fleet-wide per-key stream counts (None: this replica's own count decides)
+    leases: KeyLeases | None = None
+    #: streams this process may hold: ``max_streams``, or fewer where its file descriptors
+    #: would run out first (:func:`gateway.http.limits.fd_stream_limit`; -1: work it out)
+    stream_limit: int = -1
+    #: streams admitted whose response has not registered them in the hub yet
+    opening: int = 0
+    #: stream requests refused at a limit, by limit (``fd_limit``, ``max_streams``,
+    #: ``key_limit``), for ``/metrics``
+    refused: Counter[str] = field(default_factory=Counter)
     #: refused requests by problem title, for ``/metrics``
     auth_failures: Counter[str] = field(default_factory=Counter)
     #: restarts of each supervised background task, and the ones down right now
@@ -41,6 +60,20 @@ class GatewayState:
     tasks_down: set[str] = field(default_factory=set)
     #: monotonic time since which the replica has been unable to deliver, or None
     _unready_since: float | None = None
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.stream_limit < 0:
+            self.stream_limit = fd_stream_limit(self.settings)
+        if self.stream_limit < self.settings.max_streams:
+            # a cap well short of max_streams is a misconfiguration; a few % is headroom
+            short = self.stream_limit < 0.9 * self.settings.max_streams
+            (log.warning if short else log.info)(
+                "file descriptors cap this replica at %d streams (max_streams %d): raise "
+                "RLIMIT_NOFILE (ulimit -n) to serve more",
+                self.stream_limit,
+                self.settings.max_streams,
+            )
 
     @property
     def ready(self) -> bool:
@@ -68,6 +101,12 @@ class GatewayState:
             return
         self.accepting = False
         log.info("shutting down: closing %d streams with server_close", len(self.hub))
+        if self.leases is not None:
+            # Its clients are about to reconnect elsewhere: they must not count twice there.
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to withdraw
+                task = asyncio.get_running_loop().create_task(self.leases.withdraw())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         self.hub.close_all("shutdown")
 
     async def drain(self) -> bool:

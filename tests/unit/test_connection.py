@@ -325,3 +325,50 @@ def test_the_handover_after_a_replay_never_evicts_the_reader() -> None:
     connection.end_replay((5, 0))
     assert not connection.closed
     assert connection.take() == b"r" * 600 + b"h" * 450
+
+
+def test_lag_is_the_age_of_the_oldest_unacknowledged_byte() -> None:
+    """``lag`` from the kernel's counters (a fake here): bytes the client's TCP has not
+    acknowledged age from the first tick that saw them taken; acknowledging them resets it,
+    a stream with nothing written is not even asked, and a vanished socket reads as 0."""
+    conn = _connection()
+    kernel = {"acked": 0, "unacked": 0, "asked": 0}
+
+    def progress() -> tuple[int, int]:
+        kernel["asked"] += 1
+        return kernel["acked"], kernel["unacked"]
+
+    conn._progress = progress
+    assert conn.lag(0.0) == 0.0 and kernel["asked"] == 0  # nothing written: not asked
+    conn.push(b"a" * 100)
+    conn.take()
+    kernel["unacked"] = 100
+    assert conn.lag(1.0) == 0.0  # first seen now
+    assert conn.lag(3.0) == 2.0  # nothing acknowledged since
+    conn.push(b"b" * 50)
+    conn.take()
+    kernel["acked"], kernel["unacked"] = 60, 90  # part of the first write acknowledged
+    assert conn.lag(4.0) == 3.0  # its rest is still the oldest
+    kernel["acked"], kernel["unacked"] = 120, 30  # the first write is through
+    assert conn.lag(5.0) == 1.0  # the second was first seen at 4.0
+    kernel["acked"], kernel["unacked"] = 150, 0
+    assert conn.lag(6.0) == 0.0
+    asked = kernel["asked"]
+    assert conn.lag(7.0) == 0.0 and kernel["asked"] == asked  # caught up: not asked again
+
+    def gone() -> tuple[int, int]:
+        raise OSError("bad file descriptor")
+
+    conn._progress = gone
+    conn.push(b"c")
+    conn.take()
+    assert conn.lag(8.0) == 0.0
+
+
+def test_server_close_hints_are_jittered() -> None:
+    """Each stream's reconnect hint is retry_ms plus 0..retry_jitter_ms at random."""
+    conn = Connection(Filter(), "AK", 1024, clock=FakeClock(), retry_ms=1000, retry_jitter_ms=500)
+    hints = {conn.retry_hint() for _ in range(200)}
+    assert min(hints) >= 1000 and max(hints) < 1500 and len(hints) > 50
+    assert b"retry: 1234\n" in server_close_frame("shutdown", 1234, field=True)
+    assert b"retry:" not in server_close_frame("shutdown", 1234)
