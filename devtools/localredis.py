@@ -1,5 +1,8 @@
 """A private redis-server on a free loopback port, for the demo, the local cluster, the bench
-and the tests: no persistence, its own temporary directory, stopped with its owner."""
+and the tests: its own temporary directory, stopped with its owner. No persistence unless
+asked: ``aof`` (what the demo and the local cluster use, like every shipped configuration:
+an append-only file fsynced every second, so a restart keeps the identities and the history)
+or ``durable`` (fsync on every write)."""
 
 from __future__ import annotations
 
@@ -27,12 +30,20 @@ class PrivateRedis:
     """Start, stop (gracefully or with SIGKILL) and restart a redis-server on one port."""
 
     def __init__(
-        self, port: int | None = None, *, maxclients: int = 20_000, durable: bool = False
+        self,
+        port: int | None = None,
+        *,
+        maxclients: int = 20_000,
+        durable: bool = False,
+        aof: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.maxclients = maxclients
         #: fsync every write to an append-only file, so a SIGKILL loses nothing acknowledged
         self.durable = durable
+        #: an append-only file fsynced every second (the shipped configurations' setting):
+        #: a restart loses at most the last second of writes
+        self.aof = aof
         self.dir = Path(tempfile.mkdtemp(prefix="kev-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -52,8 +63,8 @@ class PrivateRedis:
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--save", "",
-            "--appendonly", "yes" if self.durable else "no",
-            "--appendfsync", "always",
+            "--appendonly", "yes" if self.durable or self.aof else "no",
+            "--appendfsync", "always" if self.durable else "everysec",
             "--dir", str(self.dir),
             "--daemonize", "no",
             "--loglevel", "warning",

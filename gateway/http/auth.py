@@ -10,6 +10,7 @@ Every refusal is counted by title in ``state.auth_failures`` (``kev_auth_failure
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -17,12 +18,12 @@ from typing import Literal
 from starlette.requests import Request
 
 from gateway.errors import GatewayError
-from gateway.identity.authenticate import authenticate
+from gateway.identity.authenticate import authenticate_keypair
 from gateway.identity.models import Identity
 from gateway.identity.signing import raw_target
 
 from .state import GatewayState
-from .websession import authenticate_cookie
+from .websession import cookie_session
 
 __all__ = ["AuthMethod", "Caller", "authenticate_request"]
 
@@ -34,6 +35,12 @@ AuthMethod = Literal["signature", "cookie"]
 class Caller:
     identity: Identity
     method: AuthMethod
+    #: signature callers: SHA-256 of the secret that signed (a new secret ends their streams)
+    secret_digest: bytes | None = None
+    #: cookie callers: the session's stored name (``websession.token_hash``) and its expiry
+    #: (``time.time()`` seconds), which end their streams when it is logged out or expires
+    session: str | None = None
+    expires_at: float | None = None
 
 
 async def authenticate_request(request: Request, state: GatewayState) -> Caller:
@@ -43,11 +50,16 @@ async def authenticate_request(request: Request, state: GatewayState) -> Caller:
     try:
         if "authorization" not in request.headers:
             # A browser (EventSource) has no signature, only its session cookie.
-            identity = await authenticate_cookie(request, state)
-            if identity is not None:
-                return Caller(identity, "cookie")
+            session = await cookie_session(request, state)
+            if session is not None:
+                return Caller(
+                    session.identity,
+                    "cookie",
+                    session=session.token_hash,
+                    expires_at=session.expires_at,
+                )
         scope = request.scope
-        identity = await authenticate(
+        keypair, identity = await authenticate_keypair(
             request.method,
             raw_target(scope.get("raw_path") or scope["path"].encode(), scope["query_string"]),
             request.headers,
@@ -55,7 +67,8 @@ async def authenticate_request(request: Request, state: GatewayState) -> Caller:
             now=datetime.now(UTC),
             max_skew=state.max_skew,
         )
-        return Caller(identity, "signature")
+        digest = hashlib.sha256(keypair.secret_key.encode()).digest()
+        return Caller(identity, "signature", secret_digest=digest)
     except GatewayError as exc:
         state.auth_failures[exc.title] += 1
         raise

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from gateway.errors import AuthFailed, InvalidAuthParams
 
-from .models import Identity
+from .models import Identity, Keypair
 from .signing import (
     MAX_HOST,
     MAX_SKEW,
@@ -22,7 +22,7 @@ from .signing import (
 )
 from .store import IdentityStore
 
-__all__ = ["authenticate"]
+__all__ = ["authenticate", "authenticate_keypair"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +36,29 @@ async def authenticate(
     now: datetime,
     max_skew: timedelta = MAX_SKEW,
 ) -> Identity:
-    """Who signed this request.
+    """Who signed this request (see :func:`authenticate_keypair`)."""
+    keypair_and_identity = await authenticate_keypair(
+        method, raw_target, headers, store, now=now, max_skew=max_skew
+    )
+    return keypair_and_identity[1]
+
+
+async def authenticate_keypair(
+    method: str,
+    raw_target: str,
+    headers: Mapping[str, str],
+    store: IdentityStore,
+    *,
+    now: datetime,
+    max_skew: timedelta = MAX_SKEW,
+) -> tuple[Keypair, Identity]:
+    """Who signed this request, with the keypair it was signed with (an open stream
+    remembers which secret opened it: a new secret ends it).
 
     Raises :class:`~gateway.errors.InvalidAuthParams` for missing or malformed signature
     headers or a date off by more than ``max_skew``, and :class:`~gateway.errors.AuthFailed`
-    for an unknown, inactive or ownerless key or a wrong signature.
+    for an unknown, inactive or ownerless key or a wrong signature;
+    :class:`~gateway.identity.store.IdentityStoreLost` when Redis lost the identity store.
 
     ``headers`` has lower-case names (a Starlette ``Headers`` will do). The keypair's secret is
     checked before its state, so only a caller holding it learns that a keypair is inactive.
@@ -86,4 +104,4 @@ async def authenticate(
     if user is None:
         logger.warning("auth failed: access key %r belongs to unknown user", access_key)
         raise AuthFailed("Keypair owner not found")
-    return Identity(access_key, user.user_id, user.role, user.domain)
+    return keypair, Identity(access_key, user.user_id, user.role, user.domain)

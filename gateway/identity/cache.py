@@ -43,6 +43,10 @@ class TTLCache(Generic[_K, _V]):
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
 
+    def discard(self, key: _K) -> None:
+        """Forget ``key`` (a hit or a miss), if cached."""
+        self._entries.pop(key, None)
+
     def clear(self) -> None:
         self._entries.clear()
 

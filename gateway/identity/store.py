@@ -6,10 +6,16 @@ Redis layout (names from :class:`publisher.keys.Keys`, all values strings):
 * ``user(uid)`` hash ``user_id role domain [password_hash]``; set ``users`` lists them
 * ``group(domain, name)`` hash ``domain name``; set ``groups`` holds ``<domain>:<name>``
 
-Every replica caches reads (hits and misses) for ``cache_ttl`` seconds. That is the bound on how
-long a change made elsewhere takes to be seen: a removed or deactivated keypair keeps
-authenticating on other replicas for at most ``cache_ttl`` seconds, and a new group may be 404
-there for as long. Management calls through a store clear that store's own cache at once.
+Every replica caches reads (hits and misses) for ``cache_ttl`` seconds. Every write also
+publishes what it changed (:mod:`.changes`, in the write's own transaction), and each replica
+drops those entries from its cache when the message comes (:meth:`IdentityStore.forget`), so
+a change is seen everywhere at once; ``cache_ttl`` bounds it only when a message is lost.
+
+A store that watches its presence (the gateway's) tells "Redis lost its data" apart from "this
+key is unknown": a lookup that finds nothing checks the generation key, and once the store was
+seen present a store found empty is ``lost`` (:meth:`IdentityStore.presence`): lookups raise
+:class:`IdentityStoreLost` (503) instead of answering "unknown", so no caller is refused and
+no open stream is revoked for data Redis merely forgot. Re-importing ends it.
 """
 
 from __future__ import annotations
@@ -17,14 +23,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import msgspec
 import redis.asyncio as aredis
 
+from gateway.errors import Unavailable
 from publisher.keys import Keys
 
 from .cache import MISS, TTLCache
+from .changes import Change, generation_key, make_change, queue_change
 from .models import (
     ROLES,
     Group,
@@ -40,9 +48,9 @@ from .models import (
     check_keypair,
     check_user,
 )
-from .passwords import hash_password
+from .passwords import WeakPasswordError, check_password, hash_password
 
-__all__ = ["IdentityStore"]
+__all__ = ["IdentityStore", "IdentityStoreLost", "Presence"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +69,24 @@ def _glob_escape(value: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in value)
 
 
+#: ``unknown``: not looked yet; ``ok``: present; ``empty``: never seen present by this process
+#: (a new deployment, or one that lost its data before this process started); ``lost``: seen
+#: present, now gone: Redis lost its data
+Presence = Literal["unknown", "ok", "empty", "lost"]
+
+
+class IdentityStoreLost(Unavailable):
+    """The identity store was present and is gone (Redis lost its data): nothing can be
+    decided about anyone until it is re-imported (503, ``Retry-After``)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Identity store unavailable",
+            "the gateway's identity data is gone from Redis; an operator must re-import it",
+            retry_after=5,
+        )
+
+
 class IdentityStore:
     """Reads (cached) and management (uncached, clears the local cache) of the identity data."""
 
@@ -72,9 +98,17 @@ class IdentityStore:
         cache_ttl: float = 5.0,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        watch_presence: bool = False,
     ) -> None:
+        """``watch_presence``: check, on every lookup that finds nothing, whether the store
+        itself is gone (see :meth:`presence`); the gateway's store does, the admin CLI's not."""
         self._redis = redis
         self._keys = keys
+        self._watch = watch_presence
+        #: see :meth:`presence`
+        self.state: Presence = "unknown"
+        #: the generation last seen (None: no generation key)
+        self.generation: int | None = None
         self._keypairs: TTLCache[str, Keypair] = TTLCache(cache_ttl, cache_size, clock)
         self._users: TTLCache[str, User] = TTLCache(cache_ttl, cache_size, clock)
         self._groups: TTLCache[tuple[str | None, str], bool] = TTLCache(
@@ -90,6 +124,58 @@ class IdentityStore:
         self._users.clear()
         self._groups.clear()
 
+    def forget(self, change: Change) -> None:
+        """Drop what ``change`` names from this replica's cache (all of it for ``all``)."""
+        if change.all:
+            self.clear_cache()
+            return
+        for access_key in change.keys:
+            self._keypairs.discard(access_key)
+        for user_id in change.users:
+            self._users.discard(user_id)
+        if change.groups:
+            self._groups.clear()  # keyed by (domain or None, name): cheaper to drop them all
+
+    async def presence(self) -> Presence:
+        """Whether the identity store is there: the generation key (or, for data written
+        before it existed, the user or keypair set) exists. Updates :attr:`state` and logs
+        every transition; ``lost`` only after this store has seen it ``ok``."""
+        gen_key = generation_key(self._keys)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(gen_key)
+            pipe.exists(self._keys.users, self._keys.keypairs)
+            raw, sets = await pipe.execute()
+        before = self.state
+        if raw is not None or sets:
+            self.generation = int(raw) if raw is not None else None
+            self.state = "ok"
+            if before == "lost":
+                logger.warning(
+                    "identity store is back (generation %s): open streams are re-checked",
+                    self.generation,
+                )
+        elif before in ("ok", "lost"):
+            self.state = "lost"
+            if before == "ok":
+                logger.error(
+                    "identity store LOST: Redis holds no identity data any more (restarted "
+                    "without persistence, replaced or flushed). Open streams keep their "
+                    "rights, new requests get 503 until an operator re-imports the "
+                    "identities (`gateway import`)"
+                )
+        else:
+            self.state = "empty"
+        return self.state
+
+    def _seen(self) -> None:
+        if self.state in ("unknown", "empty"):
+            self.state = "ok"  # found an entry: the store is there (a lost one waits for presence)
+
+    async def raise_if_lost(self) -> None:
+        """A lookup found nothing: raise :class:`IdentityStoreLost` if the store is gone."""
+        if self._watch and await self.presence() == "lost":
+            raise IdentityStoreLost()
+
     # reads -------------------------------------------------------------------------------------
 
     async def get_keypair(self, access_key: str) -> Keypair | None:
@@ -99,6 +185,10 @@ class IdentityStore:
         keypair = self._keypair_from(
             access_key, await self._redis.hgetall(self._keys.keypair(access_key))
         )
+        if keypair is None:
+            await self.raise_if_lost()
+        else:
+            self._seen()
         self._keypairs.put(access_key, keypair)
         return keypair
 
@@ -107,6 +197,10 @@ class IdentityStore:
         if cached is not MISS:
             return cached
         user = self._user_from(user_id, await self._redis.hgetall(self._keys.user(user_id)))
+        if user is None:
+            await self.raise_if_lost()
+        else:
+            self._seen()
         self._users.put(user_id, user)
         return user
 
@@ -140,6 +234,8 @@ class IdentityStore:
                 if _text(member).partition(":")[2] == name:
                     found = True
                     break
+        if not found:
+            await self.raise_if_lost()
         self._groups.put(cache_key, found)
         return found
 
@@ -158,6 +254,7 @@ class IdentityStore:
                 raise IdentityError(f"keypair {keypair.access_key!r} already exists")
             pipe.multi()
             self._queue_keypair(pipe, keypair)
+            queue_change(pipe, self._keys, make_change(keys=[keypair.access_key]))
 
         await self._redis.transaction(tx, kp_key, user_key)
         self.clear_cache()
@@ -166,7 +263,8 @@ class IdentityStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._keys.keypair(access_key))
             pipe.srem(self._keys.keypairs, access_key)
-            deleted, _ = await pipe.execute()
+            queue_change(pipe, self._keys, make_change(keys=[access_key]))
+            deleted, *_ = await pipe.execute()
         self.clear_cache()
         if not deleted:
             raise UnknownIdentityError(f"keypair {access_key!r} does not exist")
@@ -179,6 +277,7 @@ class IdentityStore:
                 raise UnknownIdentityError(f"keypair {access_key!r} does not exist")
             pipe.multi()
             pipe.hset(kp_key, "active", "1" if active else "0")
+            queue_change(pipe, self._keys, make_change(keys=[access_key]))
 
         await self._redis.transaction(tx, kp_key)
         self.clear_cache()
@@ -202,6 +301,7 @@ class IdentityStore:
                 raise IdentityError(f"user {user.user_id!r} already exists")
             pipe.multi()
             self._queue_user(pipe, user)
+            queue_change(pipe, self._keys, make_change(users=[user.user_id]))
 
         await self._redis.transaction(tx, user_key)
         self.clear_cache()
@@ -225,6 +325,7 @@ class IdentityStore:
                 pipe.srem(self._keys.keypairs, ak)
             pipe.delete(user_key)
             pipe.srem(self._keys.users, user_id)
+            queue_change(pipe, self._keys, make_change(keys=owned, users=[user_id]))
 
         # Watching the keypairs set makes a keypair added meanwhile restart the check.
         await self._redis.transaction(tx, user_key, self._keys.keypairs)
@@ -245,6 +346,7 @@ class IdentityStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.exists(self._keys.group(group.domain, group.name))
             self._queue_group(pipe, group)
+            queue_change(pipe, self._keys, make_change(groups=[f"{group.domain}:{group.name}"]))
             existed, *_ = await pipe.execute()
         self.clear_cache()
         if existed:
@@ -254,7 +356,8 @@ class IdentityStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._keys.group(domain, name))
             pipe.srem(self._keys.groups, f"{domain}:{name}")
-            deleted, _ = await pipe.execute()
+            queue_change(pipe, self._keys, make_change(groups=[f"{domain}:{name}"]))
+            deleted, *_ = await pipe.execute()
         self.clear_cache()
         if not deleted:
             raise UnknownIdentityError(f"group {name!r} does not exist in domain {domain!r}")
@@ -288,6 +391,10 @@ class IdentityStore:
                 raise IdentityError(f"{where}: give password or password_hash, not both")
             pw_hash = u.password_hash or ""
             if u.password is not None:
+                try:
+                    check_password(u.password, u.user_id)
+                except WeakPasswordError as exc:
+                    raise WeakPasswordError(f"{where}: {exc}") from None
                 pw_hash = hash_password(u.password)
             user = User(u.user_id, u.role, u.domain, pw_hash)
             self._checked(where, check_user, user, u.user_id in users)
@@ -321,6 +428,10 @@ class IdentityStore:
                 self._queue_group(pipe, Group(domain, name))
             for kp in keypairs.values():
                 self._queue_keypair(pipe, kp)
+            # what the import names: each replica re-checks the streams it can touch (an
+            # entry written unchanged changes no stream's rights, so none is closed for it)
+            change = make_change(keys=keypairs, users=users, groups=[f"{d}:{n}" for d, n in groups])
+            queue_change(pipe, self._keys, change)
             await pipe.execute()
         self.clear_cache()
         return ImportSummary(users=len(users), keypairs=len(keypairs), groups=len(groups))

@@ -282,7 +282,7 @@ async def test_invalid_identities_are_refused_with_the_value(
 
 DOC: dict[str, Any] = {
     "users": [
-        {"user_id": "alice", "role": "user", "domain": "default", "password": "pw-alice"},
+        {"user_id": "alice", "role": "user", "domain": "default", "password": "pw-of-the-user-a"},
         {"user_id": "root", "role": "superadmin", "domain": "default"},
     ],
     "keypairs": [
@@ -307,13 +307,13 @@ async def test_import_round_trip_and_idempotent(
         Keypair("AKIAROOT", SECRET, "root", False),
     ]
     alice = await store.get_user("alice")
-    assert alice is not None and verify_password("pw-alice", alice.password_hash)
+    assert alice is not None and verify_password("pw-of-the-user-a", alice.password_hash)
     assert await store.list_groups() == [Group("default", "ml")]
     # Without a password in the file, a stored password is kept.
     await store.import_data({"users": [{"user_id": "alice", "role": "admin", "domain": "default"}]})
     alice = await store.get_user("alice")
     assert alice is not None and alice.role == "admin"
-    assert verify_password("pw-alice", alice.password_hash)
+    assert verify_password("pw-of-the-user-a", alice.password_hash)
 
 
 @pytest.mark.anyio
