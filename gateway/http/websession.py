@@ -6,9 +6,13 @@ true})`` works against any replica (DESIGN.md §4).
   under the token's SHA-256 (``Keys.browser_session``), never the token itself, with the
   session's TTL; every replica reads it, none caches it.
 * A session remembers which keypair it speaks for. Every use resolves that keypair again
-  through the identity store, so deactivating a keypair ends its browser sessions within
-  ``identity_cache_ttl``, exactly as it does for signed requests, and a changed role or domain
-  applies at once.
+  through the identity store, so deactivating a keypair ends its browser sessions at once
+  (every identity write is announced to every replica), exactly as it does for signed
+  requests, and a changed role or domain applies at once.
+* Logging out (and a login replacing the browser's previous session) deletes the session and
+  announces it in the same transaction (:mod:`gateway.identity.changes`): every replica ends
+  the streams opened with it (``logged_out``); a stream also ends when its session expires
+  (``session_expired``; :mod:`gateway.http.reauthorize`).
 * CSRF: login and logout accept only ``application/json`` (which a cross-site form cannot
   send without a preflight) and, when the browser names an ``Origin``, only the gateway's own
   or one of ``cors_origins``. The cookie is ``SameSite=Lax``, so pages of other sites do not
@@ -18,14 +22,13 @@ true})`` works against any replica (DESIGN.md §4).
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import hashlib
 import hmac
 import logging
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Annotated, Final, Literal, cast
 from urllib.parse import urlsplit
 
@@ -34,20 +37,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.errors import AuthFailed, Forbidden, GatewayError, InvalidParams, Unavailable
+from gateway.errors import AuthFailed, Forbidden, GatewayError, InvalidParams, RateLimited
+from gateway.identity.changes import make_change, queue_change
 from gateway.identity.models import Identity, Role
-from gateway.identity.passwords import hash_password, verify_password
+from gateway.identity.throttle import LoginThrottle, Subject
 from gateway.settings import Settings
 
+from .login_guard import PasswordChecks, cap_sessions, client_address, session_index
 from .state import GatewayState
 
 __all__ = [
     "MAX_LOGIN_BODY",
     "SESSION_COOKIE",
     "BrowserSession",
+    "CookieSession",
     "LoginRequest",
     "auth_routes",
     "authenticate_cookie",
+    "cookie_session",
     "token_hash",
 ]
 
@@ -58,10 +65,6 @@ SESSION_COOKIE: Final = "kev_session"
 MAX_LOGIN_BODY: Final = 4096
 #: what ``secrets.token_urlsafe(32)`` produces; anything else is refused without a Redis read
 _TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{43}")
-#: scrypt checks run at once per replica (each ~16 MiB and ~50 ms of CPU, in a thread), and
-#: how many more may wait for a turn before a login is told to come back later
-_PASSWORD_SLOTS: Final = 4
-_PASSWORD_QUEUE: Final = 64
 
 _Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 _Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
@@ -159,40 +162,6 @@ def _parse_login(body: bytes) -> LoginRequest:
 # -- checking credentials -----------------------------------------------------------------------
 
 
-@functools.cache
-def _decoy_hash() -> str:
-    """Checked instead when the user is unknown, so the answer takes as long either way."""
-    return hash_password(secrets.token_urlsafe(16))
-
-
-class _PasswordChecks:
-    """scrypt off the event loop, at most ``slots`` at once and ``queue`` waiting (else 503)."""
-
-    def __init__(self, slots: int = _PASSWORD_SLOTS, queue: int = _PASSWORD_QUEUE) -> None:
-        self._slots = asyncio.Semaphore(slots)
-        self._queue = queue
-        self._waiting = 0
-
-    async def verify(self, password: str, password_hash: str | None) -> bool:
-        if self._waiting >= self._queue:
-            raise Unavailable("Too many logins at once", retry_after=1)
-        self._waiting += 1
-        try:
-            async with self._slots:
-                loop = asyncio.get_running_loop()
-                if password_hash is None:
-                    password_hash = await loop.run_in_executor(None, _decoy_hash)
-                check = loop.run_in_executor(None, verify_password, password, password_hash)
-                try:
-                    return await asyncio.shield(check)
-                except asyncio.CancelledError:
-                    # The thread runs on regardless; it keeps its slot until it ends.
-                    await asyncio.wait([check])
-                    raise
-        finally:
-            self._waiting -= 1
-
-
 async def _keypair_login(login: LoginRequest, state: GatewayState) -> Identity:
     assert login.access_key is not None and login.secret_key is not None
     keypair = await state.store.get_keypair(login.access_key)
@@ -210,7 +179,7 @@ async def _keypair_login(login: LoginRequest, state: GatewayState) -> Identity:
 
 
 async def _password_login(
-    login: LoginRequest, state: GatewayState, checks: _PasswordChecks
+    login: LoginRequest, state: GatewayState, checks: PasswordChecks
 ) -> Identity:
     assert login.user_id is not None and login.password is not None
     user = await state.store.get_user(login.user_id)
@@ -234,11 +203,26 @@ async def _password_login(
 # -- sessions -----------------------------------------------------------------------------------
 
 
-async def _session_identity(token: str, state: GatewayState) -> Identity:
+@dataclass(frozen=True, slots=True)
+class CookieSession:
+    """A request's valid browser session: who it speaks for, the name it is stored under
+    (:func:`token_hash`), and when it expires (``time.time()`` seconds)."""
+
+    identity: Identity
+    token_hash: str
+    expires_at: float
+
+
+async def _session_identity(token: str, state: GatewayState) -> CookieSession:
     if not _TOKEN.fullmatch(token):
         raise AuthFailed("Session not found")
-    raw = await state.redis.get(state.keys.browser_session(token_hash(token)))
-    if raw is None:  # never was, logged out, or expired
+    name = token_hash(token)
+    async with state.redis.pipeline(transaction=False) as pipe:
+        pipe.get(state.keys.browser_session(name))
+        pipe.pttl(state.keys.browser_session(name))
+        raw, pttl = await pipe.execute()
+    if raw is None:  # never was, logged out, or expired; or Redis lost its data
+        await state.store.raise_if_lost()
         raise AuthFailed("Session not found")
     try:
         session = _session_decoder.decode(cast(bytes, raw))  # decode_responses is off
@@ -249,19 +233,27 @@ async def _session_identity(token: str, state: GatewayState) -> Identity:
     if resolved is None or not resolved[0].active or resolved[1].user_id != session.user_id:
         log.info("browser session of key %r refused: keypair gone or inactive", session.access_key)
         raise AuthFailed("Session revoked")
-    return resolved[1]
+    ttl = pttl / 1000 if pttl is not None and pttl >= 0 else state.settings.session_ttl
+    return CookieSession(resolved[1], name, time.time() + ttl)
 
 
-async def authenticate_cookie(request: Request, state: GatewayState) -> Identity | None:
-    """Who the request's session cookie speaks for; None when it carries no session cookie.
+async def cookie_session(request: Request, state: GatewayState) -> CookieSession | None:
+    """The request's browser session; None when it carries no session cookie.
 
     Raises :class:`~gateway.errors.AuthFailed` for an unknown or expired session, or one whose
-    keypair has been removed or deactivated (seen within ``identity_cache_ttl``).
+    keypair has been removed or deactivated, and
+    :class:`~gateway.identity.store.IdentityStoreLost` when Redis lost its data.
     """
     token = request.cookies.get(SESSION_COOKIE)
     if token is None:
         return None
     return await _session_identity(token, state)
+
+
+async def authenticate_cookie(request: Request, state: GatewayState) -> Identity | None:
+    """Who the request's session cookie speaks for (:func:`cookie_session`'s identity)."""
+    session = await cookie_session(request, state)
+    return None if session is None else session.identity
 
 
 def _set_cookie(response: Response, token: str, settings: Settings, max_age: int) -> None:
@@ -286,7 +278,24 @@ class _Endpoints:
     """The ``/auth/*`` handlers of one app (one event loop), with their password limiter."""
 
     def __init__(self) -> None:
-        self._checks = _PasswordChecks()
+        self._checks: PasswordChecks | None = None
+        self._throttle: LoginThrottle | None = None
+
+    def _guards(self, state: GatewayState) -> tuple[PasswordChecks, LoginThrottle]:
+        # Built on first use: the routes exist before the lifespan has made the state.
+        if self._checks is None or self._throttle is None:
+            settings = state.settings
+            self._checks = PasswordChecks(settings.login_hash_threads, settings.login_hash_queue)
+            self._throttle = LoginThrottle(
+                state.redis,
+                state.keys,
+                free=settings.login_free_failures,
+                free_per_address=settings.login_free_failures_per_address,
+                backoff=settings.login_backoff,
+                backoff_max=settings.login_backoff_max,
+                window=settings.login_failure_window,
+            )
+        return self._checks, self._throttle
 
     async def login(self, request: Request) -> Response:
         state: GatewayState = request.state.gateway
@@ -294,10 +303,26 @@ class _Endpoints:
         try:
             _check_same_origin(request, settings)
             login = _parse_login(await _read_body(request))
+            checks, throttle = self._guards(state)
+            account: Subject = (
+                ("account", f"key:{login.access_key}")
+                if login.access_key is not None
+                else ("account", f"user:{login.user_id}")
+            )
+            address: Subject = ("address", client_address(request.scope, settings))
+            wait = await throttle.attempt(account, address)
+            if wait:
+                log.info("login throttled: %s from %s for %.1fs", account[1], address[1], wait)
+                raise RateLimited(
+                    "Too many failed logins",
+                    "try again later",
+                    retry_after=LoginThrottle.retry_after(wait),
+                )
             if login.access_key is not None:
                 identity = await _keypair_login(login, state)
             else:
-                identity = await _password_login(login, state, self._checks)
+                identity = await _password_login(login, state, checks)
+            await throttle.succeeded(account, address)
         except GatewayError as exc:
             state.auth_failures[exc.title] += 1
             raise
@@ -311,17 +336,27 @@ class _Endpoints:
             created=time.time(),
         )
         ttl_ms = max(1, round(settings.session_ttl * 1000))
-        async with state.redis.pipeline(transaction=False) as pipe:
+        async with state.redis.pipeline(transaction=True) as pipe:
             pipe.set(
                 state.keys.browser_session(token_hash(token)),
                 _session_encoder.encode(session),
                 px=ttl_ms,
             )
+            # The key's session index (capped below): expired entries dropped, this added.
+            index = session_index(state, identity.access_key)
+            pipe.zremrangebyscore(index, "-inf", session.created - settings.session_ttl)
+            pipe.zadd(index, {token_hash(token): session.created})
+            pipe.pexpire(index, ttl_ms)
             # A fresh login replaces the session the browser held before, if any.
             old = request.cookies.get(SESSION_COOKIE)
             if old is not None and _TOKEN.fullmatch(old):
                 pipe.delete(state.keys.browser_session(token_hash(old)))
+                # its streams end on every replica (logged_out)
+                queue_change(
+                    pipe, state.keys, make_change(sessions=[token_hash(old)]), identity=False
+                )
             await pipe.execute()
+        await cap_sessions(state, identity.access_key)
         log.info(
             "browser session opened key=%s user=%s via=%s",
             identity.access_key,
@@ -337,7 +372,13 @@ class _Endpoints:
         _check_same_origin(request, state.settings)
         token = request.cookies.get(SESSION_COOKIE)
         if token is not None and _TOKEN.fullmatch(token):
-            await state.redis.delete(state.keys.browser_session(token_hash(token)))
+            name = token_hash(token)
+            # Deleted and announced in one transaction: every replica ends the streams
+            # opened with this session (server_close logged_out).
+            async with state.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(state.keys.browser_session(name))
+                queue_change(pipe, state.keys, make_change(sessions=[name]), identity=False)
+                await pipe.execute()
         response = Response(status_code=204, headers=_NO_STORE)
         _set_cookie(response, "", state.settings, 0)
         return response

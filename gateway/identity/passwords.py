@@ -1,6 +1,7 @@
 """Password hashes for browser logins: scrypt with a random salt, compared in constant
 time, with the cost parameters bounded so a stored hash cannot make a login allocate
-unbounded memory."""
+unbounded memory; and the policy a new password must meet (:func:`check_password`), which
+every path that sets one (``gateway import``, ``gateway user add``) applies."""
 
 from __future__ import annotations
 
@@ -10,7 +11,22 @@ import hmac
 import os
 from typing import Final
 
-__all__ = ["hash_password", "verify_password"]
+from .models import IdentityError
+
+__all__ = [
+    "MAX_PASSWORD_LENGTH",
+    "MIN_PASSWORD_LENGTH",
+    "WeakPasswordError",
+    "check_password",
+    "hash_password",
+    "verify_password",
+]
+
+#: characters a new password has at least, and at most (what the login endpoint accepts)
+MIN_PASSWORD_LENGTH: Final = 12
+MAX_PASSWORD_LENGTH: Final = 1024
+#: different characters a new password has at least (no "aaaaaaaaaaaa")
+_MIN_DISTINCT: Final = 5
 
 _SCRYPT_N: Final = 2**14
 _SCRYPT_R: Final = 8
@@ -26,6 +42,26 @@ def hash_password(password: str) -> str:
     )
     b64 = base64.b64encode
     return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+class WeakPasswordError(IdentityError):
+    """A new password that does not meet the policy; says which rule, never the password."""
+
+
+def check_password(password: str, user_id: str = "") -> None:
+    """The policy for a new password (NIST SP 800-63B's length-first kind): 12-1024
+    characters, at least 5 different ones, not containing the user id. Raises
+    :class:`WeakPasswordError` naming the rule broken."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise WeakPasswordError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise WeakPasswordError(f"the password must be at most {MAX_PASSWORD_LENGTH} characters")
+    if len(set(password)) < _MIN_DISTINCT:
+        raise WeakPasswordError(
+            f"the password must have at least {_MIN_DISTINCT} different characters"
+        )
+    if len(user_id) >= 3 and user_id.casefold() in password.casefold():
+        raise WeakPasswordError("the password must not contain the user id")
 
 
 def verify_password(password: str, password_hash: str) -> bool:

@@ -140,19 +140,23 @@ async def test_groups(cli: Cli, store: IdentityStore) -> None:
 async def test_user_password_flag_and_prompt(
     cli: Cli, store: IdentityStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await cli.ok("user", "add", "u1", "--role", "monitor", "--domain", "d", "--password", "pw1")
+    await cli.ok(
+        "user", "add", "u1", "--role", "monitor", "--domain", "d", "--password", "pw1-long-enough"
+    )
     u1 = await store.get_user("u1")
-    assert u1 is not None and verify_password("pw1", u1.password_hash)
+    assert u1 is not None and verify_password("pw1-long-enough", u1.password_hash)
 
-    answers = iter(["pw2", "pw2", "a", "b"])
+    answers = iter(["pw2-long-enough", "pw2-long-enough", "a", "b"])
     monkeypatch.setattr(getpass, "getpass", lambda prompt="": next(answers))
     await cli.ok("user", "add", "u2", "--role", "user", "--domain", "d", "--password")
     u2 = await store.get_user("u2")
-    assert u2 is not None and verify_password("pw2", u2.password_hash)
+    assert u2 is not None and verify_password("pw2-long-enough", u2.password_hash)
     err = await cli.fails("user", "add", "u3", "--role", "user", "--domain", "d", "--password")
     assert err == "error: the passwords differ\n"
     err = await cli.fails("user", "add", "u3", "--role", "user", "--domain", "d", "--password", "")
     assert err == "error: the password must not be empty\n"
+    err = await cli.fails("user", "add", "u3", "--role", "user", "--domain", "d", "--password", "x")
+    assert err == "error: the password must be at least 12 characters\n"
     out = await cli.ok("user", "list")
     assert out.splitlines()[1:] == [
         "u1       monitor  d       True",

@@ -1,0 +1,120 @@
+"""Failed-login throttling, shared by every replica through Redis.
+
+Each login attempt is counted against two subjects, the account it names (a user id or an
+access key, known or not) and the client address it comes from, in one hash per subject
+(``Keys.login_throttle``: ``<prefix>:login-throttle:<kind>:<name>``; ``n`` attempts not yet
+forgiven, ``until`` the millisecond, by Redis' clock, before which the subject is blocked).
+One server-side script checks and counts an attempt atomically, so replicas and parallel
+requests cannot race past the limit:
+
+* an attempt on a blocked subject is refused (the caller answers 429 with ``Retry-After``)
+  and not counted;
+* otherwise it is counted in advance, as if it will fail; past the subject's free attempts it
+  blocks the subject for ``backoff * 2**(n - free - 1)`` seconds, at most ``backoff_max``;
+* a success forgets the account's count and takes the attempt back from the address;
+* a subject's count is forgotten ``window`` seconds after its last attempt (the key's TTL).
+
+Memory: one small hash (~100 bytes) per subject that attempted a login in the last
+``window`` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final, Literal
+
+from redis.asyncio import Redis
+
+from publisher.keys import Keys
+
+__all__ = ["LoginThrottle", "Subject"]
+
+#: ``account`` a user id (``user:<id>``) or access key (``key:<ak>``); ``address`` an IP
+Subject = tuple[Literal["account", "address"], str]
+
+# KEYS: one hash per subject. ARGV[1] backoff ms, ARGV[2] backoff_max ms, ARGV[3] window ms,
+# ARGV[3 + i] free attempts of KEYS[i]. Returns 0 (go on) or the ms to wait (refused).
+_ATTEMPT: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local blocked = tonumber(redis.call('HGET', key, 'until') or '0')
+  if blocked - now > wait then wait = blocked - now end
+end
+if wait > 0 then return wait end
+local base, cap, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for i, key in ipairs(KEYS) do
+  local n = redis.call('HINCRBY', key, 'n', 1)
+  local free = tonumber(ARGV[3 + i])
+  local ttl = window
+  if n > free then
+    local block = math.min(base * 2 ^ math.min(n - free - 1, 40), cap)
+    redis.call('HSET', key, 'until', now + block)
+    if block > ttl then ttl = block end
+  end
+  redis.call('PEXPIRE', key, math.floor(ttl))
+end
+return 0
+"""
+
+# KEYS[1] the account's hash, KEYS[2] the address' (optional): forget the one, take the
+# attempt back from the other, without creating it again if it has expired meanwhile.
+_SUCCEEDED: Final = """
+redis.call('DEL', KEYS[1])
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HINCRBY', KEYS[2], 'n', -1)
+end
+return 0
+"""
+
+
+class LoginThrottle:
+    """The attempt counters of the module docstring, on ``redis`` under ``keys.prefix``.
+
+    ``free`` and ``free_per_address`` are attempts before backoff starts; ``backoff``,
+    ``backoff_max`` and ``window`` are seconds. Methods raise ``redis.RedisError`` when Redis
+    is away (the login then fails as any request needing Redis does).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        free: int,
+        free_per_address: int,
+        backoff: float,
+        backoff_max: float,
+        window: float,
+    ) -> None:
+        self._keys = keys
+        self._free = {"account": free, "address": free_per_address}
+        self._args = (round(backoff * 1000), round(backoff_max * 1000), round(window * 1000))
+        self._attempt: Any = redis.register_script(_ATTEMPT)
+        self._succeeded: Any = redis.register_script(_SUCCEEDED)
+
+    def key(self, subject: Subject) -> str:
+        """The Redis key counting ``subject`` (:meth:`publisher.keys.Keys.login_throttle`)."""
+        kind, name = subject
+        return self._keys.login_throttle(kind, name)
+
+    async def attempt(self, *subjects: Subject) -> float:
+        """Count one login attempt against every subject, or refuse it: 0.0 to go on, else the
+        seconds (> 0) until the most blocked of them may try again."""
+        keys = [self.key(s) for s in subjects]
+        free = [self._free[kind] for kind, _ in subjects]
+        wait_ms = await self._attempt(keys=keys, args=[*self._args, *free])
+        return max(0.0, int(wait_ms) / 1000)
+
+    async def succeeded(self, account: Subject, address: Subject | None = None) -> None:
+        """The attempt counted for ``account`` (and ``address``) succeeded: forget the
+        account's failures, and take the one attempt back from the address (its block, if
+        any, stays)."""
+        keys = [self.key(account)] + ([self.key(address)] if address is not None else [])
+        await self._succeeded(keys=keys)
+
+    @staticmethod
+    def retry_after(wait: float) -> int:
+        """``wait`` seconds as a ``Retry-After`` value (whole seconds, at least 1)."""
+        return max(1, math.ceil(wait))

@@ -1,0 +1,210 @@
+"""Logins under attack, against real gateways on a real Redis: failed-login throttling per
+account and per address shared by every replica, password work isolated from streams and
+from other accounts, a cap on sessions per key, the password policy on import."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import redis
+
+from gateway.http.websession import SESSION_COOKIE, token_hash
+from gateway.identity.models import IdentityError
+from gateway.identity.store import IdentityStore
+from tests.support.gateway_server import RunningGateway
+from tests.support.http import problem, stream_as
+from tests.support.identities import ALICE, ALICE_PASSWORD, BOB, ROOT, Person, seed
+
+StartGateway = Callable[..., RunningGateway]
+
+#: the test gateways trust loopback as their load balancer, so X-Forwarded-For names clients
+THROTTLED: dict[str, Any] = {
+    "trusted_proxies": ("127.0.0.1/32",),
+    "login_free_failures": 3,
+    "login_free_failures_per_address": 6,
+    "login_backoff": 0.5,
+    "login_backoff_max": 2.0,
+}
+
+
+@pytest.fixture
+def cast(redis_url: str) -> str:
+    anyio.run(functools.partial(seed, redis_url, password=True))
+    return redis_url
+
+
+def _password(user_id: str, password: str) -> dict[str, str]:
+    return {"user_id": user_id, "password": password}
+
+
+def _keypair(person: Person) -> dict[str, str]:
+    return {"access_key": person.access_key, "secret_key": person.secret_key}
+
+
+async def _login(
+    client: httpx.AsyncClient, gw: RunningGateway, body: object, address: str
+) -> httpx.Response:
+    return await client.post(
+        f"{gw.base_url}/auth/login", json=body, headers={"X-Forwarded-For": address}
+    )
+
+
+@pytest.mark.anyio
+async def test_a_flooded_account_is_throttled_with_backoff(
+    cast: str, start_gateway: StartGateway
+) -> None:
+    gw = start_gateway(**THROTTLED)
+    async with httpx.AsyncClient(timeout=10) as client:
+        # 60 wrong passwords at once, from 60 addresses: at most the free ones and the one
+        # that starts the backoff reach the password check.
+        wrong = [
+            _login(client, gw, _password("alice", f"guess {i}"), f"10.0.1.{i}") for i in range(60)
+        ]
+        answers = await asyncio.gather(*wrong)
+        codes = [r.status_code for r in answers]
+        assert codes.count(401) <= THROTTLED["login_free_failures"] + 1, codes
+        assert codes.count(429) >= 55, codes
+        refused = next(r for r in answers if r.status_code == 429)
+        assert problem(refused)[1] == "rate-limit-exceeded"
+        assert 1 <= int(refused.headers["retry-after"]) <= 2
+        # The right password now is refused too, unchecked...
+        right = await _login(client, gw, _password("alice", ALICE_PASSWORD), "10.0.2.1")
+        assert right.status_code == 429
+        # ...other accounts are not...
+        other = await _login(client, gw, _keypair(BOB), "10.0.2.2")
+        assert other.status_code == 200
+        # ...and after the backoff it works, and resets the account's count.
+        await asyncio.sleep(int(right.headers["retry-after"]) + 0.1)
+        right = await _login(client, gw, _password("alice", ALICE_PASSWORD), "10.0.2.1")
+        assert right.status_code == 200, right.text
+        for i in range(THROTTLED["login_free_failures"]):
+            wrong_again = await _login(client, gw, _password("alice", "nope"), f"10.0.3.{i}")
+            assert wrong_again.status_code == 401
+
+
+@pytest.mark.anyio
+async def test_an_address_is_throttled_across_accounts(
+    cast: str, start_gateway: StartGateway
+) -> None:
+    gw = start_gateway(**THROTTLED)
+    async with httpx.AsyncClient(timeout=10) as client:
+        codes = [
+            (await _login(client, gw, _password(f"user{i}", "wrong"), "10.9.9.9")).status_code
+            for i in range(10)
+        ]
+        assert codes[:6] == [401] * 6 and 429 in codes[6:], codes
+        # the right credentials from that address wait too; from another they do not
+        assert (await _login(client, gw, _keypair(BOB), "10.9.9.9")).status_code == 429
+        assert (await _login(client, gw, _keypair(BOB), "10.9.9.10")).status_code == 200
+        # an X-Forwarded-For entry the client wrote itself is not its address
+        forged = await _login(client, gw, _keypair(BOB), "10.9.9.11, 10.9.9.9")
+        assert forged.status_code == 429
+
+
+@pytest.mark.anyio
+async def test_the_throttle_is_shared_by_replicas(cast: str, start_gateway: StartGateway) -> None:
+    one, two = start_gateway(**THROTTLED), start_gateway(**THROTTLED)
+    async with httpx.AsyncClient(timeout=10) as client:
+        for i in range(THROTTLED["login_free_failures"] + 1):
+            gw = (one, two)[i % 2]
+            r = await _login(client, gw, _password("alice", "wrong"), f"10.1.0.{i}")
+            assert r.status_code == 401
+        for gw in (one, two):
+            r = await _login(client, gw, _password("alice", ALICE_PASSWORD), "10.1.1.1")
+            assert r.status_code == 429, (gw.base_url, r.text)
+
+
+@pytest.mark.anyio
+async def test_a_login_flood_leaves_streams_and_other_accounts_alone(
+    cast: str, start_gateway: StartGateway
+) -> None:
+    # Generous free attempts: the flood really reaches the password check, one scrypt thread.
+    gw = start_gateway(
+        trusted_proxies=("127.0.0.1/32",),
+        login_free_failures=10_000,
+        login_free_failures_per_address=10_000,
+        login_hash_threads=1,
+        login_hash_queue=8,
+    )
+    stop = asyncio.Event()
+    flood_codes: list[int] = []
+
+    async def flood(client: httpx.AsyncClient, n: int) -> None:
+        while not stop.is_set():
+            r = await _login(client, gw, _password("alice", f"bad {n}"), f"10.2.0.{n}")
+            flood_codes.append(r.status_code)
+
+    async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=40)) as client:
+        flooders = [asyncio.create_task(flood(client, n)) for n in range(30)]
+        try:
+            await asyncio.sleep(0.5)  # the queue is full by now
+            latencies = []
+            for _ in range(5):
+                started = time.monotonic()
+                async with stream_as(ROOT, gw.base_url):  # StreamError unless 200
+                    pass
+                latencies.append(time.monotonic() - started)
+            # a keypair login needs no password check: it is not queued behind the flood
+            started = time.monotonic()
+            r = await _login(client, gw, _keypair(BOB), "10.2.1.1")
+            keypair_took = time.monotonic() - started
+            assert r.status_code == 200
+        finally:
+            stop.set()
+            await asyncio.gather(*flooders)
+    print(
+        f"flood: {len(flood_codes)} logins, {flood_codes.count(503)} turned away (503); "
+        f"stream opened in max {max(latencies):.3f}s; keypair login {keypair_took:.3f}s"
+    )
+    assert 503 in flood_codes  # the password queue did fill up
+    assert max(latencies) < 1.0, latencies
+    assert keypair_took < 1.0
+
+
+def _login_sync(gw: RunningGateway, person: Person) -> str:
+    r = httpx.post(f"{gw.base_url}/auth/login", json=_keypair(person), timeout=10)
+    assert r.status_code == 200, r.text
+    return r.cookies[SESSION_COOKIE]
+
+
+def _me(gw: RunningGateway, token: str) -> int:
+    r = httpx.get(f"{gw.base_url}/auth/me", cookies={SESSION_COOKIE: token}, timeout=5)
+    return r.status_code
+
+
+def test_sessions_per_key_are_capped_oldest_first(
+    cast: str, start_gateway: StartGateway, sync_redis: redis.Redis
+) -> None:
+    gw = start_gateway(max_sessions_per_key=3)
+    tokens = [_login_sync(gw, ALICE) for _ in range(6)]
+    bob = _login_sync(gw, BOB)
+    assert [_me(gw, t) for t in tokens] == [401, 401, 401, 200, 200, 200]
+    assert _me(gw, bob) == 200  # another key's sessions are its own
+    index = f"kev:websessions:{ALICE.access_key}"
+    assert sync_redis.zcard(index) == 3
+    session_bytes = sync_redis.memory_usage(f"kev:websession:{token_hash(tokens[-1])}")
+    index_bytes = sync_redis.memory_usage(index)
+    assert session_bytes is not None and index_bytes is not None
+    print(f"memory: session {session_bytes} B, index of 3 {index_bytes} B")
+    assert session_bytes < 1024
+
+
+@pytest.mark.anyio
+async def test_a_weak_password_is_refused_on_import(store: IdentityStore) -> None:
+    for password, rule in [
+        ("short", "at least 12 characters"),
+        ("aaaaaaaaaaaabbbb", "at least 5 different characters"),
+        ("my name is alice!", "must not contain the user id"),
+    ]:
+        doc = {"users": [{"user_id": "alice", "role": "user", "domain": "d", "password": password}]}
+        with pytest.raises(IdentityError, match=rf"users\[0\] \('alice'\): .*{rule}") as info:
+            await store.import_data(doc)
+        assert password not in str(info.value)
+    assert await store.get_user("alice") is None
