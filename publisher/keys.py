@@ -43,6 +43,11 @@ class Keys:
         """The live pub/sub channel; each message is ``<stream id> <msgpack payload>``."""
         return f"{self.prefix}:live"
 
+    def publisher_seq(self, publisher_id: str) -> str:
+        """One publisher's last applied sequence number (the publish script keeps it, with a
+        TTL): what makes retries from its outage buffer exactly-once."""
+        return f"{self.prefix}:pubseq:{publisher_id}"
+
     def probe_channel(self, replica: str) -> str:
         """A gateway replica's own channel for liveness probes of its subscription."""
         return f"{self.prefix}:probe:{replica}"
@@ -72,3 +77,25 @@ class Keys:
 
     def browser_session(self, token_hash: str) -> str:
         return f"{self.prefix}:websession:{token_hash}"
+
+    def browser_sessions_of(self, access_key: str) -> str:
+        """The browser sessions of one access key (for the per-key session cap)."""
+        return f"{self.prefix}:websessions:{access_key}"
+
+    def key_streams(self, access_key: str) -> str:
+        """The open streams of one access key, per gateway replica (the fleet-wide limit)."""
+        return f"{self.prefix}:streams:{access_key}"
+
+    def login_throttle(self, kind: str, name: str) -> str:
+        """Failed-login counters of one subject (``kind``: account or client address)."""
+        return f"{self.prefix}:login-throttle:{kind}:{name}"
+
+    @property
+    def identity_changes(self) -> str:
+        """The channel every identity and browser-session write publishes a change on."""
+        return f"{self.prefix}:identity:changes"
+
+    @property
+    def identity_generation(self) -> str:
+        """The counter every identity write increments."""
+        return f"{self.prefix}:identity:generation"

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import secrets
 import string
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,12 +23,14 @@ import msgspec
 import redis
 
 from gateway.identity.models import ROLES, Group, IdentityError, Keypair, User
-from gateway.identity.passwords import hash_password
+from gateway.identity.passwords import check_password, hash_password
 from gateway.identity.store import IdentityStore
-from publisher.connection import connect_async
+from gateway.settings import Settings
+from publisher.connection import connect_async, redact_url
 from publisher.keys import DEFAULT_PREFIX, Keys
+from publisher.secretinput import SecretError, read_secret, resolve_secret
 
-__all__ = ["generate_access_key", "generate_secret_key", "register", "run"]
+__all__ = ["generate_access_key", "generate_secret_key", "redis_settings", "register", "run"]
 
 Handler = Callable[[IdentityStore, argparse.Namespace], Awaitable[int]]
 
@@ -50,20 +53,33 @@ def generate_secret_key() -> str:
     return "".join(secrets.choice(_ALNUM) for _ in range(40))
 
 
-async def run(args: argparse.Namespace) -> int:
+def redis_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """The Redis URL, password, TLS options and prefix of an admin command: ``--redis-url``
+    (``-`` = stdin) or ``--redis-url-file``, then the ``GATEWAY_*`` settings (``_FILE``
+    variants included). Raises :class:`ValueError` (a setting or secret that cannot be
+    used), with any password redacted."""
+    url = resolve_secret(
+        getattr(args, "redis_url", None), getattr(args, "redis_url_file", None), {}, "",
+        what="--redis-url",
+    )  # fmt: skip
+    return Settings.load(environ, redis_url=url, prefix=getattr(args, "prefix", None))
+
+
+async def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
     """Run the chosen management command against Redis; 0 on success, 2 on any error."""
     try:
-        keys = Keys(getattr(args, "prefix", None) or DEFAULT_PREFIX)
-        client = connect_async(args.redis_url)
-    except ValueError as exc:  # bad prefix or Redis URL
+        settings = redis_settings(args, os.environ if environ is None else environ)
+        keys = Keys(settings.prefix or DEFAULT_PREFIX)
+        client = connect_async(settings.redis_url, **settings.redis_options)
+    except ValueError as exc:  # bad prefix or Redis URL, unreadable secret
         return _fail(str(exc))
     try:
         handler: Handler = args.handler
         return await handler(IdentityStore(client, keys, cache_ttl=0), args)
-    except (IdentityError, _UsageError) as exc:
+    except (IdentityError, _UsageError, SecretError) as exc:
         return _fail(str(exc))
     except redis.RedisError as exc:
-        return _fail(f"Redis at {args.redis_url}: {exc}")
+        return _fail(f"Redis at {redact_url(settings.redis_url)}: {exc}")
     finally:
         await client.aclose()
 
@@ -97,9 +113,10 @@ def _done(args: argparse.Namespace, message: str, **fields: Any) -> int:
 
 
 async def _keypair_add(store: IdentityStore, args: argparse.Namespace) -> int:
+    secret_key = resolve_secret(args.secret_key, args.secret_key_file, {}, "", what="--secret-key")
     keypair = Keypair(
         args.access_key or generate_access_key(),
-        args.secret_key or generate_secret_key(),
+        secret_key or generate_secret_key(),
         args.user,
         not args.inactive,
     )
@@ -148,12 +165,18 @@ async def _keypair_activate(store: IdentityStore, args: argparse.Namespace) -> i
 
 async def _user_add(store: IdentityStore, args: argparse.Namespace) -> int:
     password: str | None = args.password
-    if args.password is _PROMPT:
+    if args.password_file is not None:
+        password = read_secret(args.password_file, what="--password-file")
+    elif args.password == "-":
+        password = read_secret("-", what="--password")
+    elif args.password is _PROMPT:
         password = getpass.getpass(f"password for {args.user_id}: ")
         if password != getpass.getpass("again: "):
             raise _UsageError("the passwords differ")
     if password is not None and not password:
         raise _UsageError("the password must not be empty")
+    if password is not None:
+        check_password(password, args.user_id)  # WeakPasswordError: an IdentityError
     password_hash = hash_password(password) if password is not None else ""
     await store.add_user(User(args.user_id, args.role, args.domain, password_hash))
     return _done(
@@ -258,7 +281,8 @@ def register(
     p = leaf(kp, "add", _keypair_add, "add a keypair; prints its secret key once")
     p.add_argument("--user", required=True, help="the user id the keypair belongs to")
     p.add_argument("--access-key", help="default: AKIA + 16 random characters")
-    p.add_argument("--secret-key", help="default: 40 random characters")
+    p.add_argument("--secret-key", help="default: 40 random characters; - reads stdin")
+    p.add_argument("--secret-key-file", metavar="PATH", help="read it from this file (- = stdin)")
     p.add_argument("--inactive", action="store_true", help="add it deactivated")
     p = leaf(kp, "list", _keypair_list, "list keypairs (never their secrets)")
     p.add_argument("--user", help="only this user's")
@@ -278,8 +302,9 @@ def register(
         "--password",
         nargs="?",
         const=_PROMPT,
-        help="browser login password; without a value it is prompted for",
+        help="browser login password; without a value it is prompted for; - reads stdin",
     )
+    p.add_argument("--password-file", metavar="PATH", help="read it from this file (- = stdin)")
     p = leaf(us, "list", _user_list, "list users")
     p.add_argument("--domain", help="only this domain's")
     p = leaf(us, "remove", _user_remove, "remove a user")

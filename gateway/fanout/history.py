@@ -9,11 +9,13 @@ persistence, or replaced by a fresh instance) has another epoch, or none yet.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
 
 import redis.asyncio as aredis
+from redis.exceptions import NoScriptError
 
 from publisher.keys import Keys
 
@@ -120,8 +122,10 @@ async def gap_reason(
 #: whole before it could be dropped). KEYS[1] history; ARGV[1] exclusive start "(<id>",
 #: ARGV[2] count, ARGV[3] largest payload in bytes. Rows: {id, payload} or {id, size} (an
 #: integer reply) for one over the limit; entries without the payload field are skipped.
-#: Reply: {rows read, last id read, rows, the oldest entry's id now}.
-_READ_SCRIPT: Final = """
+#: Reply: {rows read, last id read, rows, the oldest entry's id now}. Read-only: it runs as
+#: EVALSHA_RO (Redis >= 7.0), flagged ``no-writes``, so the gateway's Redis user needs only
+#: read access to the history (``gateway acl``: ``%R~<prefix>:events``) and cannot append.
+_READ_SCRIPT: Final = """#!lua flags=no-writes
 local rows = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
 local limit = tonumber(ARGV[3])
 local out = {}
@@ -144,6 +148,20 @@ if #head > 0 then first = head[1][1] end
 return {#rows, last, out, first}
 """
 
+_READ_SHA: Final = hashlib.sha1(_READ_SCRIPT.encode()).hexdigest()
+
+
+async def _read_chunk(redis: aredis.Redis, history: str, args: list[Any]) -> list[Any]:
+    """One run of :data:`_READ_SCRIPT` by EVALSHA_RO, loading it first when this Redis does
+    not have it cached (a restart, a failover, SCRIPT FLUSH)."""
+    try:
+        reply: list[Any] = await redis.evalsha_ro(_READ_SHA, 1, history, *args)
+    except NoScriptError:
+        await redis.script_load(_READ_SCRIPT)
+        reply = await redis.evalsha_ro(_READ_SHA, 1, history, *args)
+    return reply
+
+
 #: one history entry as read: ``(stream id, payload)``, payload None when it is over the
 #: size limit (held back in Redis; the caller counts it as oversized)
 Entry = tuple[bytes, bytes | None]
@@ -157,10 +175,9 @@ async def read_after(
     (the oldest entry is newer than it): entries right after it may be gone, and the caller
     must say so before the entries that follow. Payloads over ``max_payload`` bytes never
     leave Redis (None in their place)."""
-    script = redis.register_script(_READ_SCRIPT)
     cursor = after
     while True:
-        reply: list[Any] = await script(keys=[history], args=[f"({cursor}", chunk, max_payload])
+        reply = await _read_chunk(redis, history, [f"({cursor}", chunk, max_payload])
         count, last, rows, first = int(reply[0]), reply[1], reply[2], _id(reply[3])
         batch: list[Entry] = [
             (sid, payload if isinstance(payload, bytes) else None) for sid, payload in rows

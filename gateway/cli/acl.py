@@ -1,0 +1,368 @@
+"""``gateway acl``: Redis ACL users for least privilege, one per role.
+
+The identity secrets (needed in clear for HMAC) live in the same Redis as the event bus every
+agent writes to, so every role gets a user that can do its part and nothing else:
+
+========== ============================================= =======================================
+profile    may                                           may not
+========== ============================================= =======================================
+publisher  run the publish script: XADD to the history,  read or write identities or browser
+           PUBLISH on the live channel, its sequence     sessions, read the history, subscribe,
+           number, the epoch                             run any other command
+gateway    read history, epoch, identities; subscribe;   write identities or the history;
+           keep browser sessions; probe its channel      any @admin or @dangerous command
+                                                         but INFO
+admin      read and write identities (``gateway user``,  history, sessions, channels; @admin,
+           ``keypair``, ``group``, ``import``)           @dangerous
+========== ============================================= =======================================
+
+With the ``default`` user limited to PING, a replica and a Sentinel need users of their own
+too; written when their password is given (:data:`SERVICE_USERS`, Redis's documented sets):
+
+=========== ================================================= ==============================
+service     may                                               configured on the node as
+=========== ================================================= ==============================
+replication PSYNC, REPLCONF, PING (no key, no channel)        ``masteruser``/``masterauth``
+sentinel    INFO, ROLE, PING, SLAVEOF, MULTI/EXEC,            Sentinel's ``sentinel
+            CONFIG REWRITE, CLIENT SETNAME/KILL, SCRIPT KILL, auth-user``/``auth-pass``
+            PUBLISH/SUBSCRIBE on ``__sentinel__:hello`` only
+=========== ================================================= ==============================
+
+Which names each profile may touch comes from :data:`KEY_GRANTS` and :data:`CHANNEL_GRANTS`,
+keyed by the member of :class:`publisher.keys.Keys` that makes the name; a test fails when
+``Keys`` gains a member neither table lists. Passwords go into the output only as SHA-256
+hashes (``#<hex>``), so the file can be mounted without exposing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final, Literal, get_args
+
+from publisher.keys import DEFAULT_PREFIX, Keys
+from publisher.secretinput import SecretError, resolve_secret
+
+__all__ = [
+    "CHANNEL_GRANTS",
+    "KEY_GRANTS",
+    "PROFILES",
+    "SERVICE_RULES",
+    "SERVICE_USERS",
+    "Profile",
+    "ServiceUser",
+    "add_parser",
+    "name_pattern",
+    "render",
+    "rules",
+]
+
+Profile = Literal["publisher", "gateway", "admin"]
+PROFILES: Final[tuple[Profile, ...]] = get_args(Profile)
+#: ``r``: read-only (``%R~``), ``rw``: read and write (``~``). A script's declared keys
+#: (EVALSHA ... KEYS) need both, whatever the script does with them; EVALSHA_RO's need ``r``.
+Access = Literal["r", "rw"]
+
+#: Keys member -> who may touch the key(s) it names, and how.
+KEY_GRANTS: Final[Mapping[str, Mapping[Profile, Access]]] = {
+    # the gateway reads it (XINFO, XRANGE) and through a read-only script run by EVALSHA_RO
+    # (history.py), whose declared keys need read access only: it cannot append or trim
+    "history": {"publisher": "rw", "gateway": "r"},
+    # the publish script sets it once; a gateway sets it (SET NX) for a history written
+    # before epochs existed (history.history_state)
+    "epoch": {"publisher": "rw", "gateway": "rw"},
+    "publisher_seq": {"publisher": "rw"},
+    "keypair": {"gateway": "r", "admin": "rw"},
+    "user": {"gateway": "r", "admin": "rw"},
+    "group": {"gateway": "r", "admin": "rw"},
+    "keypairs": {"gateway": "r", "admin": "rw"},
+    "users": {"gateway": "r", "admin": "rw"},
+    "groups": {"gateway": "r", "admin": "rw"},
+    "browser_session": {"gateway": "rw"},
+    "browser_sessions_of": {"gateway": "rw"},
+    "login_throttle": {"gateway": "rw"},
+    # each replica's count of open streams per access key, under a lease (http/limits.py)
+    "key_streams": {"gateway": "rw"},
+    "identity_generation": {"gateway": "r", "admin": "rw"},
+}
+#: Keys member -> who may publish or subscribe on the channel(s) it names (Redis does not
+#: tell the two apart; commands do: a publisher has PUBLISH, no SUBSCRIBE).
+CHANNEL_GRANTS: Final[Mapping[str, tuple[Profile, ...]]] = {
+    "channel": ("publisher", "gateway"),
+    "probe_channel": ("gateway",),
+    # every identity write (admin) and logout (gateway) announces itself here
+    "identity_changes": ("gateway", "admin"),
+}
+
+#: what every user needs to connect: redis-py's handshake and health checks (its CLIENT
+#: SETINFO is left out: Redis 7.0 does not know it, and redis-py ignores its refusal)
+_CONNECT: Final = ("+ping", "+select", "+hello", "+auth")
+#: commands (and categories) per profile; keys and channels limit where they apply
+COMMANDS: Final[Mapping[Profile, tuple[str, ...]]] = {
+    # EVALSHA (SCRIPT LOAD/EXISTS when the script is not cached yet) of the publish script;
+    # Redis checks every command a script runs against the caller's rights, hence the four.
+    "publisher": (
+        "-@all",
+        *_CONNECT,
+        "+evalsha",
+        "+script|load",
+        "+script|exists",
+        "+get",
+        "+set",
+        "+xadd",
+        "+publish",
+    ),
+    "gateway": (
+        "-@all",
+        "+@read",
+        "+@write",
+        "+@pubsub",
+        "+@transaction",
+        "+@connection",
+        "-@admin",
+        "-@dangerous",
+        "-function",
+        "+info",
+        "+time",
+        # EVALSHA: the login throttle's and the stream limit's scripts; EVALSHA_RO: the
+        # history read script
+        "+evalsha",
+        "+evalsha_ro",
+        "+script|load",
+        "+script|exists",
+        *_CONNECT,
+    ),
+    "admin": (
+        "-@all",
+        "+@read",
+        "+@write",
+        "+@pubsub",
+        "+@transaction",
+        "+@connection",
+        "-@admin",
+        "-@dangerous",
+        "-function",
+        "+evalsha",
+        "+script|load",
+        "+script|exists",
+        *_CONNECT,
+    ),
+}
+ServiceUser = Literal["replication", "sentinel"]
+SERVICE_USERS: Final[tuple[ServiceUser, ...]] = get_args(ServiceUser)
+#: the users Redis itself needs when ``default`` may only PING: a replica's link to its
+#: master (``masteruser``/``masterauth``), and Sentinel's monitoring and failover of every
+#: node (``sentinel auth-user``/``auth-pass``); no keys, and Sentinel's one channel
+SERVICE_RULES: Final[Mapping[ServiceUser, tuple[str, ...]]] = {
+    "replication": ("resetkeys", "resetchannels", "-@all", "+psync", "+replconf", "+ping"),
+    "sentinel": (
+        "resetkeys",
+        "resetchannels",
+        "&__sentinel__:hello",
+        "-@all",
+        "+ping",
+        "+info",
+        "+role",
+        "+multi",
+        "+exec",
+        "+slaveof",
+        "+config|rewrite",
+        "+client|setname",
+        "+client|kill",
+        "+script|kill",
+        "+subscribe",
+        "+publish",
+    ),
+}
+#: the ``default`` user (no password): may PING, so health checks need no secret; ``off``
+#: turns it off entirely
+DEFAULT_USER: Final = {
+    "ping": "user default on nopass resetkeys resetchannels -@all +ping",
+    "off": "user default off resetpass resetkeys resetchannels -@all",
+}
+
+_GLOB = re.compile(r"([*?\[\]\\])")
+
+
+def name_pattern(keys: Keys, member: str) -> str:
+    """The glob of every name ``Keys.<member>`` can make: its arguments become ``*``, the
+    prefix is escaped (``kev:keypair:*``, ``kev:events``)."""
+    escaped = Keys.__new__(Keys)
+    object.__setattr__(escaped, "prefix", _GLOB.sub(r"\\\1", keys.prefix))
+    value = getattr(escaped, member)
+    if callable(value):
+        return str(value(*("*" for _ in inspect.signature(value).parameters)))
+    return str(value)
+
+
+def rules(keys: Keys, profile: Profile) -> list[str]:
+    """The ACL rules of ``profile`` (after the user name and password)."""
+    out = ["resetkeys"]
+    for member, grants in KEY_GRANTS.items():
+        access = grants.get(profile)
+        if access is not None:
+            out.append(("%R~" if access == "r" else "~") + name_pattern(keys, member))
+    out.append("resetchannels")
+    out += [f"&{name_pattern(keys, m)}" for m, who in CHANNEL_GRANTS.items() if profile in who]
+    out += COMMANDS[profile]
+    return out
+
+
+def render(
+    keys: Keys,
+    passwords: Mapping[Profile, str],
+    users: Mapping[Profile, str],
+    *,
+    fmt: Literal["aclfile", "commands"] = "aclfile",
+    default_user: Literal["ping", "off"] = "ping",
+    services: Mapping[ServiceUser, tuple[str, str]] | None = None,
+) -> str:
+    """An aclfile (``redis-server --aclfile``) or ``ACL SETUSER`` lines (for ``redis-cli``)
+    defining one user per profile in ``passwords``, then one per service in ``services``
+    (service -> (user name, password)), whose passwords appear as SHA-256 hashes only."""
+    lines: list[str] = []  # an aclfile has no comments
+    entries = [DEFAULT_USER[default_user].split()[1:]]
+    for profile in PROFILES:
+        if profile in passwords:
+            digest = _digest(passwords[profile])
+            entries.append([users[profile], "reset", "on", digest, *rules(keys, profile)])
+    for service in SERVICE_USERS:
+        if services and service in services:
+            name, password = services[service]
+            entries.append([name, "reset", "on", _digest(password), *SERVICE_RULES[service]])
+    for entry in entries:
+        if fmt == "aclfile":
+            lines.append(" ".join(["user", *entry]))
+        else:
+            lines.append(" ".join(["ACL", "SETUSER", *(_quote(word) for word in entry)]))
+    return "\n".join(lines) + "\n"
+
+
+def _digest(password: str) -> str:
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
+def _quote(word: str) -> str:
+    return f'"{word}"' if any(c in word for c in '*%&|#"') else word
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "acl",
+        help="print Redis ACL users for the publisher, gateway and admin roles",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument("--prefix", help=f"key prefix (env GATEWAY_PREFIX; default {DEFAULT_PREFIX})")
+    p.add_argument(
+        "--format",
+        choices=("aclfile", "commands"),
+        default="aclfile",
+        help="aclfile for redis-server --aclfile (default), or ACL SETUSER lines for redis-cli",
+    )
+    p.add_argument(
+        "--default-user",
+        choices=sorted(DEFAULT_USER),
+        default="ping",
+        help="the passwordless default user may only PING (default), or is off",
+    )
+    p.add_argument(
+        "--profiles",
+        default=",".join(PROFILES),
+        help="comma list of the users to write (default: all three; add replication "
+        "and/or sentinel to require their passwords too)",
+    )
+    for profile in PROFILES:
+        env = f"KEV_ACL_{profile.upper()}_PASSWORD"
+        p.add_argument(f"--{profile}-user", default=None, help=f"default: <prefix>-{profile}")
+        p.add_argument(
+            f"--{profile}-password-file",
+            metavar="PATH",
+            help=f"its password (- = stdin); or env {env} or {env}_FILE",
+        )
+    for service in SERVICE_USERS:
+        env = f"KEV_ACL_{service.upper()}_PASSWORD"
+        p.add_argument(f"--{service}-user", default=None, help=f"default: <prefix>-{service}")
+        p.add_argument(
+            f"--{service}-password-file",
+            metavar="PATH",
+            help=f"its password (- = stdin); or env {env} or {env}_FILE; written only when "
+            "given (or named in --profiles): "
+            + ("a replica's masteruser/masterauth" if service == "replication"
+               else "Sentinel's auth-user/auth-pass for every node"),
+        )  # fmt: skip
+    p.add_argument("--output", "-o", metavar="PATH", help="write here instead of stdout")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
+    """Print (or write) the ACL; 0, or 2 with one line on stderr when a password is missing
+    or unreadable."""
+    env = os.environ if environ is None else environ
+    try:
+        keys = Keys(args.prefix or env.get("GATEWAY_PREFIX") or DEFAULT_PREFIX)
+    except ValueError as exc:
+        return _fail(str(exc))
+    wanted: Sequence[str] = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    known = (*PROFILES, *SERVICE_USERS)
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        return _fail(f"--profiles: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    passwords: dict[Profile, str] = {}
+    users: dict[Profile, str] = {}
+    for profile in PROFILES:
+        if profile not in wanted:
+            continue
+        env_name = f"KEV_ACL_{profile.upper()}_PASSWORD"
+        try:
+            password = resolve_secret(
+                None, getattr(args, f"{profile}_password_file"), env, env_name,
+                what=f"--{profile}-password",
+            )  # fmt: skip
+        except SecretError as exc:
+            return _fail(str(exc))
+        if password is None:
+            return _fail(
+                f"the {profile} user needs a password: --{profile}-password-file, "
+                f"{env_name} or {env_name}_FILE"
+            )
+        passwords[profile] = password
+        users[profile] = getattr(args, f"{profile}_user") or f"{keys.prefix}-{profile}"
+    services: dict[ServiceUser, tuple[str, str]] = {}
+    for service in SERVICE_USERS:
+        env_name = f"KEV_ACL_{service.upper()}_PASSWORD"
+        try:
+            password = resolve_secret(
+                None, getattr(args, f"{service}_password_file"), env, env_name,
+                what=f"--{service}-password",
+            )  # fmt: skip
+        except SecretError as exc:
+            return _fail(str(exc))
+        if password is None:
+            if service in wanted:
+                return _fail(
+                    f"the {service} user needs a password: --{service}-password-file, "
+                    f"{env_name} or {env_name}_FILE"
+                )
+            continue
+        name = getattr(args, f"{service}_user") or f"{keys.prefix}-{service}"
+        services[service] = (name, password)
+    text = render(
+        keys, passwords, users, fmt=args.format, default_user=args.default_user,
+        services=services,
+    )  # fmt: skip
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"gateway acl: {message}", file=sys.stderr)
+    return 2

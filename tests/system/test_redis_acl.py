@@ -1,0 +1,217 @@
+"""Least privilege in Redis, for real: a redis-server loaded with ``gateway acl``'s users.
+
+The publisher's credential publishes (and a gateway on the gateway user delivers it) but can
+neither read a secret nor write an identity; the gateway user serves streams, logins and
+logouts but writes no identity; the admin user imports identities and touches nothing else.
+Every flow runs on its own user only, so a key or command the code starts to use without an
+ACL grant fails here (``tests/unit/test_acl.py`` checks the names statically).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from gateway.cli import main as gateway_main
+from gateway.cli.acl import PROFILES, Profile, render
+from gateway.fanout.history import read_after
+from gateway.http.websession import SESSION_COOKIE
+from publisher import AsyncPublisher, Keys
+from tests.support.gateway_server import gateway_settings, run_gateway
+from tests.support.http import stream_as
+from tests.support.identities import ALICE, ROOT, import_doc, session_of
+from tests.support.redis_server import free_port
+from tests.support.secure_redis import spawn_redis
+
+PASSWORDS = {p: f"{p}-pw-{i}x9Q" for i, p in enumerate(PROFILES)}
+USERS = {p: f"kev-{p}" for p in PROFILES}
+
+
+def url(port: int, profile: Profile, *, password: bool = True) -> str:
+    secret = f":{PASSWORDS[profile]}" if password else ""
+    return f"redis://{USERS[profile]}{secret}@127.0.0.1:{port}/0"
+
+
+@pytest.fixture(scope="module")
+def acl_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    aclfile = tmp_path_factory.mktemp("acl") / "users.acl"
+    aclfile.write_text(render(Keys("kev"), PASSWORDS, USERS))
+    port = free_port()
+    with spawn_redis(
+        ["--port", str(port), "--aclfile", str(aclfile)],
+        lambda: redis.Redis(port=port, socket_timeout=1).ping(),  # the default user's one right
+    ):
+        yield port
+
+
+def test_the_default_user_may_only_ping(acl_port: int) -> None:
+    with redis.Redis(port=acl_port) as anonymous:
+        assert anonymous.ping()
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            anonymous.get("kev:epoch")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            anonymous.hgetall(f"kev:keypair:{ROOT.access_key}")
+
+
+def test_each_user_does_its_part_end_to_end(acl_port: int, tmp_path: Path) -> None:
+    # admin: the real CLI imports the identities, the URL given as a file
+    (tmp_path / "admin.url").write_text(url(acl_port, "admin") + "\n")
+    doc = import_doc()
+    next(u for u in doc["users"] if u["user_id"] == "alice")["password"] = (
+        "Correct-Horse-Battery-Staple-77"
+    )
+    (tmp_path / "ids.json").write_text(json.dumps(doc))
+    args = ["import", str(tmp_path / "ids.json"), "--redis-url-file", str(tmp_path / "admin.url")]
+    assert gateway_main(args) == 0
+
+    # gateway: its user in the URL, the password from a setting (GATEWAY_REDIS_PASSWORD_FILE)
+    settings = gateway_settings(
+        url(acl_port, "gateway", password=False), redis_password=PASSWORDS["gateway"]
+    )
+    with run_gateway(settings) as gw:
+        anyio.run(functools.partial(_publish_and_receive, gw.base_url, acl_port))
+        # browser login, the session read back, logout (session write + change message)
+        login = httpx.post(
+            f"{gw.base_url}/auth/login",
+            json={"access_key": ALICE.access_key, "secret_key": ALICE.secret_key},
+            timeout=10,
+        )
+        assert login.status_code == 200, login.text
+        cookie = {"Cookie": f"{SESSION_COOKIE}={login.cookies[SESSION_COOKIE]}"}
+        assert httpx.get(f"{gw.base_url}/auth/me", headers=cookie, timeout=10).status_code == 200
+        password_login = httpx.post(
+            f"{gw.base_url}/auth/login",
+            json={"user_id": "alice", "password": "Correct-Horse-Battery-Staple-77"},
+            timeout=10,
+        )
+        assert password_login.status_code == 200, password_login.text
+        out = httpx.post(
+            f"{gw.base_url}/auth/logout",
+            headers={**cookie, "Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert out.status_code == 204, out.text
+        assert httpx.get(f"{gw.base_url}/auth/me", headers=cookie, timeout=10).status_code == 401
+        assert httpx.get(f"{gw.base_url}/ready", timeout=5).status_code == 200
+
+
+async def _publish_and_receive(base_url: str, port: int) -> None:
+    with anyio.fail_after(15):
+        async with stream_as(ROOT, base_url) as (_, events):
+            async with AsyncPublisher.from_url(url(port, "publisher")) as pub:
+                stream_id = await pub.publish(session_of(ALICE, "acl-01").started())
+                assert stream_id is not None  # published, not buffered
+            async for event in events:
+                if event.event == "kernel_started":
+                    assert json.loads(event.data)["sessionId"] == "acl-01"
+                    assert event.id == stream_id
+                    break
+        # a resume replays from the history: the gateway's read-only script (EVALSHA_RO)
+        async with AsyncPublisher.from_url(url(port, "publisher")) as pub:
+            later = await pub.publish(session_of(ALICE, "acl-02").started())
+            assert later is not None
+        async with stream_as(ROOT, base_url, last_event_id=stream_id) as (_, events):
+            async for event in events:
+                assert event.event in ("kernel_started", "ping"), event
+                if event.event == "kernel_started":
+                    assert json.loads(event.data)["sessionId"] == "acl-02"
+                    assert event.id == later
+                    return
+
+
+def _denied(call: object) -> None:
+    with pytest.raises(redis.ResponseError, match=r"(?i)permission|can.t"):
+        assert callable(call)
+        call()
+
+
+def test_a_publisher_can_neither_read_a_secret_nor_write_an_identity(acl_port: int) -> None:
+    secret_key = f"kev:keypair:{ROOT.access_key}"
+    with redis.Redis.from_url(url(acl_port, "admin")) as admin:
+        admin.hset(secret_key, mapping={"secret_key": "s3cr3t", "user_id": "root"})
+    with redis.Redis.from_url(url(acl_port, "publisher")) as pub:
+        _denied(lambda: pub.hgetall(secret_key))
+        _denied(lambda: pub.hget(secret_key, "secret_key"))
+        _denied(lambda: pub.get(secret_key))
+        _denied(lambda: pub.get("kev:websession:abc"))
+        _denied(lambda: pub.get("kev:user:root"))
+        _denied(lambda: pub.scan(0, match="kev:keypair:*"))
+        _denied(lambda: pub.keys("*"))
+        _denied(lambda: pub.hset(secret_key, "user_id", "publisher"))
+        _denied(lambda: pub.hset("kev:user:mallory", "role", "superadmin"))
+        _denied(lambda: pub.set("kev:user:mallory", "x"))
+        _denied(lambda: pub.sadd("kev:users", "mallory"))
+        _denied(lambda: pub.xrange("kev:events"))
+        _denied(lambda: pub.delete("kev:events"))
+        _denied(lambda: pub.publish("kev:identity:changes", b"x"))
+        _denied(lambda: pub.execute_command("SUBSCRIBE", "kev:live"))
+        _denied(lambda: pub.flushall())
+        _denied(lambda: pub.config_get("*"))
+        # nor through a script of its own: Redis checks what a script does, key by key
+        sha = pub.script_load("return redis.call('HGET', KEYS[1], 'secret_key')")
+        _denied(lambda: pub.evalsha(sha, 1, secret_key))
+        sha = pub.script_load("return redis.call('HGET', ARGV[1], 'secret_key')")
+        _denied(lambda: pub.evalsha(sha, 0, secret_key))
+        sha = pub.script_load("return redis.call('HSET', ARGV[1], 'role', 'superadmin')")
+        _denied(lambda: pub.evalsha(sha, 0, "kev:user:root"))
+    with redis.Redis.from_url(url(acl_port, "admin")) as admin:
+        assert admin.hget(secret_key, "user_id") == b"root"
+        assert not admin.exists("kev:user:mallory")
+
+
+def test_the_gateway_reads_the_history_but_cannot_write_it(acl_port: int) -> None:
+    async def scenario() -> None:
+        async with AsyncPublisher.from_url(url(acl_port, "publisher")) as pub:
+            first = await pub.publish(session_of(ALICE, "acl-ro-1").started())
+            second = await pub.publish(session_of(ALICE, "acl-ro-2").started())
+        assert first is not None and second is not None
+        gw = aredis.Redis.from_url(url(acl_port, "gateway"))
+        try:
+            # the read path, script and all, on the gateway user (loads the script if needed)
+            read = [e async for batch, _ in read_after(gw, "kev:events", first, max_payload=1 << 20)
+                    for e in batch]  # fmt: skip
+            assert [sid.decode() for sid, _ in read] == [second]
+        finally:
+            await gw.aclose()
+
+    anyio.run(scenario)
+    with redis.Redis.from_url(url(acl_port, "gateway")) as gw:
+        before = gw.xinfo_stream("kev:events")["entries-added"]
+        _denied(lambda: gw.xadd("kev:events", {"e": b"forged"}))
+        _denied(lambda: gw.xtrim("kev:events", maxlen=0))
+        _denied(lambda: gw.xdel("kev:events", "0-1"))
+        _denied(lambda: gw.delete("kev:events"))
+        # nor through a script: EVALSHA needs write access to its declared keys, and EVALSHA_RO
+        # refuses a write whatever the ACL says
+        sha = gw.script_load("return redis.call('XADD', KEYS[1], '*', 'e', 'forged')")
+        _denied(lambda: gw.evalsha(sha, 1, "kev:events"))
+        undeclared = gw.script_load("return redis.call('XADD', ARGV[1], '*', 'e', 'forged')")
+        _denied(lambda: gw.evalsha(undeclared, 0, "kev:events"))
+        with pytest.raises(redis.ResponseError):
+            gw.evalsha_ro(sha, 1, "kev:events")
+        assert gw.xinfo_stream("kev:events")["entries-added"] == before
+        gw.set("kev:epoch", "0-1", nx=True)  # allowed: it dates a pre-epoch history (no-op here)
+
+
+def test_the_gateway_reads_identities_but_writes_none(acl_port: int) -> None:
+    with redis.Redis.from_url(url(acl_port, "gateway")) as gw:
+        gw.hgetall(f"kev:keypair:{ROOT.access_key}")  # allowed: it verifies signatures
+        _denied(lambda: gw.hset(f"kev:keypair:{ROOT.access_key}", "user_id", "x"))
+        _denied(lambda: gw.delete("kev:user:root"))
+        _denied(lambda: gw.sadd("kev:users", "mallory"))
+        _denied(lambda: gw.flushall())
+        _denied(lambda: gw.config_get("*"))
+        _denied(lambda: gw.execute_command("ACL", "LIST"))
+        _denied(lambda: gw.keys("*"))
+    with redis.Redis.from_url(url(acl_port, "admin")) as admin:
+        _denied(lambda: admin.xadd("kev:events", {"e": b"forged"}))
+        _denied(lambda: admin.get("kev:websession:abc"))
+        _denied(lambda: admin.flushall())

@@ -1,0 +1,124 @@
+"""The Redis ACL profiles (``gateway acl``) cover every name the code makes: each member of
+:class:`publisher.keys.Keys`, and every ``<prefix>:...`` name built anywhere else in the
+packages. A new key or channel without a grant fails here (and, used for real, in
+``tests/system/test_redis_acl.py``)."""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.cli.acl import CHANNEL_GRANTS, KEY_GRANTS, PROFILES, name_pattern, rules
+from publisher.keys import Keys
+
+ROOT = Path(__file__).resolve().parents[2]
+#: an f-string that starts a Redis name with the prefix: ``f"{keys.prefix}:identity:..."``
+_PREFIXED = re.compile(r"""f["']\{(?:[\w.]+\.)?prefix\}(:[^"']*)["']""")
+
+
+def _members() -> set[str]:
+    return {name for name in dir(Keys) if not name.startswith("_") and name != "prefix"}
+
+
+def _granted_patterns(keys: Keys) -> list[str]:
+    out = []
+    for profile in PROFILES:
+        for rule in rules(keys, profile):
+            if rule.startswith(("~", "%R~", "%W~", "&")):
+                out.append(rule.split("~", 1)[-1].removeprefix("&"))
+    return out
+
+
+def test_every_keys_member_has_a_grant() -> None:
+    assert _members() == set(KEY_GRANTS) | set(CHANNEL_GRANTS)
+    assert not set(KEY_GRANTS) & set(CHANNEL_GRANTS)
+
+
+def test_every_name_built_in_the_code_is_granted() -> None:
+    """Names made outside Keys (an f-string on the prefix) must match a granted pattern."""
+    keys = Keys("kev")
+    patterns = _granted_patterns(keys)
+    found = []
+    for path in [*(ROOT / "gateway").rglob("*.py"), *(ROOT / "publisher").rglob("*.py")]:
+        for match in _PREFIXED.finditer(path.read_text()):
+            name = "kev" + re.sub(r"\{[^}]*\}", "x", match.group(1))
+            found.append(name)
+            # a name built in two steps (f"{prefix}:kind", then f"{that}:{x}") is a stem
+            assert any(
+                fnmatch.fnmatchcase(name, p) or p.startswith(name + ":") for p in patterns
+            ), (path, name)
+    assert "kev:events" in found  # the scan sees keys.py itself
+
+
+@pytest.mark.parametrize("member", sorted(set(KEY_GRANTS) | set(CHANNEL_GRANTS)))
+def test_patterns_match_the_names_keys_makes(member: str) -> None:
+    keys = Keys("kev")
+    value = getattr(keys, member)
+    if callable(value):
+        value = value(*(f"arg{i}" for i in range(len(inspect.signature(value).parameters))))
+    assert fnmatch.fnmatchcase(value, name_pattern(keys, member))
+    # a prefix with glob characters is escaped, not widened
+    odd = Keys("a.b-c{x}")
+    assert name_pattern(odd, member).startswith("a.b-c{x}:")
+
+
+def test_gateway_acl_needs_every_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("PUBLISHER", "GATEWAY", "ADMIN"):
+        monkeypatch.delenv(f"KEV_ACL_{name}_PASSWORD", raising=False)
+        monkeypatch.delenv(f"KEV_ACL_{name}_PASSWORD_FILE", raising=False)
+    (tmp_path / "pub").write_text("publisher-secret-1\n")
+    assert main(["acl", "--publisher-password-file", str(tmp_path / "pub")]) == 2
+    assert "gateway user needs a password" in capsys.readouterr().err
+    monkeypatch.setenv("KEV_ACL_GATEWAY_PASSWORD", "gateway-secret-2")
+    (tmp_path / "adm").write_text("admin-secret-3")
+    monkeypatch.setenv("KEV_ACL_ADMIN_PASSWORD_FILE", str(tmp_path / "adm"))
+    assert main(["acl", "--publisher-password-file", str(tmp_path / "pub")]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[1] for line in out.splitlines()] == [
+        "default",
+        "kev-publisher",
+        "kev-gateway",
+        "kev-admin",
+    ]
+    for secret in ("publisher-secret-1", "gateway-secret-2", "admin-secret-3"):
+        assert secret not in out  # hashes only
+    assert "user default on nopass resetkeys resetchannels -@all +ping" in out
+
+
+def test_gateway_acl_adds_the_replication_and_sentinel_users_when_given_a_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("PUBLISHER", "GATEWAY", "ADMIN", "REPLICATION", "SENTINEL"):
+        monkeypatch.delenv(f"KEV_ACL_{name}_PASSWORD", raising=False)
+        monkeypatch.delenv(f"KEV_ACL_{name}_PASSWORD_FILE", raising=False)
+    # asked for by name, a service user needs its password like any role
+    assert main(["acl", "--profiles", "replication"]) == 2
+    assert "replication user needs a password" in capsys.readouterr().err
+    (tmp_path / "repl").write_text("replication-secret-4\n")
+    monkeypatch.setenv("KEV_ACL_SENTINEL_PASSWORD", "sentinel-secret-5")
+    args = ["acl", "--profiles", "gateway", "--replication-password-file", str(tmp_path / "repl")]
+    monkeypatch.setenv("KEV_ACL_GATEWAY_PASSWORD", "gateway-secret-2")
+    assert main([*args, "--sentinel-user", "mon"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[1]: line for line in out.splitlines()}
+    assert list(lines) == ["default", "kev-gateway", "kev-replication", "mon"]
+    assert "secret" not in out  # hashes only
+    assert lines["kev-replication"].endswith("resetkeys resetchannels -@all +psync +replconf +ping")
+    mon = lines["mon"].split()
+    assert "&__sentinel__:hello" in mon and not any(w.startswith(("~", "%")) for w in mon)
+    assert {"+info", "+slaveof", "+config|rewrite", "+multi", "+exec"} <= set(mon)
+    assert mon.index("-@all") < mon.index("+info")
+    # without their passwords they are simply left out
+    monkeypatch.delenv("KEV_ACL_SENTINEL_PASSWORD")
+    assert main(["acl", "--profiles", "gateway"]) == 0
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == [
+        "default",
+        "kev-gateway",
+    ]
