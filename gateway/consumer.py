@@ -1,46 +1,100 @@
-"""A consumer of the event stream: signs with a keypair, parses SSE, resumes by last id.
+"""A consumer of the event stream: signs with a keypair, follows the stream across drops,
+resumes by last id, and never shows a corrupted or missing event as if nothing happened.
 
-* :class:`SSEParser` follows the WHATWG "event stream interpretation" algorithm (what a
-  browser's EventSource does): ``\\r\\n``, ``\\r`` or ``\\n`` line ends, ``:`` comments, a
-  leading space stripped from values, ``data`` lines joined with ``\\n``, ``id`` kept across
-  events, an ``id`` containing NUL ignored, ``retry`` only when all digits.
-* :func:`open_stream` speaks HTTP/1.1 over an asyncio connection (no client library needed)
-  and yields parsed events; :class:`KernelEventStream` reconnects with ``Last-Event-ID`` after
-  a ``server_close``, a dropped connection or a 5xx, so a consumer sees every event once.
+Built on httpx (HTTP, timeouts, proxies, TLS) and httpx-sse's line and field decoders:
+
+* :class:`SSEParser` decodes UTF-8 incrementally (a character split across two reads stays
+  one character), splits lines (``\\r\\n``, ``\\r``, ``\\n``) and reads fields with
+  httpx-sse's decoders, and applies the rest of WHATWG's "event stream interpretation" that
+  those leave out: an event with no ``data`` line is not dispatched (a standalone ``retry:``
+  block, a ping), ``id`` persists across events (seeded with the id a resume starts from),
+  ``retry`` only when all ASCII digits, a leading BOM dropped. A line or an event over
+  ``max_line`` characters raises :class:`BadStream` (a hostile server cannot fill memory).
+* :func:`open_stream` is one signed request, no reconnect: ``async with open_stream(...) as
+  (parser, events)``. A silence longer than ``idle_timeout`` seconds (the server pings every
+  15 s by default) raises :class:`DeadLink`: a frozen proxy is noticed.
+* :class:`KernelEventStream` reconnects with ``Last-Event-ID`` after a ``server_close``, a
+  drop, a dead link, a 5xx or a 429, waiting what the server asks (``retry:`` field,
+  ``server_close``'s ``retry``, ``Retry-After``), doubled per consecutive failed attempt up
+  to ``max_backoff``, plus up to 50 % random jitter. It asks the server for rebalancing
+  closes (``resumable=1``): it resumes losslessly, so a gateway with a stream lifetime may
+  end its stream to spread load over new pods.
+
+Errors: :class:`StreamError` (the server refused: HTTP status and body), and
+:class:`StreamDropped` (a :class:`ConnectionError`: could not connect, or the stream broke)
+with its kinds :class:`DeadLink` and :class:`BadStream`. httpx's own exceptions never leak.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
+import functools
 import logging
+import os
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+import ssl
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import urlencode, urlsplit
 
+import httpx
 import msgspec
+
+# httpx-sse's public API wants an httpx response and hides comments and the bytes between
+# events; the parser needs both (liveness, tests that feed bytes), so it drives the two
+# decoders that API is made of. pyproject.toml pins httpx-sse below 0.5 for these names.
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from .identity.signing import signed_headers
 
 __all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_RETRY_MS",
+    "BadStream",
+    "DeadLink",
     "KernelEventStream",
+    "RetryNotice",
     "SSEEvent",
     "SSEParser",
+    "StreamDropped",
     "StreamError",
     "StreamEventData",
+    "backoff",
     "decode_data",
     "open_stream",
 ]
 
 log = logging.getLogger(__name__)
 
-_MAX_HEADER: Final = 64 * 1024
+#: seconds without a byte (event or ``: ping``) before a link counts as dead: three of the
+#: gateway's default 15 s ping intervals
+DEFAULT_IDLE_TIMEOUT: Final = 45.0
+#: milliseconds to wait before a reconnect when the server named no time (WHATWG leaves the
+#: initial reconnection time to the client)
+DEFAULT_RETRY_MS: Final = 1000
+#: what the server may ask for as a reconnection time is clamped to this range (ms): 0 would
+#: let a server that closes at once spin the client, hours would strand it
+_MIN_RETRY_MS: Final = 100
+_MAX_RETRY_MS: Final = 600_000
+#: the largest line or event (characters) a parser accepts
+MAX_LINE: Final = 1 << 20
+#: the largest refusal body kept on a :class:`StreamError`
+_MAX_ERROR_BODY: Final = 64 * 1024
+#: up to this fraction of the delay is added at random, so clients spread out
+_JITTER: Final = 0.5
+#: a connection open this long (seconds), or one that delivered an event, was a success: the
+#: next reconnect starts again from the server's delay rather than a doubled one
+_HEALTHY_AFTER: Final = 5.0
+_STREAM_PATH: Final = "/stream/kernel/_/events"
 
 
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
+    """One dispatched event: its type (``"message"`` when none), data, and last event id."""
+
     event: str
     data: str
     id: str | None
@@ -59,129 +113,159 @@ _data_decoder: Final = msgspec.json.Decoder(StreamEventData)
 
 
 def decode_data(event: SSEEvent) -> StreamEventData:
+    """``event.data`` as a kernel event's fields; ``msgspec.DecodeError`` if it is not one."""
     return _data_decoder.decode(event.data)
+
+
+class StreamError(Exception):
+    """The server refused the stream; ``status`` and ``body`` say why, ``retry_after``
+    (seconds, or None) is its ``Retry-After``."""
+
+    def __init__(self, status: int, body: bytes, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {body[:300].decode(errors='replace')}")
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """A 5xx or a 429: worth trying again later. Anything else will not change."""
+        return self.status >= 500 or self.status == 429
+
+
+class StreamDropped(ConnectionError):
+    """No stream: the connection could not be made, or broke before the stream's end."""
+
+
+class DeadLink(StreamDropped):
+    """The connection stayed open but nothing came for longer than the idle timeout."""
+
+
+class BadStream(StreamDropped):
+    """What came is not a usable event stream (not HTTP, a line over the size limit)."""
+
+
+def _new_utf8() -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+
+def _value(line: str) -> str:
+    value = line.partition(":")[2]
+    return value[1:] if value.startswith(" ") else value
 
 
 @dataclass
 class SSEParser:
-    """Incremental parser; :meth:`feed` returns the events completed by ``chunk``."""
+    """Incremental parser; :meth:`feed` returns the events completed by ``chunk``.
+
+    ``last_event_id`` is the id the next event carries (WHATWG's last event ID buffer),
+    ``retry_ms`` the server's last valid ``retry:``, ``comments`` the comment lines seen."""
 
     last_event_id: str | None = None
     retry_ms: int | None = None
     comments: int = 0
-    _buffer: str = ""
-    _data: list[str] = field(default_factory=list)
-    _event: str = ""
-    _pending_cr: bool = False
+    max_line: int = MAX_LINE
+    _utf8: codecs.IncrementalDecoder = field(default_factory=_new_utf8, repr=False)
+    _lines: SSELineDecoder = field(default_factory=SSELineDecoder, repr=False)
+    _fields: SSEDecoder = field(default_factory=SSEDecoder, repr=False)
+    _has_data: bool = False
+    _started: bool = False
+    _pending: int = 0  # characters of the line not yet complete
+    _event_size: int = 0  # characters of the event not yet dispatched
 
     def feed(self, chunk: bytes | str) -> list[SSEEvent]:
-        text = chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else chunk
-        if self._pending_cr and text.startswith("\n"):
-            text = text[1:]  # the \n of a \r\n split across chunks
-        self._pending_cr = False
-        buffer = self._buffer + text
+        """Raises :class:`BadStream` when a line or an event grows past ``max_line``."""
+        text = self._utf8.decode(chunk) if isinstance(chunk, bytes) else chunk
+        if not self._started and text:
+            self._started = True
+            text = text.removeprefix("\ufeff")
+        if not text:
+            return []
+        lines = self._lines.decode(text)
+        if lines:
+            self._pending = len(text) - max(text.rfind("\n"), text.rfind("\r")) - 1
+        else:
+            self._pending += len(text)
+        if self._pending > self.max_line:
+            raise BadStream(f"a line over {self.max_line} characters")
         events: list[SSEEvent] = []
-        start = 0
-        length = len(buffer)
-        while start < length:
-            cr = buffer.find("\r", start)
-            lf = buffer.find("\n", start)
-            if cr == -1 and lf == -1:
-                break
-            if cr != -1 and (lf == -1 or cr < lf):
-                end, nxt = cr, cr + 1
-                if nxt < length and buffer[nxt] == "\n":
-                    nxt += 1
-                elif nxt == length:
-                    self._pending_cr = True
-            else:
-                end, nxt = lf, lf + 1
-            event = self._line(buffer[start:end])
+        for line in lines:
+            event = self._line(line)
             if event is not None:
                 events.append(event)
-            start = nxt
-        self._buffer = buffer[start:]
         return events
 
     def _line(self, line: str) -> SSEEvent | None:
         if not line:
-            return self._dispatch()
+            sse = self._fields.decode(line)
+            has_data, self._has_data, self._event_size = self._has_data, False, 0
+            if sse is None or not has_data:
+                return None  # WHATWG: an empty data buffer dispatches nothing
+            return SSEEvent(sse.event, sse.data, self.last_event_id)
         if line.startswith(":"):
             self.comments += 1
             return None
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
+        self._event_size += len(line)
+        if self._event_size > self.max_line:
+            raise BadStream(f"an event over {self.max_line} characters")
+        name = line.partition(":")[0]
         if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
+            self._has_data = True
         elif name == "id":
+            value = _value(line)
             if "\0" not in value:
                 self.last_event_id = value
         elif name == "retry":
+            value = _value(line)
             if value.isascii() and value.isdigit():
                 self.retry_ms = int(value)
+        self._fields.decode(line)
         return None
 
-    def _dispatch(self) -> SSEEvent | None:
-        if not self._data:
-            self._event = ""
-            return None
-        event = SSEEvent(self._event or "message", "\n".join(self._data), self.last_event_id)
-        self._data = []
-        self._event = ""
-        return event
+
+def _stream_url(url: str) -> str:
+    """``url`` itself, or the v4 stream path on it when it names only a host."""
+    parts = httpx.URL(url)
+    if parts.scheme not in ("http", "https") or not parts.host:
+        raise ValueError(f"give an http:// or https:// URL, got {url!r}")
+    return str(parts.copy_with(path=_STREAM_PATH)) if parts.path in ("", "/") else url
 
 
-class StreamError(Exception):
-    """The server refused the stream; ``status`` and ``body`` say why."""
-
-    def __init__(self, status: int, body: bytes) -> None:
-        super().__init__(f"HTTP {status}: {body[:300].decode(errors='replace')}")
-        self.status = status
-        self.body = body
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.isascii() and value.isdigit() else None
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    if len(head) > _MAX_HEADER:
-        raise StreamError(0, b"response header too large")
-    lines = head.decode("latin-1").split("\r\n")
-    try:
-        status = int(lines[0].split(" ", 2)[1])
-    except (IndexError, ValueError):
-        raise ConnectionError(f"not an HTTP response: {lines[0][:80]!r}") from None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    return status, headers
+def _why(exc: BaseException) -> str:
+    """What went wrong, in the words of the deepest OS error behind ``exc`` when there is one
+    ("Connection refused" rather than httpx's "All connection attempts failed")."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+        if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+            cause = cause.exceptions[0]
+        else:
+            cause = cause.__cause__ or cause.__context__
+    return str(exc) or type(exc).__name__
 
 
-async def _body_chunks(
-    reader: asyncio.StreamReader, headers: Mapping[str, str]
-) -> AsyncIterator[bytes]:
-    if headers.get("transfer-encoding", "").lower() != "chunked":
-        length = headers.get("content-length")
-        if length is not None and length.isdigit():  # a refusal on a keep-alive connection
-            yield await reader.readexactly(int(length))
-            return
-        while data := await reader.read(65536):
-            yield data
-        return
-    while True:
-        size_line = await reader.readuntil(b"\r\n")
-        try:
-            size = int(size_line.split(b";", 1)[0], 16)
-        except ValueError:
-            raise ConnectionError(f"bad chunk size line {size_line[:40]!r}") from None
-        if size == 0:
-            await reader.readuntil(b"\r\n")
-            return
-        data = await reader.readexactly(size + 2)
-        yield data[:-2]
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying context (system CAs via certifi, ``SSL_CERT_FILE``) for every client:
+    building one costs ~20 ms of CPU, and a fleet of consumers opens many clients."""
+    return httpx.create_ssl_context()
+
+
+def _new_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(verify=_ssl_context())
+
+
+def _timeout(idle_timeout: float | None, connect_timeout: float) -> httpx.Timeout:
+    # httpx's read timeout bounds each wait for bytes: exactly "silent for idle_timeout".
+    return httpx.Timeout(connect_timeout, read=idle_timeout)
 
 
 @contextlib.asynccontextmanager
@@ -193,52 +277,128 @@ async def open_stream(
     params: Mapping[str, str] | None = None,
     last_event_id: str | None = None,
     headers: Mapping[str, str] | None = None,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+    connect_timeout: float = 10.0,
+    client: httpx.AsyncClient | None = None,
 ) -> AsyncIterator[tuple[SSEParser, AsyncIterator[SSEEvent]]]:
     """One stream, no reconnect: ``async with open_stream(...) as (parser, events)``.
 
-    ``url`` is the gateway's base (``http://host:port``) or a full stream URL. Raises
-    :class:`StreamError` for a non-200 answer."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"only http:// URLs are supported here, got {url!r}")
-    host = parts.netloc
-    path = parts.path if parts.path not in ("", "/") else "/stream/kernel/_/events"
-    target = path + ("?" + urlencode(params) if params else "")
-    request_headers = {"Host": host, "Accept": "text/event-stream"}
-    if access_key and secret_key:
-        request_headers.update(signed_headers("GET", target, host, access_key, secret_key))
-    if last_event_id:
-        request_headers["Last-Event-ID"] = last_event_id
-    request_headers.update(headers or {})
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
-    try:
-        head = "".join(f"{k}: {v}\r\n" for k, v in request_headers.items())
-        writer.write(f"GET {target} HTTP/1.1\r\n{head}\r\n".encode("latin-1"))
-        status, response_headers = await _read_head(reader)
-        if status != 200:
-            body = b"".join([chunk async for chunk in _body_chunks(reader, response_headers)])
-            raise StreamError(status, body)
+    ``url`` is the gateway's base (``http://host:port``) or a full stream URL; the request is
+    signed when both keys are given. ``idle_timeout`` seconds without a byte (None: wait
+    forever) end the events with :class:`DeadLink`. Raises :class:`StreamError` for a
+    non-200 answer (or a 200 that is not ``text/event-stream``), :class:`StreamDropped` when
+    the connection fails, :class:`BadStream` for garbage; ``client`` is reused if given."""
+    target_url = _stream_url(url)
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(_new_client())
+        request_headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        if last_event_id:
+            request_headers["Last-Event-ID"] = last_event_id
+        request_headers.update(headers or {})
+        request = client.build_request(
+            "GET",
+            target_url,
+            params=dict(params) if params else None,
+            headers=request_headers,
+            timeout=_timeout(idle_timeout, connect_timeout),
+        )
+        if access_key and secret_key:
+            # Signed as sent: the target and Host exactly as httpx will write them.
+            target = request.url.raw_path.decode("ascii")
+            request.headers.update(
+                signed_headers("GET", target, request.headers["host"], access_key, secret_key)
+            )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.ReadTimeout as exc:
+            raise DeadLink(f"no answer from {target_url} within {idle_timeout} s") from exc
+        except httpx.RemoteProtocolError as exc:  # closed at once, or not HTTP at all
+            raise StreamDropped(f"{target_url} broke the exchange: {_why(exc)}") from exc
+        except httpx.TransportError as exc:
+            raise StreamDropped(f"cannot connect to {target_url}: {_why(exc)}") from exc
+        stack.push_async_callback(response.aclose)
+        if response.status_code != 200:
+            body = b""
+            with contextlib.suppress(httpx.HTTPError):
+                async for data in response.aiter_bytes():
+                    body += data
+                    if len(body) >= _MAX_ERROR_BODY:
+                        break
+            raise StreamError(response.status_code, body[:_MAX_ERROR_BODY], _retry_after(response))
+        media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != "text/event-stream":
+            raise StreamError(200, f"not an event stream: Content-Type {media_type!r}".encode())
         parser = SSEParser(last_event_id=last_event_id)
 
-        async def events() -> AsyncIterator[SSEEvent]:
-            async for chunk in _body_chunks(reader, response_headers):
-                for event in parser.feed(chunk):
-                    yield event
+        async def events() -> AsyncGenerator[SSEEvent, None]:
+            try:
+                async for data in response.aiter_bytes():
+                    for event in parser.feed(data):
+                        yield event
+            except httpx.ReadTimeout as exc:
+                raise DeadLink(f"nothing from {target_url} for {idle_timeout} s") from exc
+            except httpx.TransportError as exc:  # reset, closed mid-chunk, bad framing
+                raise StreamDropped(f"the stream from {target_url} broke: {_why(exc)}") from exc
+            except httpx.DecodingError as exc:
+                raise BadStream(f"{target_url} sent an undecodable body: {_why(exc)}") from exc
 
-        yield parser, events()
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError, ConnectionError):
-            await writer.wait_closed()
+        reading = events()
+
+        async def stop_reading() -> None:
+            # Before the response closes under it. A generator another task is iterating
+            # cannot be closed from here ("already running"): it ends with the response.
+            with contextlib.suppress(RuntimeError):
+                await reading.aclose()
+
+        stack.push_async_callback(stop_reading)
+        yield parser, reading
+
+
+@dataclass(frozen=True, slots=True)
+class RetryNotice:
+    """Why :class:`KernelEventStream` reconnects and when: ``error`` (None after a clean
+    ``server_close`` or end), ``delay`` seconds, ``attempt`` (consecutive failures, 0 after
+    a stream that worked), ``url`` it will try next."""
+
+    error: Exception | None
+    delay: float
+    attempt: int
+    url: str
+
+
+def _close_hint(data: str) -> int | None:
+    """``server_close``'s ``retry`` (ms), or None when absent or not a count."""
+    with contextlib.suppress(msgspec.DecodeError):
+        body = msgspec.json.decode(data)
+        retry = body.get("retry") if isinstance(body, dict) else None
+        if isinstance(retry, int) and not isinstance(retry, bool) and retry >= 0:
+            return retry
+    return None
+
+
+def backoff(base_ms: int, failures: int, max_backoff: float) -> float:
+    """Seconds before the next attempt: ``base_ms`` (what the server asked for) doubled per
+    consecutive failure beyond the first, at most ``max_backoff`` (or ``base_ms`` if it is
+    longer: the server's ask is a floor), then up to 50 % more at random. The server's ask
+    is clamped to 0.1 s - 10 min first."""
+    base = min(max(base_ms, _MIN_RETRY_MS), _MAX_RETRY_MS) / 1000
+    ceiling = max(max_backoff, base)
+    delay = min(ceiling, base * 2.0 ** min(max(failures - 1, 0), 30))
+    return delay * (1 + random.random() * _JITTER)
 
 
 class KernelEventStream:
-    """Every kernel event the keypair may see, across reconnects, each exactly once.
+    """Every kernel event the keypair may see, across reconnects, each exactly once (or a
+    ``history_truncated`` notice where history cannot prove it).
 
     >>> async for event in KernelEventStream(url, access_key=ak, secret_key=sk):
     ...     print(event.event, decode_data(event))
 
-    ``url`` may be a list of replicas (or load balancers); reconnects go round it.
+    ``url`` may be a list of replicas (or load balancers); reconnects go round it. Refusals
+    that will not change (4xx but 429) raise :class:`StreamError`. ``on_retry`` hears of
+    each reconnect before its wait (``gateway tail`` prints it); ``idle_timeout`` seconds of
+    silence count as a dead link (set it above the server's ping interval; None: never).
     """
 
     def __init__(
@@ -250,63 +410,97 @@ class KernelEventStream:
         params: Mapping[str, str] | None = None,
         last_event_id: str | None = None,
         max_backoff: float = 10.0,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         include_control: bool = False,
+        on_retry: Callable[[RetryNotice], None] | None = None,
     ) -> None:
         self.urls = [url] if isinstance(url, str) else list(url)
-        if not self.urls or not all(u.startswith("http://") for u in self.urls):
-            raise ValueError(f"give one or more http:// URLs, got {url!r}")
+        if not self.urls:
+            raise ValueError("give one or more http:// URLs")
+        for one in self.urls:
+            _stream_url(one)  # ValueError naming the bad one
         self.url = self.urls[0]
         self.access_key = access_key
         self.secret_key = secret_key
-        self.params = dict(params or {})
+        #: resumable=1: this client resumes, so the server may end its stream to rebalance
+        self.params = {"resumable": "1", **(params or {})}
         self.last_event_id = last_event_id
         self.max_backoff = max_backoff
+        self.idle_timeout = idle_timeout
         self.include_control = include_control
+        self.on_retry = on_retry
+        #: the server's reconnection time (ms), from its ``retry:`` field
+        self.retry_ms = DEFAULT_RETRY_MS
         self.reconnects = 0
         self.connected = False
 
     async def __aiter__(self) -> AsyncIterator[SSEEvent]:
         failures = 0
-        while True:
-            retry_ms = 1000
-            try:
-                async with open_stream(
-                    self.url,
-                    access_key=self.access_key,
-                    secret_key=self.secret_key,
-                    params=self.params,
-                    last_event_id=self.last_event_id,
-                ) as (parser, events):
-                    self.connected = True
-                    failures = 0
-                    async for event in events:
-                        retry_ms = parser.retry_ms or retry_ms
-                        if event.event == "server_close":
-                            with contextlib.suppress(msgspec.DecodeError):
-                                retry_ms = int(msgspec.json.decode(event.data).get("retry", 0))
-                            if self.include_control:
+        async with _new_client() as client:
+            while True:
+                hint_ms: int | None = None
+                error: Exception | None = None
+                healthy = False
+                opened = time.monotonic()
+                current: SSEParser | None = None
+                try:
+                    async with open_stream(
+                        self.url,
+                        access_key=self.access_key,
+                        secret_key=self.secret_key,
+                        params=self.params,
+                        last_event_id=self.last_event_id,
+                        idle_timeout=self.idle_timeout,
+                        client=client,
+                    ) as (current, events):
+                        self.connected = True
+                        async for event in events:
+                            if event.event == "server_close":
+                                hint_ms = _close_hint(event.data)
+                                if self.include_control:
+                                    yield event
+                                break
+                            if event.id:
+                                self.last_event_id = event.id
+                            # a gap notice is never hidden: it is what "nothing lost" rests on
+                            if (
+                                event.event.startswith(("kernel_", "session_"))
+                                or event.event == "history_truncated"
+                            ):
+                                healthy = True
                                 yield event
-                            break
-                        if event.id is not None:
-                            self.last_event_id = event.id
-                        # a gap notice is never hidden: it is what "nothing lost" rests on
-                        if (
-                            event.event.startswith(("kernel_", "session_"))
-                            or event.event == "history_truncated"
-                            or self.include_control
-                        ):
-                            yield event
-            except StreamError as exc:
-                if exc.status < 500 and exc.status != 429:
-                    raise
-                failures += 1
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-                log.info("stream dropped (%s); resuming after %s", exc, self.last_event_id)
-                failures += 1
-            self.connected = False
-            self.reconnects += 1
-            # Any replica resumes any client: try the next one (after a server_close, the
-            # one that closed is likely draining).
-            self.url = self.urls[self.reconnects % len(self.urls)]
-            delay = min(self.max_backoff, retry_ms / 1000 * (2 ** min(failures, 6)))
-            await asyncio.sleep(delay * (0.5 + random.random() / 2) if failures else 0.05)
+                            elif self.include_control:
+                                yield event
+                except StreamError as exc:
+                    if not exc.retryable:
+                        raise
+                    error = exc
+                    if exc.retry_after is not None:
+                        hint_ms = int(exc.retry_after * 1000)
+                except StreamDropped as exc:
+                    error = exc
+                finally:
+                    self.connected = False
+                    if current is not None and current.retry_ms is not None:
+                        self.retry_ms = current.retry_ms  # even from a stream with no event
+                if healthy or (error is None and time.monotonic() - opened >= _HEALTHY_AFTER):
+                    failures = 0
+                else:
+                    failures += 1
+                self.reconnects += 1
+                # Any replica resumes any client: try the next one (after a server_close,
+                # the one that closed is likely draining).
+                self.url = self.urls[self.reconnects % len(self.urls)]
+                delay = backoff(
+                    hint_ms if hint_ms is not None else self.retry_ms, failures, self.max_backoff
+                )
+                log.info(
+                    "stream ended (%s); reconnecting to %s in %.1f s after %s",
+                    error or "closed by the server",
+                    self.url,
+                    delay,
+                    self.last_event_id,
+                )
+                if self.on_retry is not None:
+                    self.on_retry(RetryNotice(error, delay, failures, self.url))
+                await asyncio.sleep(delay)

@@ -32,6 +32,7 @@ ALIASES: Final[dict[Api, dict[str, tuple[str, ...]]]] = {
         "ownerAccessKey": ("ownerAccessKey", "owner_access_key"),
         "group": ("group", "groupName"),
         "lastEventId": ("lastEventId",),
+        "resumable": ("resumable",),
     },
     "v5": {
         "name": ("name", "sessionName"),
@@ -40,12 +41,14 @@ ALIASES: Final[dict[Api, dict[str, tuple[str, ...]]]] = {
         "group": ("group", "groupName"),
         "scope": ("scope",),
         "lastEventId": ("lastEventId",),
+        "resumable": ("resumable",),
     },
 }
 _CANONICAL: Final = {
     api: {alias: name for name, aliases in table.items() for alias in aliases}
     for api, table in ALIASES.items()
 }
+_FLAGS: Final = {"1": True, "true": True, "0": False, "false": False}
 _SCOPES: Final[dict[str, View]] = {"*": "all", "session": "session", "kernel": "kernel"}
 
 
@@ -104,6 +107,11 @@ def parse_query(query_string: bytes, headers: Mapping[str, str], api: Api = "v4"
     if group != "*" and not _GROUP.fullmatch(group):
         raise _bad(f"group {group[:70]!r} is not '*' or a group name")
 
+    # A client that resumes says so (this gateway's extension), so it may be rebalanced.
+    resumable = params.get("resumable", "0")
+    if resumable not in _FLAGS:
+        raise _bad(f"resumable {resumable[:20]!r} is not 1, 0, true or false")
+
     # EventSource sends the header on reconnect; it is newer than any id baked into the URL.
     last_id = headers.get("last-event-id") or params.get("lastEventId") or None
     if last_id is not None:
@@ -120,4 +128,5 @@ def parse_query(query_string: bytes, headers: Mapping[str, str], api: Api = "v4"
         last_event_id=last_id,
         session_uuid=session_uuid,
         view=view,
+        resumable=_FLAGS[resumable],
     )

@@ -40,6 +40,9 @@ class StreamQuery:
     session_uuid: uuid.UUID | None = None
     #: which API generation (and v5 scope) the stream shows
     view: View = "v4"
+    #: ``resumable=1``: the client resumes with Last-Event-ID, so the server may end its
+    #: stream to rebalance (``stream_max_lifetime``)
+    resumable: bool = False
 
 
 async def build_filter(identity: Identity, query: StreamQuery, store: IdentityStore) -> Filter:

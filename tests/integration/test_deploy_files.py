@@ -12,13 +12,18 @@ from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
 
 from gateway.cli import main as gateway_main
+from gateway.http.app import create_app
 from gateway.http.server import uvicorn_options
-from gateway.settings import ENV_PREFIX, Settings
+from gateway.http.stream import STREAM_PATHS
+from gateway.settings import ENV_PREFIX, SECRET_FIELDS, Settings
+from publisher.connection import parse_sentinel
 from publisher.demo import demo_identities
 from tests.support.deploy import (
     COMPOSE,
@@ -30,6 +35,21 @@ from tests.support.deploy import (
     NGINX_DIR,
     ROOT,
 )
+from tests.support.gateway_server import RunningGateway
+from tests.support.redis_users import (
+    ACLFILE,
+    DEMO_PASSWORDS,
+    DEMO_SERVICE_PASSWORDS,
+    ROLE_OF_SERVICE,
+    compose,
+    redis_client_of,
+    redis_command,
+)
+
+#: the Secret with the Redis ACL users (redis-acl.yaml), besides the gateway's own Secret
+REDIS_ACL_SECRET = "Secret/kev-redis-acl"
+#: the per-pod gauge hpa.yaml scales on: open streams
+AUTOSCALING_METRIC = "kev_clients"
 
 # -- nginx ---------------------------------------------------------------------------------------
 
@@ -194,6 +214,12 @@ def test_dockerfile() -> None:
 # -- docker-compose.yml --------------------------------------------------------------------------
 
 
+#: every GATEWAY_* variable a setting reads: one per field, ``_FILE`` for the secret ones
+_SETTING_NAMES = {ENV_PREFIX + f.name.upper() for f in fields(Settings)} | {
+    f"{ENV_PREFIX}{name.upper()}_FILE" for name in SECRET_FIELDS
+}
+
+
 def _stop_seconds(env: Mapping[str, str]) -> float:
     """The longest a replica with these settings takes to stop after SIGTERM: the drain, then
     uvicorn's graceful shutdown backstop for connections still open."""
@@ -202,12 +228,14 @@ def _stop_seconds(env: Mapping[str, str]) -> float:
 
 
 def _settings_env(env: Mapping[str, Any]) -> dict[str, str]:
-    """``env``'s GATEWAY_* variables, each checked to be a real setting, and loadable."""
-    names = {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
+    """``env``'s GATEWAY_* variables, each checked to be a real setting (or a secret's
+    ``_FILE``), and loadable; returned without the ``_FILE`` ones (the files exist in the
+    container only)."""
     gateway_env = {k: str(v) for k, v in env.items() if k.startswith(ENV_PREFIX)}
-    assert set(gateway_env) <= names, set(gateway_env) - names
-    Settings.load(gateway_env)  # every value valid, URLs included
-    return gateway_env
+    assert set(gateway_env) <= _SETTING_NAMES, set(gateway_env) - _SETTING_NAMES
+    loadable = {k: v for k, v in gateway_env.items() if not k.endswith("_FILE")}
+    Settings.load(loadable)  # every value valid, URLs included
+    return loadable
 
 
 def _mounts(service: Mapping[str, Any]) -> dict[str, str]:
@@ -230,14 +258,14 @@ def test_compose_file() -> None:
         assert gw["build"]["dockerfile"] == "deploy/Dockerfile"
         assert (ROOT / gw["build"]["context"] / gw["build"]["dockerfile"]).is_file()
         env = _settings_env(gw["environment"])
-        assert env["GATEWAY_REDIS_URL"] == "redis://redis:6379/0"
+        assert env["GATEWAY_REDIS_URL"] == "redis://kev-gateway@redis:6379/0"
         assert _seconds(gw["stop_grace_period"]) > _stop_seconds(env)
         assert any("/ready" in part for part in gw["healthcheck"]["test"])
         assert gw["depends_on"]["redis"]["condition"] == "service_healthy"
 
     publisher = services["publisher"]
     assert publisher["command"][:4] == ["kev-publish", "demo", "--rate", "5"]
-    assert publisher["environment"]["KEV_REDIS_URL"] == "redis://redis:6379/0"
+    assert publisher["environment"]["KEV_REDIS_URL"] == "redis://kev-publisher@redis:6379/0"
 
     seed = services["seed"]
     assert seed["command"][:2] == ["gateway", "import"]
@@ -245,7 +273,12 @@ def test_compose_file() -> None:
     _settings_env(seed["environment"])
 
     nginx = services["nginx"]
-    assert "8080:8080" in nginx["ports"]
+    assert nginx["ports"] == ["127.0.0.1:8080:8080"]
+    # The demo identities' keys are public: nothing is published beyond loopback.
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
+            assert host_ip == "127.0.0.1", (name, port)
     assert _mounts(nginx) == {
         "/etc/nginx/nginx.conf": "./deploy/nginx/nginx.conf",
         "/etc/nginx/upstream.conf": "./deploy/nginx/upstream.compose.conf",
@@ -260,6 +293,8 @@ def test_compose_file() -> None:
     for service in services.values():
         for host in _mounts(service).values():
             assert (ROOT / host).is_file(), host
+    for secret in compose.get("secrets", {}).values():
+        assert (ROOT / secret["file"]).is_file(), secret
 
 
 def test_demo_identities_file_matches_the_demo_publisher() -> None:
@@ -300,8 +335,12 @@ def _manifests() -> dict[str, dict[str, Any]]:
         assert len(docs) == 1, path
         (doc,) = docs
         assert "namespace" not in doc.get("metadata", {}), path
-        assert doc["kind"] not in out, path
-        out[doc["kind"]] = doc | {"_file": path.name}
+        # by kind; the one second Secret (the Redis users') by kind/name
+        key = doc["kind"]
+        if f"{key}/{doc.get('metadata', {}).get('name')}" == REDIS_ACL_SECRET:
+            key = REDIS_ACL_SECRET
+        assert key not in out, path
+        out[key] = doc | {"_file": path.name}
     return out
 
 
@@ -316,12 +355,22 @@ def test_kubernetes_manifests() -> None:
         "HorizontalPodAutoscaler": "autoscaling/v2",
         "PodDisruptionBudget": "policy/v1",
         "Kustomization": "kustomize.config.k8s.io/v1beta1",
+        "Ingress": "networking.k8s.io/v1",
+        "NetworkPolicy": "networking.k8s.io/v1",
+        "ServiceMonitor": "monitoring.coreos.com/v1",
+        "Job": "batch/v1",
+        REDIS_ACL_SECRET: "v1",
     }
-    # The Sentinel Secret is an example to edit, not applied by default.
+    # The Sentinel Secret is an example to edit, the Redis users' Secret holds demo passwords,
+    # the ServiceMonitor needs the Prometheus Operator's CRD, and the import Job runs on
+    # demand: none is applied by default.
     listed = set(m["Kustomization"]["resources"])
     assert listed == {doc["_file"] for doc in m.values()} - {
         "kustomization.yaml",
         m["Secret"]["_file"],
+        m[REDIS_ACL_SECRET]["_file"],
+        m["ServiceMonitor"]["_file"],
+        m["Job"]["_file"],
     }
 
     config = _settings_env(m["ConfigMap"]["data"])
@@ -350,9 +399,7 @@ def test_kubernetes_manifests() -> None:
     assert sources[0]["configMapRef"]["name"] == m["ConfigMap"]["metadata"]["name"]
     assert sources[1]["secretRef"] == {"name": m["Secret"]["metadata"]["name"], "optional": True}
     _settings_env({e["name"]: "x" for e in container["env"] if e["name"] != "GATEWAY_REPLICA"})
-    assert {e["name"] for e in container["env"]} <= {
-        ENV_PREFIX + f.name.upper() for f in fields(Settings)
-    }
+    assert {e["name"] for e in container["env"]} <= _SETTING_NAMES
     # preStop sleep + drain + shutdown must end before the kubelet's SIGKILL.
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
@@ -373,8 +420,203 @@ def test_kubernetes_manifests() -> None:
         "name": deployment["metadata"]["name"],
     }
     assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] > hpa["minReplicas"]
-    assert [metric["resource"]["name"] for metric in hpa["metrics"]] == ["cpu"]
 
     pdb = m["PodDisruptionBudget"]["spec"]
     assert pdb.get("maxUnavailable") == 1 or pdb.get("minAvailable") == 2
     assert pdb["selector"]["matchLabels"].items() <= labels.items()
+
+
+def _k8s_context() -> tuple[dict[str, dict[str, Any]], Settings]:
+    m = _manifests()
+    return m, Settings.load(_settings_env(m["ConfigMap"]["data"]))
+
+
+def test_kubernetes_autoscaling_counts_streams_and_streams_rebalance() -> None:
+    """The HPA scales on streams per pod (``kev_clients``, which /metrics exports: see
+    test_the_autoscaling_metric_is_exported) and CPU; streams of resuming clients have a
+    lifetime, so they spread onto the pods a scale-out adds."""
+    m, settings = _k8s_context()
+    metrics = m["HorizontalPodAutoscaler"]["spec"]["metrics"]
+    pods = [x["pods"] for x in metrics if x["type"] == "Pods"]
+    assert [p["metric"]["name"] for p in pods] == [AUTOSCALING_METRIC]
+    target = pods[0]["target"]
+    assert target["type"] == "AverageValue"
+    assert 0 < float(target["averageValue"]) < settings.max_streams  # before 503s start
+    resources = [x["resource"]["name"] for x in metrics if x["type"] == "Resource"]
+    assert resources == ["cpu"]
+    # a lifetime long enough not to churn, short enough to rebalance within the hour
+    assert 300 <= settings.stream_max_lifetime <= 3600
+
+
+def test_kubernetes_ingress_is_sse_safe_and_routes_only_public_paths() -> None:
+    m, settings = _k8s_context()
+    ingress = m["Ingress"]
+    notes = ingress["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    assert notes[prefix + "proxy-buffering"] == "off"
+    assert notes[prefix + "proxy-request-buffering"] == "off"
+    assert notes[prefix + "proxy-http-version"] == "1.1"
+    for name in ("proxy-read-timeout", "proxy-send-timeout"):
+        # nginx's timeouts run between two reads/writes: pings must come well within them
+        assert int(notes[prefix + name]) >= max(3600, 3 * settings.ping_interval), name
+    assert int(notes[prefix + "proxy-connect-timeout"]) <= 5
+    assert "http_503" in notes[prefix + "proxy-next-upstream"]  # a draining pod is skipped
+    # The signature covers the target and Host as sent; no stickiness is needed.
+    for changes in ("rewrite-target", "upstream-vhost", "affinity", "use-regex"):
+        assert prefix + changes not in notes, changes
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+
+    service = m["Service"]
+    app = create_app(settings)
+    routes = {route.path for route in app.app.routes}  # type: ignore[attr-defined]
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    for path in paths:
+        backend = path["backend"]["service"]
+        assert backend["name"] == service["metadata"]["name"]
+        assert backend["port"] == {"name": service["spec"]["ports"][0]["name"]}
+        assert path["pathType"] in ("Exact", "Prefix")
+        under = [r for r in routes if r == path["path"] or (
+            path["pathType"] == "Prefix" and r.startswith(path["path"]))]  # fmt: skip
+        assert under, f"{path['path']} routes to nothing the gateway serves"
+    exposed = {r for r in routes for p in paths if r == p["path"] or (
+        p["pathType"] == "Prefix" and r.startswith(p["path"]))}  # fmt: skip
+    assert set(STREAM_PATHS) <= exposed
+    assert not exposed & {"/metrics", "/health", "/ready"}
+    assert ingress["spec"]["tls"][0]["hosts"] == [ingress["spec"]["rules"][0]["host"]]
+    assert settings.cookie_secure  # TLS terminates at the ingress
+
+
+def test_kubernetes_network_policy_and_scraping() -> None:
+    m, settings = _k8s_context()
+    labels = m["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    (port,) = m["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"]
+    policy = m["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    sources = {}
+    for rule in policy["ingress"]:
+        assert rule.get("from"), "a rule without `from` admits everyone"
+        assert [p["port"] for p in rule["ports"]] in ([port["name"]], [port["containerPort"]])
+        for peer in rule["from"]:
+            namespace = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            sources[namespace] = peer.get("podSelector")
+    assert set(sources) == {"ingress-nginx", "monitoring"}
+    assert sources["ingress-nginx"] is not None  # the controller, not its whole namespace
+    egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
+    # Redis, its Sentinels (the ConfigMap's URL), and DNS
+    assert {6379, 26379, 53} <= egress_ports
+    sentinel_ports = {
+        int(hostport.rsplit(":", 1)[1])
+        for hostport in settings.redis_url.split("://", 1)[1].split("/", 1)[0].split(",")
+    }
+    assert sentinel_ports <= egress_ports
+    assert all(rule.get("to") for rule in policy["egress"])
+
+    monitor = m["ServiceMonitor"]["spec"]
+    service = m["Service"]
+    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"]
+    assert endpoint["path"] == "/metrics"
+    annotations = m["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port["containerPort"])
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_the_autoscaling_metric_is_exported(gateway: RunningGateway) -> None:
+    """What the HPA scales on is a real gauge of this gateway's /metrics."""
+    text = httpx.get(gateway.base_url + "/metrics", timeout=10).text
+    assert re.search(rf"^# TYPE {AUTOSCALING_METRIC} gauge$", text, re.M)
+    assert re.search(rf"^{AUTOSCALING_METRIC} 0(\.0)?$", text, re.M)
+
+
+# -- Redis ACL users (deploy/redis/) -------------------------------------------------------------
+
+
+def test_shipped_users_acl_is_what_gateway_acl_makes_of_the_demo_passwords(
+    tmp_path: Path,
+) -> None:
+    """users.acl cannot drift from the password files, the ACL table or the k8s Secret."""
+    out = tmp_path / "users.acl"
+    args = ["acl", "-o", str(out)]
+    files = {str(k): v for k, v in [*DEMO_PASSWORDS.items(), *DEMO_SERVICE_PASSWORDS.items()]}
+    for role, path in files.items():
+        args += [f"--{role}-password-file", str(path)]
+    assert gateway_main(args) == 0
+    assert ACLFILE.read_text() == out.read_text()
+    passwords = {role: path.read_text().rstrip("\n") for role, path in files.items()}
+    assert all("demo" in pw for pw in passwords.values())  # marked, in every place it shows
+    assert len(set(passwords.values())) == len(passwords)
+    assert not any(pw in out.read_text() for pw in passwords.values())  # hashes only
+
+    secret = _manifests()[REDIS_ACL_SECRET]
+    data = secret["stringData"]
+    assert data["users.acl"] == ACLFILE.read_text()
+    assert {key: data[f"{key}.password"] for key in passwords} == passwords
+    # what a node includes to replicate as the replication user (redis-sentinel.yaml)
+    assert data["replication.conf"].splitlines() == [
+        "masteruser kev-replication",
+        f"masterauth {passwords['replication']}",
+    ]
+    assert "DEMO ONLY" in (K8S / secret["_file"]).read_text()
+
+
+def test_every_compose_service_uses_its_own_redis_user() -> None:
+    doc = compose()
+    args, mounts = redis_command(doc)
+    aclfile = args[args.index("--aclfile") + 1]
+    assert mounts[aclfile] == ACLFILE
+    flags = " ".join(args)
+    assert "--appendonly yes" in flags and "--appendfsync everysec" in flags  # AOF kept
+
+    url_vars = {"GATEWAY_REDIS_URL", "KEV_REDIS_URL"}
+    talking = {
+        n for n, spec in doc["services"].items() if url_vars & set(spec.get("environment", {}))
+    }
+    assert talking == set(ROLE_OF_SERVICE)
+    for service, role in ROLE_OF_SERVICE.items():
+        client = redis_client_of(doc, service)
+        assert client.username == f"kev-{role}", service
+        assert urlsplit(client.url).password is None, service  # from the file only
+        assert client.password_file == DEMO_PASSWORDS[role], service
+
+
+def test_kubernetes_gateway_uses_its_redis_user_and_only_its_password() -> None:
+    m = _manifests()
+    url = m["ConfigMap"]["data"]["GATEWAY_REDIS_URL"]
+    target = parse_sentinel(url)
+    assert (target.username, target.password) == ("kev-gateway", None)
+    pod = m["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    path = Path(env["GATEWAY_REDIS_PASSWORD_FILE"])
+    (mount,) = [v for v in container["volumeMounts"] if v["mountPath"] == str(path.parent)]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == m[REDIS_ACL_SECRET]["metadata"]["name"]
+    # the gateway pod gets its own password, not the others' nor the aclfile
+    assert volume["secret"]["items"] == [{"key": "gateway.password", "path": path.name}]
+
+
+def test_kubernetes_import_job_runs_as_the_admin_user_with_only_its_password() -> None:
+    m = _manifests()
+    pod = m["Job"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:2] == ["gateway", "import"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    _settings_env(env)
+    target = parse_sentinel(env["GATEWAY_REDIS_URL"])
+    assert (target.username, target.password) == ("kev-admin", None)
+    gateway_url = parse_sentinel(m["ConfigMap"]["data"]["GATEWAY_REDIS_URL"])
+    assert (target.sentinels, target.service) == (gateway_url.sentinels, gateway_url.service)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {v["mountPath"]: v["name"] for v in container["volumeMounts"]}
+    password = Path(env["GATEWAY_REDIS_PASSWORD_FILE"])
+    secret = volumes[mounts[str(password.parent)]]["secret"]
+    assert secret["secretName"] == m[REDIS_ACL_SECRET]["metadata"]["name"]
+    assert secret["items"] == [{"key": "admin.password", "path": password.name}]
+    # the identities (secret keys) come from a Secret too
+    identities = Path(container["command"][2])
+    assert "secret" in volumes[mounts[str(identities.parent)]]

@@ -4,9 +4,11 @@ Backend.AI environment variables, refusals."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
+from gateway.cli.tail import DEFAULT_URL
 from publisher import SyncPublisher
 from tests.support.gateway_server import RunningGateway
 from tests.support.identities import ALICE, BOB, session_of
@@ -60,3 +62,33 @@ def test_tail_reads_backend_ai_environment_and_reports_refusals(gateway: Running
         timeout=20, env={"PATH": ""},
     )  # fmt: skip
     assert missing.returncode == 2 and "--access-key" in missing.stderr
+
+
+def test_tail_reports_connection_failures_while_it_retries() -> None:
+    """Nothing listens: tail keeps trying (with backoff) and says so on stderr each time,
+    instead of printing nothing."""
+    with socket.socket() as probe:  # a port nothing listens on (bound, never listening)
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        proc = _tail(url, "--access-key", ALICE.access_key, "--secret-key", ALICE.secret_key)
+        try:
+            assert proc.stderr is not None
+            first = proc.stderr.readline()
+            second = proc.stderr.readline()  # after the first backoff (1-1.5 s)
+            assert proc.poll() is None, "tail gave up"
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)
+    for line in (first, second):
+        assert line.startswith("gateway tail: cannot connect to " + url), line
+        assert "Connection refused" in line and "retrying" in line, line
+
+
+def test_tail_defaults_to_the_front_door() -> None:
+    """One default everywhere: the demo's and compose's nginx on 8080."""
+    assert DEFAULT_URL == "http://127.0.0.1:8080"
+    helped = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "tail", "--help"],
+        capture_output=True, text=True, timeout=20, check=True,
+    )  # fmt: skip
+    assert "default http://127.0.0.1:8080" in " ".join(helped.stdout.split())
