@@ -13,7 +13,11 @@ from gateway.logs import configure_logging
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from .cluster import LocalCluster
+    """Run the cluster until Ctrl-C (or ``--duration``); the banner only once every
+    component answered; a start-up failure is one line on stderr and status 1."""
+    from redis.exceptions import RedisError
+
+    from .cluster import ClusterError, LocalCluster, PortInUse
     from .demo import banner
 
     configure_logging("info")
@@ -25,20 +29,46 @@ def _cluster(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with LocalCluster(
-        replicas=args.replicas, port=args.port, publisher_rate=args.rate, quiet=False
-    ) as cluster:
-        front = (
-            f"  nginx on :{cluster.port} in front of {len(cluster.replicas)} replicas: "
-            + ", ".join(cluster.replica_urls)
-            if cluster.use_nginx
-            else "  nginx not found: one replica, no load balancer (scripts/install adds nginx)"
+    started = time.monotonic()
+    print(
+        f"demo: starting redis-server, {args.replicas} gateway replicas, nginx on "
+        f":{args.port} and the demo publisher...",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        with LocalCluster(
+            replicas=args.replicas, port=args.port, publisher_rate=args.rate, quiet=False
+        ) as cluster:
+            front = (
+                f"  nginx on :{cluster.port} in front of {len(cluster.replicas)} replicas: "
+                + ", ".join(cluster.replica_urls)
+                if cluster.use_nginx
+                else "  nginx not found: one replica, no load balancer (scripts/install adds nginx)"
+            )
+            ready = f"  every component answered in {time.monotonic() - started:.1f}s"
+            print(
+                banner(cluster.url, cluster.redis_url, (front, ready), cluster.replica_urls[0]),
+                file=sys.stderr,
+                flush=True,
+            )
+            deadline = None if args.duration is None else time.monotonic() + args.duration
+            while not stop and (deadline is None or time.monotonic() < deadline):
+                for line in cluster.dead_replicas():
+                    print(f"demo: {line}", file=sys.stderr, flush=True)
+                time.sleep(0.2)
+            print("stopping the cluster...", file=sys.stderr, flush=True)
+    except PortInUse as exc:
+        print(
+            f"demo: {exc} (another demo, or another program): stop it, or choose another "
+            f"port: bash scripts/demo --port {args.port + 10}",
+            file=sys.stderr,
         )
-        print(banner(cluster.url, cluster.redis_url, (front,)), file=sys.stderr, flush=True)
-        deadline = None if args.duration is None else time.monotonic() + args.duration
-        while not stop and (deadline is None or time.monotonic() < deadline):
-            time.sleep(0.2)
-        print("stopping the cluster...", file=sys.stderr, flush=True)
+        return 1
+    except (ClusterError, RuntimeError, OSError, RedisError) as exc:
+        # redis-server missing or not starting, a replica or nginx exiting, seeding failing
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -57,12 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster", help="redis + N replicas + nginx + demo publisher on loopback (no Docker)"
     )
     cluster.add_argument("--replicas", type=int, default=3)
-    cluster.add_argument("--port", type=int, default=8080, help="nginx's port")
+    cluster.add_argument(
+        "--port", type=int, default=8080, help="the front door: nginx's port (default 8080)"
+    )
     cluster.add_argument("--rate", type=float, default=5.0, help="demo events/s (0: none)")
     cluster.add_argument("--duration", type=float, default=None, help="stop after N seconds")
     cluster.set_defaults(run=_cluster)
     demo = sub.add_parser("demo", help="redis-server + one in-process gateway + demo publisher")
-    demo.add_argument("--port", type=int, default=8081)
+    demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--rate", type=float, default=5.0, help="demo events per second")
     demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
     demo.add_argument("--redis-url", default=None, help="use this Redis, not a private one")

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import IO, Final
 
 import httpx
 
@@ -28,10 +31,41 @@ from gateway.settings import Settings
 
 from .localredis import PrivateRedis, free_port
 
-__all__ = ["NGINX_CONF", "LocalCluster"]
+__all__ = ["NGINX_CONF", "ClusterError", "LocalCluster", "PortInUse", "check_port"]
 
 #: the shipped config; present in a source checkout (not in an installed wheel)
 NGINX_CONF: Final = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "nginx.conf"
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not start; the message is one line saying what went wrong."""
+
+
+class PortInUse(ClusterError):
+    """The front door's port is taken (by another demo, or anything else)."""
+
+
+def check_port(port: int, host: str = "127.0.0.1") -> None:
+    """Raise :class:`PortInUse` when ``host``:``port`` cannot be bound (checked first, so a
+    second demo never reports the first one's URL as its own)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"port {port} on {host} is already in use") from exc
+            raise ClusterError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
+def _relay(stream: IO[bytes], prefix: str) -> None:
+    """Copy ``stream`` to stderr line by line, each line behind ``prefix`` (a thread per
+    process; ends when the process closes its end)."""
+    with stream:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            sys.stderr.write(f"{prefix} {line}\n")
+            sys.stderr.flush()
 
 
 def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> None:
@@ -45,16 +79,21 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: flo
         proc.wait(timeout=5)
 
 
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def _wait_http(
+    url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, what: str = ""
+) -> None:
+    """Poll ``url`` until it answers 200; raises :class:`ClusterError` when ``proc`` exits
+    first or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1).status_code == 200:
                 return
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+            name = what or str(proc.args)
+            raise ClusterError(f"{name} exited with status {proc.returncode} (its log is above)")
         time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout}s")
+    raise ClusterError(f"{what or url}: {url} did not answer 200 within {timeout:g}s")
 
 
 class LocalCluster:
@@ -86,6 +125,9 @@ class LocalCluster:
         self.replica_ports: list[int] = []
         self.nginx: subprocess.Popen[bytes] | None = None
         self.publisher: subprocess.Popen[bytes] | None = None
+        self._relays: list[threading.Thread] = []
+        #: replicas whose death :meth:`dead_replicas` has reported already
+        self._reported: set[int] = set()
 
     @property
     def redis_url(self) -> str:
@@ -102,14 +144,51 @@ class LocalCluster:
     def replica_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{p}" for p in self.replica_ports]
 
-    def _output(self) -> int | None:
-        return subprocess.DEVNULL if self.quiet else None
+    def _popen(
+        self, args: list[str], name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a component; unless quiet, its output goes to stderr line by line behind
+        ``[name]``, so the log of a cluster says which process each line came from."""
+        if self.quiet:
+            out, err = subprocess.DEVNULL, subprocess.DEVNULL
+        else:
+            out, err = subprocess.PIPE, subprocess.STDOUT
+        proc = subprocess.Popen(args, stdout=out, stderr=err, env=env)
+        if proc.stdout is not None:
+            relay = threading.Thread(
+                target=_relay, args=(proc.stdout, f"[{name}]"), name=f"relay-{name}", daemon=True
+            )
+            relay.start()
+            self._relays.append(relay)
+        return proc
+
+    def replica_name(self, index: int) -> str:
+        return f"local-{self.replica_ports[index]}"
+
+    def dead_replicas(self) -> list[str]:
+        """One line for each replica that has exited since the last call (a crash, or a
+        kill from outside): which one, its pid and status, and that the others go on."""
+        lines = []
+        for index, proc in enumerate(self.replicas):
+            if proc.poll() is not None and index not in self._reported:
+                self._reported.add(index)
+                alive = sum(p.poll() is None for p in self.replicas)
+                lines.append(
+                    f"replica {self.replica_name(index)} (pid {proc.pid}) exited with status "
+                    f"{proc.returncode}; {alive} of {len(self.replicas)} still serving"
+                )
+        return lines
 
     def start(self) -> None:
+        """Start every component and wait until each answers: every replica's ``/ready``,
+        then nginx's own health and ``/ready`` through it. Raises :class:`PortInUse` (the
+        front door's port is taken: checked before anything starts) or
+        :class:`ClusterError`."""
         from .demo import seed_demo_identities  # the demo's keypairs, also for the tests
 
+        check_port(self.port)
         if self._redis_url is None:
-            self._redis = PrivateRedis()
+            self._redis = PrivateRedis(aof=True)  # a restart keeps identities (README faults)
             self._redis.start()
             self._redis_url = self._redis.url
         # its own thread and loop: start() may be called from async code (the tests)
@@ -120,31 +199,29 @@ class LocalCluster:
         if not self.use_nginx:
             self.replica_count = 1
         for _ in range(self.replica_count):
-            self.replica_ports.append(free_port())
+            # without nginx the only replica is the front door, on its port
+            self.replica_ports.append(free_port() if self.use_nginx else self.port)
             self.replicas.append(self._spawn_replica(self.replica_ports[-1]))
-        for url, proc in zip(self.replica_urls, self.replicas, strict=True):
-            _wait_http(url + "/ready", 20, proc)
+        for index, (url, proc) in enumerate(zip(self.replica_urls, self.replicas, strict=True)):
+            _wait_http(url + "/ready", 20, proc, f"replica {self.replica_name(index)}")
         if self.use_nginx:
             self._start_nginx()
         if self.publisher_rate > 0:
             env = {**os.environ, "KEV_REDIS_URL": self.redis_url,
                    "KEV_PREFIX": self.base_settings.prefix}  # fmt: skip
-            self.publisher = subprocess.Popen(
+            self.publisher = self._popen(
                 [sys.executable, "-m", "publisher.cli", "demo", "--rate",
                  str(self.publisher_rate)],
-                env=env, stdout=self._output(), stderr=self._output(),
+                "publisher", env=env,
             )  # fmt: skip
 
     def _spawn_replica(self, port: int) -> subprocess.Popen[bytes]:
         settings = self.base_settings.replace(
             port=port, redis_url=self.redis_url, replica=f"local-{port}"
         )
-        env = {**os.environ, **settings.to_env()}
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve"],
-            env=env,
-            stdout=self._output(),
-            stderr=self._output(),
+        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        return self._popen(
+            [sys.executable, "-m", "gateway.cli", "serve"], settings.replica, env=env
         )
 
     def _start_nginx(self) -> None:
@@ -161,15 +238,17 @@ class LocalCluster:
         prefix = self._dir / "nginx"
         prefix.mkdir()
         prefix.chmod(0o777)  # as root, nginx's workers run as an unprivileged user
-        self.nginx = subprocess.Popen(
+        self.nginx = self._popen(
             [
                 "nginx", "-p", f"{prefix}/", "-c", str(conf_dir / "nginx.conf"),
                 "-e", "stderr", "-g", "daemon off;",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=self._output(),
+            "nginx",
         )  # fmt: skip
-        _wait_http(f"http://127.0.0.1:{self.port}/lb-health", 10, self.nginx)
+        _wait_http(f"http://127.0.0.1:{self.port}/lb-health", 10, self.nginx, "nginx")
+        # nginx proxies to the replicas (it answers /ready and /metrics itself with 404:
+        # those are for probes of each replica, never through the load balancer)
+        _wait_http(f"http://127.0.0.1:{self.port}/", 10, self.nginx, "nginx -> replicas")
 
     def kill(self, index: int) -> None:
         """SIGKILL replica ``index``: no drain, no goodbye (a crash)."""
@@ -179,7 +258,11 @@ class LocalCluster:
     def restart(self, index: int) -> None:
         _stop(self.replicas[index])
         self.replicas[index] = self._spawn_replica(self.replica_ports[index])
-        _wait_http(self.replica_urls[index] + "/ready", 20, self.replicas[index])
+        self._reported.discard(index)
+        _wait_http(
+            self.replica_urls[index] + "/ready", 20, self.replicas[index],
+            f"replica {self.replica_name(index)}",
+        )  # fmt: skip
 
     def stop(self) -> None:
         if self.publisher is not None:
@@ -193,6 +276,8 @@ class LocalCluster:
             _stop(self.nginx, signal.SIGQUIT)
         if self._redis is not None:
             self._redis.close()
+        for relay in self._relays:  # each ends when its process has closed its output
+            relay.join(timeout=2)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:

@@ -13,12 +13,12 @@ import sys
 import uvicorn
 
 from gateway.http.app import create_app
-from gateway.http.server import uvicorn_options
+from gateway.http.server import StartupError, bind_listener, uvicorn_options
 from gateway.identity.store import IdentityStore
 from gateway.logs import configure_logging
 from gateway.settings import Settings
 from publisher.client import AsyncPublisher
-from publisher.connection import connect_async
+from publisher.connection import connect_async, redact_url
 from publisher.demo import LifecycleDemo, demo_identities
 from publisher.keys import Keys
 
@@ -50,22 +50,32 @@ async def seed_demo_identities(redis_url: str, prefix: str = "kev") -> None:
         await client.aclose()
 
 
-def banner(base: str, redis_url: str, extra: tuple[str, ...] = ()) -> str:
-    """What the demo and the local cluster print: where to look and how to sign in."""
+def banner(
+    base: str, redis_url: str, extra: tuple[str, ...] = (), probes: str | None = None
+) -> str:
+    """What the demo and the local cluster print: where to look, how to sign in, and
+    ready-to-paste ``export`` lines that point every README command (``gateway`` admin and
+    ``tail``, ``kev-publish``, the Backend.AI SDK) at this cluster. ``probes``: where
+    ``/ready`` and ``/metrics`` answer (a replica: the load balancer refuses them)."""
     host = base.removeprefix("http://")
     root = demo_identities().keypairs[0]
     lines = [
         "",
         f"  dashboard: {base}/   (sign in with a keypair below)",
-        f"  stream:    {base}/stream/kernel/_/events   (redis {redis_url})",
-        f"  health:    {base}/ready    metrics: {base}/metrics",
+        f"  stream:    {base}/stream/kernel/_/events   (redis {redact_url(redis_url)})",
+        f"  health:    {probes or base}/ready    metrics: {probes or base}/metrics",
         *extra,
         "  keypairs (access key / secret key / role):",
         *(
             f"    {k.access_key}  {k.secret_key}  {k.role} of {k.domain}"
             for k in demo_identities().keypairs
         ),
-        "  watch every event as the superadmin:",
+        "  in another shell, paste these so the README's commands talk to this cluster:",
+        f"    export KEV_REDIS_URL={redis_url}",
+        f"    export BACKEND_ENDPOINT={base}",
+        f"    export BACKEND_ACCESS_KEY={root.access_key}",
+        f"    export BACKEND_SECRET_KEY='{root.secret_key}'",
+        "  then watch every event as the superadmin:",
         f"    .venv/bin/gateway sign --curl --host {host} "
         f"--access-key {root.access_key} --secret-key '{root.secret_key}' | sh",
         "  Ctrl-C stops everything.",
@@ -75,13 +85,19 @@ def banner(base: str, redis_url: str, extra: tuple[str, ...] = ()) -> str:
 
 
 async def run_demo(
-    *, port: int = 8081, rate: float = 5.0, duration: float | None = None,
+    *, port: int = 8080, rate: float = 5.0, duration: float | None = None,
     redis_url: str | None = None,
 ) -> int:  # fmt: skip
     configure_logging("info")
+    try:  # the port first: a second demo must not start a Redis and then fail
+        sock = bind_listener(Settings.load({}, port=port))
+    except StartupError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     with contextlib.ExitStack() as stack:
+        stack.callback(sock.close)
         if redis_url is None:
-            redis_url = stack.enter_context(PrivateRedis()).url
+            redis_url = stack.enter_context(PrivateRedis(aof=True)).url
         settings = Settings.load({}, port=port, redis_url=redis_url)
         await seed_demo_identities(redis_url, settings.prefix)
         app = create_app(settings)
@@ -100,7 +116,7 @@ async def run_demo(
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
         if serving.done():

@@ -6,7 +6,8 @@
 
 This is the edge: the only place that reads the environment (``KEV_REDIS_URL``,
 ``KEV_PREFIX``) and prints. Exit codes: 0 done (a demo ended by Ctrl-C or SIGTERM included),
-1 Redis failed, 2 invalid arguments (one line on stderr, no traceback).
+1 Redis failed or an event was not published, 2 invalid arguments (one line on stderr, no
+traceback).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from typing import Any, Final, NoReturn, TextIO, cast
 import redis
 
 from .client import DEFAULT_MAXLEN, AsyncPublisher, SyncPublisher
-from .connection import RedisURLError, check_url, connect_async
+from .connection import RedisURLError, check_url, connect_async, redact_url
 from .demo import DEFAULT_TICK, DemoStats, LifecycleDemo
+from .errors import PublishError
 from .keys import DEFAULT_PREFIX, Keys
 from .schema import EVENT_NAMES, RESULTS, EventName, InvalidEvent, KernelEvent, Result
+from .secretinput import SecretError, resolve_secret
 
 __all__ = ["main"]
 
@@ -43,7 +46,10 @@ class _UsageError(Exception):
     """An argument that parses but is not valid; exit code 2."""
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit 2), not the usage
+    block: the message names the flag, ``--help`` has the rest. Both CLIs use it."""
+
     def error(self, message: str) -> NoReturn:
         # One line, no usage block: the message names the flag; --help has the rest.
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -106,7 +112,7 @@ def _prefix(text: str) -> str:
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """The parser; defaults of the common options come from ``environ``."""
-    common = _Parser(add_help=False)
+    common = OneLineParser(add_help=False)
     group = common.add_argument_group("redis")
     # argparse runs string defaults through `type`, so a bad KEV_* value is reported too.
     group.add_argument(
@@ -115,6 +121,25 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=environ.get("KEV_REDIS_URL", DEFAULT_REDIS_URL),
         help="redis://, rediss://, unix:// or redis+sentinel:// URL "
         "(env KEV_REDIS_URL; default %(default)s)",
+    )
+    group.add_argument(
+        "--redis-url-file",
+        metavar="PATH",
+        help="read the URL from this file (- = stdin; env KEV_REDIS_URL_FILE): a URL with a "
+        "password belongs in a file or the environment, not on the command line",
+    )
+    group.add_argument(
+        "--redis-password-file",
+        metavar="PATH",
+        help="the password of the URL's user, when the URL has none (- = stdin; env "
+        "KEV_REDIS_PASSWORD or KEV_REDIS_PASSWORD_FILE)",
+    )
+    group.add_argument(
+        "--redis-sentinel-password-file",
+        metavar="PATH",
+        help="the Sentinels' own password, for a redis+sentinel:// URL whose Sentinels need "
+        "one (- = stdin; env KEV_REDIS_SENTINEL_PASSWORD or KEV_REDIS_SENTINEL_PASSWORD_FILE; "
+        "the URL's sentinel_password wins)",
     )
     group.add_argument(
         "--prefix",
@@ -129,7 +154,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="approximate bound of the history stream (default %(default)s)",
     )
 
-    parser = _Parser(prog=PROG, description="Publish Backend.AI kernel lifecycle events to Redis.")
+    parser = OneLineParser(
+        prog=PROG, description="Publish Backend.AI kernel lifecycle events to Redis."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     emit = commands.add_parser(
@@ -204,13 +231,17 @@ def _event(args: argparse.Namespace) -> KernelEvent:
 def _emit(args: argparse.Namespace, out: TextIO) -> int:
     event = _event(args)
     with SyncPublisher.from_url(
-        args.redis_url, prefix=args.prefix, maxlen=args.maxlen, timeout=5.0
-    ) as pub:
+        args.redis_url, prefix=args.prefix, maxlen=args.maxlen, timeout=5.0,
+        password=args.redis_password, sentinel_password=args.redis_sentinel_password,
+    ) as pub:  # fmt: skip
         stream_id = pub.publish(event)
-        if stream_id is None:
-            # A one-shot command has no later moment to flush in: fail instead of buffering.
-            raise redis.ConnectionError(f"{args.redis_url} is unreachable; nothing was published")
-    print(stream_id, file=out)
+        # A one-shot command has no later moment to flush in: a short last try, then fail.
+        report = pub.close(timeout=1.0)
+    if not report.ok:
+        raise redis.ConnectionError(
+            f"{redact_url(args.redis_url)}: nothing was published ({report.last_error})"
+        )
+    print(stream_id or "(published; stream id unknown)", file=out)
     return 0
 
 
@@ -294,7 +325,12 @@ class _Interrupts:
 
 async def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     progress = _Progress(err)
-    client = connect_async(args.redis_url, **_REDIS_OPTIONS)
+    client = connect_async(
+        args.redis_url,
+        password=args.redis_password,
+        sentinel_password=args.redis_sentinel_password,
+        **_REDIS_OPTIONS,
+    )
     await client.ping()  # unreachable at the start is an error; later outages are buffered
     async with AsyncPublisher(
         client, prefix=args.prefix, maxlen=args.maxlen, owns_client=True
@@ -327,7 +363,29 @@ async def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             stats, code = demo.stats(), 1
         progress.close()
         print(_summary(stats, publisher.keys.history, interrupts.count > 0), file=out)
+        report = await publisher.aclose()  # flushes what is queued, for up to its timeout
+        if not report.ok:
+            print(f"{PROG} demo: error: not all published: {report.summary()}", file=err)
+            code = 1
         return code
+
+
+def _resolve_secrets(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """``--redis-url-file`` / ``KEV_REDIS_URL_FILE`` (when no URL was given otherwise) and
+    the password: flag file, ``KEV_REDIS_PASSWORD``, ``KEV_REDIS_PASSWORD_FILE`` (the
+    Sentinels' likewise, ``KEV_REDIS_SENTINEL_PASSWORD[_FILE]``)."""
+    if args.redis_url_file is not None or (
+        "KEV_REDIS_URL" not in env and env.get("KEV_REDIS_URL_FILE")
+    ):
+        url = resolve_secret(None, args.redis_url_file, env, "KEV_REDIS_URL", what="--redis-url")
+        args.redis_url = check_url(url or DEFAULT_REDIS_URL)
+    args.redis_password = resolve_secret(
+        None, args.redis_password_file, env, "KEV_REDIS_PASSWORD", what="--redis-password"
+    )
+    args.redis_sentinel_password = resolve_secret(
+        None, args.redis_sentinel_password_file, env, "KEV_REDIS_SENTINEL_PASSWORD",
+        what="--redis-sentinel-password",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None, *, environ: Mapping[str, str] | None = None) -> int:
@@ -338,13 +396,14 @@ def main(argv: list[str] | None = None, *, environ: Mapping[str, str] | None = N
     except SystemExit as exc:  # --help, or an argparse error already printed
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        _resolve_secrets(args, env)
         if args.command == "emit":
             return _emit(args, sys.stdout)
         return asyncio.run(_demo(args, sys.stdout, sys.stderr))
-    except _UsageError as exc:
+    except (_UsageError, SecretError, RedisURLError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except redis.RedisError as exc:
+    except (redis.RedisError, PublishError) as exc:
         print(f"{PROG} {args.command}: error: redis: {exc}", file=sys.stderr)
         return 1
 

@@ -16,21 +16,63 @@ from typing import Any
 
 from gateway.identity.signing import DEFAULT_VERSION, signed_headers
 from gateway.logs import configure_logging
-from gateway.settings import ENV_PREFIX, Settings, SettingsError
+from gateway.settings import (
+    ENV_PREFIX,
+    SECRET_FIELDS,
+    SHARED_ENV,
+    Settings,
+    SettingsError,
+    field_docs,
+)
+from publisher.cli import OneLineParser
+from publisher.secretinput import SecretError, resolve_secret
 
-from . import admin, tail
+from . import acl, admin, tail
 
 __all__ = ["main"]
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per settings field; unset flags fall back to env, then defaults."""
+    """One ``--flag`` per settings field; unset flags fall back to env, then defaults. Each
+    flag's help is the field's ``#:`` comment (:func:`gateway.settings.field_docs`), its
+    default and its environment variable: written once, in gateway/settings.py."""
+    docs = field_docs()
+    defaults = Settings.load({})
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
+        env = ENV_PREFIX + f.name.upper()
+        if f.name in SHARED_ENV:
+            env += f", else {SHARED_ENV[f.name]}"
+        if f.name in SECRET_FIELDS:
+            env += f" or {ENV_PREFIX}{f.name.upper()}_FILE"
+        help_text = f"{docs[f.name]} [default: {_shown(f.name, defaults)}; env {env}]"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if Settings.kind(f.name) == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text
+            )
         else:
-            parser.add_argument(flag, dest=f.name, type=_flag_type(f.name), metavar=f.name.upper())
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                type=_flag_type(f.name),
+                metavar=f.name.upper(),
+                help=help_text,
+            )
+
+
+def _shown(name: str, defaults: Settings) -> str:
+    """A default as the help shows it: what one would type."""
+    if name == "replica":
+        return "host-pid-random"
+    value = getattr(defaults, name)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value) or "none"
+    if name in SECRET_FIELDS and name != "redis_url":
+        return "none" if not value else "***"
+    return str(value) if value != "" else "none"
 
 
 def _flag_type(name: str) -> Callable[[str], Any]:
@@ -46,22 +88,49 @@ def _flag_type(name: str) -> Callable[[str], Any]:
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)}
+    for name in SECRET_FIELDS:  # --redis-url -, --redis-url-file PATH (GATEWAY_*_FILE: load)
+        flag = "--" + name.replace("_", "-")
+        try:
+            overrides[name] = resolve_secret(
+                overrides[name], getattr(args, name + "_file", None), {}, "", what=flag
+            )
+        except SecretError as exc:
+            raise SettingsError(str(exc)) from None
     return Settings.load(os.environ, **overrides)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.http.server import serve
+    """Run a replica; a start-up that cannot succeed (port taken, host not local, Redis
+    away, a missing file) ends within seconds with one line on stderr and status 1."""
+    from gateway.http.server import StartupError, serve
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
-    serve(settings)
+    try:
+        serve(settings)
+    except StartupError as exc:
+        print(f"gateway serve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _sign(args: argparse.Namespace) -> int:
     """Print the headers of a signed GET, or a whole curl command."""
+    try:
+        access_key = args.access_key or os.environ.get("BACKEND_ACCESS_KEY")
+        secret_key = resolve_secret(
+            args.secret_key, args.secret_key_file, os.environ, "BACKEND_SECRET_KEY",
+            what="--secret-key",
+        )  # fmt: skip
+    except SecretError as exc:
+        print(f"gateway sign: {exc}", file=sys.stderr)
+        return 2
+    if not access_key or not secret_key:
+        print("gateway sign: give --access-key and --secret-key (or BACKEND_ACCESS_KEY and "
+              "BACKEND_SECRET_KEY[_FILE])", file=sys.stderr)  # fmt: skip
+        return 2
     headers = signed_headers(
-        "GET", args.path, args.host, args.access_key, args.secret_key, version=args.version
+        "GET", args.path, args.host, access_key, secret_key, version=args.version
     )
     if args.curl:
         flags = " ".join(f"-H '{name}: {value}'" for name, value in headers.items())
@@ -73,32 +142,53 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser = OneLineParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run a gateway replica (uvicorn)")
+    serve = sub.add_parser(
+        "serve",
+        help="run a gateway replica (uvicorn)",
+        description="Run a gateway replica. Every setting is a flag and an environment "
+        "variable; flags win over the environment, which wins over the defaults.",
+    )
     _add_settings_flags(serve)
+    for name in SECRET_FIELDS:
+        serve.add_argument(
+            "--" + name.replace("_", "-") + "-file",
+            metavar="PATH",
+            help=f"read {name} from this file (- = stdin); env {ENV_PREFIX}{name.upper()}_FILE",
+        )
     serve.set_defaults(run=_serve)
 
     sign = sub.add_parser("sign", help="print the headers of a signed stream request")
-    sign.add_argument("--access-key", required=True)
-    sign.add_argument("--secret-key", required=True)
-    sign.add_argument("--host", default="127.0.0.1:8081", help="Host header, as curl sends it")
+    sign.add_argument("--access-key", help="env BACKEND_ACCESS_KEY")
+    sign.add_argument(
+        "--secret-key", help="- reads stdin; prefer env BACKEND_SECRET_KEY or --secret-key-file"
+    )
+    sign.add_argument(
+        "--secret-key-file", metavar="PATH", help="- = stdin; env BACKEND_SECRET_KEY_FILE"
+    )
+    sign.add_argument(
+        "--host",
+        default=f"127.0.0.1:{Settings.load({}).port}",
+        help="Host header, as curl sends it (default: %(default)s, the demo's front door)",
+    )
     sign.add_argument("--path", default="/stream/kernel/_/events?sessionId=*")
     sign.add_argument("--version", default=DEFAULT_VERSION)
     sign.add_argument("--curl", action="store_true", help="print a whole curl command")
     sign.set_defaults(run=_sign)
 
     tail.add_parser(sub)
+    acl.add_parser(sub)
 
     admin_parent = argparse.ArgumentParser(add_help=False)
-    defaults = Settings.load({})
     admin_parent.add_argument(
-        "--redis-url", default=os.environ.get(ENV_PREFIX + "REDIS_URL", defaults.redis_url)
+        "--redis-url",
+        help=f"- reads stdin; prefer env {ENV_PREFIX}REDIS_URL[_FILE] or --redis-url-file "
+        "(password, TLS options: the GATEWAY_REDIS_* settings)",
     )
-    admin_parent.add_argument(
-        "--prefix", default=os.environ.get(ENV_PREFIX + "PREFIX", defaults.prefix)
-    )
+    admin_parent.add_argument("--redis-url-file", metavar="PATH", help="- = stdin")
+    admin_parent.add_argument("--prefix", help=f"env {ENV_PREFIX}PREFIX")
     admin.register(sub, parents=[admin_parent])
     return parser
 

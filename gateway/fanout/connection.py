@@ -37,8 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import random
 import socket
+import struct
+import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Literal, Protocol
 
@@ -49,9 +54,11 @@ from .stats import HubStats
 __all__ = [
     "CYCLE_SCOPE_KEY",
     "Connection",
+    "Progress",
     "Sink",
     "TransportSink",
     "chunk",
+    "socket_progress",
     "uvicorn_cycle",
 ]
 
@@ -91,6 +98,41 @@ def uvicorn_cycle(send: object) -> Any | None:
     if all(hasattr(cycle, name) for name in ("transport", "flow", "chunked_encoding")):
         return cycle
     return None
+
+
+#: what the kernel knows of one stream's socket: ``(acked, unacked)`` bytes, where ``acked`` is
+#: every byte the client's TCP has acknowledged since the connection opened and ``unacked``
+#: what was written to the socket and is not acknowledged yet (sent or not); None where the
+#: platform cannot tell
+Progress = Callable[[], "tuple[int, int] | None"]
+
+#: Linux ``struct tcp_info``: ``tcpi_bytes_acked`` (u64, kernel 4.1+) and the length up to it
+_ACKED_AT: Final = 120
+_INFO_LEN: Final = 128
+_U64: Final = struct.Struct("=Q")
+_INT: Final = struct.Struct("=i")
+_NO_OUTQ: Final = b"\0\0\0\0"
+#: ``struct linger`` {on, 0 s}: close() resets the connection and drops the send queue
+_RESET: Final = struct.pack("ii", 1, 0)
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    def socket_progress(sock: Any) -> tuple[int, int] | None:
+        """:data:`Progress` of a TCP socket (anything with ``getsockopt`` and ``fileno``):
+        ``tcpi_bytes_acked`` from ``TCP_INFO`` and ``SIOCOUTQ`` (sent or not, unacknowledged).
+        None on a kernel without ``tcpi_bytes_acked``. ``OSError`` once the socket is gone."""
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _INFO_LEN)
+        if len(info) < _INFO_LEN:
+            return None
+        (unacked,) = _INT.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _NO_OUTQ))
+        return _U64.unpack_from(info, _ACKED_AT)[0], unacked
+
+else:  # pragma: no cover - the lag bound is Linux-only (README, "Slow readers")
+
+    def socket_progress(sock: Any) -> tuple[int, int] | None:
+        return None
 
 
 def chunk(data: bytes) -> bytes:
@@ -137,7 +179,10 @@ class Connection:
         "_floor",
         "_held",
         "_held_bytes",
+        "_marks",
         "_notify",
+        "_progress",
+        "_retry_jitter_ms",
         "_retry_ms",
         "_send",
         "_stats",
@@ -145,14 +190,18 @@ class Connection:
         "_transport",
         "_waiter",
         "_writer",
+        "_wrote",
         "abort_requested",
         "access_key",
         "buffered",
         "cap",
         "close_reason",
         "closed",
+        "expires_at",
         "filter",
+        "grant",
         "held_overflow",
+        "retry_field",
         "sink",
         "view",
         "writing_since",
@@ -166,6 +215,7 @@ class Connection:
         *,
         clock: Callable[[], float],
         retry_ms: int = 3000,
+        retry_jitter_ms: int = 0,
         stats: HubStats | None = None,
         view: View = "v4",
     ) -> None:
@@ -173,6 +223,12 @@ class Connection:
         #: which API generation (and v5 scope) this stream shows (gateway.fanout.frames)
         self.view = view
         self.access_key = access_key
+        #: what the HTTP edge proved about the caller when the stream opened (opaque here;
+        #: the edge re-checks it when identities change)
+        self.grant: object = None
+        #: monotonic time the hub's timer ends the stream with ``rebalance`` (0.0: never);
+        #: set by the HTTP edge, only for clients that resume
+        self.expires_at = 0.0
         self.cap = cap
         self.buffered = 0
         self.closed = False
@@ -185,6 +241,17 @@ class Connection:
         self.abort_requested = False
         self._clock = clock
         self._retry_ms = retry_ms
+        self._retry_jitter_ms = retry_jitter_ms
+        #: the ``server_close`` also carries a ``retry:`` field (EventSource reads only that;
+        #: the official SDKs would read a standalone one as an event, so only browsers get it)
+        self.retry_field = False
+        #: the kernel's view of the socket (:meth:`lag`), when the server gives one
+        self._progress: Progress | None = None
+        #: (bytes the kernel had taken from this stream, monotonic time) at the hub's ticks,
+        #: oldest first, while some of them are unacknowledged; None while none is
+        self._marks: deque[tuple[int, float]] | None = None
+        #: data was taken for writing since the last :meth:`lag`
+        self._wrote = False
         self._stats = stats
         self._chunks: list[bytes] = []
         self._held: list[tuple[StreamId, bytes]] | None = None
@@ -219,6 +286,10 @@ class Connection:
             if sock is not None:
                 with contextlib.suppress(OSError, AttributeError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        if self._transport is not None:
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                self._progress = functools.partial(socket_progress, sock)
 
     def start_writing(self, cycle: Any | None, notify: Callable[[Connection], None]) -> None:
         """The headers are out: write directly when the response is chunked under uvicorn,
@@ -295,6 +366,7 @@ class Connection:
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks = []
         self.buffered -= len(data)
+        self._wrote = True
         if self._drain_waiter is not None:
             self._release_drain()
         return data
@@ -337,12 +409,64 @@ class Connection:
         self._release_drain()
         self._wake()
 
+    def retry_hint(self) -> int:
+        """The reconnect hint for this stream, ms: ``retry_ms`` plus 0..``retry_jitter_ms`` at
+        random, so the clients of one drain (or one crash) do not all come back at once."""
+        return self._retry_ms + int(random.random() * self._retry_jitter_ms)
+
+    def lag(self, now: float) -> float:
+        """Seconds the oldest byte written to this stream's socket has been waiting for the
+        client's TCP to acknowledge it, at ``now`` (monotonic), or 0.0 when none is waiting
+        or the kernel cannot tell. For the hub's timer: two system calls, only for a stream
+        written to since the last call or still behind. A client that stopped reading keeps
+        its receive window shut, so what was written stays unacknowledged in our send queue
+        and ages; what its own kernel already took (its receive buffer) is acknowledged and
+        cannot be seen here.
+
+        Each call records how many bytes the kernel has taken so far (acknowledged plus
+        unacknowledged); the oldest record above the acknowledged count is the earliest time
+        the oldest unacknowledged byte is known to have been there (a lower bound, one tick
+        coarse)."""
+        probe = self._progress
+        if probe is None or not (self._wrote or self._marks):
+            return 0.0
+        self._wrote = False
+        try:
+            progress = probe()
+        except OSError:  # the socket is gone: the disconnect closes the stream
+            self._progress = None
+            return 0.0
+        if progress is None:
+            self._progress = None  # an old kernel: never again
+            return 0.0
+        acked, unacked = progress
+        if not unacked:
+            self._marks = None
+            return 0.0
+        marks = self._marks
+        if marks is None:
+            marks = self._marks = deque()
+        taken = acked + unacked  # only grows
+        if not marks or marks[-1][0] < taken:
+            marks.append((taken, now))
+        while marks[0][0] <= acked:  # the newest is above ``acked``: the loop stops there
+            marks.popleft()
+        return now - marks[0][1]
+
     def abort_write(self) -> None:
         """End a write stuck past the deadline: under uvicorn the transport is aborted (the
         pending ``send`` returns, the socket is gone); elsewhere the stream's task is
-        cancelled, and the edge knows it was us by :attr:`abort_requested`."""
+        cancelled, and the edge knows it was us by :attr:`abort_requested`.
+
+        The socket closes with a reset (``SO_LINGER`` 0): a plain close would leave the kernel
+        trickling its whole send queue (up to ``send_buffer``) to the client that could not
+        take it, as an orphan, and the client would read that backlog before learning."""
         self.abort_requested = True
         if self._transport is not None:
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError, AttributeError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
             self._transport.abort()
         elif self._task is not None:
             self._task.cancel()
@@ -431,7 +555,7 @@ class Connection:
         if reason not in (None, "disconnect", "write_timeout") and not self.abort_requested:
             assert reason is not None and reason != "disconnect"
             self.writing_since = clock() or 1e-9
-            await send(body(server_close_frame(reason, self._retry_ms)))
+            await send(body(server_close_frame(reason, self.retry_hint(), field=self.retry_field)))
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             self.writing_since = 0.0
 

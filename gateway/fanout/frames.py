@@ -39,10 +39,30 @@ PING: Final = b": ping\n\n"
 StreamId = tuple[int, int]
 
 CloseReason = Literal[
-    "slow_consumer", "write_timeout", "write_error", "shutdown", "revoked", "resume_failed"
+    "slow_consumer",
+    "write_timeout",
+    "write_error",
+    "slow_reader",
+    "shutdown",
+    "resume_failed",
+    # the stream reached its maximum lifetime (stream_max_lifetime): its client resumes,
+    # perhaps on a newer pod, so streams spread over a scaled-out fleet
+    "rebalance",
+    # the caller's rights changed (gateway.http.reauthorize): its keypair was removed,
+    # deactivated or given a new secret; what it may see changed; its browser session ended
+    "revoked",
+    "rights_changed",
+    "logged_out",
+    "session_expired",
 ]
-#: the close reasons that are evictions, counted in ``kev_evictions_total{reason}``
-EVICTIONS: Final[tuple[CloseReason, ...]] = ("slow_consumer", "write_timeout", "write_error")
+#: the close reasons that are evictions, counted in ``kev_evictions_total{reason}``;
+#: ``slow_reader``: the client's TCP left written bytes unacknowledged past ``max_lag``
+EVICTIONS: Final[tuple[CloseReason, ...]] = (
+    "slow_consumer",
+    "write_timeout",
+    "write_error",
+    "slow_reader",
+)
 
 
 class _Data(msgspec.Struct):
@@ -153,11 +173,13 @@ def retry_frame(retry_ms: int) -> bytes:
     return ServerSentEvent(retry=retry_ms, sep=SEP).encode()
 
 
-def server_close_frame(reason: CloseReason, retry_ms: int) -> bytes:
+def server_close_frame(reason: CloseReason, retry_ms: int, *, field: bool = False) -> bytes:
     """Sent before the server ends a stream on purpose; the client should reconnect with its
-    last id after ``retry`` milliseconds (to any replica)."""
+    last id after ``retry`` milliseconds (to any replica). ``field`` adds the same hint as
+    the SSE ``retry:`` field, which is all EventSource reads."""
     body = _json.encode({"reason": reason, "retry": retry_ms}).decode()
-    return ServerSentEvent(body, event="server_close", sep=SEP).encode()
+    retry = retry_ms if field else None
+    return ServerSentEvent(body, event="server_close", retry=retry, sep=SEP).encode()
 
 
 #: why history cannot prove it holds every event after a client's id (``history_truncated``):

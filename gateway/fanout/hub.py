@@ -9,7 +9,8 @@
   marked dirty, and one flush per loop iteration (:meth:`Hub.flush`) writes each one's queue
   as a single chunk: everything dispatched from one Redis read is coalesced.
 * One timer for the whole hub sends heartbeats and evicts clients whose write has been stuck
-  past the write deadline (``write_timeout``).
+  past the write deadline (``write_timeout``), or whose TCP has left written bytes
+  unacknowledged for over ``max_lag`` (``slow_reader``: it reads, but too slowly to keep up).
 
 The watermark (:attr:`Hub.last_id`, the id of the newest event dispatched) tells gap-fill where
 to read history from, and which live messages are copies of what gap-fill already sent. A
@@ -65,6 +66,8 @@ class Hub:
         max_payload: int = 64 * 1024,
         flush_interval: float = 0.0,
         retry_ms: int = 3000,
+        retry_jitter_ms: int = 0,
+        max_lag: float = 0.0,
         max_id_skew_ms: int = 250,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -76,6 +79,11 @@ class Hub:
         self.flush_interval = flush_interval
         #: the reconnect hint (ms) in every ``server_close``
         self.retry_ms = retry_ms
+        #: 0..this many ms at random are added to each stream's hint (a drain spreads out)
+        self.retry_jitter_ms = retry_jitter_ms
+        #: seconds a stream's oldest unacknowledged byte may wait before it is evicted
+        #: (``slow_reader``; 0: never): :meth:`Connection.lag`
+        self.max_lag = max_lag
         self.clock = clock
         self.wall_clock = wall_clock
         #: how far (ms) a live id may be ahead of Redis' clock and still be trusted
@@ -113,12 +121,17 @@ class Hub:
             self.buffer_cap,
             clock=self.clock,
             retry_ms=self.retry_ms,
+            retry_jitter_ms=self.retry_jitter_ms,
             stats=self.stats,
             view=view,
         )
 
     def streams_of(self, access_key: str) -> int:
         return self._per_key[access_key]
+
+    def connections(self) -> list[Connection]:
+        """Every open stream not already closing."""
+        return [c for c in self._clients if not c.closed]
 
     def access_keys(self) -> list[str]:
         """The access keys with at least one open stream."""
@@ -311,15 +324,25 @@ class Hub:
         )
 
     def tick(self, *, ping: bool) -> None:
-        """The hub's one timer: heartbeats when due, and eviction of stuck writers."""
+        """The hub's one timer: heartbeats when due, eviction of stuck writers, and the end
+        of streams past their lifetime (:attr:`Connection.expires_at`)."""
         now = self.clock()
         deadline = self.write_deadline
+        max_lag = self.max_lag
         for client in list(self._clients):
             since = client.writing_since
             if since and now - since > deadline:
                 client.writing_since = 0.0
                 client.close("write_timeout")  # counted and logged by the connection
                 client.abort_write()
+            elif max_lag and client.lag(now) > max_lag:
+                # Its backlog waits in our send queue behind a shut receive window: a goodbye
+                # would wait there too. Counted and logged by the connection.
+                client.close("slow_reader")
+                client.abort_write()
+            elif client.expires_at and now >= client.expires_at:
+                client.expires_at = 0.0
+                client.close("rebalance")  # server_close + retry hint, then it resumes
             elif ping:
                 client.push(PING)
 

@@ -1,8 +1,8 @@
 """The Starlette app factory and the lifespan that owns every process-wide resource.
 
 Inside the lifespan, in order: the Redis clients, the identity store, the hub, and four
-background tasks (the subscriber, the hub's timer, the exit watcher, the revalidation of
-open streams' keypairs), each supervised: one that dies is logged, counted
+background tasks (the subscriber, the hub's timer, the exit watcher, the re-authorization of
+open streams: :mod:`gateway.http.reauthorize`), each supervised: one that dies is logged, counted
 (``kev_task_restarts_total``) and restarted after a backoff, and ``/ready`` is 503 meanwhile.
 On the way out the tasks are cancelled and awaited before the Redis client closes, so no
 reader outlives the connection it reads.
@@ -31,16 +31,19 @@ from gateway.errors import GatewayError
 from gateway.fanout.connection import CYCLE_SCOPE_KEY, uvicorn_cycle
 from gateway.fanout.hub import Hub
 from gateway.fanout.subscriber import Subscriber
+from gateway.identity.changes import changes_channel
 from gateway.identity.store import IdentityStore
 from gateway.settings import Settings
-from publisher.connection import connect_async
+from publisher.connection import connect_async, redact_url
 from publisher.keys import Keys
 
 from . import errors
 from .cors import cors_middleware
 from .dashboard import dashboard_routes
 from .discovery import discovery_routes
+from .limits import KeyLeases
 from .metrics import metrics_endpoint
+from .reauthorize import Reauthorizer
 from .state import GatewayState
 from .stream import STREAM_PATHS, stream_events, stream_response
 from .websession import auth_routes
@@ -85,23 +88,6 @@ async def _supervise(
         delay = min(delay * 2, 5.0)
 
 
-async def _revalidate(state: GatewayState) -> None:
-    """Open streams follow their keypair: one removed or deactivated (or whose user is gone)
-    gets ``server_close`` with reason ``revoked`` within ``identity_cache_ttl`` plus one
-    period, as new requests are refused within ``identity_cache_ttl``."""
-    period = max(1.0, state.settings.identity_cache_ttl)
-    while True:
-        await asyncio.sleep(period)
-        for access_key in state.hub.access_keys():
-            try:
-                resolved = await state.store.resolve(access_key)
-            except RedisError:
-                break  # Redis is away: judge no one, try again next period
-            if resolved is None or not resolved[0].active:
-                closed = state.hub.close_key(access_key, "revoked")
-                log.info("keypair %s revoked: closed %d streams", access_key, closed)
-
-
 def _lifespan(settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[_LifespanState]:
@@ -111,13 +97,16 @@ def _lifespan(settings: Settings) -> Any:
         # The gateway's commands are reads and idempotent writes, so a retry is safe.
         redis = connect_async(
             settings.redis_url,
+            **settings.redis_options,
             pool_size=settings.redis_pool_size,
             health_check_interval=30,
             retry=Retry(NoBackoff(), 1),
         )
         # The subscription and its probes get a client of their own, so a storm of
         # reconnecting clients can never starve the one thing every stream depends on.
-        sub_redis = connect_async(settings.redis_url, health_check_interval=30)
+        sub_redis = connect_async(
+            settings.redis_url, **settings.redis_options, health_check_interval=30
+        )
         hub = Hub(
             buffer_cap=settings.buffer_cap,
             write_deadline=settings.write_deadline,
@@ -125,20 +114,40 @@ def _lifespan(settings: Settings) -> Any:
             max_payload=settings.max_payload,
             flush_interval=settings.flush_interval,
             retry_ms=settings.retry_ms,
+            retry_jitter_ms=settings.retry_jitter_ms,
+            max_lag=settings.max_lag,
             max_id_skew_ms=settings.max_id_skew_ms,
         )
+        store = IdentityStore(
+            redis, keys, cache_ttl=settings.identity_cache_ttl, watch_presence=True
+        )
+        # Open streams follow identity: change messages at once, every stream after each
+        # (re)subscription, and every max(1, identity_cache_ttl) s as the backstop.
+        reauth = Reauthorizer(hub, store, redis, keys, period=max(1.0, settings.identity_cache_ttl))
         state = GatewayState(
             settings=settings,
             redis=redis,
             keys=keys,
             hub=hub,
-            store=IdentityStore(redis, keys, cache_ttl=settings.identity_cache_ttl),
+            store=store,
             subscriber=Subscriber(
                 sub_redis,
                 keys,
                 hub,
                 replica=settings.replica,
                 probe_interval=settings.probe_interval,
+                listeners={changes_channel(keys): reauth.on_message},
+                on_subscribed=reauth.on_subscribed,
+            ),
+            reauth=reauth,
+            # max_streams_per_key counts across the fleet (gateway.http.limits)
+            leases=KeyLeases(
+                redis,
+                keys,
+                hub,
+                replica=settings.replica,
+                limit=settings.max_streams_per_key,
+                lease=settings.stream_lease,
             ),
         )
         tasks: set[asyncio.Task[None]] = set()
@@ -154,10 +163,17 @@ def _lifespan(settings: Settings) -> Any:
             spawn("subscriber", state.subscriber.run)
             spawn("hub-timer", hub.run_timer)
             spawn("exit-watch", lambda: _watch_exit(state), once=True)
-            spawn("revalidate", lambda: _revalidate(state))
+            spawn("revalidate", reauth.run)
+            if state.leases is not None:
+                spawn("stream-leases", state.leases.run)
             app.state.gateway = state  # for embedding servers and tests: begin_shutdown()
             state.loop = asyncio.get_running_loop()
-            log.info("gateway replica %s up, redis %s", settings.replica, settings.prefix)
+            log.info(
+                "gateway replica %s up, redis %s prefix %s",
+                settings.replica,
+                redact_url(settings.redis_url),
+                settings.prefix,
+            )
             yield {"gateway": state}
             await state.drain()
         finally:
@@ -193,6 +209,10 @@ async def ready(request: Request) -> Response:
         "probe_ok": sub.probe_ok,
         "tasks_down": sorted(state.tasks_down),
         "streams": len(state.hub),
+        # "lost": Redis lost the identity data; open streams keep their rights, new requests
+        # get 503 until it is re-imported. Not a reason to be unready: every replica shares
+        # the store, and taking them all out would end the streams they still serve.
+        "identity_store": state.store.state,
     }
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
@@ -264,6 +284,9 @@ def create_app(settings: Settings | None = None) -> TransportScope:
             Exception: errors.handle,
         },
     )
+    # No trailing-slash redirects: Starlette builds their Location from the Host header,
+    # which the client chooses. /health/ is 404, as any other unknown path.
+    app.router.redirect_slashes = False
     return TransportScope(app)
 
 

@@ -6,9 +6,17 @@ turns them into metric families when Prometheus asks, so a delivery costs no met
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
+from typing import Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -24,7 +32,7 @@ from gateway.fanout.stats import DROP_KINDS
 
 from .state import GatewayState
 
-__all__ = ["GatewayCollector", "metrics_endpoint"]
+__all__ = ["GatewayCollector", "RuntimeCollector", "metrics_endpoint"]
 
 
 class GatewayCollector(Collector):
@@ -89,6 +97,41 @@ class GatewayCollector(Collector):
         for kind, count in sorted(state.auth_failures.items()):
             auth.add_metric([kind], count)
         yield auth
+        store_state = GaugeMetricFamily(
+            "kev_identity_store",
+            "1 for the identity store's state (ok, empty, lost: Redis lost it; re-import)",
+            labels=["state"],
+        )
+        for name in ("unknown", "ok", "empty", "lost"):
+            store_state.add_metric([name], int(state.store.state == name))
+        yield store_state
+        if state.reauth is not None:
+            yield CounterMetricFamily(
+                "kev_identity_changes",
+                "Identity and browser-session change messages received",
+                state.reauth.changes,
+            )
+            closes = CounterMetricFamily(
+                "kev_reauth_closes",
+                "Streams ended because the caller's rights changed, by reason",
+                labels=["reason"],
+            )
+            for why, count in sorted(state.reauth.closes.items()):
+                closes.add_metric([why], count)
+            yield closes
+        yield GaugeMetricFamily(
+            "kev_stream_limit",
+            "Streams this replica accepts: max_streams, or fewer where file descriptors run out",
+            state.stream_limit,
+        )
+        refused = CounterMetricFamily(
+            "kev_streams_refused",
+            "Stream requests refused at a limit (fd_limit, max_streams, key_limit)",
+            labels=["limit"],
+        )
+        for limit in ("fd_limit", "max_streams", "key_limit"):
+            refused.add_metric([limit], state.refused[limit])
+        yield refused
         yield GaugeMetricFamily(
             "kev_ready", "1 when subscribed, probed live and every task running", int(state.ready)
         )
@@ -105,8 +148,32 @@ class GatewayCollector(Collector):
         )
 
 
+class RuntimeCollector(Collector):
+    """What the process runs besides the hub's counters: asyncio tasks (a leak of tasks is
+    the first thing to look for when memory grows) and threads."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "kev_asyncio_tasks",
+            "asyncio tasks alive in this process (not done)",
+            value=len(asyncio.all_tasks()),
+        )
+        yield GaugeMetricFamily(
+            "kev_threads", "Python threads alive in this process", value=threading.active_count()
+        )
+
+
+#: the process basics an operator graphs first (Linux, from /proc/self): resident and
+#: virtual memory, open and maximum file descriptors, CPU seconds, start time. Stateless
+#: between scrapes; one for the process.
+_PROCESS: Final = ProcessCollector(registry=None)
+_RUNTIME: Final = RuntimeCollector()
+
+
 async def metrics_endpoint(request: Request) -> Response:
     state: GatewayState = request.state.gateway
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(state))
+    registry.register(_PROCESS)
+    registry.register(_RUNTIME)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

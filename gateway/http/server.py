@@ -5,23 +5,45 @@ listener: ``/ready`` turns 503 and new streams are refused with 503 (a load bala
 check and retry move traffic away), every client gets ``server_close`` with the reconnect
 hint, and once no stream is left, or ``drain_deadline`` has passed, uvicorn's own shutdown
 runs. A second signal skips the wait.
+
+Start-up never hangs and never lies: :func:`serve` binds the listening socket and waits (at
+most ``startup_timeout``) for Redis *before* uvicorn starts the app, so a port in use, a host
+that is not this machine's, Redis away, a bad password or a missing certificate file ends the
+process within seconds with :class:`StartupError`, whose message is one line saying what to
+change. A signal that arrives before the replica serves ends it at once: nothing to drain.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import socket
+import time
 from types import FrameType
 from typing import Any
 
+import redis
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
-from gateway.settings import ENV_PREFIX, Settings
+from gateway.logs import logging_config
+from gateway.settings import ENV_PREFIX, SHARED_ENV, Settings
+from publisher.connection import RedisURLError, connect_sync, redact_url
 
 from .app import TransportScope, create_app
+from .protocol import LimitedHttpToolsProtocol
 
-__all__ = ["DrainingServer", "serve", "uvicorn_options"]
+__all__ = [
+    "DrainingServer",
+    "StartupError",
+    "bind_listener",
+    "serve",
+    "uvicorn_options",
+    "wait_for_redis",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +55,12 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "host": settings.host,
         "port": settings.port,
-        "http": "httptools",
+        # httptools (whose chunked responses the direct writes rely on) with the limits
+        # below applied on every path (gateway.http.protocol)
+        "http": LimitedHttpToolsProtocol,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "timeout_keep_alive": settings.header_timeout,
+        "limit_concurrency": settings.max_connections,
         "loop": "uvloop",
         "lifespan": "on",
         "access_log": False,
@@ -57,7 +84,18 @@ class DrainingServer(uvicorn.Server):
         self._draining: asyncio.Task[None] | None = None
         self._signalled = False
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and sockets:
+            host, port = sockets[0].getsockname()[:2]
+            log.info("listening on http://%s:%d", host, port)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.started:
+            # Nothing is served yet, so there is nothing to drain; and a start-up stuck in
+            # the app's lifespan would otherwise never look at should_exit.
+            log.warning("signal %d during start-up: exiting", sig)
+            os._exit(128 + sig)
         state = getattr(self._app.state, "gateway", None)
         if self._signalled or state is None or state.loop is None:
             super().handle_exit(sig, frame)
@@ -79,21 +117,135 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+class StartupError(RuntimeError):
+    """The replica cannot start; the message is one line naming what to change."""
+
+
+def bind_listener(settings: Settings) -> socket.socket:
+    """A TCP socket bound to ``settings.host``:``settings.port`` (``SO_REUSEADDR``, not yet
+    listening: uvicorn listens with its backlog). Raises :class:`StartupError` when the port
+    is taken, the host is not an address of this machine or does not resolve, or binding is
+    not allowed."""
+    host, port = settings.host, settings.port
+    flags = f"--host/{ENV_PREFIX}HOST, --port/{ENV_PREFIX}PORT"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(
+            f"cannot listen on {host}:{port}: the host does not resolve ({exc.strerror}); "
+            f"give an address of this machine, e.g. 127.0.0.1 or 0.0.0.0 ({flags})"
+        ) from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            what = (
+                f"port {port} is already in use on {host}: stop what holds it "
+                f"(ss -ltnp 'sport = :{port}') or choose another port with "
+                f"--port/{ENV_PREFIX}PORT"
+            )
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            what = (
+                f"cannot listen on {host}: not an address of this machine; give one of its "
+                f"addresses, 127.0.0.1 or 0.0.0.0 with --host/{ENV_PREFIX}HOST"
+            )
+        elif exc.errno == errno.EACCES:
+            what = (
+                f"not allowed to listen on port {port} (below 1024 needs privileges): "
+                f"choose a port above 1023 with --port/{ENV_PREFIX}PORT"
+            )
+        else:
+            what = f"cannot listen on {host}:{port}: {exc.strerror or exc} ({flags})"
+        raise StartupError(what) from exc
+    return sock
+
+
+def wait_for_redis(settings: Settings) -> None:
+    """Wait until Redis answers a PING, at most ``startup_timeout`` seconds (each attempt at
+    most 1 s, then 0.2 s apart). Raises :class:`StartupError` when it never does, at once
+    when the answer says waiting cannot help (wrong password, TLS or a certificate file)."""
+    url = redact_url(settings.redis_url)
+    where = (
+        f"--redis-url/{ENV_PREFIX}REDIS_URL (or {SHARED_ENV['redis_url']}) and "
+        f"{ENV_PREFIX}REDIS_PASSWORD / {ENV_PREFIX}REDIS_TLS_*"
+    )
+    deadline = time.monotonic() + settings.startup_timeout
+    try:
+        client = connect_sync(
+            settings.redis_url,
+            **settings.redis_options,
+            socket_connect_timeout=1.0,
+            socket_timeout=1.0,
+        )
+    except (RedisURLError, OSError) as exc:
+        raise StartupError(f"cannot use Redis at {url}: {exc} ({where})") from exc
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.exceptions.NoPermissionError:
+                return  # connected and authenticated; PING is not in this user's ACL
+            except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as e:
+                raise StartupError(f"Redis at {url} refused the gateway: {e} ({where})") from e
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                cause = exc.__cause__ or exc.__context__
+                if isinstance(cause, (FileNotFoundError, PermissionError)) or (
+                    isinstance(cause, OSError) and "SSL" in type(cause).__name__
+                ):
+                    raise StartupError(
+                        f"cannot connect to Redis at {url}: {cause} ({where})"
+                    ) from exc
+                if time.monotonic() >= deadline:
+                    raise StartupError(
+                        f"Redis at {url} did not answer within {settings.startup_timeout:g} s "
+                        f"({exc}): start it, or point {where.split(' and ')[0]} at it"
+                    ) from exc
+                time.sleep(0.2)
+            except (OSError, ValueError) as exc:  # a certificate file missing or unreadable
+                raise StartupError(f"cannot connect to Redis at {url}: {exc} ({where})") from exc
+    finally:
+        client.close()
+
+
 def serve(settings: Settings) -> None:
+    """Run a replica (``settings.workers`` processes) until a signal ends it. Raises
+    :class:`StartupError` when it cannot start (see the module docstring)."""
+    sock = bind_listener(settings)
+    try:
+        wait_for_redis(settings)
+    except BaseException:
+        sock.close()
+        raise
     options = uvicorn_options(settings)
     if settings.workers > 1:
         # Workers are separate processes (one Redis subscription each) that read the same
-        # settings from the environment; uvicorn's supervisor relays signals to them and
-        # each drains through sse-starlette's exit hook (gateway.http.app._watch_exit).
+        # settings from the environment and share the socket bound above; uvicorn's
+        # supervisor relays signals to them and each drains through sse-starlette's exit hook
+        # (gateway.http.app._watch_exit). Each configures logging as this process does.
         env = settings.to_env()
         del env[ENV_PREFIX + "REPLICA"]  # each worker names itself
         os.environ.update(env)
-        uvicorn.run(
+        options["log_config"] = logging_config(settings.log_level, settings.log_format)
+        config = uvicorn.Config(
             "gateway.http.app:create_app_from_env",
             factory=True,
             workers=settings.workers,
             **options,
         )
+        host, port = sock.getsockname()[:2]
+        log.info("listening on http://%s:%d with %d workers", host, port, settings.workers)
+        supervisor = Multiprocess(config, sockets=[sock])
+        supervisor.run()
+        if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+            raise StartupError("a worker failed to start: its log lines above say why")
         return
     app = create_app(settings)
-    DrainingServer(uvicorn.Config(app, **options), app).run()
+    server = DrainingServer(uvicorn.Config(app, **options), app)
+    server.run(sockets=[sock])
+    if not server.started:
+        raise StartupError("the replica stopped before it started serving: see the log above")

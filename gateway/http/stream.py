@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -30,10 +31,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import InvalidParams, RateLimited, Unavailable
+from gateway.errors import RateLimited, Unavailable
 from gateway.fanout.connection import CYCLE_SCOPE_KEY, Connection, body
 from gateway.fanout.frames import retry_frame
 from gateway.fanout.resume import replay
+from gateway.fanout.stats import ThrottledLog
 from gateway.identity.visibility import build_filter
 
 from .auth import authenticate_request
@@ -42,7 +44,6 @@ from .query import Api, parse_query
 from .state import GatewayState
 
 __all__ = [
-    "MAX_HEADER_BYTES",
     "STREAM_PATHS",
     "V4_PATHS",
     "V5_PATHS",
@@ -58,8 +59,8 @@ V4_PATHS: Final = ("/stream/kernel/_/events", "/v4/stream/kernel/_/events")
 V5_PATHS: Final = ("/events/session",)
 STREAM_PATHS: Final = (*V4_PATHS, *V5_PATHS)
 
-#: all request header names and values together, at most (uvicorn's parser allows more)
-MAX_HEADER_BYTES: Final = 16 * 1024
+#: a resuming stream lives ``stream_max_lifetime`` times a factor drawn from this range
+LIFETIME_JITTER: Final = (0.85, 1.15)
 
 
 async def _no_body() -> AsyncIterator[bytes]:
@@ -96,6 +97,9 @@ class HubStreamResponse(EventSourceResponse):
         self._retry_hint = retry_hint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Admitted by stream_events: from here (no await before hub.register) it counts in
+        # the hub instead.
+        self._state.opening -= 1
         if scope["method"] == "HEAD":  # headers only, as sse-starlette answers HEAD
             await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -112,7 +116,10 @@ class HubStreamResponse(EventSourceResponse):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
             if self._retry_hint:
-                await send(body(retry_frame(state.settings.retry_ms)))
+                # Jittered per stream: after a crash, EventSource waits this long, so the
+                # clients of one replica come back spread over retry_jitter_ms.
+                connection.retry_field = True
+                await send(body(retry_frame(connection.retry_hint())))
             connection.start_writing(cycle, hub.notify)
             if self._last_event_id is not None:
                 resuming = asyncio.ensure_future(
@@ -143,35 +150,77 @@ class HubStreamResponse(EventSourceResponse):
             )
 
 
+#: one warning a minute per limit, with how many were refused meanwhile
+_refusals = ThrottledLog(logger=log)
+
+
+def _limit_kind(state: GatewayState) -> str:
+    return "fd_limit" if state.stream_limit < state.settings.max_streams else "max_streams"
+
+
+def _refuse(state: GatewayState, limit: str) -> None:
+    state.refused[limit] += 1
+    _refusals.warn(limit, "stream refused: %s (%d streams open)", limit, len(state.hub))
+
+
 async def stream_events(request: Request) -> Response:
     """The endpoint: 503 while shutting down or at the replica's stream limit, 429 at the
     key's, 400/401/403/404 as :mod:`gateway.http.errors` maps the domain errors."""
     state: GatewayState = request.state.gateway
     if not state.accepting:
         raise Unavailable("This replica is shutting down", retry_after=1)
-    if sum(len(name) + len(value) for name, value in request.scope["headers"]) > MAX_HEADER_BYTES:
-        raise InvalidParams("Request headers too large", f"over {MAX_HEADER_BYTES} bytes")
+    hub = state.hub
+    if len(hub) + state.opening >= state.stream_limit:
+        # Before any other work: each stream holds a file descriptor, and past this limit
+        # the next connections could not even be accepted (no answer at all, /health too).
+        _refuse(state, _limit_kind(state))
+        raise Unavailable("This replica is at its stream limit", retry_after=5)
+    # The request head's size (max_header_bytes) is bounded for every path by the server
+    # protocol (gateway.http.protocol), before any of this runs.
     api: Api = "v5" if request.scope["path"] in V5_PATHS else "v4"
     query = parse_query(request.scope.get("query_string", b""), request.headers, api)
     caller = await authenticate_request(request, state)
     identity = caller.identity
     filter = await build_filter(identity, query, state.store)
-    hub = state.hub
-    if len(hub) >= state.settings.max_streams:
-        raise Unavailable("This replica is at its stream limit", retry_after=5)
-    if hub.streams_of(identity.access_key) >= state.settings.max_streams_per_key:
+    limit = state.settings.max_streams_per_key
+    if state.leases is not None:
+        admitted, _ = await state.leases.admit(identity.access_key)
+    else:
+        admitted = hub.streams_of(identity.access_key) < limit
+    if not admitted:
+        _refuse(state, "key_limit")
         raise RateLimited(
             "Too many streams for this access key",
-            f"at most {state.settings.max_streams_per_key} per replica",
+            f"at most {limit} across the gateway fleet",
             retry_after=5,
         )
+    if len(hub) + state.opening >= state.stream_limit:  # again: others were admitted meanwhile
+        _refuse(state, _limit_kind(state))
+        raise Unavailable("This replica is at its stream limit", retry_after=5)
+    state.opening += 1  # until the response registers the stream
     log.debug("stream opened key=%s filter=%s", identity.access_key, filter)
+    connection = hub.new_connection(filter, identity.access_key, query.view)
+    lifetime = state.settings.stream_max_lifetime
+    if lifetime and (caller.method == "cookie" or query.last_event_id or query.resumable):
+        # Only clients that resume: the official SDKs end their command on server_close.
+        # The jitter keeps streams opened together (after a deploy) from ending together.
+        connection.expires_at = hub.clock() + lifetime * random.uniform(*LIFETIME_JITTER)
+    if state.reauth is not None:  # rights follow identity (gateway.http.reauthorize)
+        state.reauth.track(
+            connection,
+            identity,
+            query,
+            caller.method,
+            secret_digest=caller.secret_digest,
+            session=caller.session,
+            expires_at=caller.expires_at,
+        )
     # The reconnect hint is for EventSource (browsers, with their session cookie). The
     # official SDKs read a standalone ``retry:`` block as an event with empty data (and
     # newer ones as seconds), and Backend.AI's manager never sent one.
     return HubStreamResponse(
         state,
-        hub.new_connection(filter, identity.access_key, query.view),
+        connection,
         query.last_event_id,
         retry_hint=caller.method == "cookie",
     )

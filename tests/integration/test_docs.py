@@ -1,11 +1,23 @@
-"""The README stays true to the code it documents."""
+"""The README stays true to the code it documents: its configuration table, and every shell
+command it shows, run against a demo cluster (or named with the reason it cannot run here)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
+
+from devtools.cluster import LocalCluster
+from devtools.demo import banner
 from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,6 +34,8 @@ def test_every_setting_is_in_the_configuration_table_with_its_default() -> None:
             continue
         shown = row.group(1).strip().strip("`")
         expected = str(value).lower() if isinstance(value, bool) else str(value)
+        if value == ():
+            expected = "(none)"
         assert shown in (expected, expected.removesuffix(".0")), (f.name, shown, expected)
 
 
@@ -29,3 +43,136 @@ def test_the_readme_commands_exist() -> None:
     assert "bash scripts/demo" in README and "bash scripts/test" in README
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/test" in ci
+
+
+# -- every shell command of the README, run against a demo cluster -----------------------------
+
+#: commands that cannot run here, each with the reason (matched by prefix, after the demo's
+#: port and paths are substituted); every other README shell command runs below
+SKIPPED: dict[str, str] = {
+    "bash scripts/demo": "the cluster this test runs (LocalCluster: what scripts/demo starts)",
+    "bash scripts/test": "the whole suite, which this test is part of (CI runs it: .ci/run)",
+    "backend.ai ": "needs the official SDK's virtualenv: tests/system/test_sdk.py runs it",
+    "redis-server --aclfile": "starts a Redis of its own from a placeholder command line (...)",
+    "python -m bench.": "benchmarks of minutes; the README shows their figures",
+}
+#: commands that address the compose network's `redis` host: docker compose only
+COMPOSE_HOST = "@redis:6379"
+#: commands that stream until stopped: run for a few seconds, then judged on their output
+STREAMING = ("curl -N", "| sh")
+
+
+def readme_shell_commands() -> list[tuple[int, str]]:
+    """(line, command) of every ``sh``/``bash`` block of the README, continuation lines
+    joined, blank lines and whole-line comments left out."""
+    commands: list[tuple[int, str]] = []
+    lang: str | None = None
+    pending, start = "", 0
+    for number, line in enumerate(README.splitlines(), 1):
+        if line.startswith("```"):
+            lang = None if lang is not None else (line[3:].strip() or "-")
+            continue
+        if lang not in ("sh", "bash") or not (line.strip() or pending):
+            continue
+        if line.lstrip().startswith("#") and not pending:
+            continue
+        if not pending:
+            start = number
+        pending += line.rstrip("\\").rstrip() + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            commands.append((start, " ".join(pending.split())))
+            pending = ""
+    return commands
+
+
+COMMANDS = readme_shell_commands()
+
+
+def skip_reason(command: str) -> str | None:
+    if COMPOSE_HOST in command:
+        return "addresses the compose network's `redis` host (docker compose only)"
+    bare = command.removeprefix(".venv/bin/")
+    for prefix, reason in SKIPPED.items():
+        if bare.startswith(prefix) or command.startswith(prefix) or prefix in bare[:40]:
+            return reason
+    return None
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Path]]:
+    """A demo cluster (two replicas behind nginx, events flowing) and the shell's directory,
+    with the files the README's commands read (password files, an identities document)."""
+    cwd = tmp_path_factory.mktemp("readme-shell")
+    for name in ("pub.pw", "gw.pw", "admin.pw"):
+        (cwd / name).write_text(secrets.token_urlsafe(24) + "\n")
+    (cwd / "identities.json").write_text(
+        json.dumps({"users": [{"user_id": "bob@example.com", "role": "user",
+                               "domain": "default"}], "keypairs": [], "groups": []})
+    )  # fmt: skip
+    with LocalCluster(replicas=2, publisher_rate=20) as cluster:
+        yield cluster, cwd
+
+
+def shell_env(cluster: LocalCluster) -> dict[str, str]:
+    """This environment (no GATEWAY_*, KEV_*, BACKEND_* of its own), the venv first on PATH,
+    plus what the demo's banner tells the user to export."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "KEV_", "BACKEND_"))
+    }
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    for line in banner(cluster.url, cluster.redis_url).splitlines():
+        if line.strip().startswith("export "):
+            name, _, value = line.strip().removeprefix("export ").partition("=")
+            env[name] = value.strip("'")
+    return env
+
+
+OUTPUTS: dict[int, str] = {}
+
+
+@pytest.mark.parametrize(("line", "command"), COMMANDS, ids=[f"L{n}" for n, _ in COMMANDS])
+def test_the_readme_shell_command_runs_against_the_demo(
+    demo: tuple[LocalCluster, Path], line: int, command: str
+) -> None:
+    reason = skip_reason(command)
+    if reason is not None:
+        pytest.skip(f"README line {line}: {reason}")
+    cluster, cwd = demo
+    port = cluster.url.rsplit(":", 1)[1]
+    shell = command.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+    shell = shell.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    if "AKIA..." in shell:  # the key an earlier command printed (`gateway keypair add`)
+        printed = re.findall(r"\bAKIA[A-Z0-9]{16}\b", "".join(OUTPUTS.values()))
+        assert printed, "no earlier command printed an access key"
+        shell = shell.replace("AKIA...", printed[-1])
+    streaming = any(mark in command for mark in STREAMING)
+    proc = subprocess.Popen(
+        ["bash", "-o", "pipefail", "-c", shell],
+        cwd=cwd,
+        env=shell_env(cluster),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a pipeline is one process group: stopped as one
+    )
+    try:
+        out, err = proc.communicate(timeout=4 if streaming else 30)
+        code: int | None = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        code = None  # stopped by us: a stream that was still open
+    OUTPUTS[line] = out
+    assert "Traceback" not in err, err
+    if streaming:
+        assert code is None, f"README line {line}: the stream ended ({code}): {err}{out}"
+        assert re.search(r"^event: kernel_\w+$", out, re.M), f"no event from {shell}:\n{out}"
+    else:
+        assert code == 0, f"README line {line}: `{shell}` exited {code}:\n{err}{out}"
+
+
+def test_the_commands_that_cannot_run_here_are_few_and_named() -> None:
+    skipped = [(n, c, skip_reason(c)) for n, c in COMMANDS if skip_reason(c)]
+    assert len(skipped) <= len(COMMANDS) // 2, skipped
+    for prefix in SKIPPED:  # no stale entry: each still matches a README command
+        assert any(prefix in c for _, c, _ in skipped), f"SKIPPED[{prefix!r}] matches nothing"

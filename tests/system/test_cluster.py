@@ -62,9 +62,13 @@ async def test_a_replica_killed_mid_stream_loses_no_event_behind_nginx() -> None
 def test_cluster_serves_the_shipped_config_and_fails_over(tmp_path: object) -> None:
     with LocalCluster(replicas=2, settings=_settings()) as cluster:
         assert cluster.use_nginx and cluster.nginx is not None
-        assert httpx.get(cluster.url + "/ready", timeout=5).status_code == 200
+        assert httpx.get(cluster.url + "/func/", timeout=5).status_code == 200
         cluster.kill(1)
         for _ in range(6):  # every request lands on the live replica
-            body = httpx.get(cluster.url + "/ready", timeout=5).json()
-            assert body["ready"] is True
-        assert json.loads(httpx.get(cluster.url + "/health", timeout=5).text) == {"status": "ok"}
+            assert httpx.get(cluster.url + "/func/", timeout=5).status_code == 200
+        # the operations endpoints answer on each replica, never through the public door
+        for path in ("/ready", "/health", "/metrics"):
+            assert httpx.get(cluster.url + path, timeout=5).status_code == 403
+        live = cluster.replica_urls[0]
+        assert httpx.get(live + "/ready", timeout=5).json()["ready"] is True
+        assert json.loads(httpx.get(live + "/health", timeout=5).text) == {"status": "ok"}

@@ -4,6 +4,7 @@ round trip worker processes rely on."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import fields
 
 import pytest
@@ -85,7 +86,7 @@ def test_load_reads_the_environment_and_flags_win() -> None:
     assert loaded.prefix == "east"
     assert Settings.load(env, port=9001, prefix=None).port == 9001  # None: the flag was unset
     assert Settings.load(env, port=None).port == 9000
-    assert Settings.load({}).port == Settings().port == 8081
+    assert Settings.load({}).port == Settings().port == 8080  # the one front door
 
 
 @pytest.mark.parametrize(
@@ -153,3 +154,30 @@ def test_a_bad_flag_value_exits_2_naming_the_flag(capsys: pytest.CaptureFixture[
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "argument --port: invalid int value: 'eighty'" in err, err
+
+
+def test_the_redis_url_falls_back_to_the_shared_kev_variable() -> None:
+    shared = "redis://127.0.0.1:7000/1"
+    assert Settings.load({"KEV_REDIS_URL": shared}).redis_url == shared
+    own = {"KEV_REDIS_URL": shared, "GATEWAY_REDIS_URL": "redis://127.0.0.1:7001/0"}
+    assert Settings.load(own).redis_url == "redis://127.0.0.1:7001/0"  # the gateway's wins
+    assert Settings.load(own, redis_url="redis://h:1/0").redis_url == "redis://h:1/0"
+    with pytest.raises(SettingsError, match="REDIS_URL"):
+        Settings.load({"KEV_REDIS_URL": "http://not-redis"})
+
+
+def test_every_setting_has_its_meaning_written_once_and_serve_help_shows_it() -> None:
+    from gateway.cli import build_parser
+    from gateway.settings import field_docs
+
+    docs = field_docs()
+    assert set(docs) == {f.name for f in dataclasses.fields(Settings)}
+    assert all(len(text) > 10 for text in docs.values()), docs
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    by_dest = {a.dest: a.help or "" for a in serve._actions}
+    for name, text in docs.items():
+        shown = by_dest[name]
+        assert shown.startswith(text.replace("%", "%%")), name
+        assert f"env GATEWAY_{name.upper()}" in shown and "[default: " in shown, shown
+    assert "[default: 8080; env GATEWAY_PORT]" in by_dest["port"]
+    assert "else KEV_REDIS_URL" in by_dest["redis_url"]
