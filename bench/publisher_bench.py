@@ -6,6 +6,9 @@ Measures, in one run and on one private ``redis-server`` (free loopback port, no
 
 * raw redis-py pipelined ``PUBLISH`` of the same msgpack payloads (the baseline; asyncio and
   blocking clients), which writes nothing to history;
+* like-for-like raw baselines for the one-event-per-call rows: 64 asyncio tasks each awaiting
+  one raw ``PUBLISH`` per call on one pooled asyncio client, and 16 threads each doing one raw
+  ``PUBLISH`` per call on one pooled blocking client;
 * ``AsyncPublisher.publish_many`` in batches of 256 and 1024 events;
 * ``AsyncPublisher.publish`` one event per round trip;
 * ``SyncPublisher.publish_many`` in batches of 1024;
@@ -65,6 +68,7 @@ class Method:
     batch: int
     batched: bool  # the issue's "batched publishing" targets apply
     run: Callable[[str, float], float]  # (redis url, seconds) -> events per second
+    like: str | None = None  # the raw baseline of the same shape (callers, one per call)
 
 
 T = TypeVar("T")
@@ -140,6 +144,58 @@ def build_methods(events: list[KernelEvent]) -> list[Method]:
                     return len(chunk)
 
                 return _timed_sync(step, seconds)
+
+        return run
+
+    def raw_async_tasks(tasks: int) -> Callable[[str, float], float]:
+        def run(url: str, seconds: float) -> float:
+            async def go() -> float:
+                client = aredis.Redis.from_url(url)  # a pool: one connection per busy task
+                try:
+                    await asyncio.gather(
+                        *(client.publish(channel, payloads[0]) for _ in range(tasks))
+                    )
+                    done = 0
+                    start = time.perf_counter()
+                    deadline = start + seconds
+
+                    async def worker(i: int) -> None:
+                        nonlocal done
+                        while time.perf_counter() < deadline:
+                            await client.publish(channel, payloads[i % len(payloads)])
+                            done += 1
+                            i += tasks
+
+                    await asyncio.gather(*(worker(i) for i in range(tasks)))
+                    return done / (time.perf_counter() - start)
+                finally:
+                    await client.aclose()
+
+            return asyncio.run(go())
+
+        return run
+
+    def raw_sync_threads(threads: int) -> Callable[[str, float], float]:
+        def run(url: str, seconds: float) -> float:
+            with redis.Redis.from_url(url) as client:  # a thread-safe pool
+                client.publish(channel, payloads[0])
+                counts = [0] * threads
+                start = time.perf_counter()
+                deadline = start + seconds
+
+                def worker(t: int) -> None:
+                    i = t
+                    while time.perf_counter() < deadline:
+                        client.publish(channel, payloads[i % len(payloads)])
+                        counts[t] += 1
+                        i += threads
+
+                running = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+                for thread in running:
+                    thread.start()
+                for thread in running:
+                    thread.join(seconds + 15)
+                return sum(counts) / (time.perf_counter() - start)
 
         return run
 
@@ -256,6 +312,20 @@ def build_methods(events: list[KernelEvent]) -> list[Method]:
             False,
             raw_sync(1024),
         ),
+        Method(
+            "raw_tasks_64x1",
+            "raw PUBLISH per call, asyncio, 64 tasks",
+            1,
+            False,
+            raw_async_tasks(64),
+        ),
+        Method(
+            "raw_threads_16x1",
+            "raw PUBLISH per call, blocking, 16 threads",
+            1,
+            False,
+            raw_sync_threads(16),
+        ),
         Method("async_publish_many_256", "AsyncPublisher.publish_many", 256, True, async_many(256)),
         Method(
             "async_publish_many_1024", "AsyncPublisher.publish_many", 1024, True, async_many(1024)
@@ -268,6 +338,7 @@ def build_methods(events: list[KernelEvent]) -> list[Method]:
             1,
             True,
             async_tasks(64, 1),
+            like="raw_tasks_64x1",
         ),
         Method(
             "async_tasks_16x64",
@@ -276,7 +347,14 @@ def build_methods(events: list[KernelEvent]) -> list[Method]:
             True,
             async_tasks(16, 64),
         ),
-        Method("sync_threads_16x1", "SyncPublisher.publish, 16 threads", 1, True, sync_threads(16)),
+        Method(
+            "sync_threads_16x1",
+            "SyncPublisher.publish, 16 threads",
+            1,
+            True,
+            sync_threads(16),
+            like="raw_threads_16x1",
+        ),
     ]
 
 
@@ -308,6 +386,14 @@ def summarise(
             "runs": [round(r) for r in runs[m.key]],
             "vs_raw_async": round(medians[m.key] / raw_async, 3),
             "vs_raw_sync": round(medians[m.key] / raw_sync, 3),
+            **(
+                {
+                    "like_for_like": m.like,
+                    "vs_like_for_like": round(medians[m.key] / medians[m.like], 3),
+                }
+                if m.like
+                else {}
+            ),
         }
         for m in methods
     ]
@@ -331,6 +417,15 @@ def summarise(
                 "pass": rate / strictest >= TARGET_RATIO,
             }
         )
+        if m.like:
+            like = medians[m.like]
+            targets.append(
+                {
+                    "target": f"{name} within 2x of raw PUBLISH per call, same callers",
+                    "value": f"{rate / like:.2f}x",
+                    "pass": rate / like >= TARGET_RATIO,
+                }
+            )
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": env,
@@ -354,11 +449,15 @@ def print_report(report: dict[str, Any]) -> None:
         f"({env['parser']}), Python {env['python']}, {env['cpus']} CPUs; median of "
         f"{settings['repeats']} x {settings['seconds']:g} s; {settings['total_seconds']:.0f} s"
     )
-    print(f"{'method':<40} {'batch':>5} {'events/s':>10} {'vs raw async':>13} {'vs raw sync':>12}")
+    print(
+        f"{'method':<44} {'batch':>5} {'events/s':>10} {'vs raw async':>13} {'vs raw sync':>12}"
+        f" {'vs same shape':>14}"
+    )
     for r in report["results"]:
+        like = f"{r['vs_like_for_like']:>13.2f}x" if "vs_like_for_like" in r else ""
         print(
-            f"{r['method']:<40} {r['batch']:>5} {r['events_per_s']:>10,} "
-            f"{r['vs_raw_async']:>12.2f}x {r['vs_raw_sync']:>11.2f}x"
+            f"{r['method']:<44} {r['batch']:>5} {r['events_per_s']:>10,} "
+            f"{r['vs_raw_async']:>12.2f}x {r['vs_raw_sync']:>11.2f}x {like}"
         )
     print(
         "targets (issue): batched and concurrent >= 50,000 events/s and within 2x of raw "

@@ -4,7 +4,13 @@ Depends only on redis and msgspec; never imports the gateway.
 """
 
 from .buffer import BufferFull
-from .client import DEFAULT_MAXLEN, AsyncPublisher, SyncPublisher
+from .client import (
+    DEFAULT_MAXLEN,
+    AsyncPublisher,
+    SyncPublisher,
+    aresolve_in_doubt,
+    resolve_in_doubt,
+)
 from .connection import RedisURLError, connect_async, connect_sync
 from .errors import PublisherClosed, PublishError, PublishRejected, UndeliveredEvents
 from .keys import DEFAULT_PREFIX, Keys
@@ -42,8 +48,10 @@ __all__ = [
     "SessionRef",
     "SyncPublisher",
     "UndeliveredEvents",
+    "aresolve_in_doubt",
     "connect_async",
     "connect_sync",
     "decode_event",
     "encode_event",
+    "resolve_in_doubt",
 ]

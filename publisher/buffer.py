@@ -3,8 +3,11 @@ in sequence-number order, bounded, with an explicit overflow policy.
 
 Events wait here while their write is in flight (their caller waits, up to the publisher's
 ``timeout``) and while Redis is unreachable or refusing writes (the caller got ``None``).
-The head of the queue may be *in flight* (taken by the writer for the current attempt);
-overflow never drops an event in flight, so a dropped event is never in Redis.
+The head of the queue may be *in flight*: taken by the writer for the current attempt, or
+carried by an earlier attempt whose outcome is unknown (the connection failed or timed out
+after the request may have been sent: a frozen Redis runs it when it resumes). Such an event
+may be in Redis; overflow never drops one, so a dropped event is never in Redis, and a close
+reports them apart (*in doubt*) from the events certainly not written.
 """
 
 from __future__ import annotations
@@ -85,8 +88,11 @@ class OutageBuffer:
         self.capacity = capacity
         self.policy = policy
         self.dropped = 0
-        #: how many events at the head the writer's current attempt holds
+        #: how many events at the head may be in Redis: the writer's current attempt, or the
+        #: leading events numbered up to :attr:`doubt_through`
         self.in_flight = 0
+        #: the last sequence number an attempt with an unknown outcome carried (-1: none)
+        self.doubt_through = -1
         self._items: deque[Pending] = deque()
         self._last_log = -_LOG_EVERY
 
@@ -165,16 +171,29 @@ class OutageBuffer:
         self.in_flight = max(0, self.in_flight - len(gone))
         return gone
 
-    def release(self) -> None:
-        """The current attempt is over; nothing is in flight."""
-        self.in_flight = 0
+    def doubt(self, seq: int) -> None:
+        """An attempt carrying the events up to ``seq`` ended without an answer: they may
+        be in Redis (until a later attempt confirms them)."""
+        self.doubt_through = max(self.doubt_through, seq)
 
-    def drain(self) -> list[Pending]:
-        """Remove and return everything (at close)."""
+    def release(self) -> None:
+        """The current attempt is over; what stays in flight is the leading events an
+        attempt with an unknown outcome carried (at most one attempt's worth: every attempt
+        starts at the head)."""
+        n = 0
+        for item in self._items:
+            if item.seq > self.doubt_through:
+                break
+            n += 1
+        self.in_flight = n
+
+    def drain(self) -> tuple[list[Pending], list[Pending]]:
+        """Remove everything (at close): the events that may be in Redis (in flight, see
+        :attr:`in_flight`), and the rest, certainly not written."""
         items = list(self._items)
         self._items.clear()
-        self.in_flight = 0
-        return items
+        n, self.in_flight = self.in_flight, 0
+        return items[:n], items[n:]
 
     def _drop(self, items: list[Pending]) -> None:
         if not items:

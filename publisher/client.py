@@ -39,9 +39,15 @@ from .connection import connect_async, connect_sync
 from .errors import ErrorClass, UndeliveredEvents
 from .keys import DEFAULT_PREFIX, Keys
 from .schema import KernelEvent
-from .writer import ChunkResult, CloseReport, Core, Health
+from .writer import SEQ_TTL, ChunkResult, CloseReport, Core, Health
 
-__all__ = ["DEFAULT_MAXLEN", "AsyncPublisher", "SyncPublisher"]
+__all__ = [
+    "DEFAULT_MAXLEN",
+    "AsyncPublisher",
+    "SyncPublisher",
+    "aresolve_in_doubt",
+    "resolve_in_doubt",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,62 @@ if seq - 1 > last then
 end
 return ids
 """
+
+
+# KEYS[1] a closed publisher's sequence key, KEYS[2] its fence record; ARGV[1] the last
+# number it may have sent, ARGV[2] ttl. Returns the last number the publisher applied, and
+# from now on no number up to ARGV[1] can apply (the publish script skips numbers at or below
+# KEYS[1]): a write still pending on some connection of the closed publisher is made
+# harmless. The answer is recorded, so asking again gives the same one.
+FENCE_SCRIPT: Final = """
+local fenced = redis.call('GET', KEYS[2])
+if fenced then
+  return tonumber(fenced)
+end
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if last < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+redis.call('SET', KEYS[2], last, 'EX', ARGV[2])
+return last
+"""
+
+
+def _fence_keys(report: CloseReport) -> list[str]:
+    return [report.sequence_key, f"{report.sequence_key}:fenced"]
+
+
+def _not_written(report: CloseReport, last: Any) -> tuple[KernelEvent, ...]:
+    applied = int(last)
+    return tuple(
+        e for e, seq in zip(report.in_doubt, report.in_doubt_seqs, strict=True) if seq > applied
+    )
+
+
+def resolve_in_doubt(client: redis.Redis, report: CloseReport) -> tuple[KernelEvent, ...]:
+    """The events of ``report.in_doubt`` that are not in Redis, which from now on never
+    will be: publish them again (then ``report.undelivered``). The others are in history.
+
+    One atomic script on the closed publisher's sequence key: it reads the last number the
+    publisher applied, and raises it past every number in doubt, so a write of the closed
+    publisher still pending (a frozen Redis, a slow connection) can no longer land. Call it
+    once Redis answers, within 7 days of the close (the key's lifetime), and not after Redis
+    lost its data (the key and the history with it). Asking again gives the same answer.
+    Raises ``redis`` errors as any call."""
+    if not report.in_doubt:
+        return ()
+    fence = client.register_script(FENCE_SCRIPT)
+    last = fence(keys=_fence_keys(report), args=[report.in_doubt_seqs[-1], SEQ_TTL])
+    return _not_written(report, last)
+
+
+async def aresolve_in_doubt(client: aredis.Redis, report: CloseReport) -> tuple[KernelEvent, ...]:
+    """As :func:`resolve_in_doubt`, on an asyncio client."""
+    if not report.in_doubt:
+        return ()
+    fence = client.register_script(FENCE_SCRIPT)
+    last = await fence(keys=_fence_keys(report), args=[report.in_doubt_seqs[-1], SEQ_TTL])
+    return _not_written(report, last)
 
 
 def _ids(reply: Sequence[Any]) -> list[str]:
@@ -309,7 +371,9 @@ class AsyncPublisher(_Publisher[aredis.Redis]):
     async def aclose(self, timeout: float | None = None) -> CloseReport:
         """Give queued events up to ``timeout`` seconds (default: the publisher's
         ``timeout``) to reach Redis, stop, close an owned client, and report what was not
-        delivered (:attr:`CloseReport.ok`). Idempotent: later calls return the same report."""
+        confirmed (:attr:`CloseReport.ok`): ``undelivered`` (certainly not written) and
+        ``in_doubt`` (may have been; :func:`resolve_in_doubt`). Idempotent: later calls
+        return the same report."""
         if self._report is not None:
             return self._report
         await self.flush(self._core.timeout if timeout is None else timeout)
@@ -449,8 +513,10 @@ class SyncPublisher(_Publisher[redis.Redis]):
 
     def _close(self, timeout: float | None) -> CloseReport:
         self.flush(self._core.timeout if timeout is None else timeout)
-        self._stopping = True
+        # Closed first: an attempt failing from here on (the client closed under it) is
+        # reported by the close (in doubt), neither retried nor logged as retrying.
         report = self._core.close()
+        self._stopping = True
         self._work.set()
         self._retry_now.set()
         if self._owns_client:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final, Literal
 
 import redis.exceptions as rex
+from redis.sentinel import MasterNotFoundError
 
 if TYPE_CHECKING:
     from .writer import CloseReport
@@ -36,6 +37,7 @@ __all__ = [
     "PublisherClosed",
     "UndeliveredEvents",
     "classify",
+    "outcome_unknown",
 ]
 
 ErrorClass = Literal["unreachable", "refused", "rejected"]
@@ -74,7 +76,9 @@ class PublisherClosed(PublishError):
 
 class UndeliveredEvents(PublishError):
     """Raised when a ``with`` block of a publisher ends and not every event handed to it is
-    in Redis; :attr:`report` says which and why."""
+    confirmed in Redis; :attr:`report` says which and why: ``report.undelivered`` were
+    certainly not written, ``report.in_doubt`` may have been (see
+    :class:`~publisher.writer.CloseReport` for what to do with each)."""
 
     def __init__(self, report: CloseReport) -> None:
         super().__init__(report.summary())
@@ -104,3 +108,17 @@ def classify(exc: BaseException) -> ErrorClass:
         if any(code in words for code in _REFUSED_CODES):
             return "refused"
     return "rejected"
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """Whether an attempt that raised ``exc`` may have been applied all the same: an
+    ``unreachable`` error after the request may have been sent (a timeout, a connection
+    reset or closed under it; a frozen Redis runs what it received when it resumes). A
+    connection that failed to open sent nothing; anything else unreachable is in doubt."""
+    if classify(exc) != "unreachable":
+        return False  # Redis answered (an error reply): the script did not run
+    if isinstance(exc, MasterNotFoundError):
+        return False  # the Sentinels named no master: nothing was sent
+    if isinstance(exc, rex.ConnectionError | rex.TimeoutError) and "connecting to" in str(exc):
+        return False  # redis-py's message for a connection that failed to open
+    return not isinstance(exc, ConnectionRefusedError)

@@ -21,7 +21,7 @@ from typing import Final, Literal
 import redis.exceptions as rex
 
 from .buffer import Call, OutageBuffer, OverflowPolicy, Pending
-from .errors import ErrorClass, PublisherClosed, PublishRejected, classify
+from .errors import ErrorClass, PublisherClosed, PublishRejected, classify, outcome_unknown
 from .keys import Keys
 from .schema import KernelEvent, decode_event, encode_event
 
@@ -63,29 +63,50 @@ class Health:
 @dataclass(frozen=True, slots=True)
 class CloseReport:
     """What ``close``/``aclose`` returns: did every event handed to the publisher reach
-    Redis (:attr:`ok`), and if not, which."""
+    Redis (:attr:`ok`), and if not, which.
+
+    What to do with what was not confirmed, in this order (``in_doubt`` precede
+    ``undelivered`` in sequence):
+
+    * :attr:`in_doubt`: once Redis answers again, pass the report to
+      :func:`~publisher.resolve_in_doubt` (or ``aresolve_in_doubt``): it returns those that
+      are not in Redis, and makes sure a write still pending somewhere never lands. Publish
+      those again. Do not publish ``in_doubt`` again without it: some or all of them may be
+      in history, and a new publisher does not deduplicate (each publisher numbers its
+      events under its own sequence key).
+    * :attr:`undelivered`: certainly not written, and never will be by this publisher;
+      publish them again (after the resolved ``in_doubt`` ones, to keep the order).
+    """
 
     published: int
-    #: events still queued when the close deadline passed, in order. One whose write was in
-    #: flight at that moment may have reached Redis all the same.
+    #: events certainly not in Redis, in order: still queued at the close deadline and never
+    #: sent (or sent only on a connection that failed to open)
     undelivered: tuple[KernelEvent, ...]
-    #: events dropped by the overflow policy, over the publisher's life
+    #: events whose write was in flight at the deadline, or sent in an attempt that ended
+    #: without an answer (a timeout, a dropped connection, a frozen Redis that may run it
+    #: when it resumes): they may or may not be in Redis; at most ``chunk_size * 8``
+    in_doubt: tuple[KernelEvent, ...]
+    #: events dropped by the overflow policy, over the publisher's life (never in Redis)
     dropped: int
     #: events Redis rejected (their calls raised :class:`PublishRejected`)
     rejected: int
     last_error: str | None
+    #: the publisher's sequence-number key, and the numbers of the ``in_doubt`` events: what
+    #: :func:`~publisher.resolve_in_doubt` uses
+    sequence_key: str = ""
+    in_doubt_seqs: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not self.undelivered and not self.dropped and not self.rejected
+        return not (self.undelivered or self.in_doubt or self.dropped or self.rejected)
 
     def summary(self) -> str:
         if self.ok:
             return f"all {self.published} events published"
         return (
-            f"{len(self.undelivered)} events undelivered, {self.dropped} dropped, "
-            f"{self.rejected} rejected ({self.published} published); "
-            f"last error: {self.last_error}"
+            f"{len(self.undelivered)} events undelivered, {len(self.in_doubt)} in doubt "
+            f"(may have been written), {self.dropped} dropped, {self.rejected} rejected "
+            f"({self.published} published); last error: {self.last_error}"
         )
 
 
@@ -190,9 +211,12 @@ class Core:
     ) -> ErrorClass | None:
         """Apply an attempt's per-chunk results: confirm each chunk that came back with ids
         (until the first that did not), then handle that chunk's error. None when the whole
-        batch is written, else the error's class (the writer backs off unless
-        ``rejected``)."""
+        batch is written (or the publisher is closed: the close reported the batch in
+        doubt), else the error's class (the writer backs off unless ``rejected``)."""
         with self.lock:
+            if self.state == "closed":
+                log.debug("an attempt in doubt at close was answered: %d events", len(batch))
+                return None
             done = 0
             for result in results:
                 if isinstance(result, BaseException):
@@ -220,9 +244,15 @@ class Core:
                 self._enter("ok")
             return None
 
-    def failed(self, batch: Sequence[Pending], exc: BaseException) -> ErrorClass:
-        """The whole attempt raised ``exc`` (nothing confirmed)."""
+    def failed(self, batch: Sequence[Pending], exc: BaseException) -> ErrorClass | None:
+        """The whole attempt raised ``exc`` (nothing confirmed). None once the publisher is
+        closed (the close reported the batch; nothing is retried, nothing logged as such)."""
         with self.lock:
+            if self.state == "closed":
+                log.debug("the attempt in flight at close ended: %s: %s", type(exc).__name__, exc)
+                return None
+            if outcome_unknown(exc):
+                self.buffer.doubt(batch[-1].seq)
             return self._failed(batch, exc)
 
     def _failed(self, batch: Sequence[Pending], exc: BaseException) -> ErrorClass:
@@ -282,19 +312,23 @@ class Core:
             )
 
     def close(self) -> CloseReport:
-        """Mark closed (later calls raise) and report; what is still queued is undelivered."""
+        """Mark closed (later calls raise) and report what is still queued: in doubt (in
+        flight, or sent without an answer) or undelivered (never sent)."""
         with self.lock:
             self._enter("closed")
-            left = self.buffer.drain()
-            for item in left:
+            doubt, left = self.buffer.drain()
+            for item in (*doubt, *left):
                 if item.call is not None:
                     item.call.settle(item.seq, None)
         report = CloseReport(
             published=self.published,
             undelivered=tuple(decode_event(item.payload) for item in left),
+            in_doubt=tuple(decode_event(item.payload) for item in doubt),
             dropped=self.buffer.dropped,
             rejected=self.rejected,
             last_error=self.last_error,
+            sequence_key=self.seq_key,
+            in_doubt_seqs=tuple(item.seq for item in doubt),
         )
         if not report.ok:
             log.error("publisher closed: %s", report.summary())

@@ -22,8 +22,10 @@ from publisher import (
     SyncPublisher,
     decode_event,
     encode_event,
+    resolve_in_doubt,
 )
 from publisher.buffer import Pending
+from publisher.writer import CloseReport
 from tests.support.events import REF, history_reasons, lifecycle
 
 
@@ -177,3 +179,23 @@ def test_a_retry_after_an_ambiguous_failure_does_not_publish_twice(redis_url: st
         later = pub.publish(REF.started("next"))
     assert isinstance(first, list) and all(first) and again == ["", ""] and later
     assert history_reasons(redis_url) == ["once-1", "once-2", "next"]
+
+
+def test_resolving_in_doubt_events_fences_their_sequence_numbers(redis_url: str) -> None:
+    # Numbers 0-1 applied; 2-3 in doubt (sent, never answered) and not applied:
+    # resolve_in_doubt says 2-3 are not written and makes sure a pending write of them
+    # (here: sent after the resolve) is skipped, so publishing them again cannot duplicate.
+    with SyncPublisher.from_url(redis_url) as pub:
+        assert len(pub.publish_many([REF.started("a0"), REF.started("a1")])) == 2
+        doubt = (REF.started("d2"), REF.started("d3"))
+        report = CloseReport(
+            published=2, undelivered=(), in_doubt=doubt, dropped=0, rejected=0,
+            last_error=None, sequence_key=pub._core.seq_key, in_doubt_seqs=(2, 3),
+        )  # fmt: skip
+        with redis.Redis.from_url(redis_url) as client:
+            assert resolve_in_doubt(client, report) == doubt
+            items = [Pending(2 + i, encode_event(e)) for i, e in enumerate(doubt)]
+            assert pub._send(items) == [["", ""]]  # the late write: skipped
+            assert resolve_in_doubt(client, report) == doubt  # the same answer again
+        pub._core.next_seq = 4
+    assert history_reasons(redis_url) == ["a0", "a1"]

@@ -289,3 +289,20 @@ def test_events_not_published_make_a_non_zero_exit(
     assert main([*EMIT, "--redis-url", private_redis.url], environ={}) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and "nothing was published" in captured.err
+
+
+def test_emit_to_a_frozen_redis_exits_1_and_says_the_event_is_in_doubt(
+    private_redis: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The event was sent and never answered: it may land when Redis resumes, so the message
+    # must not say "nothing was published" (a caller would send it again: a duplicate).
+    assert private_redis.proc is not None
+    os.kill(private_redis.proc.pid, signal.SIGSTOP)
+    try:
+        assert main([*EMIT, "--redis-url", private_redis.url], environ={}) == 1
+    finally:
+        os.kill(private_redis.proc.pid, signal.SIGCONT)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert "may or may not have been published (in doubt" in captured.err
+    assert "nothing was published" not in captured.err

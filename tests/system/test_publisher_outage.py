@@ -16,13 +16,17 @@ from contextlib import contextmanager
 import anyio
 import pytest
 import redis
+import redis.asyncio as aredis
 
 from publisher import (
     AsyncPublisher,
+    CloseReport,
     Keys,
     PublishRejected,
     SyncPublisher,
     UndeliveredEvents,
+    aresolve_in_doubt,
+    resolve_in_doubt,
 )
 from tests.support.events import REF, history_reasons
 from tests.support.redis_server import RedisServer
@@ -217,4 +221,104 @@ def test_sync_publisher_never_blocks_beyond_its_timeout_on_a_frozen_redis(
     assert max(waits) < timeout + 0.15, max(waits)
     assert sum(waits) < timeout + 0.15 + 0.01 * len(waits), sum(waits)  # only the first waits
     assert closing < timeout + 1.0 + 0.15, closing
-    assert len(report.undelivered) == i
+    # The writer's attempt was sent to the frozen server: in doubt; the rest never went out.
+    assert report.in_doubt and len(report.in_doubt) + len(report.undelivered) == i
+
+
+def _check_in_doubt_and_republish(server: RedisServer, report: CloseReport, n: int) -> None:
+    """After SIGCONT: what the frozen server runs of the in-doubt writes, plus what
+    ``resolve_in_doubt`` says was not written, is every in-doubt event exactly once; no
+    undelivered event is in history; publishing both again gives every event once, in
+    order."""
+    assert not report.ok and report.published == 1
+    assert len(report.in_doubt) + len(report.undelivered) == n
+    with redis.Redis.from_url(server.url) as client:
+        again = resolve_in_doubt(client, report)
+    time.sleep(0.3)  # a write still pending on the old connections would have landed now
+    landed = history_reasons(server.url)[1:]
+    doubt = [e.reason for e in report.in_doubt]
+    assert landed == [r for r in doubt if r not in {e.reason for e in again}]
+    with SyncPublisher.from_url(server.url) as pub:  # a new publisher: no deduplication
+        assert len(pub.publish_many([*again, *report.undelivered])) == len(again) + len(
+            report.undelivered
+        )
+    assert history_reasons(server.url) == ["before", *(f"e-{i}" for i in range(n))]
+
+
+def test_close_on_a_frozen_redis_tells_in_doubt_from_undelivered(
+    private_redis: RedisServer,
+) -> None:
+    # chunk_size 1: an attempt carries 8 events, so the queue holds more than one attempt.
+    pub = SyncPublisher.from_url(private_redis.url, timeout=0.5, chunk_size=1, retry_interval=0.05)
+    assert pub.publish(REF.started("before")) is not None
+    with _frozen(private_redis):
+        assert pub.publish_many([REF.started(f"e-{i}") for i in range(50)]) == []
+        time.sleep(1.2)
+        report = pub.close(timeout=0.2)
+        # The writer's attempts went to the frozen server: those 8 may land when it
+        # resumes; the other 42 were never sent.
+        assert [e.reason for e in report.in_doubt] == [f"e-{i}" for i in range(8)]
+        assert [e.reason for e in report.undelivered] == [f"e-{i}" for i in range(8, 50)]
+        assert "8 in doubt" in report.summary()
+    _check_in_doubt_and_republish(private_redis, report, 50)
+
+
+def test_whole_in_flight_batch_is_in_doubt_not_undelivered(private_redis: RedisServer) -> None:
+    # The reviewer's case: the whole batch was in flight; after SIGCONT it all lands, and
+    # re-publishing report.undelivered must not write it twice.
+    pub = SyncPublisher.from_url(private_redis.url, timeout=0.5)
+    assert pub.publish(REF.started("before")) is not None
+    with _frozen(private_redis):
+        assert pub.publish_many([REF.started(f"e-{i}") for i in range(50)]) == []
+        time.sleep(1.2)
+        report = pub.close(timeout=0.2)
+    assert len(report.in_doubt) == 50 and report.undelivered == ()
+    wait_until(lambda: len(history_reasons(private_redis.url)) == 51, 5, "the frozen writes")
+    with redis.Redis.from_url(private_redis.url) as client:
+        assert resolve_in_doubt(client, report) == ()  # all 50 landed, once
+    assert history_reasons(private_redis.url) == ["before", *(f"e-{i}" for i in range(50))]
+
+
+@pytest.mark.anyio
+async def test_async_close_on_a_frozen_redis_tells_in_doubt_from_undelivered(
+    private_redis: RedisServer,
+) -> None:
+    pub = AsyncPublisher.from_url(private_redis.url, timeout=0.5, chunk_size=1, retry_interval=0.05)
+    assert await pub.publish(REF.started("before")) is not None
+    with _frozen(private_redis):
+        assert await pub.publish_many([REF.started(f"e-{i}") for i in range(50)]) == []
+        await anyio.sleep(1.2)
+        with pytest.raises(UndeliveredEvents, match="42 events undelivered, 8 in doubt"):
+            async with pub:
+                pass
+        report = await pub.aclose()  # the same report
+        assert [e.reason for e in report.in_doubt] == [f"e-{i}" for i in range(8)]
+        assert [e.reason for e in report.undelivered] == [f"e-{i}" for i in range(8, 50)]
+    client = aredis.Redis.from_url(private_redis.url)
+    try:
+        again = await aresolve_in_doubt(client, report)
+    finally:
+        await client.aclose()
+    await anyio.sleep(0.3)
+    landed = history_reasons(private_redis.url)[1:]
+    assert landed == [e.reason for e in report.in_doubt if e not in again]
+
+
+def test_nothing_is_logged_as_retrying_after_close(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="publisher")
+    pub = SyncPublisher.from_url(private_redis.url, timeout=0.5, retry_interval=0.05)
+    assert pub.publish(REF.started("before")) is not None
+    with _frozen(private_redis):
+        assert pub.publish_many([REF.started(f"e-{i}") for i in range(50)]) == []
+        time.sleep(1.2)
+        report = pub.close(timeout=0.2)
+        assert pub._writer is not None
+        pub._writer.join(2.0)  # the writer has ended, and said all it will say
+        assert not pub._writer.is_alive()
+    assert not report.ok and pub.health.state == "closed"
+    messages = [r.getMessage() for r in caplog.records]
+    closed = next(i for i, m in enumerate(messages) if m.startswith("publisher closed: "))
+    after = [m for m in messages[closed + 1 :] if "retrying" in m or "unreachable" in m]
+    assert after == [], after

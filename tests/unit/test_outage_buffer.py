@@ -8,7 +8,7 @@ import pytest
 import redis.exceptions as rex
 
 from publisher.buffer import BufferFull, Call, OutageBuffer, Pending
-from publisher.errors import classify
+from publisher.errors import classify, outcome_unknown
 
 
 def test_overflow_policies_are_explicit_and_counted() -> None:
@@ -52,6 +52,30 @@ def test_overflow_never_drops_an_event_in_flight_and_settles_dropped_calls() -> 
     big.take(1)
     big.trim()
     assert [p.seq for p in big.peek(10)] == [0, 1] and big.dropped == 3
+
+
+def test_events_sent_without_an_answer_stay_in_doubt_and_are_never_dropped() -> None:
+    queue = OutageBuffer(3, "drop_oldest")
+    queue.add([Pending(s, b"") for s in range(3)])
+    queue.take(2)
+    queue.doubt(1)  # the attempt carrying 0 and 1 timed out: they may be in Redis
+    queue.release()
+    assert queue.in_flight == 2
+    queue.add([Pending(3, b""), Pending(4, b"")])
+    assert [p.seq for p in queue.peek(10)] == [0, 1, 4] and queue.dropped == 2
+    doubt, left = queue.drain()
+    assert [p.seq for p in doubt] == [0, 1] and [p.seq for p in left] == [4]
+
+
+def test_which_failures_leave_an_attempt_in_doubt() -> None:
+    assert outcome_unknown(rex.TimeoutError("Timeout reading from socket"))
+    assert outcome_unknown(rex.ConnectionError("Connection closed by server."))
+    assert outcome_unknown(TimeoutError())
+    assert not outcome_unknown(rex.ConnectionError("Error 111 connecting to 127.0.0.1:1."))
+    assert not outcome_unknown(rex.TimeoutError("Timeout connecting to server"))
+    assert not outcome_unknown(ConnectionRefusedError())
+    assert not outcome_unknown(rex.ResponseError("OOM command not allowed"))
+    assert not outcome_unknown(rex.ResponseError("WRONGTYPE"))
 
 
 def test_a_call_reports_ids_only_when_every_event_is_confirmed() -> None:
