@@ -15,7 +15,8 @@ the query, the secret's digest (signed requests) or the browser session and its 
 A re-check ends a stream with ``server_close`` and a reason saying why:
 
 =================  ==========================================================================
-``revoked``        its keypair was removed or deactivated, got a new secret, or its user is gone
+``revoked``        its keypair was removed or deactivated, got a new secret, or its user is gone;
+                   or its browser session was opened with a secret or password since replaced
 ``rights_changed`` the role, domain or user changed so that its filter would differ, or its query
                    is no longer allowed (a group removed, an owner key out of reach)
 ``logged_out``     its browser session was ended (logout, or replaced by a new login)
@@ -56,6 +57,8 @@ from gateway.identity.models import Identity
 from gateway.identity.store import IdentityStore, IdentityStoreLost
 from gateway.identity.visibility import StreamQuery, build_filter
 from publisher.keys import Keys
+
+from .websession import BrowserSession, decode_session, still_bound
 
 __all__ = ["Grant", "Reauthorizer"]
 
@@ -219,10 +222,10 @@ class Reauthorizer:
             if was_lost and not change.all:
                 # back (re-imported): whatever the import left out is gone for good now
                 return await self.recheck(Change(all=True))
-            alive = await self._sessions_alive(touched)
+            sessions = await self._sessions(touched)
             verdicts: dict[CloseReason, list[Connection]] = {}
             for conn in touched:
-                reason = await self._verdict(conn, alive)
+                reason = await self._verdict(conn, sessions)
                 if reason is not None:
                     verdicts.setdefault(reason, []).append(conn)
         except (RedisError, OSError, IdentityStoreLost) as exc:
@@ -232,7 +235,8 @@ class Reauthorizer:
             self._close(conns, reason)
         return True
 
-    async def _sessions_alive(self, conns: list[Connection]) -> dict[str, bool]:
+    async def _sessions(self, conns: list[Connection]) -> dict[str, BrowserSession | None]:
+        """The browser sessions ``conns`` were opened with, as stored now (None: gone)."""
         names = sorted(
             {c.grant.session for c in conns if isinstance(c.grant, Grant) and c.grant.session}
         )
@@ -240,14 +244,20 @@ class Reauthorizer:
             return {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.exists(self._keys.browser_session(name))
+                pipe.get(self._keys.browser_session(name))
             found = await pipe.execute()
-        return {name: bool(n) for name, n in zip(names, found, strict=True)}
+        return {
+            name: None if raw is None else decode_session(raw)
+            for name, raw in zip(names, found, strict=True)
+        }
 
-    async def _verdict(self, conn: Connection, alive: dict[str, bool]) -> CloseReason | None:
+    async def _verdict(
+        self, conn: Connection, sessions: dict[str, BrowserSession | None]
+    ) -> CloseReason | None:
         grant = conn.grant
         assert isinstance(grant, Grant)
-        if grant.session is not None and not alive.get(grant.session, False):
+        session = None if grant.session is None else sessions.get(grant.session)
+        if grant.session is not None and session is None:
             expired = grant.expires_at is not None and self._wall() >= grant.expires_at - 1.0
             return "session_expired" if expired else "logged_out"
         resolved = await self._store.resolve(grant.identity.access_key)
@@ -259,6 +269,8 @@ class Reauthorizer:
                 return "revoked"
         if grant.session is not None and identity.user_id != grant.identity.user_id:
             return "revoked"  # the session's keypair now speaks for someone else
+        if session is not None and not await still_bound(session, keypair, self._store):
+            return "revoked"  # opened with a secret or password that has since been replaced
         query = grant.query
         if identity == grant.identity and query.group is None and query.owner_access_key is None:
             return None  # the filter follows from the identity alone

@@ -9,6 +9,12 @@ true})`` works against any replica (DESIGN.md §4).
   through the identity store, so deactivating a keypair ends its browser sessions at once
   (every identity write is announced to every replica), exactly as it does for signed
   requests, and a changed role or domain applies at once.
+* A session is bound to the credential it was opened with: it keeps a digest
+  (:func:`credential_digest`) of the keypair's secret (keypair logins) or of the user's
+  password hash (password logins). Every use compares it with the current one, so giving the
+  keypair a new secret, or the user a new password, ends the sessions opened with the old one
+  (deleted on their next use, 401; their streams end ``revoked``): a leaked secret stops
+  working for browsers when the operator rotates it, as it does for signatures.
 * Logging out (and a login replacing the browser's previous session) deletes the session and
   announces it in the same transaction (:mod:`gateway.identity.changes`): every replica ends
   the streams opened with it (``logged_out``); a stream also ends when its session expires
@@ -39,7 +45,8 @@ from starlette.routing import Route
 
 from gateway.errors import AuthFailed, Forbidden, GatewayError, InvalidParams, RateLimited
 from gateway.identity.changes import make_change, queue_change
-from gateway.identity.models import Identity, Role
+from gateway.identity.models import Identity, Keypair, Role
+from gateway.identity.store import IdentityStore
 from gateway.identity.throttle import LoginThrottle, Subject
 from gateway.settings import Settings
 
@@ -55,6 +62,9 @@ __all__ = [
     "auth_routes",
     "authenticate_cookie",
     "cookie_session",
+    "credential_digest",
+    "decode_session",
+    "still_bound",
     "token_hash",
 ]
 
@@ -91,6 +101,9 @@ class BrowserSession(msgspec.Struct, frozen=True):
     domain: str
     method: Literal["keypair", "password"]
     created: float
+    #: :func:`credential_digest` of what the login proved; empty (sessions stored before
+    #: sessions were bound) never matches, so such a session is refused
+    credential: bytes = b""
 
 
 _session_encoder: Final = msgspec.msgpack.Encoder()
@@ -103,6 +116,34 @@ _NO_STORE: Final = {"Cache-Control": "no-store"}
 def token_hash(token: str) -> str:
     """The name a session token is stored under (hex SHA-256)."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def credential_digest(method: Literal["keypair", "password"], credential: str) -> bytes:
+    """What a session keeps of the credential it was opened with: SHA-256 of the keypair's
+    secret (``keypair``) or of the user's stored password hash (``password``), by method."""
+    return hashlib.sha256(f"kev-session:{method}\0{credential}".encode()).digest()
+
+
+def decode_session(raw: bytes) -> BrowserSession | None:
+    """A stored session, or None when it does not decode (logged by the caller)."""
+    try:
+        return _session_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+async def still_bound(session: BrowserSession, keypair: Keypair, store: IdentityStore) -> bool:
+    """Whether the credential ``session`` was opened with is still the current one:
+    ``keypair`` (the session's, just resolved through ``store``) has the same secret, or the
+    session's user the same password hash. The user was loaded by that resolve: a cache hit."""
+    if session.method == "keypair":
+        current = keypair.secret_key
+    else:
+        user = await store.get_user(session.user_id)
+        current = user.password_hash if user is not None else ""
+    if not current:
+        return False
+    return hmac.compare_digest(session.credential, credential_digest(session.method, current))
 
 
 def _bad_body(msg: str) -> InvalidParams:
@@ -162,7 +203,8 @@ def _parse_login(body: bytes) -> LoginRequest:
 # -- checking credentials -----------------------------------------------------------------------
 
 
-async def _keypair_login(login: LoginRequest, state: GatewayState) -> Identity:
+async def _keypair_login(login: LoginRequest, state: GatewayState) -> tuple[Identity, bytes]:
+    """Who the login speaks for, and :func:`credential_digest` of the secret it proved."""
     assert login.access_key is not None and login.secret_key is not None
     keypair = await state.store.get_keypair(login.access_key)
     expected = keypair.secret_key if keypair is not None else ""
@@ -175,12 +217,14 @@ async def _keypair_login(login: LoginRequest, state: GatewayState) -> Identity:
     if resolved is None:
         log.info("login failed: access key %r belongs to no user", login.access_key)
         raise AuthFailed("Login failed")
-    return resolved[1]
+    return resolved[1], credential_digest("keypair", keypair.secret_key)
 
 
 async def _password_login(
     login: LoginRequest, state: GatewayState, checks: PasswordChecks
-) -> Identity:
+) -> tuple[Identity, bytes]:
+    """Who the login speaks for, and :func:`credential_digest` of the password hash it
+    matched (a password changed meanwhile makes the new session fail at its first use)."""
     assert login.user_id is not None and login.password is not None
     user = await state.store.get_user(login.user_id)
     pw_hash = user.password_hash if user is not None and user.password_hash else None
@@ -197,7 +241,8 @@ async def _password_login(
     if not active:
         log.info("login failed: user %r has no active keypair", login.user_id)
         raise AuthFailed("Login failed")
-    return Identity(active[0], user.user_id, user.role, user.domain)
+    identity = Identity(active[0], user.user_id, user.role, user.domain)
+    return identity, credential_digest("password", pw_hash)
 
 
 # -- sessions -----------------------------------------------------------------------------------
@@ -224,14 +269,29 @@ async def _session_identity(token: str, state: GatewayState) -> CookieSession:
     if raw is None:  # never was, logged out, or expired; or Redis lost its data
         await state.store.raise_if_lost()
         raise AuthFailed("Session not found")
-    try:
-        session = _session_decoder.decode(cast(bytes, raw))  # decode_responses is off
-    except msgspec.DecodeError:
-        log.warning("browser session %s… is stored garbled: refused", token_hash(token)[:12])
-        raise AuthFailed("Session not found") from None
+    session = decode_session(cast(bytes, raw))  # decode_responses is off
+    if session is None:
+        log.warning("browser session %s… is stored garbled: refused", name[:12])
+        raise AuthFailed("Session not found")
     resolved = await state.store.resolve(session.access_key)
     if resolved is None or not resolved[0].active or resolved[1].user_id != session.user_id:
         log.info("browser session of key %r refused: keypair gone or inactive", session.access_key)
+        raise AuthFailed("Session revoked")
+    if not await still_bound(session, resolved[0], state.store):
+        # Opened with a secret or password that has since been replaced: gone for good. Not
+        # announced: the identity write that replaced it already was (its streams end
+        # ``revoked`` on every replica), and a session announcement would read as a logout.
+        async with state.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(state.keys.browser_session(name))
+            pipe.zrem(session_index(state, session.access_key), name)
+            await pipe.execute()
+        log.info(
+            "browser session of key %r (user %r, via %s) refused: its %s was replaced",
+            session.access_key,
+            session.user_id,
+            session.method,
+            "secret" if session.method == "keypair" else "password",
+        )
         raise AuthFailed("Session revoked")
     ttl = pttl / 1000 if pttl is not None and pttl >= 0 else state.settings.session_ttl
     return CookieSession(resolved[1], name, time.time() + ttl)
@@ -240,8 +300,9 @@ async def _session_identity(token: str, state: GatewayState) -> CookieSession:
 async def cookie_session(request: Request, state: GatewayState) -> CookieSession | None:
     """The request's browser session; None when it carries no session cookie.
 
-    Raises :class:`~gateway.errors.AuthFailed` for an unknown or expired session, or one whose
-    keypair has been removed or deactivated, and
+    Raises :class:`~gateway.errors.AuthFailed` for an unknown or expired session, one whose
+    keypair has been removed or deactivated, or one whose keypair secret (keypair logins) or
+    user password (password logins) has been replaced since (:func:`still_bound`), and
     :class:`~gateway.identity.store.IdentityStoreLost` when Redis lost its data.
     """
     token = request.cookies.get(SESSION_COOKIE)
@@ -319,9 +380,9 @@ class _Endpoints:
                     retry_after=LoginThrottle.retry_after(wait),
                 )
             if login.access_key is not None:
-                identity = await _keypair_login(login, state)
+                identity, credential = await _keypair_login(login, state)
             else:
-                identity = await _password_login(login, state, checks)
+                identity, credential = await _password_login(login, state, checks)
             await throttle.succeeded(account, address)
         except GatewayError as exc:
             state.auth_failures[exc.title] += 1
@@ -334,6 +395,7 @@ class _Endpoints:
             identity.domain,
             method="keypair" if login.access_key is not None else "password",
             created=time.time(),
+            credential=credential,
         )
         ttl_ms = max(1, round(settings.session_ttl * 1000))
         async with state.redis.pipeline(transaction=True) as pipe:

@@ -6,16 +6,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 import httpx
+import msgspec
 import pytest
 import redis
 import redis.asyncio as aredis
 
 from gateway.consumer import StreamError, decode_data, open_stream
 from gateway.http.websession import SESSION_COOKIE
+from gateway.identity.models import Keypair, User
+from gateway.identity.passwords import hash_password
 from gateway.identity.store import IdentityStore
 from publisher import AsyncPublisher, Keys, SyncPublisher
 from tests.support.fleet import kernel_events
@@ -377,6 +380,89 @@ def test_a_deactivated_keypair_ends_its_sessions_within_the_cache_ttl(
     assert _stream_status(gw, token) == 401
     # and a new login with it is refused too
     assert _login(gw, _keypair(ALICE)).status_code == 401
+
+
+def _store_call(redis_url: str, call: Callable[[IdentityStore], Awaitable[None]]) -> None:
+    """Run ``call(store)`` (a coroutine) against the identity store, as an operator would."""
+
+    async def run() -> None:
+        client = aredis.Redis.from_url(redis_url)
+        try:
+            await call(IdentityStore(client, Keys()))
+        finally:
+            await client.aclose()
+
+    anyio.run(run)
+
+
+def _session_stored(sync_redis: redis.Redis, token: str) -> bool:
+    name = hashlib.sha256(token.encode()).hexdigest()
+    in_index = sync_redis.zscore(Keys().browser_sessions_of(ALICE.access_key), name) is not None
+    return bool(sync_redis.exists(Keys().browser_session(name))) or in_index
+
+
+NEW_SECRET = "rotated-secret-" + "r" * 30
+NEW_PASSWORD = "a brand new passphrase 42"
+
+
+def test_a_rotated_secret_ends_the_sessions_opened_with_the_old_one(
+    gateway: RunningGateway, cast: str, sync_redis: redis.Redis
+) -> None:
+    old = _token(_login(gateway, _keypair(ALICE)))
+    by_password = _token(_login(gateway, {"user_id": "alice", "password": ALICE_PASSWORD}))
+    assert _stream_status(gateway, old) == 200  # the keypair is now in the replica's cache
+    # `gateway keypair add --replace` with a new secret (an import does the same write)
+    _store_call(
+        cast,
+        lambda store: store.add_keypair(
+            Keypair(ALICE.access_key, NEW_SECRET, "alice"), replace=True
+        ),
+    )
+    # the change message drops the cached keypair at once: no cache ttl to wait out
+    assert _wait_until_refused(gateway, old, within=3) < 1.0
+    assert problem(_me(gateway, old))[:2] == (401, "auth-failed")
+    assert _stream_status(gateway, old) == 401
+    assert not _session_stored(sync_redis, old), "a refused session is deleted"
+    # the old secret opens nothing any more; the new one does
+    assert _login(gateway, _keypair(ALICE)).status_code == 401
+    fresh = _token(_login(gateway, {"access_key": ALICE.access_key, "secret_key": NEW_SECRET}))
+    assert _me(gateway, fresh).json()["access_key"] == ALICE.access_key
+    assert _stream_status(gateway, fresh) == 200
+    # a password session was not opened with the secret: it stays
+    assert _me(gateway, by_password).status_code == 200
+
+
+def test_a_changed_password_ends_the_sessions_opened_with_the_old_one(
+    gateway: RunningGateway, cast: str, sync_redis: redis.Redis
+) -> None:
+    old = _token(_login(gateway, {"user_id": "alice", "password": ALICE_PASSWORD}))
+    by_keypair = _token(_login(gateway, _keypair(ALICE)))
+    assert _stream_status(gateway, old) == 200
+    user = User("alice", "user", "default", hash_password(NEW_PASSWORD))
+    _store_call(cast, lambda store: store.add_user(user, replace=True))
+    assert _wait_until_refused(gateway, old, within=3) < 1.0
+    assert _stream_status(gateway, old) == 401
+    assert not _session_stored(sync_redis, old)
+    assert _login(gateway, {"user_id": "alice", "password": ALICE_PASSWORD}).status_code == 401
+    fresh = _token(_login(gateway, {"user_id": "alice", "password": NEW_PASSWORD}))
+    assert _me(gateway, fresh).status_code == 200
+    # a keypair session was not opened with the password: it stays
+    assert _me(gateway, by_keypair).status_code == 200
+
+
+def test_a_session_stored_before_sessions_were_bound_is_refused(
+    gateway: RunningGateway, sync_redis: redis.Redis
+) -> None:
+    """A session without a credential digest (written by an older gateway) may have been
+    opened with a secret rotated since: it is refused, and the browser logs in again."""
+    token = _token(_login(gateway, _keypair(ALICE)))
+    key = Keys().browser_session(hashlib.sha256(token.encode()).hexdigest())
+    raw = sync_redis.get(key)
+    assert isinstance(raw, bytes)
+    stored = msgspec.msgpack.decode(raw)
+    del stored["credential"]
+    sync_redis.set(key, msgspec.msgpack.encode(stored), keepttl=True)
+    assert _me(gateway, token).status_code == 401
 
 
 # -- CORS ---------------------------------------------------------------------------------------

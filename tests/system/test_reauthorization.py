@@ -11,11 +11,13 @@ stream's ``server_close``."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,15 @@ import redis
 
 from gateway.settings import Settings
 from tests.support.gateway_server import RunningGateway, gateway_settings, spawn_gateway
-from tests.support.identities import ALICE, DAVE, ROOT, Person, import_doc, seed
+from tests.support.identities import (
+    ALICE,
+    ALICE_PASSWORD,
+    DAVE,
+    ROOT,
+    Person,
+    import_doc,
+    seed,
+)
 from tests.support.reauth import Watch, change_clock, publish_steadily, watch
 from tests.support.redis_server import RedisServer
 
@@ -121,8 +131,18 @@ def _closed_within(watches: list[Watch], since: float, reason: str) -> list[floa
     return figures
 
 
+@dataclass(frozen=True)
+class Login:
+    """Watch with the cookie of a browser session this ``/auth/login`` body opens."""
+
+    body: dict[str, str]
+
+
+ALICE_KEYPAIR_LOGIN = Login({"access_key": ALICE.access_key, "secret_key": ALICE.secret_key})
+ALICE_PASSWORD_LOGIN = Login({"user_id": "alice", "password": ALICE_PASSWORD})
+
 # (who watches, with which query, the change as `gateway` arguments or an import, reason)
-KINDS: dict[str, tuple[Person, dict[str, str] | None, Any, str]] = {
+KINDS: dict[str, tuple[Person | Login, dict[str, str] | None, Any, str]] = {
     "superadmin demoted to user (import)": (
         ROOT, None, {"users": {"user_id": "root", "role": "user"}}, "rights_changed",
     ),
@@ -136,6 +156,16 @@ KINDS: dict[str, tuple[Person, dict[str, str] | None, Any, str]] = {
     "keypair secret replaced (import)": (
         ALICE, None,
         {"keypairs": {"access_key": ALICE.access_key, "secret_key": "another-secret-" + "q" * 30}},
+        "revoked",
+    ),
+    "keypair secret replaced (import): the browser session opened with the old one": (
+        ALICE_KEYPAIR_LOGIN, None,
+        {"keypairs": {"access_key": ALICE.access_key, "secret_key": "another-secret-" + "q" * 30}},
+        "revoked",
+    ),
+    "user's password replaced (import): the browser session opened with the old one": (
+        ALICE_PASSWORD_LOGIN, None,
+        {"users": {"user_id": "alice", "password": "a brand new passphrase 42"}},
         "revoked",
     ),
     "keypair deactivated": (
@@ -155,13 +185,19 @@ KINDS: dict[str, tuple[Person, dict[str, str] | None, Any, str]] = {
 def test_an_identity_change_ends_open_streams_on_every_replica_within_1s(
     cast_fleet: Fleet, kind: str, tmp_path: Path
 ) -> None:
-    person, params, change, reason = KINDS[kind]
+    who, params, change, reason = KINDS[kind]
+    cookie = None
+    if isinstance(who, Login):  # a browser session opened on the first replica
+        if "password" in who.body:
+            anyio.run(functools.partial(seed, cast_fleet.redis_url, password=True))
+        cookie = _login_with(cast_fleet.urls[0], who.body)
+    person = who if isinstance(who, Person) else None
 
     async def main() -> list[float]:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg, change_clock(cast_fleet.redis_url) as clock:
             tg.start_soon(publish_steadily, cast_fleet.redis_url, stop)
-            watches = await _open_watches(cast_fleet, tg, person, params)
+            watches = await _open_watches(cast_fleet, tg, person, params, cookie=cookie)
             if isinstance(change, dict):
                 await _cli(cast_fleet, "import", _doc_with(tmp_path, change))
             else:
@@ -176,6 +212,10 @@ def test_an_identity_change_ends_open_streams_on_every_replica_within_1s(
     figures = anyio.run(main)
     print(f"\n{kind}: streams ended {', '.join(f'{f * 1000:.0f} ms' for f in figures)} after")
     assert max(figures) <= TARGET, figures
+    if cookie is not None:  # and the session is refused on every replica
+        for url in cast_fleet.urls:
+            me = httpx.get(url + "/auth/me", headers={"Cookie": f"kev_session={cookie}"})
+            assert me.status_code == 401, me.text
 
 
 def test_an_import_that_changes_nothing_ends_nothing(cast_fleet: Fleet, tmp_path: Path) -> None:
@@ -201,14 +241,14 @@ def test_an_import_that_changes_nothing_ends_nothing(cast_fleet: Fleet, tmp_path
         assert w.close() is None, w.events[-3:]
 
 
-def _login(base_url: str, person: Person) -> str:
-    response = httpx.post(
-        base_url + "/auth/login",
-        json={"access_key": person.access_key, "secret_key": person.secret_key},
-        timeout=10,
-    )
+def _login_with(base_url: str, body: dict[str, str]) -> str:
+    response = httpx.post(base_url + "/auth/login", json=body, timeout=10)
     assert response.status_code == 200, response.text
-    return response.cookies["kev_session"]
+    return str(response.cookies["kev_session"])
+
+
+def _login(base_url: str, person: Person) -> str:
+    return _login_with(base_url, {"access_key": person.access_key, "secret_key": person.secret_key})
 
 
 def test_logout_on_one_replica_ends_the_cookie_stream_on_the_other(cast_fleet: Fleet) -> None:
