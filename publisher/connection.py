@@ -228,7 +228,10 @@ def parse_sentinel(url: str) -> SentinelTarget:
 def check_url(url: str) -> str:
     """Raise :class:`RedisURLError` unless ``url`` has one of the accepted forms (and valid
     TLS query parameters, whose files exist)."""
-    scheme = urlsplit(url).scheme
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket; the message holds no URL
+        raise RedisURLError(f"{redact_url(url)}: {exc}") from None
     if scheme not in _SCHEMES:
         raise RedisURLError(
             f"{redact_url(url)}: scheme must be one of {', '.join(_SCHEMES)}, not {scheme!r}"

@@ -113,9 +113,6 @@ COMMANDS: Final[Mapping[Profile, tuple[str, ...]]] = {
         "+evalsha",
         "+script|load",
         "+script|exists",
-        "+get",
-        "+set",
-        "+xadd",
         "+publish",
     ),
     "gateway": (
@@ -153,6 +150,15 @@ COMMANDS: Final[Mapping[Profile, tuple[str, ...]]] = {
         "+script|exists",
         *_CONNECT,
     ),
+}
+#: Keys member -> the commands the publish script runs on that key, granted to the publisher
+#: on that key alone (a Redis 7 ACL selector each): ``SET <history> x`` would turn the stream
+#: into a string (every gateway unready on WRONGTYPE, every publish failing). Arguments cannot
+#: be limited: a publisher can still trim the history (XADD MAXLEN) or overwrite the epoch.
+PUBLISHER_SELECTORS: Final[Mapping[str, tuple[str, ...]]] = {
+    "history": ("+xadd",),
+    "publisher_seq": ("+get", "+set"),
+    "epoch": ("+set",),
 }
 ServiceUser = Literal["replication", "sentinel"]
 SERVICE_USERS: Final[tuple[ServiceUser, ...]] = get_args(ServiceUser)
@@ -211,6 +217,9 @@ def rules(keys: Keys, profile: Profile) -> list[str]:
     out.append("resetchannels")
     out += [f"&{name_pattern(keys, m)}" for m, who in CHANNEL_GRANTS.items() if profile in who]
     out += COMMANDS[profile]
+    if profile == "publisher":
+        for member, commands in PUBLISHER_SELECTORS.items():
+            out.append(f"(~{name_pattern(keys, member)} {' '.join(commands)})")
     return out
 
 
@@ -249,7 +258,7 @@ def _digest(password: str) -> str:
 
 
 def _quote(word: str) -> str:
-    return f'"{word}"' if any(c in word for c in '*%&|#"') else word
+    return f'"{word}"' if any(c in word for c in '*%&|#" ()') else word
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -14,8 +14,10 @@ the config, pickled) applies the same ones:
   read at most. Beyond it: 431, and the connection closes. Counted as bytes arrive, so a
   connection holds at most this much plus one socket read (256 KiB) of an unfinished head.
 * ``timeout_keep_alive``: seconds a connection may go without a complete request head,
-  counted from its opening or from the end of its previous response. Bytes arriving do not
-  restart it. Then the connection closes, after a 408 if a head had begun.
+  counted from its opening or from the end of its previous response, and again for the
+  request's body from the end of its head (a login body that never completes was never
+  timed out). Bytes arriving do not restart it. Then the connection closes, after a 408 if a
+  head or body had begun.
 * ``limit_concurrency``: connections open at once in this process. A request on a
   connection beyond it gets 503 with ``Retry-After`` and ``Connection: close``
   (problem+json, as every other error of the gateway).
@@ -97,6 +99,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        # A request's body is held to the same deadline, counted from the end of its head:
+        # a body that never completes (slowloris past the head) is closed like a slow head.
+        self._in_body = False
         self._refused = False
 
     # -- the head deadline ---------------------------------------------------------------------
@@ -114,7 +119,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing():
             return
-        if self._in_head and self._head_bytes:
+        if (self._in_head and self._head_bytes) or self._in_body:
             self._refuse(_TIMEOUT)
         else:  # idle: nothing to answer
             self.transport.close()
@@ -156,7 +161,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._in_head = False
         self._head_bytes = 0
-        self._disarm()
+        self._in_body = True
+        self._arm()
         # A head that came in one read with what follows it was not counted above: measure
         # it (request line and header lines, as sent less optional whitespace).
         size = len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
@@ -186,6 +192,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._refused:
             return
+        self._in_body = False
+        self._disarm()
         super().on_message_complete()
         self._in_head = True
         self._head_bytes = 0
