@@ -231,8 +231,11 @@ class LocalCluster:
         servers = "\n".join(
             f"    server 127.0.0.1:{p} max_fails=2 fail_timeout=5s;" for p in self.replica_ports
         )
+        # keepalive_timeout under the replicas' header_timeout (15 s): nginx never reuses a
+        # connection the replica is closing
         (conf_dir / "upstream.conf").write_text(
-            f"upstream gateways {{\n    least_conn;\n{servers}\n    keepalive 32;\n}}\n"
+            f"upstream gateways {{\n    least_conn;\n{servers}\n"
+            "    keepalive 32;\n    keepalive_timeout 10s;\n}\n"
         )
         (conf_dir / "listen.conf").write_text(f"listen 127.0.0.1:{self.port};\n")
         prefix = self._dir / "nginx"

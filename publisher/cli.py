@@ -237,6 +237,12 @@ def _emit(args: argparse.Namespace, out: TextIO) -> int:
         stream_id = pub.publish(event)
         # A one-shot command has no later moment to flush in: a short last try, then fail.
         report = pub.close(timeout=1.0)
+    if report.in_doubt:  # sent, and Redis never answered: it may run it when it resumes
+        raise redis.ConnectionError(
+            f"{redact_url(args.redis_url)}: the event may or may not have been published "
+            f"(in doubt: sent, no answer; check the history before sending it again) "
+            f"({report.last_error})"
+        )
     if not report.ok:
         raise redis.ConnectionError(
             f"{redact_url(args.redis_url)}: nothing was published ({report.last_error})"

@@ -12,8 +12,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
-from typing import Any
+from typing import Any, cast
 
+from gateway.cli.keypair import KeypairMissing, add_keypair_flags, keypair_from
 from gateway.identity.signing import DEFAULT_VERSION, signed_headers
 from gateway.logs import configure_logging
 from gateway.settings import (
@@ -117,17 +118,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _sign(args: argparse.Namespace) -> int:
     """Print the headers of a signed GET, or a whole curl command."""
     try:
-        access_key = args.access_key or os.environ.get("BACKEND_ACCESS_KEY")
-        secret_key = resolve_secret(
-            args.secret_key, args.secret_key_file, os.environ, "BACKEND_SECRET_KEY",
-            what="--secret-key",
-        )  # fmt: skip
-    except SecretError as exc:
+        access_key, secret_key = keypair_from(args, os.environ)
+    except KeypairMissing as exc:
         print(f"gateway sign: {exc}", file=sys.stderr)
-        return 2
-    if not access_key or not secret_key:
-        print("gateway sign: give --access-key and --secret-key (or BACKEND_ACCESS_KEY and "
-              "BACKEND_SECRET_KEY[_FILE])", file=sys.stderr)  # fmt: skip
         return 2
     headers = signed_headers(
         "GET", args.path, args.host, access_key, secret_key, version=args.version
@@ -143,7 +136,12 @@ def _sign(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="gateway", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    # the subcommands' parsers are OneLineParsers too (argparse makes them of the parent's
+    # class); typed as plain parsers for the modules that add them
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", required=True),
+    )
 
     serve = sub.add_parser(
         "serve",
@@ -161,13 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     sign = sub.add_parser("sign", help="print the headers of a signed stream request")
-    sign.add_argument("--access-key", help="env BACKEND_ACCESS_KEY")
-    sign.add_argument(
-        "--secret-key", help="- reads stdin; prefer env BACKEND_SECRET_KEY or --secret-key-file"
-    )
-    sign.add_argument(
-        "--secret-key-file", metavar="PATH", help="- = stdin; env BACKEND_SECRET_KEY_FILE"
-    )
+    add_keypair_flags(sign)
     sign.add_argument(
         "--host",
         default=f"127.0.0.1:{Settings.load({}).port}",

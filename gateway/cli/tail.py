@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TextIO
 
+from gateway.cli.keypair import KeypairMissing, add_keypair_flags, keypair_from
 from gateway.consumer import (
     DEFAULT_IDLE_TIMEOUT,
     KernelEventStream,
@@ -36,8 +37,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     tail.add_argument(
         "--url", help=f"gateway or load balancer (env BACKEND_ENDPOINT; default {DEFAULT_URL})"
     )
-    tail.add_argument("--access-key", help="env BACKEND_ACCESS_KEY")
-    tail.add_argument("--secret-key", help="env BACKEND_SECRET_KEY")
+    add_keypair_flags(tail)
     tail.add_argument("--session-id", help="only this session")
     tail.add_argument("--owner-access-key", help="sessions of this key")
     tail.add_argument("--group", help="only this group")
@@ -115,11 +115,10 @@ async def _follow(args: argparse.Namespace, url: str, ak: str, sk: str, out: Tex
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
     url = args.url or env.get("BACKEND_ENDPOINT") or DEFAULT_URL
-    access_key = args.access_key or env.get("BACKEND_ACCESS_KEY")
-    secret_key = args.secret_key or env.get("BACKEND_SECRET_KEY")
-    if not access_key or not secret_key:
-        print("gateway tail: give --access-key and --secret-key (or BACKEND_ACCESS_KEY and "
-              "BACKEND_SECRET_KEY)", file=sys.stderr)  # fmt: skip
+    try:
+        access_key, secret_key = keypair_from(args, env)
+    except KeypairMissing as exc:
+        print(f"gateway tail: {exc}", file=sys.stderr)
         return 2
     try:
         return asyncio.run(_follow(args, url.rstrip("/"), access_key, secret_key, sys.stdout))

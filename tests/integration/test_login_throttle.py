@@ -164,8 +164,11 @@ async def test_a_login_flood_leaves_streams_and_other_accounts_alone(
         f"stream opened in max {max(latencies):.3f}s; keypair login {keypair_took:.3f}s"
     )
     assert 503 in flood_codes  # the password queue did fill up
-    assert max(latencies) < 1.0, latencies
-    assert keypair_took < 1.0
+    # Not a speed target: a stream (or a keypair login) queued behind the password checks
+    # would wait for the whole queue (32 scrypt runs on one thread, several seconds); the
+    # bound leaves room for a loaded CI machine (1.08 s seen under the full suite).
+    assert max(latencies) < 3.0, latencies
+    assert keypair_took < 3.0
 
 
 def _login_sync(gw: RunningGateway, person: Person) -> str:

@@ -304,6 +304,15 @@ def follows(got: list[Item], want: list[Item], trimmed: set[str], *, complete: b
     return not complete or all(s[0] == "optional" for s in want[at:])
 
 
+async def _task_stacks() -> str:
+    """Where each task of the gateway's loop waits: what a failed fence reports."""
+    return "\n".join(
+        f"  {task.get_name()}: "
+        + " > ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in task.get_stack(limit=12))
+        for task in asyncio.all_tasks()
+    )
+
+
 async def _settle(check: Callable[[], bool], timeout: float) -> bool:
     """Poll ``check`` (the clients read meanwhile) until it holds: True; False at the deadline."""
     deadline = time.monotonic() + timeout
@@ -671,7 +680,9 @@ class DeliveryPath(RuleBasedStateMachine):
         # any stream opens after the restart: else one may get a notice meant for the others.
         sub = w.gw.state.subscriber
         assert w.run(_settle(lambda: sub.reconnects > sessions and sub.ready, FENCE_TIMEOUT)), (
-            "the replica did not come back after the restart"
+            "the replica did not come back after the restart: "
+            f"reconnects {sub.reconnects} (was {sessions}), subscribed {sub.subscribed}, "
+            f"probe_ok {sub.probe_ok}; tasks:\n{w.run(_task_stacks())}"
         )
 
     # -- clients -----------------------------------------------------------------------------
