@@ -103,6 +103,11 @@ class Subscriber:
         hub.on_suspect = self._on_suspect
 
     @property
+    def run_id(self) -> str | None:
+        """The run id of the Redis instance the current (or last) session looked at."""
+        return self._run_id
+
+    @property
     def ready(self) -> bool:
         """Subscribed, and a probe has made the round trip on this subscription."""
         return self.subscribed and self.probe_ok
@@ -166,6 +171,15 @@ class Subscriber:
         finally:
             self.subscribed = False
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _check_run_id(self) -> None:
+        """End the session if Redis restarted under it. redis-py may reconnect and
+        re-subscribe a pub/sub connection without the connect callback telling (seen with
+        redis-py 8: a SIGKILLed Redis back on its port, the subscription answering probes and
+        the replica ready, the restart and its lost history never noticed)."""
+        run_id = (await self._redis.info("server")).get("run_id")
+        if self._run_id is not None and run_id != self._run_id:
+            raise SubscriptionReset(f"redis restarted under the subscription (run id {run_id})")
 
     def _on_reconnect(self, connection: object) -> None:
         self._reset = True
@@ -302,6 +316,7 @@ class Subscriber:
                 if now >= next_probe:
                     await self._redis.publish(self._probe_channel, b"probe")
                     await self._sync_clock()
+                    await self._check_run_id()
                     next_probe = now + interval
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll)
             if self._reset:

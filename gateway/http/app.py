@@ -104,8 +104,15 @@ def _lifespan(settings: Settings) -> Any:
         )
         # The subscription and its probes get a client of their own, so a storm of
         # reconnecting clients can never starve the one thing every stream depends on.
+        # No retries of its own: redis-py's default (10, with backoff, reconnecting and
+        # re-subscribing underneath) hid a Redis restart inside one read for seconds while
+        # the replica still looked ready; the subscriber's session loop reconnects, with its
+        # own backoff, and gap-fills what the dropped connection missed.
         sub_redis = connect_async(
-            settings.redis_url, **settings.redis_options, health_check_interval=30
+            settings.redis_url,
+            **settings.redis_options,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 0),
         )
         hub = Hub(
             buffer_cap=settings.buffer_cap,

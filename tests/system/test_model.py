@@ -304,13 +304,47 @@ def follows(got: list[Item], want: list[Item], trimmed: set[str], *, complete: b
     return not complete or all(s[0] == "optional" for s in want[at:])
 
 
-async def _task_stacks() -> str:
-    """Where each task of the gateway's loop waits: what a failed fence reports."""
+def _status(url: str) -> str:
+    try:
+        response = httpx.get(url, timeout=2)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return f"{response.status_code} {response.text[:200]}"
+
+
+def _task_stacks(loop: asyncio.AbstractEventLoop | None) -> str:
+    """Where each task of the gateway's loop waits (read from the test's thread, best
+    effort): what a failed fence reports."""
+    if loop is None:
+        return "  (no loop)"
+    for _ in range(5):
+        try:
+            tasks = list(asyncio.all_tasks(loop))
+            break
+        except RuntimeError:  # the set changed while it was read
+            continue
+    else:
+        return "  (unreadable)"
     return "\n".join(
-        f"  {task.get_name()}: "
-        + " > ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in task.get_stack(limit=12))
-        for task in asyncio.all_tasks()
+        f"  {task.get_name()}: {_awaiting(task.get_coro())}"
+        for task in tasks
+        if not task.get_name().startswith("Task-")
     )
+
+
+def _awaiting(coro: Any) -> str:
+    """The chain of coroutines ``coro`` is suspended in, outermost first."""
+    chain = []
+    for _ in range(30):
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            chain.append(type(coro).__name__)
+            break
+        chain.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if coro is None:
+            break
+    return " > ".join(chain)
 
 
 async def _settle(check: Callable[[], bool], timeout: float) -> bool:
@@ -646,6 +680,8 @@ class DeliveryPath(RuleBasedStateMachine):
         w = self.w
         told = w.gw.state.subscriber.new_histories
         sessions = w.gw.state.subscriber.reconnects
+        with w.raw() as raw:
+            before = raw.info("server")
         lost = False
         if durable:
             w.persist()
@@ -666,6 +702,12 @@ class DeliveryPath(RuleBasedStateMachine):
                 # A restart without persistence over no history: nothing was lost, but
                 # nothing proves it either, and the gateway may say so (55d9f9a).
                 client.expected.append(RESET if lost else optional(RESET))
+        with w.raw() as raw:
+            after = raw.info("server")
+        assert after["run_id"] != before["run_id"], (
+            f"redis-server did not restart: pid {before['process_id']} -> {after['process_id']}"
+            f", proc {w.server.proc and w.server.proc.pid}"
+        )
         _event(f"restart: durable={durable} lost={lost} publish_first={publish_first}")
         if self.clients:
             _event(f"restart with streams open: durable={durable} lost={lost}")
@@ -678,11 +720,15 @@ class DeliveryPath(RuleBasedStateMachine):
             ), "the gateway did not find the new history"
         # The replica has looked at the restarted Redis (what it tells, it has told) before
         # any stream opens after the restart: else one may get a notice meant for the others.
+        # Its run id says so; a count of lost sessions does not: a replica between sessions
+        # (after a killed subscription) meets the restarted Redis with a fresh one.
         sub = w.gw.state.subscriber
-        assert w.run(_settle(lambda: sub.reconnects > sessions and sub.ready, FENCE_TIMEOUT)), (
+        assert w.run(_settle(lambda: sub.run_id == after["run_id"] and sub.ready, FENCE_TIMEOUT)), (
             "the replica did not come back after the restart: "
-            f"reconnects {sub.reconnects} (was {sessions}), subscribed {sub.subscribed}, "
-            f"probe_ok {sub.probe_ok}; tasks:\n{w.run(_task_stacks())}"
+            f"reconnects {sub.reconnects} (was {sessions}), run id {sub.run_id} (redis "
+            f"{after['run_id']}), subscribed {sub.subscribed}, probe_ok {sub.probe_ok}, "
+            f"/ready {_status(w.gw.base_url + '/ready')}; the gateway's tasks:\n"
+            f"{_task_stacks(w.gw.state.loop)}"
         )
 
     # -- clients -----------------------------------------------------------------------------
