@@ -31,6 +31,7 @@ from typing import Any, Final, Generic, Self, TypeVar
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -39,6 +40,7 @@ from .connection import connect_async, connect_sync
 from .errors import ErrorClass, UndeliveredEvents
 from .keys import DEFAULT_PREFIX, Keys
 from .schema import KernelEvent
+from .tasks import cancel_and_wait
 from .writer import SEQ_TTL, ChunkResult, CloseReport, Core, Health
 
 __all__ = [
@@ -162,12 +164,14 @@ def _jitter(delay: float) -> float:
     return delay * random.uniform(0.5, 1.0)
 
 
-def _client_options(timeout: float) -> dict[str, Any]:
-    # No hidden retries: the publisher's queue is the retry, and it keeps order.
+def _client_options(timeout: float, *, blocking: bool) -> dict[str, Any]:
+    # No hidden retries: the publisher's queue is the retry, and it keeps order. Each client
+    # kind gets its own Retry class (redis-py 8.2 warns when an asyncio client gets the
+    # blocking one, and converts it).
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": (Retry if blocking else AsyncRetry)(NoBackoff(), 0),
     }
 
 
@@ -272,7 +276,7 @@ class AsyncPublisher(_Publisher[aredis.Redis]):
         of a Sentinel URL without its own ``sentinel_password``."""
         client = connect_async(
             url, password=password, sentinel_password=sentinel_password,
-            **_client_options(timeout),
+            **_client_options(timeout, blocking=False),
         )  # fmt: skip
         return cls(client, owns_client=True, timeout=timeout, **options)
 
@@ -378,9 +382,7 @@ class AsyncPublisher(_Publisher[aredis.Redis]):
             return self._report
         await self.flush(self._core.timeout if timeout is None else timeout)
         if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            await cancel_and_wait(self._writer)
             self._writer = None
         self._report = self._core.close()
         if self._owns_client:
@@ -429,7 +431,7 @@ class SyncPublisher(_Publisher[redis.Redis]):
         """As :meth:`AsyncPublisher.from_url`."""
         client = connect_sync(
             url, password=password, sentinel_password=sentinel_password,
-            **_client_options(timeout),
+            **_client_options(timeout, blocking=True),
         )  # fmt: skip
         return cls(client, owns_client=True, timeout=timeout, **options)
 

@@ -321,9 +321,7 @@ def connect_async(
     extra = _options(url, tls, password, sentinel_password)
     if urlsplit(url).scheme in _SENTINEL_SCHEMES:
         target, sentinel_kwargs, master = _sentinel_args(url, extra, sentinel_password)
-        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
-            list(target.sentinels), sentinel_kwargs=sentinel_kwargs
-        )
+        sentinel = AsyncSentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
         client: aredis.Redis = sentinel.master_for(target.service, **master, **options)
         return client
     plain = _plain_url(url)
@@ -349,11 +347,7 @@ def connect_sync(
     extra = _options(url, tls, password, sentinel_password)
     if urlsplit(url).scheme in _SENTINEL_SCHEMES:
         target, sentinel_kwargs, master = _sentinel_args(url, extra, sentinel_password)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(target.sentinels), sentinel_kwargs=sentinel_kwargs
-        )
-        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-            target.service, **master, **options
-        )
+        sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
+        client: redis.Redis = sentinel.master_for(target.service, **master, **options)
         return client
     return redis.Redis.from_url(_plain_url(url), **extra, **options)

@@ -170,7 +170,7 @@ class Subscriber:
             await self._read(pubsub)
         finally:
             self.subscribed = False
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
     async def _check_run_id(self) -> None:
         """End the session if Redis restarted under it. redis-py may reconnect and

@@ -1,5 +1,5 @@
 """Open streams follow identity: any change to who a caller is or what it may see ends its
-open streams on every replica within a second (DESIGN.md §4, "Rights follow identity").
+open streams on every replica within a second (docs/design.md §4, "Rights follow identity").
 
 Each stream remembers what opened it (:class:`Grant`, on ``Connection.grant``): the identity,
 the query, the secret's digest (signed requests) or the browser session and its expiry
@@ -176,10 +176,11 @@ class Reauthorizer:
             if self._expiries:
                 wake_at = min(wake_at, self._expiries[0][0])
             if not self._wake.is_set() and wake_at > now:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), wake_at - now)
-                except TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+                # task's cancellation (publisher.tasks)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wake_at - now):
+                        await self._wake.wait()
             self._wake.clear()
             now = self._wall()
             self._expire(now)
