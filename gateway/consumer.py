@@ -1,15 +1,18 @@
 """A consumer of the event stream: signs with a keypair, follows the stream across drops,
 resumes by last id, and never shows a corrupted or missing event as if nothing happened.
 
-Built on httpx (HTTP, timeouts, proxies, TLS) and httpx-sse's line and field decoders:
+Built on httpx (HTTP, timeouts, proxies, TLS), with an SSE parser of its own:
 
-* :class:`SSEParser` decodes UTF-8 incrementally (a character split across two reads stays
-  one character), splits lines (``\\r\\n``, ``\\r``, ``\\n``) and reads fields with
-  httpx-sse's decoders, and applies the rest of WHATWG's "event stream interpretation" that
-  those leave out: an event with no ``data`` line is not dispatched (a standalone ``retry:``
-  block, a ping), ``id`` persists across events (seeded with the id a resume starts from),
-  ``retry`` only when all ASCII digits, a leading BOM dropped. A line or an event over
-  ``max_line`` characters raises :class:`BadStream` (a hostile server cannot fill memory).
+* :class:`SSEParser` is WHATWG's "event stream interpretation" (HTML Living Standard,
+  §9.2.6): UTF-8 decoded incrementally (a character split across two reads stays one
+  character), a leading BOM dropped, lines split at ``\\r\\n``, ``\\r`` or ``\\n`` (also
+  when a ``\\r\\n`` is split across reads), comments counted, ``event``/``data``/``id``/``retry``
+  fields, an event with no ``data`` line not dispatched (a standalone ``retry:`` block, a
+  ping), ``id`` kept across events (seeded with the id a resume starts from), ``retry`` only
+  when all ASCII digits. A line or an event over ``max_line`` characters raises
+  :class:`BadStream` (a hostile server cannot fill memory). httpx-sse's public API parses
+  only a whole httpx response and hides comments and the bytes between events, which the
+  liveness check and the tests that feed bytes need; its decoders are private.
 * :func:`open_stream` is one signed request, no reconnect: ``async with open_stream(...) as
   (parser, events)``. A silence longer than ``idle_timeout`` seconds (the server pings every
   15 s by default) raises :class:`DeadLink`: a frozen proxy is noticed.
@@ -34,6 +37,7 @@ import functools
 import logging
 import os
 import random
+import re
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
@@ -42,11 +46,6 @@ from typing import Final
 
 import httpx
 import msgspec
-
-# httpx-sse's public API wants an httpx response and hides comments and the bytes between
-# events; the parser needs both (liveness, tests that feed bytes), so it drives the two
-# decoders that API is made of. pyproject.toml pins httpx-sse below 0.5 for these names.
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from .identity.signing import signed_headers
 
@@ -149,9 +148,8 @@ def _new_utf8() -> codecs.IncrementalDecoder:
     return codecs.getincrementaldecoder("utf-8")(errors="replace")
 
 
-def _value(line: str) -> str:
-    value = line.partition(":")[2]
-    return value[1:] if value.startswith(" ") else value
+#: an SSE line ends at CRLF, CR or LF (and nothing else: not str.splitlines' other breaks)
+_LINE_END: Final = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass
@@ -166,11 +164,12 @@ class SSEParser:
     comments: int = 0
     max_line: int = MAX_LINE
     _utf8: codecs.IncrementalDecoder = field(default_factory=_new_utf8, repr=False)
-    _lines: SSELineDecoder = field(default_factory=SSELineDecoder, repr=False)
-    _fields: SSEDecoder = field(default_factory=SSEDecoder, repr=False)
-    _has_data: bool = False
     _started: bool = False
-    _pending: int = 0  # characters of the line not yet complete
+    _after_cr: bool = False  # the last chunk ended in CR: a LF first in the next is its pair
+    _partial: list[str] = field(default_factory=list, repr=False)  # the unfinished line
+    _partial_size: int = 0
+    _event_type: str = ""
+    _data: list[str] = field(default_factory=list, repr=False)
     _event_size: int = 0  # characters of the event not yet dispatched
 
     def feed(self, chunk: bytes | str) -> list[SSEEvent]:
@@ -179,47 +178,59 @@ class SSEParser:
         if not self._started and text:
             self._started = True
             text = text.removeprefix("\ufeff")
+        if self._after_cr and text:
+            self._after_cr = False
+            text = text.removeprefix("\n")
         if not text:
             return []
-        lines = self._lines.decode(text)
-        if lines:
-            self._pending = len(text) - max(text.rfind("\n"), text.rfind("\r")) - 1
-        else:
-            self._pending += len(text)
-        if self._pending > self.max_line:
-            raise BadStream(f"a line over {self.max_line} characters")
+        self._after_cr = text.endswith("\r")
+        parts = _LINE_END.split(text)
+        rest = parts.pop()  # after the last line end: the start of an unfinished line
         events: list[SSEEvent] = []
-        for line in lines:
-            event = self._line(line)
+        for part in parts:
+            if self._partial:
+                part = "".join(self._partial) + part
+                self._partial.clear()
+                self._partial_size = 0
+            if len(part) > self.max_line:
+                raise BadStream(f"a line over {self.max_line} characters")
+            event = self._line(part)
             if event is not None:
                 events.append(event)
+        if rest:
+            self._partial.append(rest)
+            self._partial_size += len(rest)
+            if self._partial_size > self.max_line:
+                raise BadStream(f"a line over {self.max_line} characters")
         return events
 
     def _line(self, line: str) -> SSEEvent | None:
-        if not line:
-            sse = self._fields.decode(line)
-            has_data, self._has_data, self._event_size = self._has_data, False, 0
-            if sse is None or not has_data:
+        if not line:  # dispatch
+            has_data, data = bool(self._data), "".join(self._data)
+            event_type = self._event_type or "message"
+            self._data, self._event_type, self._event_size = [], "", 0
+            if not has_data:
                 return None  # WHATWG: an empty data buffer dispatches nothing
-            return SSEEvent(sse.event, sse.data, self.last_event_id)
+            return SSEEvent(event_type, data[:-1], self.last_event_id)
         if line.startswith(":"):
             self.comments += 1
             return None
         self._event_size += len(line)
         if self._event_size > self.max_line:
             raise BadStream(f"an event over {self.max_line} characters")
-        name = line.partition(":")[0]
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
         if name == "data":
-            self._has_data = True
+            self._data.append(value + "\n")
+        elif name == "event":
+            self._event_type = value
         elif name == "id":
-            value = _value(line)
             if "\0" not in value:
                 self.last_event_id = value
         elif name == "retry":
-            value = _value(line)
             if value.isascii() and value.isdigit():
                 self.retry_ms = int(value)
-        self._fields.decode(line)
         return None
 
 

@@ -11,7 +11,7 @@ the bottom layer, imported by :mod:`gateway.identity` (filters) and :mod:`gatewa
 * :mod:`.filters`, :mod:`.frames`, :mod:`.stats`
 """
 
-from .connection import Connection, TransportSink
+from .connection import Connection, DirectPath, Sink
 from .filters import Filter
 from .frames import CloseReason, StreamId
 from .hub import Hub
@@ -21,12 +21,13 @@ from .subscriber import ProbeLost, Subscriber, SubscriptionReset
 __all__ = [
     "CloseReason",
     "Connection",
+    "DirectPath",
     "Filter",
     "Hub",
     "HubStats",
     "ProbeLost",
+    "Sink",
     "StreamId",
     "Subscriber",
     "SubscriptionReset",
-    "TransportSink",
 ]

@@ -5,7 +5,8 @@ Two ways out of the buffer:
 
 * **direct** (uvicorn's httptools protocol, the normal case): after the headers have gone
   out through ASGI the response is chunked, so :meth:`Connection.go_direct` hands the
-  connection a :class:`TransportSink`. ``push`` only queues and marks the connection dirty;
+  connection its :class:`DirectPath` as its :class:`Sink` (the HTTP edge builds it:
+  :mod:`gateway.http.uvicorn_internals`). ``push`` only queues and marks the connection dirty;
   the hub's one flush per loop iteration writes every dirty connection's queue as one chunk,
   framed by :func:`chunk` exactly as uvicorn's ``send`` would, straight to the transport. No
   task wakes up per connection per event.
@@ -52,20 +53,15 @@ from .frames import EVICTIONS, CloseReason, StreamId, View, server_close_frame
 from .stats import HubStats
 
 __all__ = [
-    "CYCLE_SCOPE_KEY",
     "Connection",
+    "DirectPath",
     "Progress",
     "Sink",
-    "TransportSink",
     "chunk",
     "socket_progress",
-    "uvicorn_cycle",
 ]
 
 log = logging.getLogger(__name__)
-
-#: where the HTTP edge leaves uvicorn's request-response cycle in the ASGI scope
-CYCLE_SCOPE_KEY: Final = "kev.uvicorn_cycle"
 
 #: ASGI ``send`` as this module uses it (a plain dict message, no framework types)
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -91,13 +87,17 @@ class _Transport(Protocol):
     def get_extra_info(self, name: str) -> Any: ...
 
 
-def uvicorn_cycle(send: object) -> Any | None:
-    """uvicorn's ``RequestResponseCycle`` behind an ASGI ``send``, or None for any other
-    server (``send`` is then used for everything)."""
-    cycle = getattr(send, "__self__", None)
-    if all(hasattr(cycle, name) for name in ("transport", "flow", "chunked_encoding")):
-        return cycle
-    return None
+class DirectPath(Sink, Protocol):
+    """What the server offers a stream besides ASGI ``send`` (uvicorn's httptools protocol:
+    :class:`gateway.http.uvicorn_internals.UvicornStream`): its transport (socket options,
+    the lag probe, abort), and once the headers went out chunked, itself as the sink."""
+
+    @property
+    def transport(self) -> _Transport: ...
+
+    def chunked(self) -> bool:
+        """The response is chunked (known once the headers went out)."""
+        ...
 
 
 #: what the kernel knows of one stream's socket: ``(acked, unacked)`` bytes, where ``acked`` is
@@ -129,7 +129,7 @@ if sys.platform == "linux":
         (unacked,) = _INT.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _NO_OUTQ))
         return _U64.unpack_from(info, _ACKED_AT)[0], unacked
 
-else:  # pragma: no cover - the lag bound is Linux-only (README, "Slow readers")
+else:  # pragma: no cover - the lag bound is Linux-only (README, "Faults, and what clients see")
 
     def socket_progress(sock: Any) -> tuple[int, int] | None:
         return None
@@ -138,27 +138,6 @@ else:  # pragma: no cover - the lag bound is Linux-only (README, "Slow readers")
 def chunk(data: bytes) -> bytes:
     """``data`` as one HTTP/1.1 chunk, the framing uvicorn's ``send`` gives a body part."""
     return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-class TransportSink:
-    """The :class:`Sink` for one chunked uvicorn (httptools) response."""
-
-    __slots__ = ("_cycle", "_flow", "write_chunk")
-
-    def __init__(self, cycle: Any) -> None:
-        if not cycle.chunked_encoding:  # decided when the headers went out
-            raise ValueError("direct writes need a chunked response")
-        self._cycle = cycle
-        self._flow = cycle.flow
-        transport: _Transport = cycle.transport
-        #: the transport's own write: the hub frames each chunk, no call layer per write
-        self.write_chunk = transport.write
-
-    def paused(self) -> bool:
-        # Two attribute loads, no call: this runs once per connection per flush. A vanished
-        # client (uvicorn's connection_lost sets ``disconnected``) counts as paused, so the
-        # writer task, not a write to a dead transport, sees it out.
-        return bool(self._flow.write_paused or self._cycle.disconnected)
 
 
 def body(data: bytes) -> dict[str, Any]:
@@ -272,15 +251,16 @@ class Connection:
 
     # -- wiring (the HTTP edge, once per stream) ---------------------------------------------
 
-    def attach(self, send: Send, cycle: Any | None, *, send_buffer: int = 0) -> None:
-        """Bind the connection to its ASGI ``send`` and, under uvicorn, its request cycle;
-        the calling task is the one :meth:`abort_write` cancels where there is no transport.
+    def attach(self, send: Send, direct: DirectPath | None, *, send_buffer: int = 0) -> None:
+        """Bind the connection to its ASGI ``send`` and, where the server offers one, its
+        direct path; the calling task is the one :meth:`abort_write` cancels where there is
+        no transport.
         ``send_buffer`` (bytes, 0 = the kernel's autotuning) bounds what the kernel holds for
         a client that stopped reading; past it the transport pauses and the write deadline
         starts to count."""
         self._send = send
         self._task = asyncio.current_task()
-        self._transport = cycle.transport if cycle is not None else None
+        self._transport = direct.transport if direct is not None else None
         if self._transport is not None and send_buffer:
             sock = self._transport.get_extra_info("socket")
             if sock is not None:
@@ -291,11 +271,13 @@ class Connection:
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 self._progress = functools.partial(socket_progress, sock)
 
-    def start_writing(self, cycle: Any | None, notify: Callable[[Connection], None]) -> None:
-        """The headers are out: write directly when the response is chunked under uvicorn,
-        else through the writer task."""
-        if cycle is not None and cycle.chunked_encoding:
-            self.go_direct(TransportSink(cycle), notify)
+    def start_writing(
+        self, direct: DirectPath | None, notify: Callable[[Connection], None]
+    ) -> None:
+        """The headers are out: write directly when the response went out chunked on a
+        direct path, else through the writer task."""
+        if direct is not None and direct.chunked():
+            self.go_direct(direct, notify)
         else:
             self._ensure_writer()
 

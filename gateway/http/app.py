@@ -1,8 +1,9 @@
 """The Starlette app factory and the lifespan that owns every process-wide resource.
 
-Inside the lifespan, in order: the Redis clients, the identity store, the hub, and four
-background tasks (the subscriber, the hub's timer, the exit watcher, the re-authorization of
-open streams: :mod:`gateway.http.reauthorize`), each supervised: one that dies is logged, counted
+Inside the lifespan, in order: the Redis clients, the identity store, the hub, the exit
+signals (:func:`_chain_exit_signals`) and the background tasks (the subscriber, the hub's
+timer, the re-authorization of open streams: :mod:`gateway.http.reauthorize`, the fleet-wide
+stream leases), each supervised: one that dies is logged, counted
 (``kev_task_restarts_total``) and restarted after a backoff, and ``/ready`` is 503 meanwhile.
 On the way out the tasks are cancelled and awaited before the Redis client closes, so no
 reader outlives the connection it reads.
@@ -13,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, TypedDict
+from types import FrameType
+from typing import Any, Final, TypedDict
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -28,7 +32,6 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError
-from gateway.fanout.connection import CYCLE_SCOPE_KEY, uvicorn_cycle
 from gateway.fanout.hub import Hub
 from gateway.fanout.subscriber import Subscriber
 from gateway.identity.changes import changes_channel
@@ -36,6 +39,7 @@ from gateway.identity.store import IdentityStore
 from gateway.settings import Settings
 from publisher.connection import connect_async, redact_url
 from publisher.keys import Keys
+from publisher.tasks import cancel_and_wait
 
 from . import errors
 from .cors import cors_middleware
@@ -46,6 +50,7 @@ from .metrics import metrics_endpoint
 from .reauthorize import Reauthorizer
 from .state import GatewayState
 from .stream import STREAM_PATHS, stream_events, stream_response
+from .uvicorn_internals import DIRECT_SCOPE_KEY, direct_path
 from .websession import auth_routes
 
 __all__ = ["STREAM_PATHS", "TransportScope", "create_app", "create_app_from_env"]
@@ -57,25 +62,57 @@ class _LifespanState(TypedDict):
     gateway: GatewayState
 
 
-async def _watch_exit(state: GatewayState) -> None:
-    # sse-starlette's process-wide hook on uvicorn's signal handling: one watcher for the
-    # whole process instead of its stock one-listener-per-connection.
-    await EventSourceResponse._listen_for_exit_signal()
-    state.begin_shutdown()
+#: the signals that stop a replica (uvicorn's own set)
+EXIT_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+def _chain_exit_signals(state: GatewayState) -> Callable[[], None]:
+    """On SIGINT or SIGTERM, start closing every stream (:meth:`GatewayState.begin_shutdown`:
+    not ready, ``server_close`` to each client), then pass the signal on to the handler that
+    was there before: uvicorn's (a worker process: it stops accepting and waits for the
+    streams to end) or :class:`gateway.http.server.DrainingServer`'s (one process: it drains,
+    then exits). A signal with no handler before keeps its default action. Returns the undo.
+
+    Only the main thread may set signal handlers: elsewhere (an embedding server's thread,
+    the tests) nothing is installed, and ``TransportScope.request_shutdown`` is the way in.
+    This replaces sse-starlette's exit hook, a private coroutine patched onto uvicorn's
+    ``Server.handle_exit`` at import, with the standard library's signal API."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in EXIT_SIGNALS}
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        # A handler may run between any two bytecodes of the loop's thread: hand over.
+        loop.call_soon_threadsafe(state.begin_shutdown)
+        before = previous[signal.Signals(sig)]
+        if callable(before):
+            before(sig, frame)
+        elif before == signal.SIG_DFL:
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
+
+    for sig in EXIT_SIGNALS:
+        signal.signal(sig, on_signal)
+
+    def undo() -> None:
+        for sig, before in previous.items():
+            if signal.getsignal(sig) is on_signal:
+                signal.signal(sig, before)
+
+    return undo
 
 
 async def _supervise(
-    state: GatewayState, name: str, run: Callable[[], Coroutine[Any, Any, None]], *, once: bool
+    state: GatewayState, name: str, run: Callable[[], Coroutine[Any, Any, None]]
 ) -> None:
-    """Run ``run()`` for the life of the process: a crash (or, unless ``once``, a return) is
-    logged and counted, the task is marked down (``/ready`` 503) and restarted after a
-    backoff of 0.1 s doubling to 5 s."""
+    """Run ``run()`` for the life of the process: a crash (or a return) is logged and
+    counted, the task is marked down (``/ready`` 503) and restarted after a backoff of 0.1 s
+    doubling to 5 s."""
     delay = 0.1
     while True:
         try:
             await run()
-            if once:
-                return
             log.error("background task %s returned; restarting it", name)
         except Exception:
             log.exception("background task %s died; restarting it in %.1fs", name, delay)
@@ -159,22 +196,20 @@ def _lifespan(settings: Settings) -> Any:
         )
         tasks: set[asyncio.Task[None]] = set()
 
-        def spawn(
-            name: str, run: Callable[[], Coroutine[Any, Any, None]], *, once: bool = False
-        ) -> None:
-            task = asyncio.create_task(_supervise(state, name, run, once=once), name=name)
+        def spawn(name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+            task = asyncio.create_task(_supervise(state, name, run), name=name)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
+        state.loop = asyncio.get_running_loop()
+        undo_signals = _chain_exit_signals(state)
         try:
             spawn("subscriber", state.subscriber.run)
             spawn("hub-timer", hub.run_timer)
-            spawn("exit-watch", lambda: _watch_exit(state), once=True)
             spawn("revalidate", reauth.run)
             if state.leases is not None:
                 spawn("stream-leases", state.leases.run)
             app.state.gateway = state  # for embedding servers and tests: begin_shutdown()
-            state.loop = asyncio.get_running_loop()
             log.info(
                 "gateway replica %s up, redis %s prefix %s",
                 settings.replica,
@@ -184,9 +219,11 @@ def _lifespan(settings: Settings) -> Any:
             yield {"gateway": state}
             await state.drain()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            undo_signals()
+            # Cancelled until they end: a cancel that lands as a Redis command completes
+            # can be swallowed on Python 3.11 (publisher.tasks), and the process would hang
+            # here on its way out.
+            await cancel_and_wait(*tasks)
             await sub_redis.aclose()
             await redis.aclose()
 
@@ -251,13 +288,12 @@ class TransportScope:
             gateway.loop.call_soon_threadsafe(gateway.begin_shutdown)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            cycle = uvicorn_cycle(send)
-            if cycle is not None:
-                scope[CYCLE_SCOPE_KEY] = cycle
+        if scope["type"] == "http" and scope["path"] in STREAM_PATHS:
+            direct = direct_path(send)
+            if direct is not None:
+                scope[DIRECT_SCOPE_KEY] = direct
             if (
-                scope["path"] in STREAM_PATHS
-                and scope["method"] in ("GET", "HEAD")
+                scope["method"] in ("GET", "HEAD")
                 and "state" in scope
                 and not any(name == b"origin" for name, _ in scope["headers"])
             ):
@@ -298,5 +334,10 @@ def create_app(settings: Settings | None = None) -> TransportScope:
 
 
 def create_app_from_env() -> TransportScope:
-    """Factory for ``uvicorn --factory`` and multi-worker serving (settings from env)."""
-    return create_app(Settings.load())
+    """Factory for ``uvicorn --factory`` and multi-worker serving (settings from env). A
+    worker of several (``workers`` > 1) is the replica ``<replica>-<its pid>``: each process
+    has a subscription, probe channel and stream counts of its own."""
+    settings = Settings.load()
+    if settings.workers > 1:
+        settings = settings.replace(replica=f"{settings.replica}-{os.getpid()}")
+    return create_app(settings)

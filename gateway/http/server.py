@@ -6,7 +6,8 @@ check and retry move traffic away), every client gets ``server_close`` with the 
 hint, and once no stream is left, or ``drain_deadline`` has passed, uvicorn's own shutdown
 runs. A second signal skips the wait.
 
-Start-up never hangs and never lies: :func:`serve` binds the listening socket and waits (at
+Start-up never hangs and never lies: :func:`serve` checks the installed uvicorn
+(:func:`gateway.http.uvicorn_internals.check_uvicorn`), binds the listening socket and waits (at
 most ``startup_timeout``) for Redis *before* uvicorn starts the app, so a port in use, a host
 that is not this machine's, Redis away, a bad password or a missing certificate file ends the
 process within seconds with :class:`StartupError`, whose message is one line saying what to
@@ -34,7 +35,7 @@ from gateway.settings import ENV_PREFIX, SHARED_ENV, Settings
 from publisher.connection import RedisURLError, connect_sync, redact_url
 
 from .app import TransportScope, create_app
-from .protocol import LimitedHttpToolsProtocol
+from .uvicorn_internals import LimitedHttpToolsProtocol, check_uvicorn
 
 __all__ = [
     "DrainingServer",
@@ -56,7 +57,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "host": settings.host,
         "port": settings.port,
         # httptools (whose chunked responses the direct writes rely on) with the limits
-        # below applied on every path (gateway.http.protocol)
+        # below applied on every path (gateway.http.uvicorn_internals)
         "http": LimitedHttpToolsProtocol,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
         "timeout_keep_alive": settings.header_timeout,
@@ -215,6 +216,11 @@ def wait_for_redis(settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     """Run a replica (``settings.workers`` processes) until a signal ends it. Raises
     :class:`StartupError` when it cannot start (see the module docstring)."""
+    errors, warnings = check_uvicorn()
+    for warning in warnings:
+        log.warning("%s", warning)
+    if errors:
+        raise StartupError(errors[0])
     sock = bind_listener(settings)
     try:
         wait_for_redis(settings)
@@ -225,11 +231,12 @@ def serve(settings: Settings) -> None:
     if settings.workers > 1:
         # Workers are separate processes (one Redis subscription each) that read the same
         # settings from the environment and share the socket bound above; uvicorn's
-        # supervisor relays signals to them and each drains through sse-starlette's exit hook
-        # (gateway.http.app._watch_exit). Each configures logging as this process does.
-        env = settings.to_env()
-        del env[ENV_PREFIX + "REPLICA"]  # each worker names itself
-        os.environ.update(env)
+        # supervisor relays signals to them and each closes its streams as uvicorn stops it
+        # (gateway.http.app._chain_exit_signals). Each configures logging as this process does.
+        # Each worker names itself after this replica and its pid (create_app_from_env), so a
+        # replica name given to the whole process (GATEWAY_REPLICA: a pod's name) stays
+        # unique per subscription, probe channel and per-key stream count.
+        os.environ.update(settings.to_env())
         options["log_config"] = logging_config(settings.log_level, settings.log_format)
         config = uvicorn.Config(
             "gateway.http.app:create_app_from_env",

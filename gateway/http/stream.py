@@ -1,13 +1,14 @@
 """``GET /stream/kernel/_/events``: authenticate, pick a filter, then stream from the hub.
 
-The response is an sse-starlette :class:`EventSourceResponse` (its headers, its
-``ServerSentEvent`` encoding, its uvicorn shutdown hook), shaped for a fan-out hub. Stock, it
-runs a task group of four tasks per connection (body iterator, pinger, exit watcher,
-disconnect listener), builds its headers and an ``anyio.Lock`` per response, and takes every
-event through an async generator and ``ensure_bytes``. DESIGN.md §5 measured that at ~41 KB
-and 4-5 tasks per connection and ~4x the p99 of a lean writer; here:
+The response is shaped for a fan-out hub, not taken from sse-starlette's
+:class:`EventSourceResponse` (whose ``ServerSentEvent`` encodes the frames,
+:mod:`gateway.fanout.frames`). Stock, that response runs a task group of four tasks per
+connection (body iterator, pinger, exit watcher, disconnect listener), builds its headers and
+an ``anyio.Lock`` per response, and takes every event through an async generator and
+``ensure_bytes``: measured at ~41 KB and 4-5 tasks per connection and ~4x the p99 of a lean
+writer (docs/design.md §5). Here:
 
-* the headers are sse-starlette's, built once for all responses;
+* the headers are written out once for all responses (:data:`SSE_HEADERS`);
 * an idle stream is one task: the request's own, waiting for the client to go. Writing is the
   :class:`~gateway.fanout.connection.Connection`'s (direct to the transport, or its writer
   task while the transport is full, the stream is closing, or the server has no direct path);
@@ -23,27 +24,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Final
 
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import RateLimited, Unavailable
-from gateway.fanout.connection import CYCLE_SCOPE_KEY, Connection, body
+from gateway.fanout.connection import Connection, DirectPath, body
 from gateway.fanout.frames import retry_frame
 from gateway.fanout.resume import replay
 from gateway.fanout.stats import ThrottledLog
 from gateway.identity.visibility import build_filter
+from publisher.tasks import cancel_and_wait
 
 from .auth import authenticate_request
 from .errors import error_response
 from .query import Api, parse_query
 from .state import GatewayState
+from .uvicorn_internals import DIRECT_SCOPE_KEY
 
 __all__ = [
+    "SSE_HEADERS",
     "STREAM_PATHS",
     "V4_PATHS",
     "V5_PATHS",
@@ -63,22 +65,24 @@ STREAM_PATHS: Final = (*V4_PATHS, *V5_PATHS)
 LIFETIME_JITTER: Final = (0.85, 1.15)
 
 
-async def _no_body() -> AsyncIterator[bytes]:
-    return
-    yield b""  # pragma: no cover - makes this an async generator
+#: every stream's response headers (docs/design.md §3): the SSE media type; no caching (the
+#: API's ``no-cache``, where sse-starlette sends ``no-store``); ``X-Accel-Buffering: no`` so
+#: nginx passes each event on at once; keep-alive, as sse-starlette sends them
+SSE_HEADERS: Final = [
+    (b"cache-control", b"no-cache"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+]
 
 
-#: sse-starlette's SSE headers (text/event-stream; charset=utf-8, X-Accel-Buffering: no,
-#: Connection: keep-alive) with the API's ``Cache-Control: no-cache``, built once.
-_HEADERS: Final = EventSourceResponse(
-    _no_body(), headers={"Cache-Control": "no-cache"}, ping=0, sep="\n"
-).raw_headers
+class HubStreamResponse(Response):
+    """One client's stream, fed by the hub (see the module docstring for why it is shaped).
 
+    A :class:`~starlette.responses.Response` only to the router, which calls it as an ASGI
+    app; none of the base class's per-response state (headers, body) is built."""
 
-class HubStreamResponse(EventSourceResponse):
-    """One client's stream, fed by the hub (see the module docstring for why it is shaped)."""
-
-    raw_headers = _HEADERS
+    raw_headers = SSE_HEADERS
     background = None
 
     def __init__(
@@ -89,8 +93,8 @@ class HubStreamResponse(EventSourceResponse):
         *,
         retry_hint: bool,
     ) -> None:
-        # No super().__init__(): everything it builds per response (headers, a send lock,
-        # the body iterator) is either shared (_HEADERS) or unused by this shape.
+        # No super().__init__(): its headers and body are either shared (SSE_HEADERS) or
+        # unused by this shape.
         self._state = state
         self._connection = connection
         self._last_event_id = last_event_id
@@ -101,12 +105,12 @@ class HubStreamResponse(EventSourceResponse):
         # the hub instead.
         self._state.opening -= 1
         if scope["method"] == "HEAD":  # headers only, as sse-starlette answers HEAD
-            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         state, connection, hub = self._state, self._connection, self._state.hub
-        cycle: Any = scope.get(CYCLE_SCOPE_KEY)
-        connection.attach(send, cycle, send_buffer=state.settings.send_buffer)
+        direct: DirectPath | None = scope.get(DIRECT_SCOPE_KEY)
+        connection.attach(send, direct, send_buffer=state.settings.send_buffer)
         if self._last_event_id is not None:
             # Hold live frames from the moment the hub can reach the connection: anything
             # dispatched before replay starts must wait for it.
@@ -114,18 +118,18 @@ class HubStreamResponse(EventSourceResponse):
         hub.register(connection)
         resuming: asyncio.Future[None] | None = None
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             if self._retry_hint:
                 # Jittered per stream: after a crash, EventSource waits this long, so the
                 # clients of one replica come back spread over retry_jitter_ms.
                 connection.retry_field = True
                 await send(body(retry_frame(connection.retry_hint())))
-            connection.start_writing(cycle, hub.notify)
+            connection.start_writing(direct, hub.notify)
             if self._last_event_id is not None:
                 resuming = asyncio.ensure_future(
                     replay(connection, hub, state.redis, state.keys, self._last_event_id)
                 )
-            if cycle is not None:
+            if direct is not None:
                 # The request's task just waits for the client to go, or for the response
                 # to complete, which uvicorn's receive() also reports as a disconnect.
                 # (Inline, not a helper: one frame less on every idle stream's stack.)
@@ -142,8 +146,7 @@ class HubStreamResponse(EventSourceResponse):
             hub.unregister(connection)
             connection.close("disconnect")
             if resuming is not None:
-                resuming.cancel()
-                await asyncio.wait({resuming})
+                await cancel_and_wait(resuming)
             await connection.finish()
             log.debug(
                 "stream closed key=%s reason=%s", connection.access_key, connection.close_reason
@@ -176,7 +179,7 @@ async def stream_events(request: Request) -> Response:
         _refuse(state, _limit_kind(state))
         raise Unavailable("This replica is at its stream limit", retry_after=5)
     # The request head's size (max_header_bytes) is bounded for every path by the server
-    # protocol (gateway.http.protocol), before any of this runs.
+    # protocol (gateway.http.uvicorn_internals), before any of this runs.
     api: Api = "v5" if request.scope["path"] in V5_PATHS else "v4"
     query = parse_query(request.scope.get("query_string", b""), request.headers, api)
     caller = await authenticate_request(request, state)

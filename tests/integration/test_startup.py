@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -120,6 +121,29 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 15) -> 
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} not ready within {timeout}s")
+
+
+def test_every_worker_is_a_replica_of_its_own_when_the_replica_is_named(
+    redis_url: str,
+) -> None:
+    """GATEWAY_REPLICA names the whole process (say, the pod); each of its workers is
+    ``<name>-<pid>``, with a probe channel (and stream counts) of its own. They used to share
+    the one name, each taking the other's probes for its own."""
+    port = free_port()
+    env = clean_env(KEV_REDIS_URL=redis_url, GATEWAY_REPLICA="pod-7")
+    proc = subprocess.Popen(gateway("--port", str(port), "--workers", "2"), env=env)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        with redis.Redis.from_url(redis_url) as client:
+            deadline = time.monotonic() + 10
+            while len(channels := client.pubsub_channels("kev:probe:*")) < 2:
+                assert time.monotonic() < deadline, channels
+                time.sleep(0.1)
+        names = {c.decode().removeprefix("kev:probe:") for c in channels}
+        assert len(names) == 2 and all(re.fullmatch(r"pod-7-\d+", n) for n in names), names
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
 
 
 def test_every_worker_logs_json_at_info_and_the_start_up_line_redacts_the_password(

@@ -128,18 +128,17 @@ async def test_frames_parse_with_standard_and_browser_parsers(
 
 
 def _parse_with_httpx_sse(raw: bytes) -> list[SSEEvent]:
-    decoder = httpx_sse._decoders.SSEDecoder()
-    out: list[SSEEvent] = []
-    for line in raw.decode().splitlines():
-        sse = decoder.decode(line)
-        if sse is not None:
-            out.append(SSEEvent(sse.event, sse.data, sse.id or None))
-    return out
+    """httpx-sse's public API over the raw bytes, as a response it could have read."""
+    response = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=raw)
+    return [
+        SSEEvent(sse.event, sse.data, sse.id or None)
+        for sse in httpx_sse.EventSource(response).iter_sse()
+    ]
 
 
 def test_test_vector_request_is_accepted_by_a_live_gateway(gateway: RunningGateway) -> None:
-    # The DESIGN.md vector itself is checked in tests/unit/test_signing.py; here a request
-    # signed the same way passes the whole HTTP path (target as sent, Host as sent).
+    # The vector of docs/design.md §4 itself is checked in tests/unit/test_signing.py; here a
+    # request signed the same way passes the whole HTTP path (target as sent, Host as sent).
     target = PATH + "?sessionId=mysession-01&group=*"
     with httpx.stream(
         "GET",

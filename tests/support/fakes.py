@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import MutableMapping
 from typing import Any
 
-__all__ = ["FakeClock", "FakeCycle", "FakeSink", "FakeTransport", "RecordingSend"]
+__all__ = ["FakeClock", "FakeDirect", "FakeSink", "FakeTransport", "RecordingSend"]
 
 
 class FakeClock:
@@ -47,11 +47,21 @@ class FakeTransport:
         return None
 
 
-class FakeCycle:
-    """uvicorn's request cycle as :meth:`Connection.attach` sees it: only its transport."""
+class FakeDirect:
+    """A server's direct path as :meth:`Connection.attach` sees it: only its transport (and
+    never chunked: the stream writes through ``send``)."""
 
     def __init__(self) -> None:
         self.transport = FakeTransport()
+
+    def chunked(self) -> bool:
+        return False
+
+    def paused(self) -> bool:
+        return True
+
+    def write_chunk(self, framed: bytes) -> None:
+        raise AssertionError("never chunked: nothing is written directly")
 
 
 class RecordingSend:

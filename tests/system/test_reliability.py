@@ -3,8 +3,11 @@ a replica stopped with SIGTERM. Real redis-server, real uvicorn processes, on lo
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import time
+from pathlib import Path
 
 import anyio
 import httpx
@@ -12,6 +15,7 @@ import pytest
 import redis
 
 from publisher import AsyncPublisher
+from publisher.keys import Keys
 from tests.support.fleet import (
     assert_complete,
     caught_up,
@@ -22,7 +26,7 @@ from tests.support.fleet import (
     until_streams,
 )
 from tests.support.gateway_server import gateway_settings, run_gateway, spawn_gateway
-from tests.support.identities import seed
+from tests.support.identities import ROOT, seed
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import tcp_proxy
 from tests.support.wait import until
@@ -121,3 +125,51 @@ async def test_sigterm_drains_to_another_replica_and_loses_nothing(
         assert exited_after < drain
         assert all(c.closes == 1 for c in consumers)  # each got exactly one server_close
         assert_complete(consumers, expected)
+
+
+def _counted(holders: dict[bytes, bytes]) -> int:
+    """Streams in a per-key count hash (``<count>:<lease end>`` per replica)."""
+    return sum(int(value.split(b":")[0]) for value in holders.values())
+
+
+@pytest.mark.anyio
+async def test_sigterm_closes_the_streams_of_every_worker(cast: str, redis_url: str) -> None:
+    """With ``--workers 2`` the exit signal reaches each worker's streams: every one gets
+    ``server_close`` (``shutdown``) and the replica exits within the drain deadline. (The
+    workers' drain used to rest on sse-starlette's private exit hook; now each worker's
+    lifespan chains its own signal handler: gateway.http.app._chain_exit_signals.)"""
+    drain = 5.0
+    settings = gateway_settings(redis_url, workers=2, drain_deadline=drain, stream_lease=0.6)
+    counts = Keys().key_streams(ROOT.access_key)
+    with spawn_gateway(settings) as gw, redis.Redis.from_url(redis_url) as sync:
+        assert gw.proc is not None
+        async with contextlib.AsyncExitStack() as fleets:
+            # The kernel hands a connection to whichever worker accepts first, and one idle
+            # worker takes them all: the first wave goes there, then that worker is paused
+            # (SIGSTOP) while the second wave goes to the other. Each worker's streams show
+            # as its per-replica count in Redis, under a replica name holding its pid.
+            consumers = await fleets.enter_async_context(fleet(gw.base_url, 10))
+            await until(lambda: _counted(sync.hgetall(counts)) == 10, 10, "the first wave")
+            holders = sync.hgetall(counts)
+            if len(holders) == 1:
+                (first,) = holders
+                first_pid = int(first.decode().rsplit("-", 1)[1])  # "<replica>-<worker pid>"
+                ppid = Path(f"/proc/{first_pid}/stat").read_text().rpartition(")")[2].split()[1]
+                assert int(ppid) == gw.proc.pid, "not a worker of this replica"
+                os.kill(first_pid, signal.SIGSTOP)
+                try:
+                    consumers += await fleets.enter_async_context(fleet(gw.base_url, 10))
+                    await until(
+                        lambda: any(k != first for k in sync.hgetall(counts)), 10, "wave two"
+                    )
+                finally:
+                    os.kill(first_pid, signal.SIGCONT)
+            await until(lambda: len(sync.hgetall(counts)) == 2, 10, "both workers' streams")
+            stopped = time.monotonic()
+            gw.proc.send_signal(signal.SIGTERM)
+            await anyio.to_thread.run_sync(gw.proc.wait, drain + 3)
+            exited_after = time.monotonic() - stopped
+            await until(lambda: all(c.closes >= 1 for c in consumers), 5, "every server_close")
+    assert gw.proc.returncode == 0
+    assert exited_after < drain + 1.5
+    assert all(c.closes == 1 for c in consumers)

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import MutableMapping
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from gateway.fanout.connection import Connection, TransportSink, chunk, uvicorn_cycle
+from gateway.fanout.connection import Connection, chunk
 from gateway.fanout.filters import Filter
 from gateway.fanout.frames import CloseReason, server_close_frame
-from tests.support.fakes import FakeClock, FakeCycle, FakeSink, RecordingSend
+from tests.support.fakes import FakeClock, FakeDirect, FakeSink, RecordingSend
 from tests.support.wait import until
 
 RETRY_MS = 1500
@@ -196,16 +195,16 @@ async def test_a_shutdown_during_a_slow_write_still_writes_what_was_queued() -> 
 
 @pytest.mark.anyio
 async def test_an_aborted_write_aborts_the_transport_and_sends_no_goodbye() -> None:
-    send, cycle = RecordingSend(), FakeCycle()
+    send, direct = RecordingSend(), FakeDirect()
     connection = _connection()
-    connection.attach(send, cycle)
+    connection.attach(send, direct)
     connection.start_writing(None, _never_notified)  # no chunked response: the writer task
     send.gate.clear()
     connection.push(b"stuck\n\n")
     await until(lambda: connection.writing_since != 0.0, 2, "the write to start")
     connection.close("shutdown")  # say the replica is stopping while the write is stuck ...
     connection.abort_write()  # ... and the deadline passes
-    assert cycle.transport.aborted and connection.abort_requested
+    assert direct.transport.aborted and connection.abort_requested
     send.gate.set()
     await asyncio.wait_for(connection.until_gone(_no_disconnect), 2)
     assert send.body == b"stuck\n\n" and not send.ended
@@ -247,37 +246,9 @@ def test_a_paused_or_closed_sink_is_not_written_directly() -> None:
     assert connection.take_for_sink() is None  # the close is the writer task's
 
 
-def test_chunk_framing_and_the_transport_sink() -> None:
+def test_chunk_framing() -> None:
     assert chunk(b"abc") == b"3\r\nabc\r\n"
     assert chunk(b"x" * 255).startswith(b"ff\r\n")
-    writes: list[bytes] = []
-    flow = SimpleNamespace(write_paused=False)
-    cycle = SimpleNamespace(
-        chunked_encoding=True,
-        flow=flow,
-        disconnected=False,
-        transport=SimpleNamespace(write=writes.append),
-    )
-    sink = TransportSink(cycle)
-    sink.write_chunk(chunk(b"abc"))
-    assert writes == [b"3\r\nabc\r\n"] and not sink.paused()
-    flow.write_paused = True
-    assert sink.paused()
-    flow.write_paused, cycle.disconnected = False, True
-    assert sink.paused()  # a vanished client counts as paused: the writer task sees it out
-    with pytest.raises(ValueError, match="chunked"):
-        TransportSink(SimpleNamespace(chunked_encoding=False))
-
-
-def test_uvicorn_cycle_is_found_only_behind_a_cycles_send() -> None:
-    class Cycle:
-        transport, flow, chunked_encoding = object(), object(), True
-
-        async def send(self, message: object) -> None: ...
-
-    cycle = Cycle()
-    assert uvicorn_cycle(cycle.send) is cycle
-    assert uvicorn_cycle(RecordingSend()) is None
 
 
 # -- resume: the hold and the floor -------------------------------------------------------------

@@ -39,6 +39,74 @@ def test_any_text_cut_anywhere_arrives_intact(text: str, cuts: list[int]) -> Non
     assert events == [SSEEvent("kernel_started", text, "7-0")]
 
 
+_VALUE = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n\x00"), max_size=12)
+_FIELD = st.one_of(
+    st.tuples(st.sampled_from(["data", "event", "id", ":"]), _VALUE),
+    st.tuples(st.just("retry"), st.integers(0, 10**6).map(str)),
+    st.tuples(st.just("retry"), st.sampled_from(["", "x", "-1", "1.5"])),  # ignored
+)
+
+
+@given(
+    blocks=st.lists(st.lists(_FIELD, max_size=4), max_size=5),
+    line_ends=st.lists(st.sampled_from(["\n", "\r", "\r\n"]), min_size=1, max_size=8),
+    bom=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=16),
+)
+def test_any_stream_parses_as_whatwg_interprets_it_however_it_is_cut(
+    blocks: list[list[tuple[str, str]]], line_ends: list[str], bom: bool, cuts: list[int]
+) -> None:
+    """A model-based check of the parser: random blocks of fields (data, event, id, retry,
+    comments) with mixed line ends, fed whole and cut at random bytes, give exactly what the
+    WHATWG interpretation of the blocks gives (the oracle below works on the fields, not on
+    the text)."""
+    lines: list[str] = []
+    expected: list[SSEEvent] = []
+    last_id: str | None = None
+    retry: int | None = None
+    comments = 0
+    for block in blocks:
+        data: list[str] = []
+        kind = ""
+        for name, value in block:
+            lines.append(f"{name}: {value}" if name != ":" else f": {value}")
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                kind = value
+            elif name == "id":
+                last_id = value
+            elif name == "retry" and value.isdigit():
+                retry = int(value)
+            elif name == ":":
+                comments += 1
+        lines.append("")  # the blank line that dispatches the block
+        if data:
+            expected.append(SSEEvent(kind or "message", "\n".join(data), last_id))
+    text, previous = "\ufeff" if bom else "", ""
+    for n, line in enumerate(lines):
+        end = line_ends[n % len(line_ends)]
+        if previous == "\r" and end == "\n":
+            end = "\r"  # CR then LF is one line end (CRLF), not two
+        text += line + end
+        previous = end
+    body = text.encode()
+    every_byte = list(range(1, len(body)))
+    for cut_at in ([], [c % (len(body) + 1) for c in cuts], every_byte):
+        parser = SSEParser()
+        events: list[SSEEvent] = []
+        start = 0
+        for cut in [*sorted(cut_at), len(body)]:
+            events += parser.feed(body[start:cut])
+            start = cut
+        assert events == expected
+        assert (parser.last_event_id, parser.retry_ms, parser.comments) == (
+            last_id,
+            retry,
+            comments,
+        )
+
+
 def test_what_whatwg_does_not_dispatch() -> None:
     parser = SSEParser()
     # a standalone retry block, a ping, an id-only block: no event (httpx-sse alone gives

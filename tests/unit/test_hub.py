@@ -13,7 +13,7 @@ from gateway.fanout.filters import Filter
 from gateway.fanout.frames import PING, event_frame
 from gateway.fanout.hub import Hub
 from publisher.schema import KernelEvent, SessionRef, encode_event
-from tests.support.fakes import FakeClock, FakeCycle, FakeSink
+from tests.support.fakes import FakeClock, FakeDirect, FakeSink
 
 
 def _ref(
@@ -165,8 +165,8 @@ async def test_timer_pings_and_evicts_stuck_writers() -> None:
     clock = FakeClock()
     hub = _hub(clock=clock)
     idle, stuck = hub.new_connection(Filter(), "idle"), hub.new_connection(Filter(), "stuck")
-    cycle = FakeCycle()
-    stuck.attach(_no_send, cycle)
+    direct = FakeDirect()
+    stuck.attach(_no_send, direct)
     hub.register(idle)
     hub.register(stuck)
     stuck.writing_since = clock.now
@@ -176,7 +176,7 @@ async def test_timer_pings_and_evicts_stuck_writers() -> None:
     clock.now += 1.5  # 2.5 s into the write, deadline is 2 s
     hub.tick(ping=False)
     assert stuck.closed and stuck.close_reason == "write_timeout"
-    assert cycle.transport.aborted and stuck.abort_requested
+    assert direct.transport.aborted and stuck.abort_requested
     assert hub.stats.evictions["write_timeout"] == 1
     assert idle.take() == b""
     await stuck.finish()

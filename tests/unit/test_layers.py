@@ -40,10 +40,10 @@ CONSUMER_MAY_LOAD = {
     "gateway.identity.models",
     "gateway.identity.signing",
 }
-#: and of other distributions: msgspec, and httpx with httpx-sse (the client's HTTP and SSE
-#: layers), with what they themselves load (httpx loads its CLI's click and rich when they
+#: and of other distributions: msgspec, and httpx (the client's HTTP layer; it parses SSE
+#: itself), with what they themselves load (httpx loads its CLI's click and rich when they
 #: are installed)
-CONSUMER_THIRD_PARTY = ("msgspec", "httpx", "httpx_sse")
+CONSUMER_THIRD_PARTY = ("msgspec", "httpx")
 
 
 def _top(module: str) -> str:
@@ -86,7 +86,7 @@ def test_consumer_loads_no_server_code() -> None:
     assert not {m for m in everything if _top(m) in SERVER_PACKAGES}, sorted(everything)
     ours = {m for m in new if _top(m) in ("gateway", "publisher", "devtools")}
     assert ours <= CONSUMER_MAY_LOAD, f"the consumer also loads {sorted(ours - CONSUMER_MAY_LOAD)}"
-    assert {"msgspec", "httpx", "httpx_sse"} <= {_top(m) for m in new}
+    assert {"msgspec", "httpx"} <= {_top(m) for m in new}
     _, by_libraries = _import_in_fresh_interpreter(*CONSUMER_THIRD_PARTY)
     third_party = {_top(m) for m in new - by_libraries} - sys.stdlib_module_names
     assert third_party <= {"gateway", "publisher"}, f"the consumer loads {sorted(third_party)}"

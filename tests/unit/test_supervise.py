@@ -4,11 +4,12 @@ the replica is not ready meanwhile, and one that stays unable to deliver fails l
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 import pytest
 
-from gateway.http.app import _supervise
+from gateway.http.app import EXIT_SIGNALS, _chain_exit_signals, _supervise
 from gateway.http.state import GatewayState
 from gateway.settings import Settings
 
@@ -44,7 +45,7 @@ async def test_a_crashing_task_is_restarted_counted_and_marks_the_replica_not_re
         down_seen.append(bool(state.tasks_down))
         await asyncio.sleep(3600)
 
-    task = asyncio.ensure_future(_supervise(state, "flaky", flaky, once=False))
+    task = asyncio.ensure_future(_supervise(state, "flaky", flaky))
     for _ in range(100):
         await asyncio.sleep(0.01)
         if runs == 1 and state.tasks_down:
@@ -59,16 +60,27 @@ async def test_a_crashing_task_is_restarted_counted_and_marks_the_replica_not_re
 
 
 @pytest.mark.anyio
-async def test_a_one_shot_task_that_returns_is_not_restarted() -> None:
+@pytest.mark.parametrize("sig", EXIT_SIGNALS)
+async def test_an_exit_signal_starts_the_drain_and_reaches_the_handler_before(sig: int) -> None:
+    """The lifespan's signal chain (what replaced sse-starlette's private exit hook): the
+    streams are told first, then the server's own handler (uvicorn's, or DrainingServer's)
+    gets the signal; the undo puts that handler back."""
     state = _state()
-    calls = 0
-
-    async def once() -> None:
-        nonlocal calls
-        calls += 1
-
-    await asyncio.wait_for(_supervise(state, "exit-watch", once, once=True), 1)
-    assert calls == 1 and not state.task_restarts
+    begun: list[bool] = []
+    state.begin_shutdown = lambda: begun.append(True)  # type: ignore[method-assign]
+    heard: list[int] = []
+    before = signal.signal(sig, lambda number, frame: heard.append(number))
+    try:
+        server_handler = signal.getsignal(sig)
+        undo = _chain_exit_signals(state)
+        assert signal.getsignal(sig) is not server_handler
+        signal.raise_signal(sig)
+        await asyncio.sleep(0.01)  # the drain is handed to the loop
+        assert heard == [sig] and begun == [True]
+        undo()
+        assert signal.getsignal(sig) is server_handler
+    finally:
+        signal.signal(sig, before)
 
 
 def test_liveness_fails_only_after_the_timeout_unable_to_deliver(

@@ -1,0 +1,348 @@
+"""Everything the gateway takes from uvicorn beyond its public API, in one place, with the
+range of uvicorn versions it was tested against (:data:`TESTED`) and a check of both.
+
+uvicorn's public API is an ASGI server: it has no way to write to a response's transport
+directly, and no limits on a request head. Two measured needs take more (ARCHITECTURE.md,
+"Deliberate deviations"):
+
+1. **Direct writes** (:func:`direct_path`, :class:`UvicornStream`). The hub writes each
+   stream's coalesced queue as one HTTP chunk straight to the transport instead of through
+   ASGI ``send`` (bench a100: ~17-18 µs of gateway CPU per write before, ~4-6 µs after). That
+   needs uvicorn's ``RequestResponseCycle`` behind ``send`` (``send.__self__``) and four of
+   its attributes: ``transport``, ``flow`` (``write_paused``), ``chunked_encoding`` and
+   ``disconnected``. Where they are missing (another server, or a uvicorn whose cycle
+   changed) the stream writes through ASGI ``send``: slower, never wrong, and said once in
+   the log.
+
+2. **The limited protocol** (:class:`LimitedHttpToolsProtocol`): uvicorn's httptools protocol
+   with the limits it lacks. Stock, it reads a request head of any size (a 64 MB header to
+   ``/health`` was answered 200 while the replica grew by 78 MB), starts no timer before the
+   first request of a connection, and its keep-alive timer is cancelled by the first byte of
+   the next request, so a connection that sends a partial head stays open forever. Its h11
+   protocol honours ``h11_max_incomplete_event_size``, but h11 is not what the direct writes
+   rely on. This protocol takes the limits from the uvicorn config
+   :func:`gateway.http.server.uvicorn_options` builds, so every worker process (which gets
+   the config, pickled) applies the same ones:
+
+   * ``h11_max_incomplete_event_size``: bytes of one request head (request line and
+     headers) read at most. Beyond it: 431, and the connection closes. Counted as bytes
+     arrive, so a connection holds at most this much plus one socket read (256 KiB) of an
+     unfinished head.
+   * ``timeout_keep_alive``: seconds a connection may go without a complete request head,
+     counted from its opening or from the end of its previous response, and again for the
+     request's body from the end of its head (a login body that never completes was never
+     timed out). Bytes arriving do not restart it. Then the connection closes, after a 408
+     if a head or body had begun.
+   * ``limit_concurrency``: connections open at once in this process. A request on a
+     connection beyond it gets 503 with ``Retry-After`` and ``Connection: close``
+     (problem+json, as every other error of the gateway).
+
+:func:`check_uvicorn` is run by ``gateway serve`` before it starts: a uvicorn whose protocol
+lacks a hook this module overrides cannot serve (a one-line start-up error); one outside
+:data:`TESTED` is logged as a warning. ``tests/unit/test_uvicorn_internals.py`` fails, naming
+what differs, when the installed uvicorn is outside :data:`TESTED` or its cycle or protocol
+lack what is used here; pyproject.toml's bound on uvicorn is :data:`TESTED`, which the test
+also checks. To move to a newer uvicorn: widen :data:`TESTED` and the bound together, run the
+suite and the fan-out bench (``python -m bench.fanout --against HEAD``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any, Final
+
+import msgspec
+import uvicorn
+from starlette.types import Receive, Scope, Send
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from gateway.errors import Unavailable
+
+from .errors import error_response
+
+__all__ = [
+    "DIRECT_SCOPE_KEY",
+    "TESTED",
+    "LimitedHttpToolsProtocol",
+    "UvicornStream",
+    "check_uvicorn",
+    "direct_path",
+    "uvicorn_version",
+]
+
+log = logging.getLogger(__name__)
+
+#: the uvicorn versions this module was tested against: at least the first, below the second
+#: (pyproject.toml's dependency says the same)
+TESTED: Final = ((0, 34, 0), (0, 56, 0))
+
+#: where :class:`gateway.http.app.TransportScope` leaves a stream request's direct path in
+#: the ASGI scope
+DIRECT_SCOPE_KEY: Final = "kev.direct_path"
+
+#: the attributes of uvicorn's request cycle the direct path uses
+_CYCLE_ATTRIBUTES: Final = ("transport", "flow", "chunked_encoding", "disconnected")
+#: the hooks of uvicorn's httptools protocol the limited protocol overrides or calls
+_PROTOCOL_HOOKS: Final = (
+    "connection_made",
+    "connection_lost",
+    "data_received",
+    "on_headers_complete",
+    "on_body",
+    "on_message_complete",
+    "on_response_complete",
+)
+
+
+def uvicorn_version() -> tuple[int, ...]:
+    """The installed uvicorn's version as numbers (``"0.55.0"`` -> ``(0, 55, 0)``)."""
+    parts = []
+    for part in uvicorn.__version__.split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def _tested_text() -> str:
+    low, high = (".".join(map(str, v)) for v in TESTED)
+    return f">={low},<{high}"
+
+
+def check_uvicorn() -> tuple[list[str], list[str]]:
+    """``(errors, warnings)`` about the installed uvicorn: errors when its httptools protocol
+    lacks a hook :class:`LimitedHttpToolsProtocol` overrides (it cannot serve), a warning when
+    its version is outside :data:`TESTED`. Each message names the version and the range."""
+    version = uvicorn.__version__
+    errors = [
+        f"uvicorn {version}: its httptools protocol has no {hook}(), which the gateway's "
+        f"limited protocol overrides; install uvicorn{_tested_text()}"
+        for hook in _PROTOCOL_HOOKS
+        if not callable(getattr(HttpToolsProtocol, hook, None))
+    ]
+    warnings = []
+    if not TESTED[0] <= uvicorn_version() < TESTED[1]:
+        warnings.append(
+            f"uvicorn {version} is outside the range the gateway was tested with "
+            f"({_tested_text()}): its direct writes and request limits use uvicorn "
+            "internals (gateway.http.uvicorn_internals)"
+        )
+    return errors, warnings
+
+
+class UvicornStream:
+    """The direct path to one uvicorn (httptools) response: the
+    :class:`gateway.fanout.connection.DirectPath` of a stream, and, once the headers went out
+    chunked, its :class:`~gateway.fanout.connection.Sink`."""
+
+    __slots__ = ("_cycle", "_flow", "transport", "write_chunk")
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+        self._flow = cycle.flow
+        self.transport = cycle.transport
+        #: the transport's own write: the hub frames each chunk, no call layer per write
+        self.write_chunk = cycle.transport.write
+
+    def chunked(self) -> bool:
+        """The response is chunked (decided when the headers went out)."""
+        return bool(self._cycle.chunked_encoding)
+
+    def paused(self) -> bool:
+        # Two attribute loads, no call: this runs once per connection per flush. A vanished
+        # client (uvicorn's connection_lost sets ``disconnected``) counts as paused, so the
+        # writer task, not a write to a dead transport, sees it out.
+        return bool(self._flow.write_paused or self._cycle.disconnected)
+
+
+_warned_no_cycle = False
+
+
+def direct_path(send: object) -> UvicornStream | None:
+    """The direct path behind an ASGI ``send``: uvicorn's request cycle, when ``send`` is one
+    of its bound methods and the cycle has what :class:`UvicornStream` uses; else None (the
+    stream writes through ``send``). A uvicorn cycle that lacks an attribute is logged once."""
+    global _warned_no_cycle
+    cycle = getattr(send, "__self__", None)
+    if type(cycle).__module__ != HttpToolsProtocol.__module__:
+        return None  # not uvicorn's httptools protocol (h11, another server): ASGI send
+    if all(hasattr(cycle, name) for name in _CYCLE_ATTRIBUTES):
+        return UvicornStream(cycle)
+    if not _warned_no_cycle:
+        _warned_no_cycle = True
+        missing = [name for name in _CYCLE_ATTRIBUTES if not hasattr(cycle, name)]
+        log.warning(
+            "uvicorn %s: its request cycle has no %s; streams write through ASGI send, "
+            "slower (tested: uvicorn%s)",
+            uvicorn.__version__,
+            ", ".join(missing),
+            _tested_text(),
+        )
+    return None
+
+
+#: seconds a refused connection keeps its socket half-open, not reading, so the client can
+#: read the refusal before the close (closing with unread input sends a reset at once)
+_LINGER: Final = 1.0
+
+
+def _refusal(status: int, reason: str, title: str) -> bytes:
+    body = msgspec.json.encode(
+        {"type": "https://api.backend.ai/probs/invalid-api-params", "title": title}
+    )
+    return b"".join(
+        [
+            f"HTTP/1.1 {status} {reason}\r\n".encode(),
+            b"content-type: application/problem+json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+_last_cap_log = float("-inf")
+
+_TOO_LARGE: Final = _refusal(431, "Request Header Fields Too Large", "Request head too large")
+_TIMEOUT: Final = _refusal(408, "Request Timeout", "Request head not received in time")
+
+
+async def _over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer on a connection beyond ``limit_concurrency``."""
+    response = error_response(Unavailable("This replica is at its connection limit", retry_after=1))
+    response.headers["connection"] = "close"
+    await response(scope, receive, send)
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """``HttpToolsProtocol`` with the head size, head deadline and connection cap of the
+    module docstring (one instance per connection, as its base)."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._max_head = config.h11_max_incomplete_event_size or 16 * 1024
+        self._head_timeout = float(config.timeout_keep_alive)
+        self._max_connections = config.limit_concurrency
+        # uvicorn's own check (connections or tasks >= limit) answers plain text without
+        # Retry-After, one connection early: on_headers_complete below replaces it.
+        self.limit_concurrency = None
+        # Reading a head: from the opening and from the end of each request's body, until
+        # the next head is complete. Bytes read meanwhile count towards the head.
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        # A request's body is held to the same deadline, counted from the end of its head:
+        # a body that never completes (slowloris past the head) is closed like a slow head.
+        self._in_body = False
+        self._refused = False
+
+    # -- the head deadline ---------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self._head_timeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if (self._in_head and self._head_bytes) or self._in_body:
+            self._refuse(_TIMEOUT)
+        else:  # idle: nothing to answer
+            self.transport.close()
+
+    def _refuse(self, response: bytes) -> None:
+        """Answer ``response`` and close, without reading any more of the request."""
+        self._refused = True
+        self._disarm()
+        self.transport.pause_reading()
+        self.transport.write(response)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(_LINGER, self.transport.close)
+
+    # -- uvicorn's hooks -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # Checked after feeding: the same read may end the head and carry a body.
+        if self._in_head and self._head_bytes > self._max_head:
+            if not self.transport.is_closing():
+                log.debug("request head over %d bytes from %s: 431", self._max_head, self.client)
+                self._refuse(_TOO_LARGE)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._in_head = False
+        self._head_bytes = 0
+        self._in_body = True
+        self._arm()
+        # A head that came in one read with what follows it was not counted above: measure
+        # it (request line and header lines, as sent less optional whitespace).
+        size = len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self._max_head:
+            log.debug("request head over %d bytes from %s: 431", self._max_head, self.client)
+            self._refuse(_TOO_LARGE)
+            return
+        limit = self._max_connections
+        if limit is None or len(self.connections) <= limit:
+            super().on_headers_complete()
+            return
+        global _last_cap_log
+        now = self.loop.time()
+        if now - _last_cap_log >= 10.0:  # one line per 10 s, however hard the flood
+            _last_cap_log = now
+            log.warning("connection limit %d reached: 503 to new requests", limit)
+        app, self.app = self.app, _over_capacity
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        self._in_body = False
+        self._disarm()
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Idle (or reading the next head) unless a pipelined request has just started.
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self._arm()

@@ -1,0 +1,169 @@
+"""The version guard of ``gateway.http.uvicorn_internals``, the one module that uses uvicorn
+beyond its public API: the installed uvicorn is the tested one, pyproject.toml bounds it the
+same way, and what the module reads of uvicorn's request cycle and httptools protocol is
+there, checked on a real uvicorn serving real requests. Each failure says what differs and
+what to do."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from gateway.http import uvicorn_internals
+from gateway.http.uvicorn_internals import (
+    TESTED,
+    LimitedHttpToolsProtocol,
+    UvicornStream,
+    check_uvicorn,
+    direct_path,
+)
+from tests.support.fakes import RecordingSend
+from tests.support.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+HOW = (
+    "gateway/http/uvicorn_internals.py uses uvicorn internals tested with uvicorn {tested}; "
+    "re-run the suite and the fan-out bench on the new version, then widen TESTED there and "
+    "the bound in pyproject.toml together"
+)
+
+
+def _tested() -> str:
+    low, high = (".".join(map(str, v)) for v in TESTED)
+    return f">={low},<{high}"
+
+
+def test_the_installed_uvicorn_is_in_the_tested_range() -> None:
+    version = Version(uvicorn.__version__)
+    assert version in Requirement(f"uvicorn{_tested()}").specifier, (
+        f"uvicorn {version} is installed: " + HOW.format(tested=_tested())
+    )
+    errors, warnings = check_uvicorn()
+    assert errors == [] and warnings == []
+
+
+def test_pyproject_bounds_uvicorn_to_the_tested_range() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (uvicorn_req,) = (
+        Requirement(r) for r in project["dependencies"] if Requirement(r).name == "uvicorn"
+    )
+    assert uvicorn_req.specifier == Requirement(f"uvicorn{_tested()}").specifier, (
+        f"pyproject.toml asks for {uvicorn_req}; TESTED in gateway/http/uvicorn_internals.py "
+        f"says {_tested()}: keep them equal"
+    )
+
+
+@pytest.mark.parametrize("version", ["0.33.9", "0.56.0", "1.0.0"])
+def test_a_version_outside_the_range_is_a_warning_naming_it(
+    monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    monkeypatch.setattr(uvicorn, "__version__", version)
+    errors, warnings = check_uvicorn()
+    assert errors == [] and len(warnings) == 1
+    assert version in warnings[0] and _tested() in warnings[0]
+
+
+def test_a_protocol_without_a_hook_cannot_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(uvicorn_internals.HttpToolsProtocol, "on_response_complete")
+    errors, _ = check_uvicorn()
+    assert len(errors) == 1 and "on_response_complete" in errors[0]
+
+
+def test_only_uvicorns_httptools_cycle_is_a_direct_path() -> None:
+    assert direct_path(RecordingSend()) is None
+
+    class RequestResponseCycle:  # the name alone is not enough: h11 has one too
+        transport = flow = chunked_encoding = disconnected = object()
+
+        async def send(self, message: object) -> None: ...
+
+    assert direct_path(RequestResponseCycle().send) is None
+
+
+# -- on a real uvicorn --------------------------------------------------------------------------
+
+
+class _Recorder:
+    """An ASGI app: streams two chunks, recording the direct path it was offered and whether
+    the response was chunked once the headers went out."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[UvicornStream | None, bool]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        direct = direct_path(send)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        self.seen.append((direct, direct is not None and direct.chunked()))
+        assert direct is not None
+        direct.write_chunk(b"5\r\nhello\r\n")  # what the hub does: one framed chunk
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@contextlib.contextmanager
+def _serving(app: Any, **options: Any) -> Iterator[str]:
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http=LimitedHttpToolsProtocol,
+        loop="uvloop",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        **options,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_the_cycle_offers_the_direct_path_and_a_direct_chunk_reaches_the_client() -> None:
+    app = _Recorder()
+    with _serving(app) as url:
+        response = httpx.get(url + "/", timeout=5)
+    assert response.status_code == 200 and response.content == b"hello", (
+        f"uvicorn {uvicorn.__version__}: a chunk written to the transport did not arrive as "
+        "the body: " + HOW.format(tested=_tested())
+    )
+    ((direct, chunked),) = app.seen
+    assert direct is not None, (
+        f"uvicorn {uvicorn.__version__}'s request cycle lacks what the direct path reads: "
+        + HOW.format(tested=_tested())
+    )
+    assert chunked
+    assert not direct.paused()
+
+
+def test_the_limited_protocol_answers_a_head_too_large_and_a_slow_head() -> None:
+    with _serving(_Recorder(), h11_max_incomplete_event_size=1024, timeout_keep_alive=1) as url:
+        response = httpx.get(url + "/", headers={"x-big": "x" * 4096}, timeout=5)
+        assert response.status_code == 431, HOW.format(tested=_tested())
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408 "), HOW.format(tested=_tested())
