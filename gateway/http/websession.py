@@ -1,6 +1,6 @@
 """Browser sessions: ``POST /auth/login`` trades a keypair (or a user's password) for an
 HttpOnly cookie whose session lives in Redis, so ``new EventSource(url, {withCredentials:
-true})`` works against any replica (DESIGN.md §4).
+true})`` works against any replica (docs/design.md §4).
 
 * The cookie carries a random token (``secrets.token_urlsafe(32)``). Redis keeps the session
   under the token's SHA-256 (``Keys.browser_session``), never the token itself, with the

@@ -14,10 +14,10 @@ String to sign, lines joined by ``\\n``::
     e3b0c442...b855                                  hex SHA-256 of the (empty) body
 
 ``k1 = HMAC(secret, YYYYMMDD)``, ``k2 = HMAC(k1, host)``, signature ``hex HMAC(k2, string)``,
-all SHA-256. This literal reading of DESIGN.md section 4 reproduces its test vector as is. One
-deliberate choice where the manager differs: it formats YYYYMMDD from the parsed date in the
-offset it was sent with, we from the date converted to UTC (as DESIGN asks). The official
-clients send UTC dates, so the two agree for them.
+all SHA-256. This literal reading of docs/design.md §4 reproduces its test vector as is.
+One deliberate choice where the manager differs: it formats YYYYMMDD from the parsed date in
+the offset it was sent with, we from the date converted to UTC (as docs/design.md §4 asks).
+The official clients send UTC dates, so the two agree for them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Who sees what: a caller's identity and its stream query turned into a hub filter.
 
-DESIGN.md §4's role table:
+docs/design.md §4's role table:
 
 =============  ===================================  =====================================
 role           sees                                 may pass ``ownerAccessKey``

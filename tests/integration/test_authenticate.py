@@ -1,5 +1,5 @@
-"""Authentication against the identity store on a real redis-server: the DESIGN.md vector,
-each way a request can fail with its status, slug and title (the parsers alone:
+"""Authentication against the identity store on a real redis-server: the vector of
+docs/design.md §4, each way a request can fail with its status, slug and title (the parsers alone:
 tests/unit/test_signing.py)."""
 
 from __future__ import annotations

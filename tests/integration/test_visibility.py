@@ -1,4 +1,4 @@
-"""Who sees what (DESIGN.md §4), checked against an independent oracle
+"""Who sees what (docs/design.md §4), checked against an independent oracle
 (tests.support.visibility_oracle).
 
 * A matrix through the real gateway (real redis-server, real uvicorn, raw SSE clients): each

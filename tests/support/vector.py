@@ -1,4 +1,4 @@
-"""The signed request of DESIGN.md section 4: its inputs, its signature, and its headers."""
+"""The signed request of docs/design.md §4: its inputs, its signature, and its headers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN.md §4 ("Who sees what") written out plainly, as the tests' independent oracle.
+"""docs/design.md §4 ("Who sees what") written out plainly, as the tests' independent oracle.
 
 It imports nothing from :mod:`gateway` on purpose: the tests compare what the gateway does
 (``build_filter``, the hub's ``Filter``, the stream endpoint) with what this module reads off

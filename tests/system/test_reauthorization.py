@@ -40,7 +40,7 @@ from tests.support.identities import (
 from tests.support.reauth import Watch, change_clock, publish_steadily, watch
 from tests.support.redis_server import RedisServer
 
-#: the target (README, DESIGN §4): a change reaches every open stream within this
+#: the target (README, docs/design.md §4): a change reaches every open stream within this
 TARGET = 1.0
 #: the fleet's identity cache ttl = the backstop period: a change seen within TARGET came
 #: by message, not by a cache entry expiring

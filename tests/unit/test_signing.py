@@ -1,5 +1,5 @@
-"""Request signing and the header parsers, pure: the DESIGN.md vector, the string to sign,
-versions, dates and Authorization headers, fuzzed (against the store:
+"""Request signing and the header parsers, pure: the vector of docs/design.md §4, the string
+to sign, versions, dates and Authorization headers, fuzzed (against the store:
 tests/integration/test_authenticate.py)."""
 
 from __future__ import annotations
