@@ -183,7 +183,10 @@ def test_dockerfile() -> None:
     final = steps[max(i for i, (kw, _) in enumerate(steps) if kw == "FROM") :]
     users = [rest for kw, rest in final if kw == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
-    assert any(kw == "RUN" and "pip install ." in rest for kw, rest in steps)
+    runs = " ".join(rest for kw, rest in steps if kw == "RUN")
+    # the lock, hash-checked, and nothing resolved at build time
+    assert "pip install --require-hashes --no-deps -r requirements/run.txt" in runs
+    assert "pip install --no-deps --no-build-isolation ." in runs
     assert ("EXPOSE", "8081") in final
     (healthcheck,) = [rest for kw, rest in final if kw == "HEALTHCHECK"]
     assert "/health" in healthcheck and "urllib" in healthcheck
@@ -203,7 +206,7 @@ def test_dockerfile() -> None:
         if kw == "COPY" and not rest.startswith("--from")
         for src in rest.split()[:-1]
     ]
-    assert {"pyproject.toml", "gateway", "publisher"} <= set(copied)
+    assert {"pyproject.toml", "requirements", "gateway", "publisher"} <= set(copied)
     for src in copied:
         assert (ROOT / src).exists(), src
         assert f"!{src}" in ignore or f"!{src}/" in ignore, src

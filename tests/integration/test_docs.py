@@ -130,6 +130,7 @@ def shell_env(cluster: LocalCluster) -> dict[str, str]:
 OUTPUTS: dict[int, str] = {}
 
 
+@pytest.mark.slow  # a demo cluster and a process per command
 @pytest.mark.parametrize(("line", "command"), COMMANDS, ids=[f"L{n}" for n, _ in COMMANDS])
 def test_the_readme_shell_command_runs_against_the_demo(
     demo: tuple[LocalCluster, Path], line: int, command: str

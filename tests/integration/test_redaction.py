@@ -51,6 +51,7 @@ def test_redact_url_hides_every_password_form() -> None:
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
 
 
+@pytest.mark.slow  # a dozen CLI processes per way of giving the URL
 @pytest.mark.parametrize("how", ["flag", "env", "file"])
 def test_no_cli_prints_the_redis_password(how: str, redis_url: str, tmp_path: Path) -> None:
     urls = _bad_urls(redis_url)

@@ -92,6 +92,9 @@ class Publishing:
         self.pub = pub
         self.interval = interval
         self.reasons: list[str] = []
+        #: publishes begun: one more than ``reasons`` while a call is in flight (its event
+        #: may be delivered before the call returns)
+        self.begun = 0
         self.stop = anyio.Event()
         self._ref = session_of(ROOT, "reliable")
 
@@ -99,6 +102,7 @@ class Publishing:
         i = 0
         while not self.stop.is_set():
             reason = f"n={i}"
+            self.begun += 1
             await self.pub.publish(self._ref.started(reason))
             self.reasons.append(reason)
             i += 1

@@ -106,9 +106,16 @@ class TcpProxy:
             for writer in self._writers:
                 with contextlib.suppress(OSError, ConnectionError):
                     await writer.wait_closed()
-            for transport in self._accepted:
-                transport.close()
-            await asyncio.sleep(0.01)  # the closes above complete on the next iterations
+            # A connection accepted just before the listener closed has its connection_made
+            # still queued: close until a round finds none open (each close completes on the
+            # next iterations).
+            while True:
+                still_open = [t for t in self._accepted if not t.is_closing()]
+                for transport in still_open:
+                    transport.close()
+                await asyncio.sleep(0.01)
+                if not still_open:
+                    break
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)

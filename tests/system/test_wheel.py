@@ -31,6 +31,7 @@ from typing import IO
 import pytest
 
 from devtools.localredis import PrivateRedis, free_port
+from tests.support.lockfile import frozen_versions, locked_versions
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -329,3 +330,48 @@ def test_wheel_installs_alone_and_every_command_runs(tmp_path: Path) -> None:
 
     elapsed = time.monotonic() - started
     print(f"wheel test: {helped} --help runs, {elapsed:.1f} s")
+
+
+def test_the_image_build_installs_exactly_the_lock(tmp_path: Path) -> None:
+    """The Dockerfile's build stage, run here (no Docker engine: the same commands in a new
+    virtualenv, on a copy of what its COPY lines take): the image gets requirements/run.txt,
+    hash-checked, and nothing else but the gateway; its server starts."""
+    steps = (ROOT / "deploy" / "Dockerfile").read_text().replace("\\\n", " ")
+    build = steps.split("\nFROM ")[1]  # the first stage, after its FROM line
+    src = tmp_path / "src"
+    src.mkdir()
+    for line in build.splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"]:
+            for item in words[1:-1]:
+                source = ROOT / item
+                target = src / (words[-1] if words[-1] not in ("./", ".") else item)
+                if source.is_dir():
+                    shutil.copytree(source, target, ignore=_NOT_SOURCE)
+                else:
+                    shutil.copy(source, target if words[-1] not in ("./", ".") else src / item)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    runs = [line.strip()[4:] for line in build.splitlines() if line.strip().startswith("RUN ")]
+    install = [run for run in runs if "pip install" in run]
+    assert install, "no pip install in the build stage"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_"))}
+    for run in install:
+        command = run.replace("/opt/venv", str(venv))
+        proc = subprocess.run(
+            ["bash", "-c", command], cwd=src, env=env, capture_output=True, text=True,
+            timeout=300, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    frozen = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True, text=True,
+        check=True, timeout=60,
+    ).stdout  # fmt: skip
+    locked = locked_versions(ROOT / "requirements" / "run.txt")
+    locked.pop("setuptools")  # the build backend: pip freeze leaves it out
+    assert frozen_versions(frozen) == locked
+    helped = subprocess.run(
+        [str(venv / "bin" / "gateway"), "serve", "--help"], capture_output=True, text=True,
+        check=False, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: ")

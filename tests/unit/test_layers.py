@@ -67,7 +67,7 @@ def _import_in_fresh_interpreter(*modules: str) -> tuple[set[str], set[str]]:
 
 def test_import_contracts_hold() -> None:
     lint_imports = Path(sys.executable).parent / "lint-imports"
-    assert lint_imports.exists(), "import-linter is missing: pip install -e '.[test]'"
+    assert lint_imports.exists(), "import-linter is missing: run scripts/install"
     proc = subprocess.run(
         [str(lint_imports), "--no-cache"],
         cwd=ROOT,
