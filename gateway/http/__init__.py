@@ -7,12 +7,11 @@ below imports this.
 """
 
 from .app import STREAM_PATHS, TransportScope, create_app, create_app_from_env
-from .server import DrainingServer, serve, uvicorn_options
+from .server import serve, uvicorn_options
 from .state import GatewayState
 
 __all__ = [
     "STREAM_PATHS",
-    "DrainingServer",
     "GatewayState",
     "TransportScope",
     "create_app",

@@ -67,30 +67,52 @@ EXIT_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
 def _chain_exit_signals(state: GatewayState) -> Callable[[], None]:
-    """On SIGINT or SIGTERM, start closing every stream (:meth:`GatewayState.begin_shutdown`:
-    not ready, ``server_close`` to each client), then pass the signal on to the handler that
-    was there before: uvicorn's (a worker process: it stops accepting and waits for the
-    streams to end) or :class:`gateway.http.server.DrainingServer`'s (one process: it drains,
-    then exits). A signal with no handler before keeps its default action. Returns the undo.
+    """On the first SIGINT or SIGTERM, drain (:meth:`GatewayState.drain`: not ready, no new
+    stream, ``server_close`` to every client, then wait until they are gone or
+    ``drain_deadline`` passed), and only then pass the signal on to the handler that was
+    there before: the server's (uvicorn's: it closes the listener and stops), so load
+    balancers see ``/ready`` fail while the replica still answers. A second signal is passed
+    on at once. A signal that had no handler before keeps its default action, after the
+    drain. Returns the undo.
 
     Only the main thread may set signal handlers: elsewhere (an embedding server's thread,
     the tests) nothing is installed, and ``TransportScope.request_shutdown`` is the way in.
-    This replaces sse-starlette's exit hook, a private coroutine patched onto uvicorn's
-    ``Server.handle_exit`` at import, with the standard library's signal API."""
+    The standard library's signal API, where sse-starlette patches a private hook onto
+    uvicorn's ``Server.handle_exit`` at import."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()
     previous = {sig: signal.getsignal(sig) for sig in EXIT_SIGNALS}
+    signalled: list[int] = []
+    draining: set[asyncio.Task[None]] = set()
 
-    def on_signal(sig: int, frame: FrameType | None) -> None:
-        # A handler may run between any two bytecodes of the loop's thread: hand over.
-        loop.call_soon_threadsafe(state.begin_shutdown)
+    def pass_on(sig: int, frame: FrameType | None) -> None:
         before = previous[signal.Signals(sig)]
         if callable(before):
             before(sig, frame)
         elif before == signal.SIG_DFL:
             signal.signal(sig, signal.SIG_DFL)
             signal.raise_signal(sig)
+
+    async def drain_then_pass_on(sig: int) -> None:
+        try:
+            await state.drain()
+        finally:
+            pass_on(sig, None)
+
+    def start_drain(sig: int) -> None:
+        log.info("signal %d: draining %d streams before exit", sig, len(state.hub))
+        task = loop.create_task(drain_then_pass_on(sig))
+        draining.add(task)
+        task.add_done_callback(draining.discard)
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        if signalled:
+            pass_on(sig, frame)  # the second: no more waiting
+            return
+        signalled.append(sig)
+        # A handler may run between any two bytecodes of the loop's thread: hand over.
+        loop.call_soon_threadsafe(start_drain, sig)
 
     for sig in EXIT_SIGNALS:
         signal.signal(sig, on_signal)

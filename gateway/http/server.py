@@ -1,10 +1,10 @@
 """Serving a replica with uvicorn, and the order a replica stops in.
 
-On the first SIGTERM (or SIGINT) a single-process replica drains before uvicorn closes its
-listener: ``/ready`` turns 503 and new streams are refused with 503 (a load balancer's health
-check and retry move traffic away), every client gets ``server_close`` with the reconnect
-hint, and once no stream is left, or ``drain_deadline`` has passed, uvicorn's own shutdown
-runs. A second signal skips the wait.
+On the first SIGTERM (or SIGINT) a replica (each worker of it) drains before uvicorn closes
+its listener (:func:`gateway.http.app._chain_exit_signals`): ``/ready`` turns 503 and new
+streams are refused with 503 (a load balancer's health check and retry move traffic away),
+every client gets ``server_close`` with the reconnect hint, and once no stream is left, or
+``drain_deadline`` has passed, uvicorn's own shutdown runs. A second signal skips the wait.
 
 Start-up never hangs and never lies: :func:`serve` checks the installed uvicorn
 (:func:`gateway.http.uvicorn_internals.check_uvicorn`), binds the listening socket and waits (at
@@ -16,29 +16,24 @@ change. A signal that arrives before the replica serves ends it at once: nothing
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
 import socket
 import time
-from types import FrameType
 from typing import Any
 
 import redis
 import uvicorn
-from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors import Multiprocess
 
 from gateway.logs import logging_config
 from gateway.settings import ENV_PREFIX, SHARED_ENV, Settings
 from publisher.connection import RedisURLError, connect_sync, redact_url
 
-from .app import TransportScope, create_app
-from .uvicorn_internals import LimitedHttpToolsProtocol, check_uvicorn
+from .app import create_app
+from .uvicorn_internals import LimitedHttpToolsProtocol, Server, check_uvicorn, run_workers
 
 __all__ = [
-    "DrainingServer",
     "StartupError",
     "bind_listener",
     "serve",
@@ -74,48 +69,6 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout_graceful_shutdown": int(settings.drain_deadline) + 1,
         "backlog": 4096,
     }
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server with the drain of the module docstring in front of its shutdown."""
-
-    def __init__(self, config: uvicorn.Config, app: TransportScope):
-        super().__init__(config)
-        self._app = app
-        self._draining: asyncio.Task[None] | None = None
-        self._signalled = False
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started and sockets:
-            host, port = sockets[0].getsockname()[:2]
-            log.info("listening on http://%s:%d", host, port)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.started:
-            # Nothing is served yet, so there is nothing to drain; and a start-up stuck in
-            # the app's lifespan would otherwise never look at should_exit.
-            log.warning("signal %d during start-up: exiting", sig)
-            os._exit(128 + sig)
-        state = getattr(self._app.state, "gateway", None)
-        if self._signalled or state is None or state.loop is None:
-            super().handle_exit(sig, frame)
-            return
-        self._signalled = True
-        # A signal.signal handler may run between any two bytecodes of the loop's thread:
-        # hand the work to the loop instead of touching it from here.
-        state.loop.call_soon_threadsafe(self._start_drain)
-
-    def _start_drain(self) -> None:
-        log.info(
-            "signal received: draining %d streams before exit", len(self._app.state.gateway.hub)
-        )
-        if self._draining is None:
-            self._draining = asyncio.get_running_loop().create_task(self._drain_then_exit())
-
-    async def _drain_then_exit(self) -> None:
-        await self._app.state.gateway.drain()
-        self.should_exit = True
 
 
 class StartupError(RuntimeError):
@@ -246,13 +199,10 @@ def serve(settings: Settings) -> None:
         )
         host, port = sock.getsockname()[:2]
         log.info("listening on http://%s:%d with %d workers", host, port, settings.workers)
-        supervisor = Multiprocess(config, sockets=[sock])
-        supervisor.run()
-        if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        if not run_workers(config, sock):
             raise StartupError("a worker failed to start: its log lines above say why")
         return
-    app = create_app(settings)
-    server = DrainingServer(uvicorn.Config(app, **options), app)
+    server = Server(uvicorn.Config(create_app(settings), **options))
     server.run(sockets=[sock])
     if not server.started:
         raise StartupError("the replica stopped before it started serving: see the log above")

@@ -14,7 +14,12 @@ directly, and no limits on a request head. Two measured needs take more (ARCHITE
    changed) the stream writes through ASGI ``send``: slower, never wrong, and said once in
    the log.
 
-2. **The limited protocol** (:class:`LimitedHttpToolsProtocol`): uvicorn's httptools protocol
+2. **Serving**: :class:`Server` (uvicorn's ``Server`` with its ``handle_exit`` hook taken: a
+   signal during start-up ends the process at once, where a start-up stuck in the app's
+   lifespan never looked at ``should_exit``) and :func:`run_workers` (uvicorn's multiprocess
+   supervisor, and its start-up failure code).
+
+3. **The limited protocol** (:class:`LimitedHttpToolsProtocol`): uvicorn's httptools protocol
    with the limits it lacks. Stock, it reads a request head of any size (a 64 MB header to
    ``/health`` was answered 200 while the replica grew by 78 MB), starts no timer before the
    first request of a connection, and its keep-alive timer is cancelled by the first byte of
@@ -51,14 +56,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import socket
+from types import FrameType
 from typing import Any, Final
 
 import msgspec
 import uvicorn
 from starlette.types import Receive, Scope, Send
-from uvicorn.config import Config
+from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
+from uvicorn.supervisors import Multiprocess
 
 from gateway.errors import Unavailable
 
@@ -68,9 +77,11 @@ __all__ = [
     "DIRECT_SCOPE_KEY",
     "TESTED",
     "LimitedHttpToolsProtocol",
+    "Server",
     "UvicornStream",
     "check_uvicorn",
     "direct_path",
+    "run_workers",
     "uvicorn_version",
 ]
 
@@ -78,7 +89,7 @@ log = logging.getLogger(__name__)
 
 #: the uvicorn versions this module was tested against: at least the first, below the second
 #: (pyproject.toml's dependency says the same)
-TESTED: Final = ((0, 34, 0), (0, 56, 0))
+TESTED: Final = ((0, 51, 0), (0, 56, 0))
 
 #: where :class:`gateway.http.app.TransportScope` leaves a stream request's direct path in
 #: the ASGI scope
@@ -158,6 +169,38 @@ class UvicornStream:
         # client (uvicorn's connection_lost sets ``disconnected``) counts as paused, so the
         # writer task, not a write to a dead transport, sees it out.
         return bool(self._flow.write_paused or self._cycle.disconnected)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which a signal during start-up ends at once (nothing is served, so
+    nothing to drain; and a start-up stuck in the app's lifespan never looks at
+    ``should_exit``). Once serving, signals go to the lifespan's handler
+    (:func:`gateway.http.app._chain_exit_signals`), which drains before it passes them here."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and sockets:
+            host, port = sockets[0].getsockname()[:2]
+            log.info("listening on http://%s:%d", host, port)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.started:
+            log.warning("signal %d during start-up: exiting", sig)
+            os._exit(128 + sig)
+        # The drain is done (or a second signal skips it): stop, with exit status 0. Not
+        # uvicorn's own handler, which records the signal and raises it again once stopped,
+        # so that a replica drained as asked would end killed by it.
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+
+def run_workers(config: Config, sock: socket.socket) -> bool:
+    """Serve ``config`` (a factory, ``config.workers`` processes) on ``sock`` with uvicorn's
+    multiprocess supervisor until a signal ends it; False when a worker failed to start."""
+    supervisor = Multiprocess(config, sockets=[sock])
+    supervisor.run()
+    return not any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
 
 
 _warned_no_cycle = False

@@ -97,8 +97,10 @@ class TcpProxy:
         async def stop() -> None:
             if self._server is not None:
                 self._server.close()
+            # A cut: abort, not close (a close waits to flush what the peer has not read,
+            # and the socket outlived the loop, a ResourceWarning seen under load).
             for writer in self._writers:
-                writer.close()
+                writer.transport.abort()
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()
@@ -107,14 +109,14 @@ class TcpProxy:
                 with contextlib.suppress(OSError, ConnectionError):
                     await writer.wait_closed()
             # A connection accepted just before the listener closed has its connection_made
-            # still queued: close until a round finds none open (each close completes on the
-            # next iterations).
+            # still queued: abort every one (one closed gracefully may still wait to flush)
+            # until a round finds no new one (each abort completes on the next iteration).
             while True:
-                still_open = [t for t in self._accepted if not t.is_closing()]
-                for transport in still_open:
-                    transport.close()
+                seen = len(self._accepted)
+                for transport in list(self._accepted):
+                    transport.abort()
                 await asyncio.sleep(0.01)
-                if not still_open:
+                if len(self._accepted) == seen:
                     break
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)

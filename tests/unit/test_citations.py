@@ -12,10 +12,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("gateway", "publisher", "devtools", "bench", "tests", "deploy", "docs", "scripts")
 
 
+TEXT = (".py", ".md", ".sh", ".toml", ".yml", ".yaml", ".conf", ".cfg", ".in")
+
+
 def _texts() -> list[tuple[Path, str]]:
-    paths = [ROOT / "README.md", ROOT / "ARCHITECTURE.md"]
+    paths = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", ROOT / "deploy" / "Dockerfile"]
+    paths += [p for p in (ROOT / "scripts").iterdir() if p.is_file()]
     for tree in SOURCES:
-        paths += [p for p in (ROOT / tree).rglob("*") if p.suffix in (".py", ".md", ".sh", "")]
+        paths += [p for p in (ROOT / tree).rglob("*") if p.suffix in TEXT]
     return [(p.relative_to(ROOT), p.read_text()) for p in paths if p.is_file()]
 
 

@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TREES = ("gateway", "publisher", "devtools", "bench", "tests")
 #: the one module allowed to use another library's internals (it has a version guard test)
 ALLOWED = {Path("gateway/http/uvicorn_internals.py")}
+#: libraries whose public API is their top-level package: a submodule is an internal
+#: (uvicorn documents ``uvicorn.run``, ``Config`` and ``Server``; its ``supervisors`` or
+#: ``protocols`` are not), so importing one is flagged like a private name
+TOP_LEVEL_ONLY = ("uvicorn", "sse_starlette", "httpx_sse")
 #: private-looking names of the standard library that are its public API (``_SubParsersAction``:
 #: the type typeshed gives ``add_subparsers()``, stable since Python 2.7)
 STDLIB_PUBLIC = {
@@ -85,6 +89,8 @@ def _foreign_private_uses(
             ours = node.module.partition(".")[0] in TREES
             if not ours and any(_private(part) for part in node.module.split(".")):
                 yield path, node.lineno, f"import from {node.module}"
+            elif node.module.partition(".")[0] in TOP_LEVEL_ONLY and "." in node.module:
+                yield path, node.lineno, f"import from {node.module} (internal)"
             for alias in node.names:
                 if not ours and _private(alias.name):
                     yield path, node.lineno, f"import {alias.name} from {node.module}"
@@ -92,6 +98,8 @@ def _foreign_private_uses(
             for alias in node.names:
                 if any(_private(part) for part in alias.name.split(".")):
                     yield path, node.lineno, f"import {alias.name}"
+                elif alias.name.partition(".")[0] in TOP_LEVEL_ONLY and "." in alias.name:
+                    yield path, node.lineno, f"import {alias.name} (internal)"
 
 
 def test_no_private_name_of_another_library_outside_the_one_guarded_module() -> None:
@@ -113,6 +121,9 @@ def test_the_check_finds_what_it_is_for() -> None:
         "import httpx_sse\nhttpx_sse._decoders.SSEDecoder()": "attribute httpx_sse._decoders",
         "from sse_starlette import EventSourceResponse as E\nE._listen_for_exit_signal()": (
             "attribute E._listen_for_exit_signal"
+        ),
+        "from uvicorn.supervisors import Multiprocess": (
+            "import from uvicorn.supervisors (internal)"
         ),
     }
     for code, expected in samples.items():

@@ -59,26 +59,56 @@ async def test_a_crashing_task_is_restarted_counted_and_marks_the_replica_not_re
     await asyncio.gather(task, return_exceptions=True)
 
 
+class _Draining:
+    """What the signal chain uses of the state: the drain (it records the order of things)."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.hub: list[object] = []
+
+    async def drain(self) -> bool:
+        self.events.append("drain begins")
+        await asyncio.sleep(0.05)
+        self.events.append("drain ends")
+        return True
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("sig", EXIT_SIGNALS)
-async def test_an_exit_signal_starts_the_drain_and_reaches_the_handler_before(sig: int) -> None:
+async def test_an_exit_signal_drains_then_reaches_the_handler_before(sig: int) -> None:
     """The lifespan's signal chain (what replaced sse-starlette's private exit hook): the
-    streams are told first, then the server's own handler (uvicorn's, or DrainingServer's)
-    gets the signal; the undo puts that handler back."""
-    state = _state()
-    begun: list[bool] = []
-    state.begin_shutdown = lambda: begun.append(True)  # type: ignore[method-assign]
-    heard: list[int] = []
-    before = signal.signal(sig, lambda number, frame: heard.append(number))
+    streams are drained first, then the server's own handler (uvicorn's) gets the signal; a
+    second signal reaches it at once; the undo puts that handler back."""
+    events: list[str] = []
+    before = signal.signal(sig, lambda number, frame: events.append(f"server got {number}"))
     try:
         server_handler = signal.getsignal(sig)
-        undo = _chain_exit_signals(state)
+        undo = _chain_exit_signals(_Draining(events))  # type: ignore[arg-type]
         assert signal.getsignal(sig) is not server_handler
         signal.raise_signal(sig)
-        await asyncio.sleep(0.01)  # the drain is handed to the loop
-        assert heard == [sig] and begun == [True]
+        await asyncio.sleep(0.2)
+        assert events == ["drain begins", "drain ends", f"server got {sig}"]
+        signal.raise_signal(sig)  # once draining began, each signal goes straight through
+        assert events[-1] == f"server got {sig}" and len(events) == 4
         undo()
         assert signal.getsignal(sig) is server_handler
+    finally:
+        signal.signal(sig, before)
+
+
+@pytest.mark.anyio
+async def test_a_second_signal_during_the_drain_does_not_wait_for_it() -> None:
+    events: list[str] = []
+    sig = signal.SIGTERM
+    before = signal.signal(sig, lambda number, frame: events.append("server"))
+    try:
+        undo = _chain_exit_signals(_Draining(events))  # type: ignore[arg-type]
+        signal.raise_signal(sig)
+        await asyncio.sleep(0.01)  # the drain has begun
+        signal.raise_signal(sig)
+        assert events == ["drain begins", "server"]
+        await asyncio.sleep(0.1)
+        undo()
     finally:
         signal.signal(sig, before)
 
