@@ -194,7 +194,7 @@ class LocalCluster:
         # its own thread and loop: start() may be called from async code (the tests)
         with ThreadPoolExecutor(1) as pool:
             pool.submit(
-                asyncio.run, seed_demo_identities(self.redis_url, self.base_settings.prefix)
+                asyncio.run, seed_demo_identities(self.redis_url, self.base_settings.redis.prefix)
             ).result()
         if not self.use_nginx:
             self.replica_count = 1
@@ -208,7 +208,7 @@ class LocalCluster:
             self._start_nginx()
         if self.publisher_rate > 0:
             env = {**os.environ, "KEV_REDIS_URL": self.redis_url,
-                   "KEV_PREFIX": self.base_settings.prefix}  # fmt: skip
+                   "KEV_PREFIX": self.base_settings.redis.prefix}  # fmt: skip
             self.publisher = self._popen(
                 [sys.executable, "-m", "publisher.cli", "demo", "--rate",
                  str(self.publisher_rate)],
@@ -221,7 +221,7 @@ class LocalCluster:
         )
         env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
         return self._popen(
-            [sys.executable, "-m", "gateway.cli", "serve"], settings.replica, env=env
+            [sys.executable, "-m", "gateway.cli", "serve"], settings.server.replica, env=env
         )
 
     def _start_nginx(self) -> None:
@@ -274,7 +274,7 @@ class LocalCluster:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)  # drain all at once
         for proc in self.replicas:
-            _stop(proc, timeout=self.base_settings.drain_deadline + 5)
+            _stop(proc, timeout=self.base_settings.server.drain_deadline + 5)
         if self.nginx is not None:
             _stop(self.nginx, signal.SIGQUIT)
         if self._redis is not None:

@@ -99,10 +99,10 @@ async def run_demo(
         if redis_url is None:
             redis_url = stack.enter_context(PrivateRedis(aof=True)).url
         settings = Settings.load({}, port=port, redis_url=redis_url)
-        await seed_demo_identities(redis_url, settings.prefix)
+        await seed_demo_identities(redis_url, settings.redis.prefix)
         app = create_app(settings)
         server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(settings)))
-        publisher = AsyncPublisher.from_url(redis_url, prefix=settings.prefix)
+        publisher = AsyncPublisher.from_url(redis_url, prefix=settings.redis.prefix)
         demo = LifecycleDemo(
             publisher, rate=rate, sessions=max(4, int(rate * 2)), rng=random.Random(),
             duration=duration,
@@ -122,7 +122,7 @@ async def run_demo(
         if serving.done():
             await serving
             return 1
-        base = f"http://{settings.host}:{settings.port}"
+        base = f"http://{settings.server.host}:{settings.server.port}"
         print(banner(base, redis_url), file=sys.stderr, flush=True)
         try:
             stats = await demo.run()

@@ -28,7 +28,7 @@ import redis.exceptions as rex
 from redis.sentinel import MasterNotFoundError
 
 if TYPE_CHECKING:
-    from .writer import CloseReport
+    from .report import CloseReport
 
 __all__ = [
     "ErrorClass",

@@ -11,20 +11,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from typing import Any, cast
 
 from gateway.cli.keypair import KeypairMissing, add_keypair_flags, keypair_from
 from gateway.identity.signing import DEFAULT_VERSION, signed_headers
 from gateway.logs import configure_logging
-from gateway.settings import (
-    ENV_PREFIX,
-    SECRET_FIELDS,
-    SHARED_ENV,
-    Settings,
-    SettingsError,
-    field_docs,
-)
+from gateway.settings import ENV_PREFIX, FIELDS, SECRET_FIELDS, Field, Settings, SettingsError
 from publisher.cli import OneLineParser
 from publisher.secretinput import SecretError, resolve_secret
 
@@ -34,61 +26,58 @@ __all__ = ["main"]
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per settings field; unset flags fall back to env, then defaults. Each
-    flag's help is the field's ``#:`` comment (:func:`gateway.settings.field_docs`), its
-    default and its environment variable: written once, in gateway/settings.py."""
-    docs = field_docs()
-    defaults = Settings.load({})
-    for f in fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
-        env = ENV_PREFIX + f.name.upper()
-        if f.name in SHARED_ENV:
-            env += f", else {SHARED_ENV[f.name]}"
-        if f.name in SECRET_FIELDS:
-            env += f" or {ENV_PREFIX}{f.name.upper()}_FILE"
-        help_text = f"{docs[f.name]} [default: {_shown(f.name, defaults)}; env {env}]"
+    """One ``--flag`` per setting; unset flags fall back to env, then defaults. Each flag's
+    help is the setting's declared description (:func:`gateway.settings.field_docs`), its
+    default and its environment variable: written once, in gateway/settings/sections.py."""
+    for name, field in FIELDS.items():
+        env = field.env
+        if field.shared_env:
+            env += f", else {field.shared_env}"
+        if field.secret:
+            env += f" or {field.env}_FILE"
+        help_text = f"{field.description} [default: {_shown(field)}; env {env}]"
         help_text = help_text.replace("%", "%%")  # argparse formats help with %
-        if Settings.kind(f.name) == "bool":
+        if field.kind == "bool":
             parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text
+                field.flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text
             )
         else:
             parser.add_argument(
-                flag,
-                dest=f.name,
-                type=_flag_type(f.name),
-                metavar=f.name.upper(),
+                field.flag,
+                dest=name,
+                type=_flag_type(field),
+                metavar=name.upper(),
                 help=help_text,
             )
 
 
-def _shown(name: str, defaults: Settings) -> str:
+def _shown(field: Field) -> str:
     """A default as the help shows it: what one would type."""
-    if name == "replica":
+    value = field.default
+    if value is None:  # made per process
         return "host-pid-random"
-    value = getattr(defaults, name)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
         return ",".join(value) or "none"
-    if name in SECRET_FIELDS and name != "redis_url":
+    if field.secret and field.name != "redis_url":
         return "none" if not value else "***"
     return str(value) if value != "" else "none"
 
 
-def _flag_type(name: str) -> Callable[[str], Any]:
-    """The same cast as the environment's (:meth:`Settings.parse`), named after the field's
-    type so that argparse says "invalid int value: 'abc'"."""
+def _flag_type(field: Field) -> Callable[[str], Any]:
+    """The same cast as the environment's (:meth:`Settings.parse`), named after the
+    setting's type so that argparse says "invalid int value: 'abc'"."""
 
     def cast(raw: str) -> Any:
-        return Settings.parse(name, raw)
+        return Settings.parse(field.name, raw)
 
-    cast.__name__ = Settings.kind(name)
+    cast.__name__ = field.kind
     return cast
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)}
+    overrides = {name: getattr(args, name, None) for name in FIELDS}
     for name in SECRET_FIELDS:  # --redis-url -, --redis-url-file PATH (GATEWAY_*_FILE: load)
         flag = "--" + name.replace("_", "-")
         try:
@@ -106,7 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.http.server import StartupError, serve
 
     settings = _settings(args)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.server.log_level, settings.server.log_format)
     try:
         serve(settings)
     except StartupError as exc:
@@ -162,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_keypair_flags(sign)
     sign.add_argument(
         "--host",
-        default=f"127.0.0.1:{Settings.load({}).port}",
+        default=f"127.0.0.1:{Settings.load({}).server.port}",
         help="Host header, as curl sends it (default: %(default)s, the demo's front door)",
     )
     sign.add_argument("--path", default="/stream/kernel/_/events?sessionId=*")

@@ -69,8 +69,8 @@ async def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None
     """Run the chosen management command against Redis; 0 on success, 2 on any error."""
     try:
         settings = redis_settings(args, os.environ if environ is None else environ)
-        keys = Keys(settings.prefix or DEFAULT_PREFIX)
-        client = connect_async(settings.redis_url, **settings.redis_options)
+        keys = Keys(settings.redis.prefix or DEFAULT_PREFIX)
+        client = connect_async(settings.redis.url, **settings.redis.options)
     except ValueError as exc:  # bad prefix or Redis URL, unreadable secret
         return _fail(str(exc))
     try:
@@ -79,7 +79,7 @@ async def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None
     except (IdentityError, _UsageError, SecretError) as exc:
         return _fail(str(exc))
     except redis.RedisError as exc:
-        return _fail(f"Redis at {redact_url(settings.redis_url)}: {exc}")
+        return _fail(f"Redis at {redact_url(settings.redis.url)}: {exc}")
     finally:
         await client.aclose()
 

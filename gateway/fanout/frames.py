@@ -48,7 +48,7 @@ CloseReason = Literal[
     # the stream reached its maximum lifetime (stream_max_lifetime): its client resumes,
     # perhaps on a newer pod, so streams spread over a scaled-out fleet
     "rebalance",
-    # the caller's rights changed (gateway.http.reauthorize): its keypair was removed,
+    # the caller's rights changed (gateway.replica.reauthorize): its keypair was removed,
     # deactivated or given a new secret; what it may see changed; its browser session ended
     "revoked",
     "rights_changed",

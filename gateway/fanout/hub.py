@@ -32,6 +32,7 @@ from time import perf_counter
 
 import msgspec
 
+from gateway.settings import FanoutSettings
 from publisher.schema import KernelEvent, decode_event
 
 from .connection import Connection, chunk
@@ -59,35 +60,30 @@ class Hub:
 
     def __init__(
         self,
+        settings: FanoutSettings,
         *,
-        buffer_cap: int,
-        write_deadline: float,
-        ping_interval: float,
-        max_payload: int = 64 * 1024,
-        flush_interval: float = 0.0,
-        retry_ms: int = 3000,
-        retry_jitter_ms: int = 0,
-        max_lag: float = 0.0,
-        max_id_skew_ms: int = 250,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self.buffer_cap = buffer_cap
-        self.write_deadline = write_deadline
-        self.ping_interval = ping_interval
-        self.max_payload = max_payload
-        self.flush_interval = flush_interval
+        """``settings``: the fan-out section (buffer cap, write deadline, pings, payload
+        limit, flush interval, reconnect hints, lag bound, id skew)."""
+        self.settings = settings
+        self.buffer_cap = settings.buffer_cap
+        self.write_deadline = settings.write_deadline
+        self.ping_interval = settings.ping_interval
+        self.max_payload = settings.max_payload
+        self.flush_interval = settings.flush_interval
         #: the reconnect hint (ms) in every ``server_close``
-        self.retry_ms = retry_ms
+        self.retry_ms = settings.retry_ms
         #: 0..this many ms at random are added to each stream's hint (a drain spreads out)
-        self.retry_jitter_ms = retry_jitter_ms
+        self.retry_jitter_ms = settings.retry_jitter_ms
         #: seconds a stream's oldest unacknowledged byte may wait before it is evicted
         #: (``slow_reader``; 0: never): :meth:`Connection.lag`
-        self.max_lag = max_lag
+        self.max_lag = settings.max_lag
         self.clock = clock
         self.wall_clock = wall_clock
         #: how far (ms) a live id may be ahead of Redis' clock and still be trusted
-        self.max_id_skew_ms = max_id_skew_ms
+        self.max_id_skew_ms = settings.max_id_skew_ms
         #: Redis' clock minus ours, ms (the subscriber measures it with TIME)
         self.redis_clock_offset_ms = 0.0
         #: called when a live message could not be trusted: read history instead (subscriber)

@@ -38,15 +38,27 @@ from redis.exceptions import RedisError
 
 from publisher.keys import Keys
 
-from .frames import format_stream_id, parse_stream_id
+from .frames import format_stream_id
 from .history import entry_exists, history_state, read_after
 from .hub import Hub
+from .watermark import Found, Known, Verdict, decide
 
 __all__ = ["ProbeLost", "Subscriber", "SubscriptionReset"]
 
 log = logging.getLogger(__name__)
 
 _POLL: Final = 0.25  # longest a read waits, so probe deadlines are checked on time
+
+#: the log line of each decision that changes something (arguments: the epoch, history's end)
+_SAYS: Final[dict[Verdict, str]] = {
+    "epoch_key_replaced": "the history's epoch key changed (%s, end %s): history intact",
+    "new_history_followed": "redis holds a new history (epoch %s, end %s), already followed",
+    "new_history": "redis holds a new history (epoch %s, end %s): every open stream is told, "
+    "and gets the new history from its start",
+    "removed": "entries after the watermark were removed (epoch %s, end %s): streams told",
+    "restarted_unseen": "redis restarted (epoch %s, end %s), no history seen before: told",
+    "past_the_end": "the watermark is past the end of history (epoch %s, end %s): pulled back",
+}
 
 
 class ProbeLost(RedisError):
@@ -194,89 +206,33 @@ class Subscriber:
         self._hub.redis_clock_offset_ms = now_ms - self._hub.wall_clock() * 1000
 
     async def _locate_history(self) -> None:
+        """Where the watermark stands in the history Redis holds now: the facts, then the
+        decision (:func:`~.watermark.decide`, one row of ARCHITECTURE.md's rules table),
+        applied to the hub before anything of this session is dispatched."""
         hub = self._hub
         state = await history_state(self._redis, self._keys)
-        run_id = (await self._redis.info("server")).get("run_id")
-        restarted, self._run_id = self._run_id is not None and run_id != self._run_id, run_id
-        if not self._started:
-            # Cold: whatever history holds now predates this replica; clients resume through
-            # their own ids. Read before SUBSCRIBE, so what comes between is gap-filled.
-            hub.last_id = state.last_id
-            self._epoch, self._started = state.epoch, True
-            return
-        if self._is_new_history(state.epoch):
-            watermark = hub.last_id
-            if watermark not in (None, (0, 0)) and await entry_exists(
-                self._redis, self._keys, watermark
-            ):
-                # The epoch key was replaced, the history was not: nothing to tell.
-                log.warning("the history's epoch key changed (%s): history intact", state.epoch)
-            elif (
-                watermark is not None
-                and state.epoch is not None
-                and parse_stream_id(state.epoch) <= watermark
-            ):
-                # The new history began while this replica was subscribed: what it has of it
-                # went out live. Tell the streams, send nothing twice.
-                self.new_histories += 1
-                log.warning("redis holds a new history (epoch %s), already followed", state.epoch)
-                hub.notice_all("reset")
-            else:
-                self.new_histories += 1
-                log.warning(
-                    "redis holds a new history (epoch %s, was %s): every open stream is told, "
-                    "and gets the new history from its start",
-                    state.epoch,
-                    self._epoch,
-                )
-                hub.new_history("reset")
-        elif (
-            hub.last_id is not None
-            and state.max_deleted is not None
-            and state.max_deleted > hub.last_id
-        ) or (hub.last_id == (0, 0) and state.trimmed):
-            # An XDEL after the watermark, or a replica that had dispatched nothing (its
-            # baseline an empty history) finding entries already removed: lost to it.
-            log.warning("entries after the watermark were removed: streams told")
-            hub.notice_all("trimmed")
-        elif (
-            restarted
-            and self._epoch is None
-            # a failover to a replica holds the history this replica followed: its epoch is
-            # at or below the first id dispatched from it
-            and not (
-                state.epoch is not None
-                and hub.first_id is not None
-                and parse_stream_id(state.epoch) <= hub.first_id
-            )
-            and not int((await self._redis.info("persistence")).get("aof_enabled", 0))
-        ):
-            # Redis restarted without an append-only file, and this replica had seen no
-            # history before: one may have come and gone meanwhile (published, then lost),
-            # whether or not a new one began since, and nothing can prove otherwise. Say so.
+        info = await self._redis.info("server")
+        aof = int((await self._redis.info("persistence")).get("aof_enabled", 0))
+        watermark = hub.last_id
+        in_history = (
+            watermark is not None
+            and watermark != (0, 0)
+            and await entry_exists(self._redis, self._keys, watermark)
+        )
+        known = Known(self._started, self._epoch, watermark, hub.first_id, self._run_id)
+        found = Found(state, info.get("run_id"), bool(aof), in_history)
+        decision = decide(known, found)
+        self._started, self._epoch, self._run_id = True, state.epoch, found.run_id
+        hub.last_id = decision.watermark
+        if decision.reset:
+            hub.first_id = None
+        if decision.notice is not None:
+            hub.notice_all(decision.notice)
+        verdict = decision.verdict
+        if verdict in ("new_history", "new_history_followed", "restarted_unseen"):
             self.new_histories += 1
-            log.warning("redis restarted (run id %s), no history seen before: told", run_id)
-            hub.notice_all("reset")
-        elif hub.last_id is not None and hub.last_id > state.last_id:
-            log.warning(
-                "the watermark %s is past the end of history %s: pulled back",
-                format_stream_id(hub.last_id),
-                format_stream_id(state.last_id),
-            )
-            hub.new_history("unknown")
-            hub.last_id = state.last_id
-        self._epoch = state.epoch
-
-    def _is_new_history(self, epoch: str | None) -> bool:
-        """Whether Redis now holds another history than the one this replica dispatched
-        from. The epoch is the first id that history ever held, so every id dispatched
-        from it is at or above it."""
-        if self._epoch is not None:
-            return epoch != self._epoch
-        first = self._hub.first_id  # the history was empty when last looked at
-        if first is None:
-            return False  # nothing dispatched since: nothing to mix up
-        return epoch is None or parse_stream_id(epoch) > first
+        if verdict not in ("same", "baseline"):
+            log.warning(_SAYS[verdict], state.epoch, format_stream_id(state.last_id))
 
     async def _gap_fill(self) -> None:
         hub = self._hub

@@ -1,4 +1,4 @@
-"""CORS with credentials, for the origins in ``settings.cors_origins`` only (exact match).
+"""CORS with credentials, for the origins in ``settings.browser.cors_origins`` only (exact match).
 
 Starlette's ``CORSMiddleware`` nearly fits, but it adds ``Access-Control-Allow-Credentials:
 true`` to the answer for any ``Origin``, allowed or not, and lists its allowed methods and
@@ -96,6 +96,6 @@ class CredentialedCORS:
 
 def cors_middleware(settings: Settings) -> list[Middleware]:
     """The CORS layer for ``Starlette(middleware=...)``; none when no origin is configured."""
-    if not settings.cors_origins:
+    if not settings.browser.cors_origins:
         return []
-    return [Middleware(CredentialedCORS, origins=settings.cors_origins)]
+    return [Middleware(CredentialedCORS, origins=settings.browser.cors_origins)]

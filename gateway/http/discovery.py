@@ -5,7 +5,7 @@ The SDKs (20.03 and later) start with an unauthenticated ``GET /`` (``GET /func/
 ``min(server, client)``: the path and parameters they use for events follow from it
 (``v4``: ``/stream/kernel/_/events?sessionId=``). The manager answers
 ``{"version": "<api version>", "manager": "<its version>"}``; so does this, with
-``settings.api_version`` (default ``v4.20190615``, the API the stream endpoint implements).
+``settings.server.api_version`` (default ``v4.20190615``, the API the stream endpoint implements).
 
 A browser asking for ``/`` (``Accept: text/html``) still gets the dashboard. SDKs 19.09-20.09
 also ask ``GET /manager/announcement`` once; there is never one here.
@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.replica.state import GatewayState
+
 from .dashboard import page
-from .state import GatewayState
 
 __all__ = ["discovery_routes"]
 
@@ -71,7 +72,7 @@ async def _root(request: Request) -> Response:
 
 async def _version(request: Request) -> Response:
     state: GatewayState = request.state.gateway
-    body = {"version": state.settings.api_version, "manager": _MANAGER}
+    body = {"version": state.settings.server.api_version, "manager": _MANAGER}
     return JSONResponse(body, headers=_VARY)
 
 

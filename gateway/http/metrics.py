@@ -29,8 +29,7 @@ from starlette.responses import Response
 
 from gateway.fanout.frames import EVICTIONS
 from gateway.fanout.stats import DROP_KINDS
-
-from .state import GatewayState
+from gateway.replica.state import GatewayState
 
 __all__ = ["GatewayCollector", "RuntimeCollector", "metrics_endpoint"]
 

@@ -1,10 +1,11 @@
 """Serving a replica with uvicorn, and the order a replica stops in.
 
 On the first SIGTERM (or SIGINT) a replica (each worker of it) drains before uvicorn closes
-its listener (:func:`gateway.http.app._chain_exit_signals`): ``/ready`` turns 503 and new
-streams are refused with 503 (a load balancer's health check and retry move traffic away),
-every client gets ``server_close`` with the reconnect hint, and once no stream is left, or
-``drain_deadline`` has passed, uvicorn's own shutdown runs. A second signal skips the wait.
+its listener (:func:`gateway.replica.lifespan._chain_exit_signals`): ``/ready`` turns 503
+and new streams are refused with 503 (a load balancer's health check and retry move traffic
+away), every client gets ``server_close`` with the reconnect hint, and once no stream is
+left, or ``drain_deadline`` has passed, uvicorn's own shutdown runs. A second signal skips
+the wait.
 
 Start-up never hangs and never lies: :func:`serve` checks the installed uvicorn
 (:func:`gateway.http.uvicorn_internals.check_uvicorn`), binds the listening socket and waits (at
@@ -49,14 +50,14 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     runs, and what the tests and the bench run, so they exercise the production paths
     (uvloop, httptools, whose chunked responses the direct writes rely on)."""
     return {
-        "host": settings.host,
-        "port": settings.port,
+        "host": settings.server.host,
+        "port": settings.server.port,
         # httptools (whose chunked responses the direct writes rely on) with the limits
         # below applied on every path (gateway.http.uvicorn_internals)
         "http": LimitedHttpToolsProtocol,
-        "h11_max_incomplete_event_size": settings.max_header_bytes,
-        "timeout_keep_alive": settings.header_timeout,
-        "limit_concurrency": settings.max_connections,
+        "h11_max_incomplete_event_size": settings.limits.max_header_bytes,
+        "timeout_keep_alive": settings.limits.header_timeout,
+        "limit_concurrency": settings.limits.max_connections,
         "loop": "uvloop",
         "lifespan": "on",
         "access_log": False,
@@ -66,7 +67,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "proxy_headers": False,
         # Streams end by themselves within drain_deadline (server_close); this is the
         # backstop after which uvicorn cancels what is left.
-        "timeout_graceful_shutdown": int(settings.drain_deadline) + 1,
+        "timeout_graceful_shutdown": int(settings.server.drain_deadline) + 1,
         "backlog": 4096,
     }
 
@@ -76,11 +77,11 @@ class StartupError(RuntimeError):
 
 
 def bind_listener(settings: Settings) -> socket.socket:
-    """A TCP socket bound to ``settings.host``:``settings.port`` (``SO_REUSEADDR``, not yet
+    """A TCP socket bound to the settings' host and port (``SO_REUSEADDR``, not yet
     listening: uvicorn listens with its backlog). Raises :class:`StartupError` when the port
     is taken, the host is not an address of this machine or does not resolve, or binding is
     not allowed."""
-    host, port = settings.host, settings.port
+    host, port = settings.server.host, settings.server.port
     flags = f"--host/{ENV_PREFIX}HOST, --port/{ENV_PREFIX}PORT"
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -122,16 +123,16 @@ def wait_for_redis(settings: Settings) -> None:
     """Wait until Redis answers a PING, at most ``startup_timeout`` seconds (each attempt at
     most 1 s, then 0.2 s apart). Raises :class:`StartupError` when it never does, at once
     when the answer says waiting cannot help (wrong password, TLS or a certificate file)."""
-    url = redact_url(settings.redis_url)
+    url = redact_url(settings.redis.url)
     where = (
         f"--redis-url/{ENV_PREFIX}REDIS_URL (or {SHARED_ENV['redis_url']}) and "
         f"{ENV_PREFIX}REDIS_PASSWORD / {ENV_PREFIX}REDIS_TLS_*"
     )
-    deadline = time.monotonic() + settings.startup_timeout
+    deadline = time.monotonic() + settings.server.startup_timeout
     try:
         client = connect_sync(
-            settings.redis_url,
-            **settings.redis_options,
+            settings.redis.url,
+            **settings.redis.options,
             socket_connect_timeout=1.0,
             socket_timeout=1.0,
         )
@@ -156,7 +157,8 @@ def wait_for_redis(settings: Settings) -> None:
                     ) from exc
                 if time.monotonic() >= deadline:
                     raise StartupError(
-                        f"Redis at {url} did not answer within {settings.startup_timeout:g} s "
+                        f"Redis at {url} did not answer within "
+                        f"{settings.server.startup_timeout:g} s "
                         f"({exc}): start it, or point {where.split(' and ')[0]} at it"
                     ) from exc
                 time.sleep(0.2)
@@ -167,7 +169,7 @@ def wait_for_redis(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
-    """Run a replica (``settings.workers`` processes) until a signal ends it. Raises
+    """Run a replica (``settings.server.workers`` processes) until a signal ends it. Raises
     :class:`StartupError` when it cannot start (see the module docstring)."""
     errors, warnings = check_uvicorn()
     for warning in warnings:
@@ -181,24 +183,27 @@ def serve(settings: Settings) -> None:
         sock.close()
         raise
     options = uvicorn_options(settings)
-    if settings.workers > 1:
+    if settings.server.workers > 1:
         # Workers are separate processes (one Redis subscription each) that read the same
         # settings from the environment and share the socket bound above; uvicorn's
         # supervisor relays signals to them and each closes its streams as uvicorn stops it
-        # (gateway.http.app._chain_exit_signals). Each configures logging as this process does.
+        # (gateway.replica.lifespan._chain_exit_signals). Each configures logging as this
+        # process does.
         # Each worker names itself after this replica and its pid (create_app_from_env), so a
         # replica name given to the whole process (GATEWAY_REPLICA: a pod's name) stays
         # unique per subscription, probe channel and per-key stream count.
         os.environ.update(settings.to_env())
-        options["log_config"] = logging_config(settings.log_level, settings.log_format)
+        options["log_config"] = logging_config(
+            settings.server.log_level, settings.server.log_format
+        )
         config = uvicorn.Config(
             "gateway.http.app:create_app_from_env",
             factory=True,
-            workers=settings.workers,
+            workers=settings.server.workers,
             **options,
         )
         host, port = sock.getsockname()[:2]
-        log.info("listening on http://%s:%d with %d workers", host, port, settings.workers)
+        log.info("listening on http://%s:%d with %d workers", host, port, settings.server.workers)
         if not run_workers(config, sock):
             raise StartupError("a worker failed to start: its log lines above say why")
         return

@@ -36,12 +36,12 @@ from gateway.fanout.frames import retry_frame
 from gateway.fanout.resume import replay
 from gateway.fanout.stats import ThrottledLog
 from gateway.identity.visibility import build_filter
+from gateway.replica.state import GatewayState
 from publisher.tasks import cancel_and_wait
 
 from .auth import authenticate_request
 from .errors import error_response
 from .query import Api, parse_query
-from .state import GatewayState
 from .uvicorn_internals import DIRECT_SCOPE_KEY
 
 __all__ = [
@@ -110,7 +110,7 @@ class HubStreamResponse(Response):
             return
         state, connection, hub = self._state, self._connection, self._state.hub
         direct: DirectPath | None = scope.get(DIRECT_SCOPE_KEY)
-        connection.attach(send, direct, send_buffer=state.settings.send_buffer)
+        connection.attach(send, direct, send_buffer=state.settings.fanout.send_buffer)
         if self._last_event_id is not None:
             # Hold live frames from the moment the hub can reach the connection: anything
             # dispatched before replay starts must wait for it.
@@ -158,7 +158,7 @@ _refusals = ThrottledLog(logger=log)
 
 
 def _limit_kind(state: GatewayState) -> str:
-    return "fd_limit" if state.stream_limit < state.settings.max_streams else "max_streams"
+    return "fd_limit" if state.stream_limit < state.settings.limits.max_streams else "max_streams"
 
 
 def _refuse(state: GatewayState, limit: str) -> None:
@@ -182,10 +182,10 @@ async def stream_events(request: Request) -> Response:
     # protocol (gateway.http.uvicorn_internals), before any of this runs.
     api: Api = "v5" if request.scope["path"] in V5_PATHS else "v4"
     query = parse_query(request.scope.get("query_string", b""), request.headers, api)
-    caller = await authenticate_request(request, state)
-    identity = caller.identity
+    credential = await authenticate_request(request, state)
+    identity = credential.identity
     filter = await build_filter(identity, query, state.store)
-    limit = state.settings.max_streams_per_key
+    limit = state.settings.limits.max_streams_per_key
     if state.leases is not None:
         admitted, _ = await state.leases.admit(identity.access_key)
     else:
@@ -203,30 +203,17 @@ async def stream_events(request: Request) -> Response:
     state.opening += 1  # until the response registers the stream
     log.debug("stream opened key=%s filter=%s", identity.access_key, filter)
     connection = hub.new_connection(filter, identity.access_key, query.view)
-    lifetime = state.settings.stream_max_lifetime
-    if lifetime and (caller.method == "cookie" or query.last_event_id or query.resumable):
+    lifetime = state.settings.fanout.stream_max_lifetime
+    if lifetime and (credential.resumes or query.last_event_id or query.resumable):
         # Only clients that resume: the official SDKs end their command on server_close.
         # The jitter keeps streams opened together (after a deploy) from ending together.
         connection.expires_at = hub.clock() + lifetime * random.uniform(*LIFETIME_JITTER)
-    if state.reauth is not None:  # rights follow identity (gateway.http.reauthorize)
-        state.reauth.track(
-            connection,
-            identity,
-            query,
-            caller.method,
-            secret_digest=caller.secret_digest,
-            session=caller.session,
-            expires_at=caller.expires_at,
-        )
+    if state.reauth is not None:  # rights follow identity (gateway.replica.reauthorize)
+        state.reauth.track(connection, credential, query)
     # The reconnect hint is for EventSource (browsers, with their session cookie). The
     # official SDKs read a standalone ``retry:`` block as an event with empty data (and
     # newer ones as seconds), and Backend.AI's manager never sent one.
-    return HubStreamResponse(
-        state,
-        connection,
-        query.last_event_id,
-        retry_hint=caller.method == "cookie",
-    )
+    return HubStreamResponse(state, connection, query.last_event_id, retry_hint=credential.resumes)
 
 
 async def stream_response(scope: Scope, receive: Receive) -> Response:

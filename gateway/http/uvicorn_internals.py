@@ -175,7 +175,8 @@ class Server(uvicorn.Server):
     """uvicorn's server, which a signal during start-up ends at once (nothing is served, so
     nothing to drain; and a start-up stuck in the app's lifespan never looks at
     ``should_exit``). Once serving, signals go to the lifespan's handler
-    (:func:`gateway.http.app._chain_exit_signals`), which drains before it passes them here."""
+    (:func:`gateway.replica.lifespan._chain_exit_signals`), which drains before it passes
+    them here."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)

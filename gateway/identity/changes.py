@@ -3,7 +3,8 @@
 Every write to either store queues, in the same ``MULTI`` as the write itself, a
 ``PUBLISH <prefix>:identity:changes <msgpack Change>``: the message reaches the replicas only
 once the write is applied, and never without it. Each replica drops the named entries from its
-identity cache and re-checks the open streams the change can touch (``gateway.http.reauthorize``).
+identity cache and re-checks the open streams the change can touch
+(``gateway.replica.reauthorize``).
 A message can still be lost (a replica's subscription was down): the periodic re-check of every
 open stream is the backstop, and a replica re-checks everything once it has subscribed again.
 

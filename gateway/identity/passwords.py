@@ -1,21 +1,33 @@
 """Password hashes for browser logins: scrypt with a random salt, compared in constant
 time, with the cost parameters bounded so a stored hash cannot make a login allocate
-unbounded memory; and the policy a new password must meet (:func:`check_password`), which
-every path that sets one (``gateway import``, ``gateway user add``) applies."""
+unbounded memory; the policy a new password must meet (:func:`check_password`), which every
+path that sets one (``gateway import``, ``gateway user add``) applies; and the thread pool a
+replica checks passwords in (:class:`PasswordChecks`).
+
+Password checks (scrypt, ~16 MiB and ~50 ms of CPU each) run in a pool of their own
+(``login_hash_threads``), never in the loop's default executor, which Redis reconnects use to
+resolve host names: a login flood queues behind its own pool and nothing else. At most
+``login_hash_queue`` more wait for a thread; beyond that a login gets 503 at once."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import hashlib
 import hmac
 import os
+import secrets
 from typing import Final
+
+from gateway.errors import Unavailable
 
 from .models import IdentityError
 
 __all__ = [
     "MAX_PASSWORD_LENGTH",
     "MIN_PASSWORD_LENGTH",
+    "PasswordChecks",
     "WeakPasswordError",
     "check_password",
     "hash_password",
@@ -89,3 +101,46 @@ def verify_password(password: str, password_hash: str) -> bool:
     except ValueError:  # bad split, number, base64, or scrypt parameters (n not a power of 2)
         return False
     return hmac.compare_digest(actual, expected)
+
+
+class PasswordChecks:
+    """scrypt in ``threads`` threads of its own, at most ``queue`` more waiting (else 503).
+    The lifespan that makes it closes it (:meth:`close`)."""
+
+    def __init__(self, threads: int, queue: int) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="login")
+        self._slots = asyncio.Semaphore(threads)
+        self._threads = threads
+        self._queue = queue
+        self._waiting = 0
+        self._decoy: str | None = None
+
+    async def verify(self, password: str, password_hash: str | None) -> bool:
+        """Whether ``password`` matches ``password_hash``; with None (unknown user), a decoy
+        hash is checked so the answer takes as long. Raises
+        :class:`~gateway.errors.Unavailable` when the queue is full."""
+        if self._waiting >= self._threads + self._queue:
+            raise Unavailable("Too many logins at once", retry_after=1)
+        self._waiting += 1
+        try:
+            async with self._slots:
+                loop = asyncio.get_running_loop()
+                if password_hash is None:
+                    if self._decoy is None:
+                        self._decoy = await loop.run_in_executor(
+                            self._pool, hash_password, secrets.token_urlsafe(16)
+                        )
+                    password_hash = self._decoy
+                check = loop.run_in_executor(self._pool, verify_password, password, password_hash)
+                try:
+                    return await asyncio.shield(check)
+                except asyncio.CancelledError:
+                    # The thread runs on regardless; it keeps its slot until it ends.
+                    await asyncio.wait([check])
+                    raise
+        finally:
+            self._waiting -= 1
+
+    def close(self) -> None:
+        """Let the threads end once idle (idempotent)."""
+        self._pool.shutdown(wait=False)

@@ -9,7 +9,6 @@ import json
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +21,7 @@ from gateway.cli import main as gateway_main
 from gateway.http.app import create_app
 from gateway.http.server import uvicorn_options
 from gateway.http.stream import STREAM_PATHS
-from gateway.settings import ENV_PREFIX, SECRET_FIELDS, Settings
+from gateway.settings import ENV_PREFIX, FIELDS, SECRET_FIELDS, Settings
 from publisher.connection import parse_sentinel
 from publisher.demo import demo_identities
 from tests.support.deploy import (
@@ -218,7 +217,7 @@ def test_dockerfile() -> None:
 
 
 #: every GATEWAY_* variable a setting reads: one per field, ``_FILE`` for the secret ones
-_SETTING_NAMES = {ENV_PREFIX + f.name.upper() for f in fields(Settings)} | {
+_SETTING_NAMES = {f.env for f in FIELDS.values()} | {
     f"{ENV_PREFIX}{name.upper()}_FILE" for name in SECRET_FIELDS
 }
 
@@ -227,7 +226,7 @@ def _stop_seconds(env: Mapping[str, str]) -> float:
     """The longest a replica with these settings takes to stop after SIGTERM: the drain, then
     uvicorn's graceful shutdown backstop for connections still open."""
     settings = Settings.load(env)
-    return settings.drain_deadline + uvicorn_options(settings)["timeout_graceful_shutdown"]
+    return settings.server.drain_deadline + uvicorn_options(settings)["timeout_graceful_shutdown"]
 
 
 def _settings_env(env: Mapping[str, Any]) -> dict[str, str]:
@@ -444,11 +443,11 @@ def test_kubernetes_autoscaling_counts_streams_and_streams_rebalance() -> None:
     assert [p["metric"]["name"] for p in pods] == [AUTOSCALING_METRIC]
     target = pods[0]["target"]
     assert target["type"] == "AverageValue"
-    assert 0 < float(target["averageValue"]) < settings.max_streams  # before 503s start
+    assert 0 < float(target["averageValue"]) < settings.limits.max_streams  # before 503s start
     resources = [x["resource"]["name"] for x in metrics if x["type"] == "Resource"]
     assert resources == ["cpu"]
     # a lifetime long enough not to churn, short enough to rebalance within the hour
-    assert 300 <= settings.stream_max_lifetime <= 3600
+    assert 300 <= settings.fanout.stream_max_lifetime <= 3600
 
 
 def test_kubernetes_ingress_is_sse_safe_and_routes_only_public_paths() -> None:
@@ -461,7 +460,7 @@ def test_kubernetes_ingress_is_sse_safe_and_routes_only_public_paths() -> None:
     assert notes[prefix + "proxy-http-version"] == "1.1"
     for name in ("proxy-read-timeout", "proxy-send-timeout"):
         # nginx's timeouts run between two reads/writes: pings must come well within them
-        assert int(notes[prefix + name]) >= max(3600, 3 * settings.ping_interval), name
+        assert int(notes[prefix + name]) >= max(3600, 3 * settings.fanout.ping_interval), name
     assert int(notes[prefix + "proxy-connect-timeout"]) <= 5
     assert "http_503" in notes[prefix + "proxy-next-upstream"]  # a draining pod is skipped
     # The signature covers the target and Host as sent; no stickiness is needed.
@@ -486,7 +485,7 @@ def test_kubernetes_ingress_is_sse_safe_and_routes_only_public_paths() -> None:
     assert set(STREAM_PATHS) <= exposed
     assert not exposed & {"/metrics", "/health", "/ready"}
     assert ingress["spec"]["tls"][0]["hosts"] == [ingress["spec"]["rules"][0]["host"]]
-    assert settings.cookie_secure  # TLS terminates at the ingress
+    assert settings.browser.cookie_secure  # TLS terminates at the ingress
 
 
 def test_kubernetes_network_policy_and_scraping() -> None:
@@ -510,7 +509,7 @@ def test_kubernetes_network_policy_and_scraping() -> None:
     assert {6379, 26379, 53} <= egress_ports
     sentinel_ports = {
         int(hostport.rsplit(":", 1)[1])
-        for hostport in settings.redis_url.split("://", 1)[1].split("/", 1)[0].split(",")
+        for hostport in settings.redis.url.split("://", 1)[1].split("/", 1)[0].split(",")
     }
     assert sentinel_ports <= egress_ports
     assert all(rule.get("to") for rule in policy["egress"])

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import redis
 
-from gateway.http.websession import SESSION_COOKIE, token_hash
 from gateway.identity.models import IdentityError
+from gateway.identity.sessions import SESSION_COOKIE, token_hash
 from gateway.identity.store import IdentityStore
 from tests.support.gateway_server import RunningGateway
 from tests.support.http import problem, stream_as

@@ -12,6 +12,7 @@ from gateway.consumer import SSEParser
 from gateway.fanout.filters import Filter
 from gateway.fanout.hub import Hub
 from gateway.fanout.resume import replay
+from gateway.settings import FanoutSettings
 from publisher import AsyncPublisher, Keys
 from tests.support.identities import ALICE, session_of
 
@@ -23,7 +24,7 @@ async def test_trimming_past_a_waiting_replay_is_told(
     ref = session_of(ALICE, "trim-race")
     async with AsyncPublisher.from_url(redis_url, maxlen=600, exact_trim=True) as pub:
         old = await pub.publish_many([ref.started(str(i)) for i in range(600)])
-        hub = Hub(buffer_cap=4096, write_deadline=10, ping_interval=0)
+        hub = Hub(FanoutSettings(retry_jitter_ms=0, max_lag=0.0, buffer_cap=4096, ping_interval=0))
         connection = hub.new_connection(Filter(), "AK")
         connection.begin_replay()
         task = asyncio.ensure_future(replay(connection, hub, async_redis, Keys(), old[0]))

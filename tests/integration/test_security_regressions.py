@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from gateway.cli.acl import PROFILES, render
-from gateway.http.websession import SESSION_COOKIE
+from gateway.identity.sessions import SESSION_COOKIE
 from gateway.identity.store import IdentityStore
 from publisher import Keys
 from tests.support.gateway_server import RunningGateway

@@ -60,7 +60,7 @@ async def test_headers_come_at_once_and_a_signed_stream_has_no_stray_block(
 ) -> None:
     # The official SDKs read a standalone ``retry:`` block as an event with empty data; the
     # manager never sent one: the first block of a signed stream is the first event.
-    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.settings.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.settings.server.port)
     writer.write(raw_stream_request(gateway.host, ALICE, PATH + "?sessionId=*"))
     with anyio.fail_after(5):
         raw = await reader.readuntil(b"\r\n\r\n")

@@ -35,6 +35,7 @@ from gateway.http.errors import STATUS
 from gateway.http.query import parse_query
 from gateway.identity.store import IdentityStore
 from gateway.identity.visibility import build_filter
+from gateway.settings import FanoutSettings
 from publisher import AsyncPublisher
 from publisher.schema import EventName, KernelEvent, SessionRef, encode_event
 from tests.support.gateway_server import RunningGateway
@@ -467,7 +468,15 @@ async def test_build_filter_and_hub_deliver_what_the_oracle_allows(
     await async_redis.flushdb()
     await store.import_data(_import_doc(scenario))
     world = scenario.world()
-    hub = Hub(buffer_cap=1 << 20, write_deadline=5.0, ping_interval=0.0)
+    hub = Hub(
+        FanoutSettings(
+            retry_jitter_ms=0,
+            max_lag=0.0,
+            buffer_cap=1 << 20,
+            write_deadline=5.0,
+            ping_interval=0.0,
+        )
+    )
     clients = []
     for request in scenario.requests:
         member = scenario.member_of(request.caller_key)

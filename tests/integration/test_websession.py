@@ -16,9 +16,9 @@ import redis
 import redis.asyncio as aredis
 
 from gateway.consumer import StreamError, decode_data, open_stream
-from gateway.http.websession import SESSION_COOKIE
 from gateway.identity.models import Keypair, User
 from gateway.identity.passwords import hash_password
+from gateway.identity.sessions import SESSION_COOKIE
 from gateway.identity.store import IdentityStore
 from publisher import AsyncPublisher, Keys, SyncPublisher
 from tests.support.fleet import kernel_events
@@ -120,13 +120,13 @@ def test_login_with_a_keypair_sets_an_httponly_session_cookie(
     attrs = _cookie_attributes(response)
     assert attrs == {
         "httponly": "",
-        "max-age": str(int(gateway.settings.session_ttl)),
+        "max-age": str(int(gateway.settings.browser.session_ttl)),
         "path": "/",
         "samesite": "Lax",
     }
     # Redis holds the session under the token's hash, never the token, with the session TTL.
     key = Keys().browser_session(hashlib.sha256(token.encode()).hexdigest())
-    assert 0 < sync_redis.pttl(key) <= gateway.settings.session_ttl * 1000
+    assert 0 < sync_redis.pttl(key) <= gateway.settings.browser.session_ttl * 1000
     assert not any(token.encode() in k for k in sync_redis.keys("*"))
     assert _me(gateway, token).json()["access_key"] == ALICE.access_key
 
@@ -270,7 +270,7 @@ async def test_the_cookie_opens_a_stream_with_the_roles_visibility(
         seen_by_alice = await kernel_events(alice_events, 2)
         seen_by_root = await kernel_events(root_events, 4)
     # a browser stream (cookie) starts with EventSource's reconnect hint, jittered
-    hint = gateway.settings
+    hint = gateway.settings.fanout
     assert hint.retry_ms <= (parser.retry_ms or 0) <= hint.retry_ms + hint.retry_jitter_ms
     assert [(e.event, decode_data(e).sessionId) for e in seen_by_alice] == [
         ("kernel_started", "alice-1"),

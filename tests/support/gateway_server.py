@@ -17,7 +17,7 @@ import uvicorn
 
 from gateway.http.app import TransportScope, create_app
 from gateway.http.server import uvicorn_options
-from gateway.http.state import GatewayState
+from gateway.replica.state import GatewayState
 from gateway.settings import Settings
 from tests.support.redis_server import free_port
 
@@ -31,7 +31,7 @@ class RunningGateway:
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.settings.port}"
+        return f"127.0.0.1:{self.settings.server.port}"
 
     @property
     def state(self) -> GatewayState:
@@ -74,7 +74,9 @@ def run_gateway(settings: Settings, timeout: float = 15.0) -> Iterator[RunningGa
     app = create_app(settings)
     config = uvicorn.Config(app, **uvicorn_options(settings))  # production's: uvloop, httptools
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"gateway-{settings.port}", daemon=True)
+    thread = threading.Thread(
+        target=server.run, name=f"gateway-{settings.server.port}", daemon=True
+    )
     thread.start()
     running = RunningGateway(settings, server=server, app=app)
     try:
@@ -102,7 +104,7 @@ def spawn_gateway(settings: Settings, timeout: float = 20.0) -> Iterator[Running
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=settings.drain_deadline + 5)
+                proc.wait(timeout=settings.server.drain_deadline + 5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

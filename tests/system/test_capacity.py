@@ -57,7 +57,7 @@ def _slow_socket(gw: RunningGateway, rcvbuf: int = 4096) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(5)
-    sock.connect(("127.0.0.1", gw.settings.port))
+    sock.connect(("127.0.0.1", gw.settings.server.port))
     sock.sendall(raw_stream_request(gw.host, ROOT))
     head = sock.recv(256)
     assert head.startswith(b"HTTP/1.1 200"), head
@@ -143,7 +143,7 @@ def test_streams_stop_short_of_the_file_descriptor_limit(cast: str) -> None:
         for _ in range(300 // 20):  # waves of 20 connections, each left open
             wave = []
             for _ in range(20):
-                sock = socket.create_connection(("127.0.0.1", settings.port), timeout=10)
+                sock = socket.create_connection(("127.0.0.1", settings.server.port), timeout=10)
                 sock.sendall(raw_stream_request(gw.host, ROOT))
                 wave.append(sock)
             for sock in wave:

@@ -36,7 +36,7 @@ def _gateway_tasks(gw: RunningGateway) -> int:
 async def _cycle(gw: RunningGateway, i: int) -> None:
     person = ROOT if i % 2 else ALICE
     target = STREAM_PATH + (f"?sessionId=churn-{i}" if i % 3 == 0 else "")
-    reader, writer = await asyncio.open_connection("127.0.0.1", gw.settings.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.settings.server.port)
     try:
         writer.write(raw_stream_request(gw.host, person, target))
         await reader.readuntil(b"\r\n\r\n")  # headers: the stream is open and registered

@@ -77,7 +77,7 @@ def test_the_compose_services_run_on_their_redis_users(tmp_path: Path) -> None:
         assert seeded.stdout.startswith("imported ")
 
         settings = Settings.load(_env(doc, GATEWAYS[0], port), port=free_port(), probe_interval=0.5)
-        assert settings.redis_password  # read from the file, the URL names the user only
+        assert settings.redis.password  # read from the file, the URL names the user only
         keypair = json.loads(ids.read_text())["keypairs"][0]  # the demo superadmin
         with run_gateway(settings) as gw:
             anyio.run(_stream_while_publishing, gw.base_url, keypair, _env(doc, "publisher", port))

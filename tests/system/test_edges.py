@@ -82,7 +82,7 @@ def _head(method: str, path: str, filler: int) -> bytes:
 def test_every_path_refuses_a_head_over_the_limit(
     edge: RunningGateway, method: str, path: str
 ) -> None:
-    port = edge.settings.port
+    port = edge.settings.server.port
     # Just under the limit: whatever the route answers, it answers the same to a small head.
     answers = []
     for filler in (10, MAX_HEAD - 300):
@@ -143,7 +143,7 @@ def test_a_connection_without_a_complete_head_is_closed_after_the_timeout(
     send: Callable[[socket.socket], None],
     answer: int | None,
 ) -> None:
-    took, response = _time_to_close(edge.settings.port, send)
+    took, response = _time_to_close(edge.settings.server.port, send)
     assert TIMEOUT * 0.9 <= took <= TIMEOUT + 1.5, (how, took)
     if answer is None:
         assert response == b""
@@ -152,7 +152,7 @@ def test_a_connection_without_a_complete_head_is_closed_after_the_timeout(
 
 
 def test_fifty_partial_heads_are_all_closed_in_time(edge: RunningGateway) -> None:
-    socks = [_connect(edge.settings.port) for _ in range(50)]
+    socks = [_connect(edge.settings.server.port) for _ in range(50)]
     try:
         started = time.monotonic()
         for sock in socks:
@@ -176,7 +176,7 @@ def test_connections_over_the_cap_get_503_until_one_closes(
     cast: str, start_gateway: StartGateway
 ) -> None:
     gw = start_gateway(max_connections=4, header_timeout=30.0)
-    port = gw.settings.port
+    port = gw.settings.server.port
     held = [_connect(port) for _ in range(4)]
     try:
         for sock in held:  # four answered, and kept open
@@ -206,7 +206,7 @@ def test_no_redirect_is_built_from_the_host_header(
     edge: RunningGateway, method: str, path: str
 ) -> None:
     other = path[:-1] if path.endswith("/") else path + "/"
-    with _connect(edge.settings.port) as sock:
+    with _connect(edge.settings.server.port) as sock:
         sock.sendall(
             f"{method} {other} HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 0\r\n"
             "Connection: close\r\n\r\n".encode()
@@ -262,7 +262,7 @@ def test_a_64_mb_head_is_refused_without_growing_the_replica(cast: str) -> None:
     with _served(cast) as gw:  # `gateway serve`: the default limits
         assert gw.proc is not None
         before = _rss_kib(gw.proc.pid)
-        response, took = _send_big_head(gw.settings.port, 64 << 20)
+        response, took = _send_big_head(gw.settings.server.port, 64 << 20)
         after = _rss_kib(gw.proc.pid)
     print(f"64 MB head: {_status(response)} in {took:.3f}s, RSS {before} -> {after} KiB")
     assert _status(response) == 431
@@ -272,7 +272,7 @@ def test_a_64_mb_head_is_refused_without_growing_the_replica(cast: str) -> None:
 @pytest.mark.slow
 def test_the_limits_hold_in_every_worker(cast: str) -> None:
     with _served(cast, workers=2, max_header_bytes=MAX_HEAD, header_timeout=TIMEOUT) as gw:
-        port = gw.settings.port
+        port = gw.settings.server.port
         # The kernel spreads connections over both workers' accepts: 16 of each kind.
         for _ in range(16):
             with _connect(port) as sock:
@@ -303,7 +303,7 @@ def test_the_shipped_load_balancers_refuse_first() -> None:
     nginx = (deploy / "nginx" / "nginx.conf").read_text()
     upstream = (deploy / "nginx" / "upstream.compose.conf").read_text()
     haproxy = (deploy / "haproxy" / "haproxy.cfg").read_text()
-    gateway = Settings.load({})
+    gateway = Settings.load({}).limits
     forwarded = 512  # the X-Forwarded-* and X-Real-IP headers the balancers add
     small = _seconds(nginx, r"^\s*client_header_buffer_size (\d+)k;") * 1024
     match = re.search(r"^\s*large_client_header_buffers (\d+) (\d+)k;", nginx, re.M)

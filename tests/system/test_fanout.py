@@ -75,7 +75,7 @@ async def test_a_stalled_client_is_evicted_while_100_others_get_everything(
     deadline = 1.0
     gw = start_gateway(buffer_cap=cap, write_deadline=deadline, send_buffer=16 * 1024)
     hub = gw.state.hub
-    stalled = _stalled_stream(gw.host, gw.settings.port)
+    stalled = _stalled_stream(gw.host, gw.settings.server.port)
     try:
         small, big = session_of(ALICE, "small"), session_of(ROOT, "big")
         received: list[list[str]] = [[] for _ in range(100)]

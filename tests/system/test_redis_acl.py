@@ -23,7 +23,7 @@ import redis.asyncio as aredis
 from gateway.cli import main as gateway_main
 from gateway.cli.acl import PROFILES, Profile, render
 from gateway.fanout.history import read_after
-from gateway.http.websession import SESSION_COOKIE
+from gateway.identity.sessions import SESSION_COOKIE
 from publisher import AsyncPublisher, Keys
 from tests.support.gateway_server import gateway_settings, run_gateway
 from tests.support.http import stream_as

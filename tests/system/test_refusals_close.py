@@ -50,7 +50,7 @@ def test_fd_limit_refusal_closes_its_connection(cast: str) -> None:
         for _ in range(300 // 20):  # waves of 20; every connection kept, as a pooling client does
             wave = []
             for _ in range(20):
-                sock = socket.create_connection(("127.0.0.1", settings.port), timeout=3)
+                sock = socket.create_connection(("127.0.0.1", settings.server.port), timeout=3)
                 sock.sendall(raw_stream_request(gw.host, ROOT))
                 wave.append(sock)
             for sock in wave:

@@ -137,7 +137,7 @@ async def test_sigterm_closes_the_streams_of_every_worker(cast: str, redis_url: 
     """With ``--workers 2`` the exit signal reaches each worker's streams: every one gets
     ``server_close`` (``shutdown``) and the replica exits within the drain deadline. (The
     workers' drain used to rest on sse-starlette's private exit hook; now each worker's
-    lifespan chains its own signal handler: gateway.http.app._chain_exit_signals.)"""
+    lifespan chains its own signal handler: gateway.replica.lifespan._chain_exit_signals.)"""
     drain = 5.0
     settings = gateway_settings(redis_url, workers=2, drain_deadline=drain, stream_lease=0.6)
     counts = Keys().key_streams(ROOT.access_key)

@@ -258,10 +258,19 @@ def test_a_failing_write_strands_no_one_else() -> None:
     # (unit-sized, but it pins case 7 of the issue next to the others)
     from gateway.fanout.filters import Filter
     from gateway.fanout.hub import Hub
+    from gateway.settings import FanoutSettings
     from tests.support.fakes import FakeSink
 
     async def run() -> None:
-        hub = Hub(buffer_cap=1 << 16, write_deadline=5, ping_interval=0)
+        hub = Hub(
+            FanoutSettings(
+                retry_jitter_ms=0,
+                max_lag=0.0,
+                buffer_cap=1 << 16,
+                write_deadline=5,
+                ping_interval=0,
+            )
+        )
 
         class Broken(FakeSink):
             def write_chunk(self, framed: bytes) -> None:

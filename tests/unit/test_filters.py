@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.fanout.filters import INDEXES, Filter, candidate_keys
 from gateway.fanout.hub import Hub
+from gateway.settings import FanoutSettings
 from publisher.schema import KernelEvent, SessionRef, encode_event
 
 #: every field a stream can constrain, read off the dataclass (not off the module's table)
@@ -74,7 +75,15 @@ def _brute(chosen: dict[str, str], event: KernelEvent) -> bool:
 def test_the_hub_delivers_to_exactly_the_filters_brute_force_matches(
     chosen: list[dict[str, str]], published: list[KernelEvent]
 ) -> None:
-    hub = Hub(buffer_cap=1 << 20, write_deadline=5.0, ping_interval=0.0)
+    hub = Hub(
+        FanoutSettings(
+            retry_jitter_ms=0,
+            max_lag=0.0,
+            buffer_cap=1 << 20,
+            write_deadline=5.0,
+            ping_interval=0.0,
+        )
+    )
     streams = []
     for i, fields_set in enumerate(chosen):
         connection = hub.new_connection(Filter(**fields_set), f"AK{i}")

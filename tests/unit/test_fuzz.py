@@ -16,6 +16,7 @@ from gateway.fanout.hub import Hub
 from gateway.http.errors import STATUS
 from gateway.http.query import parse_query
 from gateway.identity.signing import parse_authorization, parse_date
+from gateway.settings import FanoutSettings
 from tests.support.events import event_fields
 from tests.support.hostile import PARAM_NAMES, ascii_junk, text
 
@@ -108,7 +109,11 @@ msgpack_values = st.recursive(
     )
 )
 def test_the_payload_decoder_drops_and_counts_garbage(message: bytes) -> None:
-    hub = Hub(buffer_cap=1 << 20, write_deadline=5, ping_interval=0)
+    hub = Hub(
+        FanoutSettings(
+            retry_jitter_ms=0, max_lag=0.0, buffer_cap=1 << 20, write_deadline=5, ping_interval=0
+        )
+    )
     client = hub.new_connection(Filter(), "x")
     hub.register(client)
     hub.publish_message(message)  # must not raise

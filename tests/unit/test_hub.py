@@ -12,6 +12,7 @@ import pytest
 from gateway.fanout.filters import Filter
 from gateway.fanout.frames import PING, event_frame
 from gateway.fanout.hub import Hub
+from gateway.settings import FanoutSettings
 from publisher.schema import KernelEvent, SessionRef, encode_event
 from tests.support.fakes import FakeClock, FakeDirect, FakeSink
 
@@ -31,7 +32,10 @@ def _ref(
 
 
 def _hub(cap: int = 64 * 1024, clock: FakeClock | None = None) -> Hub:
-    return Hub(buffer_cap=cap, write_deadline=2.0, ping_interval=15.0, clock=clock or FakeClock())
+    settings = FanoutSettings(
+        buffer_cap=cap, write_deadline=2.0, ping_interval=15.0, retry_jitter_ms=0, max_lag=0.0
+    )
+    return Hub(settings, clock=clock or FakeClock())
 
 
 class Counter:

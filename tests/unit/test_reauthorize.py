@@ -6,17 +6,18 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from gateway.http.reauthorize import Grant
 from gateway.identity.changes import MAX_NAMES, Change, decode_change, make_change
+from gateway.identity.methods import SessionCredential, SignedCredential
 from gateway.identity.models import Identity
 from gateway.identity.visibility import StreamQuery
+from gateway.replica.reauthorize import Grant
 
 ALICE = Identity("AKIAALICE", "alice", "user", "default")
 DAVE = Identity("AKIADAVE", "dave", "admin", "default")
 
 
 def _grant(identity: Identity = ALICE, **query: str) -> Grant:
-    return Grant(identity, StreamQuery(**query), "cookie", session="s1")  # type: ignore[arg-type]
+    return Grant(SessionCredential(identity, session="s1"), StreamQuery(**query))  # type: ignore[arg-type]
 
 
 # (change, a grant it touches, a grant it leaves alone)
@@ -24,7 +25,7 @@ CASES = {
     "the stream's keypair": (make_change(keys=["AKIAALICE"]), _grant(), _grant(DAVE)),
     "the stream's user": (make_change(users=["alice"]), _grant(), _grant(DAVE)),
     "the stream's session": (
-        make_change(sessions=["s1"]), _grant(), Grant(DAVE, StreamQuery(), "signature"),
+        make_change(sessions=["s1"]), _grant(), Grant(SignedCredential(DAVE), StreamQuery()),
     ),
     "the stream's group": (
         make_change(groups=["default:ml"]), _grant(group="ml"), _grant(group="other"),

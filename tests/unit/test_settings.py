@@ -1,24 +1,25 @@
-"""The settings object (``gateway.settings``): text casts from ``GATEWAY_*`` variables and the
-``gateway serve`` flags alike, checks whose errors name the variable, and the environment
-round trip worker processes rely on."""
+"""The settings object (``gateway.settings``): sections declared once with msgspec, text casts
+from ``GATEWAY_*`` variables and the ``gateway serve`` flags alike, the declared bounds and
+checks, errors that name the variable and flag, and the environment round trip worker
+processes rely on."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from dataclasses import fields
 
+import msgspec
 import pytest
 
 from gateway.cli import build_parser
-from gateway.settings import ENV_PREFIX, Settings, SettingsError
+from gateway.settings import ENV_PREFIX, FIELDS, Settings, SettingsError
+from gateway.settings.sections import SECTIONS
 
 #: a text per declared kind, each cast to something other than the text itself
 SAMPLES = {
     "int": ("7", 7),
     "float": ("0.5", 0.5),
     "str": ("debug", "debug"),
-    "tuple[str, ...]": ("http://a.test, http://b.test,,", ("http://a.test", "http://b.test")),
+    "list": ("http://a.test, http://b.test,,", ("http://a.test", "http://b.test")),
 }
 
 
@@ -68,8 +69,19 @@ def test_a_bad_text_is_an_error_naming_the_variable(name: str) -> None:
 
 
 def test_every_field_has_a_kind_parse_knows() -> None:
-    kinds = {Settings.kind(f.name) for f in fields(Settings)}
-    assert kinds <= {*SAMPLES, "bool", "LogFormat"}, kinds
+    kinds = {f.kind for f in FIELDS.values()}
+    assert kinds <= {*SAMPLES, "bool", "choice"}, kinds
+
+
+def test_every_setting_is_declared_once_with_a_flat_name_of_its_own() -> None:
+    """Each section field has one flat name (its variable and flag), none shared, and each
+    has a meaning; every field with numeric bounds states them in its declaration."""
+    declared = sum(len(msgspec.structs.fields(kind)) for kind in SECTIONS.values())
+    assert len(FIELDS) == declared == 52
+    assert all(f.description for f in FIELDS.values())
+    assert FIELDS["redis_url"].section == "redis" and FIELDS["redis_url"].attr == "url"
+    assert FIELDS["prefix"].section == "redis" and FIELDS["prefix"].attr == "prefix"
+    assert FIELDS["ping_interval"].section == "fanout"
 
 
 def test_load_reads_the_environment_and_flags_win() -> None:
@@ -82,12 +94,13 @@ def test_load_reads_the_environment_and_flags_win() -> None:
         "OTHER_PORT": "1",
     }
     loaded = Settings.load(env)
-    assert (loaded.port, loaded.ping_interval, loaded.cookie_secure) == (9000, 2.5, True)
-    assert loaded.cors_origins == ("http://a.test", "http://b.test")
-    assert loaded.prefix == "east"
-    assert Settings.load(env, port=9001, prefix=None).port == 9001  # None: the flag was unset
-    assert Settings.load(env, port=None).port == 9000
-    assert Settings.load({}).port == Settings().port == 8080  # the one front door
+    assert loaded.server.port == 9000 and loaded.fanout.ping_interval == 2.5
+    assert loaded.browser.cookie_secure is True
+    assert loaded.browser.cors_origins == ("http://a.test", "http://b.test")
+    assert loaded.redis.prefix == "east"
+    assert Settings.load(env, port=9001, prefix=None).server.port == 9001  # None: unset flag
+    assert Settings.load(env, port=None).server.port == 9000
+    assert Settings.load({}).server.port == Settings().server.port == 8080  # the front door
 
 
 @pytest.mark.parametrize(
@@ -126,27 +139,28 @@ def test_the_environment_round_trip_keeps_every_value() -> None:
         replica="r-1",
     )
     env = changed.to_env()
-    assert set(env) == {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
+    assert set(env) == {f.env for f in FIELDS.values()}
     assert Settings.load(env) == changed
-    assert Settings.load(Settings.load({}, replica="r-2").to_env()).cookie_secure is False
+    assert Settings.load(Settings.load({}, replica="r-2").to_env()).browser.cookie_secure is False
+    assert changed.replace(port=9200).server.port == 9200
+    with pytest.raises(SettingsError, match="GATEWAY_PORT"):
+        changed.replace(port=0)
 
 
 def test_serve_flags_cast_exactly_as_the_environment_does() -> None:
     parser = build_parser()
-    assert vars(parser.parse_args(["serve"])).keys() >= {f.name for f in fields(Settings)}
-    for f in fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
+    assert vars(parser.parse_args(["serve"])).keys() >= set(FIELDS)
+    for name, f in FIELDS.items():
         unset = parser.parse_args(["serve"])
-        assert getattr(unset, f.name) is None, f.name  # falls back to env, then default
-        kind = Settings.kind(f.name)
-        if kind == "bool":
-            assert getattr(parser.parse_args(["serve", flag]), f.name) is True
-            assert getattr(parser.parse_args(["serve", "--no-" + flag[2:]]), f.name) is False
+        assert getattr(unset, name) is None, name  # falls back to env, then default
+        if f.kind == "bool":
+            assert getattr(parser.parse_args(["serve", f.flag]), name) is True
+            assert getattr(parser.parse_args(["serve", "--no-" + f.flag[2:]]), name) is False
             continue
-        raw, value = SAMPLES.get(kind, ("text", "text"))
-        parsed = getattr(parser.parse_args(["serve", flag, raw]), f.name)
-        assert parsed == value == Settings.parse(f.name, raw), f.name
-        assert type(parsed) is type(value), f.name
+        raw, value = SAMPLES[f.kind] if f.kind != "choice" else (f.choices[0], f.choices[0])
+        parsed = getattr(parser.parse_args(["serve", f.flag, raw]), name)
+        assert parsed == value == Settings.parse(name, raw), name
+        assert type(parsed) is type(value), name
 
 
 def test_a_bad_flag_value_exits_2_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -159,10 +173,10 @@ def test_a_bad_flag_value_exits_2_naming_the_flag(capsys: pytest.CaptureFixture[
 
 def test_the_redis_url_falls_back_to_the_shared_kev_variable() -> None:
     shared = "redis://127.0.0.1:7000/1"
-    assert Settings.load({"KEV_REDIS_URL": shared}).redis_url == shared
+    assert Settings.load({"KEV_REDIS_URL": shared}).redis.url == shared
     own = {"KEV_REDIS_URL": shared, "GATEWAY_REDIS_URL": "redis://127.0.0.1:7001/0"}
-    assert Settings.load(own).redis_url == "redis://127.0.0.1:7001/0"  # the gateway's wins
-    assert Settings.load(own, redis_url="redis://h:1/0").redis_url == "redis://h:1/0"
+    assert Settings.load(own).redis.url == "redis://127.0.0.1:7001/0"  # the gateway's wins
+    assert Settings.load(own, redis_url="redis://h:1/0").redis.url == "redis://h:1/0"
     with pytest.raises(SettingsError, match="REDIS_URL"):
         Settings.load({"KEV_REDIS_URL": "http://not-redis"})
 
@@ -174,7 +188,7 @@ def test_every_setting_has_its_meaning_written_once_and_serve_help_shows_it(
     from gateway.settings import field_docs
 
     docs = field_docs()
-    assert set(docs) == {f.name for f in dataclasses.fields(Settings)}
+    assert set(docs) == set(FIELDS)
     assert all(len(text) > 10 for text in docs.values()), docs
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.http.app import EXIT_SIGNALS, _chain_exit_signals, _supervise
-from gateway.http.state import GatewayState
+from gateway.replica.lifespan import EXIT_SIGNALS, _chain_exit_signals, _supervise
+from gateway.replica.state import GatewayState
 from gateway.settings import Settings
 
 
@@ -118,7 +118,7 @@ def test_liveness_fails_only_after_the_timeout_unable_to_deliver(
 ) -> None:
     state = _state(liveness_timeout=10)
     now = [1000.0]
-    monkeypatch.setattr("gateway.http.state.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("gateway.replica.state.time.monotonic", lambda: now[0])
     assert state.unable_to_deliver_for() == 0.0
     _Subscriber.ready = False
     try:

@@ -51,14 +51,14 @@ def fd_stream_limit(settings: Settings, *, in_use: int | None = None) -> int:
     smaller of this and ``max_streams`` is the replica's stream limit."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
-        return settings.max_streams
+        return settings.limits.max_streams
     if in_use is None:
         try:
             in_use = len(os.listdir("/proc/self/fd"))
         except OSError:  # no procfs: assume a modest start-up set
             in_use = 32
-    spare = soft - in_use - settings.redis_pool_size - _FIXED - settings.fd_reserve
-    return max(0, min(settings.max_streams, spare))
+    spare = soft - in_use - settings.redis.pool_size - _FIXED - settings.limits.fd_reserve
+    return max(0, min(settings.limits.max_streams, spare))
 
 
 #: KEYS[1] the key's hash; ARGV replica, limit, lease ms, this replica's open streams of the

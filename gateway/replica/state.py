@@ -1,4 +1,5 @@
-"""What the lifespan builds and every request reads: one :class:`GatewayState` per process."""
+"""What the replica's lifespan builds (:mod:`.lifespan`) and every request reads: one
+:class:`GatewayState` per process."""
 
 from __future__ import annotations
 
@@ -7,22 +8,22 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import TYPE_CHECKING
 
 import redis.asyncio as aredis
 
 from gateway.fanout.hub import Hub
 from gateway.fanout.subscriber import Subscriber
+from gateway.identity.methods import AuthMethod
+from gateway.identity.sessions import SessionStore
 from gateway.identity.store import IdentityStore
+from gateway.identity.throttle import LoginThrottle
 from gateway.settings import Settings
 from publisher.keys import Keys
 
 from .limits import KeyLeases, fd_stream_limit
-
-if TYPE_CHECKING:
-    from .reauthorize import Reauthorizer
+from .reauthorize import Reauthorizer
 
 __all__ = ["GatewayState"]
 
@@ -39,6 +40,13 @@ class GatewayState:
     hub: Hub
     store: IdentityStore
     subscriber: Subscriber
+    #: the ways a request proves who it is, in the order they are tried
+    #: (:func:`gateway.identity.methods.authenticate`)
+    methods: Sequence[AuthMethod] = ()
+    #: browser sessions (None only in tests without a lifespan)
+    sessions: SessionStore | None = None
+    #: failed-login counts, shared by every replica
+    throttle: LoginThrottle | None = None
     accepting: bool = True
     loop: asyncio.AbstractEventLoop | None = None
     #: re-checks open streams when identities change (None only in tests without a lifespan)
@@ -46,7 +54,7 @@ class GatewayState:
     #: the fleet-wide per-key stream counts (None: this replica's own count decides)
     leases: KeyLeases | None = None
     #: streams this process may hold: ``max_streams``, or fewer where its file descriptors
-    #: would run out first (:func:`gateway.http.limits.fd_stream_limit`; -1: work it out)
+    #: would run out first (:func:`gateway.replica.limits.fd_stream_limit`; -1: work it out)
     stream_limit: int = -1
     #: streams admitted whose response has not registered them in the hub yet
     opening: int = 0
@@ -65,14 +73,14 @@ class GatewayState:
     def __post_init__(self) -> None:
         if self.stream_limit < 0:
             self.stream_limit = fd_stream_limit(self.settings)
-        if self.stream_limit < self.settings.max_streams:
+        if self.stream_limit < self.settings.limits.max_streams:
             # a cap well short of max_streams is a misconfiguration; a few % is headroom
-            short = self.stream_limit < 0.9 * self.settings.max_streams
+            short = self.stream_limit < 0.9 * self.settings.limits.max_streams
             (log.warning if short else log.info)(
                 "file descriptors cap this replica at %d streams (max_streams %d): raise "
                 "RLIMIT_NOFILE (ulimit -n) to serve more",
                 self.stream_limit,
-                self.settings.max_streams,
+                self.settings.limits.max_streams,
             )
 
     @property
@@ -90,10 +98,6 @@ class GatewayState:
         if self._unready_since is None:
             self._unready_since = now
         return now - self._unready_since
-
-    @property
-    def max_skew(self) -> timedelta:
-        return timedelta(seconds=self.settings.max_clock_skew)
 
     def begin_shutdown(self) -> None:
         """Not ready, accept no new stream, and tell every client to go elsewhere."""
@@ -113,7 +117,7 @@ class GatewayState:
         """:meth:`begin_shutdown`, then wait up to ``drain_deadline`` for every stream to
         end; True when none is left. The one drain of both the lifespan's exit and SIGTERM."""
         self.begin_shutdown()
-        if await self.hub.drained(self.settings.drain_deadline):
+        if await self.hub.drained(self.settings.server.drain_deadline):
             return True
         log.warning("drain deadline passed with %d streams left", len(self.hub))
         return False

@@ -1,9 +1,10 @@
 """Open streams follow identity: any change to who a caller is or what it may see ends its
 open streams on every replica within a second (docs/design.md §4, "Rights follow identity").
 
-Each stream remembers what opened it (:class:`Grant`, on ``Connection.grant``): the identity,
-the query, the secret's digest (signed requests) or the browser session and its expiry
-(cookies). :class:`Reauthorizer` re-checks grants
+Each stream remembers what opened it (:class:`Grant`, on ``Connection.grant``): the query and
+the credential its auth method made (:mod:`gateway.identity.methods`: the identity, and what
+that method re-checks: the secret's digest, the browser session and its expiry).
+:class:`Reauthorizer` re-checks grants
 
 * when a change message comes (:mod:`gateway.identity.changes`: every identity and session
   write publishes one, in its own transaction): the named cache entries are dropped and the
@@ -35,17 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import heapq
 import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
 from gateway.errors import GatewayError
@@ -53,12 +51,10 @@ from gateway.fanout.connection import Connection
 from gateway.fanout.frames import CloseReason
 from gateway.fanout.hub import Hub
 from gateway.identity.changes import Change, decode_change
+from gateway.identity.methods import AuthMethod, Credential
 from gateway.identity.models import Identity
 from gateway.identity.store import IdentityStore, IdentityStoreLost
 from gateway.identity.visibility import StreamQuery, build_filter
-from publisher.keys import Keys
-
-from .websession import BrowserSession, decode_session, still_bound
 
 __all__ = ["Grant", "Reauthorizer"]
 
@@ -70,24 +66,16 @@ _RETRY = 0.5
 
 @dataclass(slots=True)
 class Grant:
-    """What the edge proved when a stream opened; ``expires_at`` is ``time.time()`` seconds."""
+    """What the edge proved when a stream opened: the credential and the query."""
 
-    identity: Identity
+    credential: Credential
     query: StreamQuery
-    method: Literal["signature", "cookie"]
-    secret_digest: bytes | None = None
-    session: str | None = None
-    expires_at: float | None = None
 
     def touched_by(self, change: Change) -> bool:
         """Whether ``change`` can alter this stream's rights."""
-        if change.all:
+        if change.all or self.credential.touched_by(change):
             return True
-        identity, query = self.identity, self.query
-        if identity.access_key in change.keys or identity.user_id in change.users:
-            return True
-        if self.session is not None and self.session in change.sessions:
-            return True
+        query = self.query
         if query.group is not None and any(
             g.partition(":")[2] == query.group for g in change.groups
         ):
@@ -103,17 +91,17 @@ class Reauthorizer:
         self,
         hub: Hub,
         store: IdentityStore,
-        redis: aredis.Redis,
-        keys: Keys,
+        methods: Sequence[AuthMethod],
         *,
         period: float,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        """``period``: seconds between backstop re-checks of every stream."""
+        """``methods``: the auth methods whose credentials streams keep (each re-checks its
+        own); ``period``: seconds between backstop re-checks of every stream."""
         self._hub = hub
         self._store = store
-        self._redis = redis
-        self._keys = keys
+        #: which method re-checks which kind of credential
+        self._method_of = {method.credential: method for method in methods}
         self._period = period
         self._wall = wall_clock
         self._pending = Change()
@@ -127,19 +115,10 @@ class Reauthorizer:
 
     # -- fed by the edge and the subscriber (never await) -------------------------------------
 
-    def track(
-        self,
-        connection: Connection,
-        identity: Identity,
-        query: StreamQuery,
-        method: Literal["signature", "cookie"],
-        *,
-        secret_digest: bytes | None = None,
-        session: str | None = None,
-        expires_at: float | None = None,
-    ) -> None:
+    def track(self, connection: Connection, credential: Credential, query: StreamQuery) -> None:
         """Remember what opened ``connection`` (before it is registered with the hub)."""
-        connection.grant = Grant(identity, query, method, secret_digest, session, expires_at)
+        connection.grant = Grant(credential, query)
+        expires_at = credential.expires_at
         if expires_at is not None:
             first = self._expiries[0][0] if self._expiries else None
             if len(self._expiries) > 2 * len(self._hub) + 64:
@@ -202,8 +181,9 @@ class Reauthorizer:
         while self._expiries and self._expiries[0][0] <= now:
             _, _, conn = heapq.heappop(self._expiries)
             grant = conn.grant
-            if not conn.closed and isinstance(grant, Grant) and grant.expires_at is not None:
-                if grant.expires_at <= now:
+            if not conn.closed and isinstance(grant, Grant):
+                expires_at = grant.credential.expires_at
+                if expires_at is not None and expires_at <= now:
                     self._close([conn], "session_expired")
 
     async def recheck(self, change: Change) -> bool:
@@ -223,10 +203,8 @@ class Reauthorizer:
             if was_lost and not change.all:
                 # back (re-imported): whatever the import left out is gone for good now
                 return await self.recheck(Change(all=True))
-            sessions = await self._sessions(touched)
             verdicts: dict[CloseReason, list[Connection]] = {}
-            for conn in touched:
-                reason = await self._verdict(conn, sessions)
+            for conn, reason in await self._verdicts(touched):
                 if reason is not None:
                     verdicts.setdefault(reason, []).append(conn)
         except (RedisError, OSError, IdentityStoreLost) as exc:
@@ -236,44 +214,36 @@ class Reauthorizer:
             self._close(conns, reason)
         return True
 
-    async def _sessions(self, conns: list[Connection]) -> dict[str, BrowserSession | None]:
-        """The browser sessions ``conns`` were opened with, as stored now (None: gone)."""
-        names = sorted(
-            {c.grant.session for c in conns if isinstance(c.grant, Grant) and c.grant.session}
-        )
-        if not names:
-            return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.get(self._keys.browser_session(name))
-            found = await pipe.execute()
-        return {
-            name: None if raw is None else decode_session(raw)
-            for name, raw in zip(names, found, strict=True)
-        }
+    async def _verdicts(
+        self, conns: list[Connection]
+    ) -> list[tuple[Connection, CloseReason | None]]:
+        """Each stream's auth method re-checks its credential (one batch per method); then a
+        stream still allowed keeps its filter only if its identity and query still give it."""
+        by_method: dict[type[Credential], list[Connection]] = {}
+        for conn in conns:
+            assert isinstance(conn.grant, Grant)
+            by_method.setdefault(type(conn.grant.credential), []).append(conn)
+        results: list[tuple[Connection, CloseReason | None]] = []
+        for kind, group in by_method.items():
+            method = self._method_of[kind]
+            grants = [c.grant for c in group if isinstance(c.grant, Grant)]
+            verdicts = await method.recheck([g.credential for g in grants])
+            for conn, grant, verdict in zip(group, grants, verdicts, strict=True):
+                if isinstance(verdict, str):
+                    results.append((conn, verdict))
+                else:
+                    results.append((conn, await self._filter_verdict(conn, grant, verdict)))
+        return results
 
-    async def _verdict(
-        self, conn: Connection, sessions: dict[str, BrowserSession | None]
+    async def _filter_verdict(
+        self, conn: Connection, grant: Grant, identity: Identity
     ) -> CloseReason | None:
-        grant = conn.grant
-        assert isinstance(grant, Grant)
-        session = None if grant.session is None else sessions.get(grant.session)
-        if grant.session is not None and session is None:
-            expired = grant.expires_at is not None and self._wall() >= grant.expires_at - 1.0
-            return "session_expired" if expired else "logged_out"
-        resolved = await self._store.resolve(grant.identity.access_key)
-        if resolved is None or not resolved[0].active:
-            return "revoked"
-        keypair, identity = resolved
-        if grant.secret_digest is not None:
-            if hashlib.sha256(keypair.secret_key.encode()).digest() != grant.secret_digest:
-                return "revoked"
-        if grant.session is not None and identity.user_id != grant.identity.user_id:
-            return "revoked"  # the session's keypair now speaks for someone else
-        if session is not None and not await still_bound(session, keypair, self._store):
-            return "revoked"  # opened with a secret or password that has since been replaced
-        query = grant.query
-        if identity == grant.identity and query.group is None and query.owner_access_key is None:
+        credential, query = grant.credential, grant.query
+        if (
+            identity == credential.identity
+            and query.group is None
+            and query.owner_access_key is None
+        ):
             return None  # the filter follows from the identity alone
         try:
             filter = await build_filter(identity, query, self._store)
@@ -283,7 +253,7 @@ class Reauthorizer:
             return "rights_changed"
         if filter != conn.filter:
             return "rights_changed"
-        grant.identity = identity  # e.g. a superadmin made monitor: it sees the same
+        credential.identity = identity  # e.g. a superadmin made monitor: it sees the same
         return None
 
     def _close(self, conns: list[Connection], reason: CloseReason) -> None:

@@ -1,0 +1,13 @@
+"""What a replica runs besides its requests: the process's resources and their lifespan
+(:mod:`.lifespan`, :class:`~.state.GatewayState`), the re-authorization of open streams
+(:mod:`.reauthorize`) and the limits on streams per process and per key across the fleet
+(:mod:`.limits`).
+
+Imports :mod:`gateway.identity`, :mod:`gateway.fanout` and :mod:`gateway.settings`; no HTTP
+framework. :mod:`gateway.http` runs it as its lifespan and reads its state.
+"""
+
+from .lifespan import running_replica
+from .state import GatewayState
+
+__all__ = ["GatewayState", "running_replica"]
