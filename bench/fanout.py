@@ -1,4 +1,4 @@
-"""The fan-out core at its limit, measured (issue 4).
+"""The fan-out core at its limit, measured.
 
     python -m bench.fanout [--scenario NAME ...] [--quick] [--profile | --no-profile]
                            [--profile-scenario NAME ...] [--pin]

@@ -312,7 +312,7 @@ def print_report(report: dict[str, Any]) -> None:
                 f"the stalled clients; RSS growth "
                 f"{_f(s['rss_growth'] / 1e6 if s['rss_growth'] is not None else None)} MB"
             )
-    print("targets (issue 4, 2-core machine):")
+    print("targets (2-core machine):")
     for t in report["targets"]:
         verdict = {True: "PASS", False: "MISS", None: "n/a "}[t["pass"]]
         print(f"  {verdict}  {t['target']}: {t['value']}")

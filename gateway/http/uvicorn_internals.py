@@ -44,7 +44,7 @@ directly, and no limits on a request head. Two measured needs take more (ARCHITE
 
 :func:`check_uvicorn` is run by ``gateway serve`` before it starts: a uvicorn whose protocol
 lacks a hook this module overrides cannot serve (a one-line start-up error); one outside
-:data:`TESTED` is logged as a warning. ``tests/unit/test_uvicorn_internals.py`` fails, naming
+:data:`TESTED` is logged as a warning. ``tests/integration/test_uvicorn_internals.py`` fails, naming
 what differs, when the installed uvicorn is outside :data:`TESTED` or its cycle or protocol
 lack what is used here; pyproject.toml's bound on uvicorn is :data:`TESTED`, which the test
 also checks. To move to a newer uvicorn: widen :data:`TESTED` and the bound together, run the
@@ -57,6 +57,7 @@ import asyncio
 import itertools
 import logging
 import os
+import signal
 import socket
 from types import FrameType
 from typing import Any, Final
@@ -64,14 +65,34 @@ from typing import Any, Final
 import msgspec
 import uvicorn
 from starlette.types import Receive, Scope, Send
-from uvicorn.config import STARTUP_FAILURE, Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.config import Config
 from uvicorn.server import ServerState
-from uvicorn.supervisors import Multiprocess
 
 from gateway.errors import Unavailable
 
 from .errors import error_response
+
+#: uvicorn internals this module imports that the installed uvicorn does not have: reported
+#: by check_uvicorn, one line at start-up, rather than an ImportError traceback
+_MISSING: list[str] = []
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError as exc:  # pragma: no cover - another uvicorn
+    _MISSING.append(f"uvicorn.protocols.http.httptools_impl.HttpToolsProtocol ({exc})")
+
+    class HttpToolsProtocol:  # type: ignore[no-redef]  # a stand-in: check_uvicorn refuses
+        def __init__(self, *args: Any) -> None:
+            raise RuntimeError("; ".join(_MISSING))
+
+
+try:
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+except ImportError as exc:  # pragma: no cover - another uvicorn
+    _MISSING.append(f"uvicorn.config.STARTUP_FAILURE, uvicorn.supervisors.Multiprocess ({exc})")
+    STARTUP_FAILURE = 3
+    Multiprocess = None  # type: ignore[assignment, misc]
+
 
 __all__ = [
     "DIRECT_SCOPE_KEY",
@@ -131,10 +152,15 @@ def check_uvicorn() -> tuple[list[str], list[str]]:
     its version is outside :data:`TESTED`. Each message names the version and the range."""
     version = uvicorn.__version__
     errors = [
+        f"uvicorn {version} has no {missing}, which the gateway uses; install "
+        f"uvicorn{_tested_text()}"
+        for missing in _MISSING
+    ]
+    errors += [
         f"uvicorn {version}: its httptools protocol has no {hook}(), which the gateway's "
         f"limited protocol overrides; install uvicorn{_tested_text()}"
         for hook in _PROTOCOL_HOOKS
-        if not callable(getattr(HttpToolsProtocol, hook, None))
+        if not _MISSING and not callable(getattr(HttpToolsProtocol, hook, None))
     ]
     warnings = []
     if not TESTED[0] <= uvicorn_version() < TESTED[1]:
@@ -188,12 +214,13 @@ class Server(uvicorn.Server):
         if not self.started:
             log.warning("signal %d during start-up: exiting", sig)
             os._exit(128 + sig)
-        # The drain is done (or a second signal skips it): stop, with exit status 0. Not
-        # uvicorn's own handler, which records the signal and raises it again once stopped,
-        # so that a replica drained as asked would end killed by it.
-        if self.should_exit:
-            self.force_exit = True
-        self.should_exit = True
+        # The drain is done (or a second signal skips it): stop, with exit status 0. As
+        # uvicorn's own handler, but without recording the signal to raise it again once
+        # stopped (a replica drained as asked would end killed by it).
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # Ctrl-C again: no more waiting
+        else:
+            self.should_exit = True
 
 
 def run_workers(config: Config, sock: socket.socket) -> bool:

@@ -70,9 +70,11 @@ def _chain_exit_signals(state: GatewayState) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     previous = {sig: signal.getsignal(sig) for sig in EXIT_SIGNALS}
     signalled: list[int] = []
+    passed: list[int] = []
     draining: set[asyncio.Task[None]] = set()
 
     def pass_on(sig: int, frame: FrameType | None) -> None:
+        passed.append(sig)
         before = previous[signal.Signals(sig)]
         if callable(before):
             before(sig, frame)
@@ -84,7 +86,8 @@ def _chain_exit_signals(state: GatewayState) -> Callable[[], None]:
         try:
             await state.drain()
         finally:
-            pass_on(sig, None)
+            if not passed:  # a second signal went through meanwhile: the server has it
+                pass_on(sig, None)
 
     def start_drain(sig: int) -> None:
         log.info("signal %d: draining %d streams before exit", sig, len(state.hub))

@@ -1,5 +1,6 @@
-"""Security review of issue 13's fixes: cases the fix missed, each against real processes
-(redis-server, a real gateway, the real CLIs). Each test fails on the bug it names."""
+"""A security review of the identity and login hardening: cases it had missed, each against
+real processes (redis-server, a real gateway, the real CLIs). Each test fails on the bug it
+names."""
 
 from __future__ import annotations
 

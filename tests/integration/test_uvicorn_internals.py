@@ -167,3 +167,14 @@ def test_the_limited_protocol_answers_a_head_too_large_and_a_slow_head() -> None
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
             answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 408 "), HOW.format(tested=_tested())
+
+
+def test_an_internal_missing_from_the_installed_uvicorn_is_a_start_up_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvicorn 0.34 had no ``uvicorn.config.STARTUP_FAILURE``: importing it failed with a
+    traceback before the check could say so. Now the import is guarded and the check
+    names it (``gateway serve`` exits with that one line)."""
+    monkeypatch.setattr(uvicorn_internals, "_MISSING", ["uvicorn.config.STARTUP_FAILURE (gone)"])
+    errors, _ = check_uvicorn()
+    assert len(errors) == 1 and "STARTUP_FAILURE" in errors[0] and _tested() in errors[0]

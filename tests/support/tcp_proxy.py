@@ -28,6 +28,9 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        #: the tasks relaying a link (only these are cancelled on close: asyncio's own task
+        #: that makes a just-accepted socket a transport must run, or the socket leaks)
+        self._handlers: set[asyncio.Task[None]] = set()
         #: every accepted connection's transport, from its first moment: one accepted as the
         #: proxy closes has no handler running yet (its task may be cancelled unstarted), and
         #: left open it is an unclosed socket when the loop closes (a ResourceWarning seen in CI)
@@ -66,6 +69,9 @@ class TcpProxy:
         return asyncio.run_coroutine_threadsafe(freeze(), self._loop).result(5)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         link = _Link()
         self.links.append(link)
         self._writers.add(writer)
@@ -94,30 +100,30 @@ class TcpProxy:
         if self._loop.is_closed():
             return
 
-        async def stop() -> None:
-            if self._server is not None:
-                self._server.close()
-            # A cut: abort, not close (a close waits to flush what the peer has not read,
-            # and the socket outlived the loop, a ResourceWarning seen under load).
-            for writer in self._writers:
-                writer.transport.abort()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for writer in self._writers:
-                with contextlib.suppress(OSError, ConnectionError):
-                    await writer.wait_closed()
-            # A connection accepted just before the listener closed has its connection_made
-            # still queued: abort every one (one closed gracefully may still wait to flush)
-            # until a round finds no new one (each abort completes on the next iteration).
+        async def abort_until_quiet() -> None:
+            # A cut: abort, not close (a close waits to flush what the peer has not read, and
+            # the socket outlived the loop: a ResourceWarning seen under load). A connection
+            # accepted just before the listener closed becomes a transport a few loop turns
+            # later: abort again until a round finds nothing new.
             while True:
-                seen = len(self._accepted)
+                seen = len(self._accepted) + len(self._writers)
+                for writer in list(self._writers):
+                    writer.transport.abort()
                 for transport in list(self._accepted):
                     transport.abort()
                 await asyncio.sleep(0.01)
-                if len(self._accepted) == seen:
+                if len(self._accepted) + len(self._writers) == seen:
                     break
+
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            await abort_until_quiet()
+            handlers = list(self._handlers)
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+            await abort_until_quiet()
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -1,4 +1,4 @@
-"""A replica at the edge of its capacity (issue 11, cases 6 and 8): a reader too slow to keep
+"""A replica at the edge of its capacity: a reader too slow to keep
 up, and a process out of file descriptors. Real gateways, real sockets, real redis-server."""
 
 from __future__ import annotations

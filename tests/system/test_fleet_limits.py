@@ -1,4 +1,4 @@
-"""Per-key stream limits across a fleet, and a drain's reconnects (issue 11, case 7): two
+"""Per-key stream limits across a fleet, and a drain's reconnects: two
 real gateway processes on one real redis-server."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Redis losing its data is not a mass revocation (issue 11 case 4).
+"""Redis losing its data is not a mass revocation.
 
 A redis-server without persistence is killed and restarted on the same port: it comes back
 empty. The replica must see "Redis lost the identity store", not "every key was revoked":

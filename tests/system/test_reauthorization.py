@@ -1,4 +1,4 @@
-"""Rights follow identity on every replica within 1 s (issue 13 §1): two gateway processes,
+"""Rights follow identity on every replica within 1 s (docs/design.md §4): two gateway processes,
 a real Redis, the real ``gateway`` admin commands. Every kind of identity change that alters
 what a caller may see, or whether it may connect, ends its open stream on both replicas with
 ``server_close`` saying why; a change that alters nothing ends nothing; a lost change message

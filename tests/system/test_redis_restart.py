@@ -1,4 +1,4 @@
-"""A Redis restart on the same port (issue 11, case 5): pooled connections that went dead
+"""A Redis restart on the same port: pooled connections that went dead
 with the old server must cost nothing once the new one answers. Real redis-server (with an
 append-only file, so identities and history survive), real in-thread gateways."""
 

@@ -2,7 +2,8 @@
 with a keep-alive response, so the refused connection keeps its fd. Clients that keep their
 connection (HTTP/1.1's default: httpx/requests pools, SDKs) then exhaust the fds the cap
 was meant to protect: later requests get no HTTP answer and ``/health`` goes unanswered,
-which is issue 11 case 6 again. ``test_capacity`` hides it by closing every refused socket."""
+the very failure the cap exists to prevent. ``test_capacity`` hides it by closing every
+refused socket."""
 
 from __future__ import annotations
 

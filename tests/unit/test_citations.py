@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("gateway", "publisher", "devtools", "bench", "tests", "deploy", "docs", "scripts")
 
 
+#: files of other projects that the code cites (msgspec's documentation)
+ELSEWHERE = {"docs/schema-evolution.rst", "docs/perf-tips.rst", "docs/structs.rst"}
 TEXT = (".py", ".md", ".sh", ".toml", ".yml", ".yaml", ".conf", ".cfg", ".in")
 
 
@@ -44,6 +46,15 @@ def test_every_citation_names_a_section_that_exists() -> None:
             title = " ".join(word for word in title.split() if word not in ("#", "#:"))
             if not any(heading.startswith(title) for heading in documents[document]):
                 broken.append(f"{path}: {match.group(0)}")
+        for match in re.finditer(
+            r"\b((?:gateway|publisher|devtools|tests|bench|deploy|docs|scripts)/[\w/.-]*\w)", text
+        ):
+            cited = match.group(1).rstrip(".")
+            if "." not in cited.rpartition("/")[2] or cited in ELSEWHERE:
+                continue  # a directory in prose, or another project's file
+            generated = cited.startswith(("bench/results/", "bench/build/"))
+            if not generated and not (ROOT / cited).exists() and "*" not in cited:
+                broken.append(f"{path}: {cited} (no such file)")
         if path == Path(__file__).relative_to(ROOT):
             continue  # this file names the old record on purpose
         for match in re.finditer(r"(?<![/\w])DESIGN(\.md)?\b", text):

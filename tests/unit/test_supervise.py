@@ -129,3 +129,26 @@ def test_liveness_fails_only_after_the_timeout_unable_to_deliver(
         assert state.unable_to_deliver_for() == 0.0
     finally:
         _Subscriber.ready = True
+
+
+@pytest.mark.anyio
+async def test_the_drain_does_not_pass_on_a_signal_the_server_already_had() -> None:
+    """SIGINT from the terminal, then SIGTERM from the supervisor (what the demo's Ctrl-C
+    does): the server gets one signal, not the SIGINT again once the drain ends, which it
+    would take as a second Ctrl-C (force exit: the lifespan cancelled, tracebacks)."""
+    events: list[str] = []
+    handlers = {
+        sig: signal.signal(sig, lambda number, frame: events.append(f"server got {number}"))
+        for sig in EXIT_SIGNALS
+    }
+    try:
+        undo = _chain_exit_signals(_Draining(events))  # type: ignore[arg-type]
+        signal.raise_signal(signal.SIGINT)
+        await asyncio.sleep(0.01)
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)  # the drain ends
+        assert events == ["drain begins", f"server got {signal.SIGTERM}", "drain ends"]
+        undo()
+    finally:
+        for sig, before in handlers.items():
+            signal.signal(sig, before)
