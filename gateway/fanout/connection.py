@@ -53,15 +53,22 @@ from .frames import EVICTIONS, CloseReason, StreamId, View, server_close_frame
 from .stats import HubStats
 
 __all__ = [
+    "NO_WRITE",
     "Connection",
     "DirectPath",
     "Progress",
     "Sink",
+    "Written",
     "chunk",
     "socket_progress",
 ]
 
 log = logging.getLogger(__name__)
+
+#: one direct write: the data taken from the queue, and its HTTP chunk
+Written = tuple[bytes, bytes]
+#: no write yet (what the hub's flush starts from)
+NO_WRITE: Final[Written] = (b"", b"")
 
 #: ASGI ``send`` as this module uses it (a plain dict message, no framework types)
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -312,37 +319,50 @@ class Connection:
             return False
         self._chunks.append(frame)
         self.buffered += len(frame)
-        if self._over_cap():
-            return True
-        if self._notify is not None:
-            if not self._dirty:
-                self._dirty = True
-                self._notify(self)
-        else:
-            self._wake()
-        return False
-
-    def _over_cap(self) -> bool:
         if self.buffered > self.cap:
             self.close("slow_consumer")
             return True
+        if not self._dirty:
+            self._signal()
         return False
 
-    def take_for_sink(self) -> bytes | None:
-        """For the hub's flush: what to write through the sink now, or None when there is
-        nothing, or when it is left to the writer task (an ASGI write in flight, or the
-        transport is full)."""
+    def _signal(self) -> None:
+        """Data is queued: tell the one who writes it, once until it is taken. That is the
+        hub (its next flush, :meth:`write_out`) on the direct path, else the writer task."""
+        self._dirty = True
+        if self._notify is not None:
+            self._notify(self)
+        else:
+            self._wake()
+
+    def write_out(self, last: Written) -> Written:
+        """For the hub's flush: write everything queued through the sink, as one chunk, and
+        return this write's ``(data, framed chunk)``. ``last`` is the previous connection's:
+        in a broadcast most connections queue the very same frame object, whose framing is
+        then built once for all of them. Nothing is written (``last`` comes back) when
+        nothing is queued, or when the writer task has it (a write in flight, a full
+        transport, the close). A write that raises closes this stream (``write_error``),
+        never the flush: one failing transport cannot strand the others."""
         self._dirty = False
         sink = self.sink
         if self.closed or sink is None or not self._chunks:
-            return None
+            return last
         if self.writing_since or sink.paused():
             self._wake()
-            return None
-        return self.take()
+            return last
+        data = self.take()
+        if data is not last[0]:
+            last = (data, chunk(data))
+        try:
+            sink.write_chunk(last[1])
+        except Exception:
+            log.exception("write to key=%s failed; closing its stream", self.access_key)
+            self.close("write_error")
+        return last
 
     def take(self) -> bytes:
         """Everything queued, as one write (coalescing), or b"" when nothing is."""
+        self._dirty = False
         if not self._chunks:
             return b""
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
@@ -473,12 +493,8 @@ class Connection:
             # it must not evict the reader the replay paced.
             self._chunks.extend(released)
             self.buffered += sum(map(len, released))
-            if self._notify is not None:
-                if not self._dirty:
-                    self._dirty = True
-                    self._notify(self)
-            else:
-                self._wake()
+            if not self._dirty:
+                self._signal()
         if not held or held[-1][0] <= last_sent:
             self._floor = last_sent
 
@@ -494,9 +510,8 @@ class Connection:
 
     def _resume_direct(self) -> None:
         """The transport drained: what is queued goes out with the hub's next flush."""
-        if self._chunks and self._notify is not None and not self._dirty:
-            self._dirty = True
-            self._notify(self)
+        if self._chunks and not self._dirty:
+            self._signal()
 
     async def _wait(self) -> None:
         """Return once the writer task has something to do: queued data it must write (no

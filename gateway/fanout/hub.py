@@ -35,7 +35,7 @@ import msgspec
 from gateway.settings import FanoutSettings
 from publisher.schema import KernelEvent, decode_event
 
-from .connection import Connection, chunk
+from .connection import NO_WRITE, Connection
 from .filters import Filter, IndexKey, candidate_keys
 from .frames import (
     PING,
@@ -291,23 +291,13 @@ class Hub:
                 self._flush_handle = loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write every dirty client's queue as one chunk. In a broadcast most clients queue
-        the very same frame object, so its chunk framing is built once and reused."""
+        """Each dirty client writes its queue as one chunk (:meth:`Connection.write_out`);
+        in a broadcast most queue the very same frame object, framed once for all."""
         self._flush_handle = None
         dirty, self._dirty = self._dirty, []
-        last_data: bytes | None = None
-        last_chunk = b""
+        last = NO_WRITE
         for client in dirty:
-            data = client.take_for_sink()
-            if data is None:
-                continue
-            if data is not last_data:
-                last_data, last_chunk = data, chunk(data)
-            try:
-                client.sink.write_chunk(last_chunk)  # type: ignore[union-attr]
-            except Exception:  # one failing transport must not strand the rest of the flush
-                log.exception("write to key=%s failed; closing its stream", client.access_key)
-                client.close("write_error")
+            last = client.write_out(last)
         if self.flush_interval:
             # From the end: a flush that took long is followed by a full interval of
             # gathering, so a saturated hub settles on a few events per write.

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.fanout.connection import Connection, chunk
+from gateway.fanout.connection import NO_WRITE, Connection, chunk
 from gateway.fanout.filters import Filter
 from gateway.fanout.frames import CloseReason, server_close_frame
 from tests.support.fakes import FakeClock, FakeDirect, FakeSink, RecordingSend
@@ -220,14 +220,48 @@ def test_a_direct_connection_asks_for_one_flush_per_batch() -> None:
     connection.push(b"before\n\n")
     connection.go_direct(sink, notified.append)
     assert notified == [connection]  # data was waiting: flush at once
-    assert connection.take_for_sink() == b"before\n\n"
-    assert connection.take_for_sink() is None  # nothing left
+    assert connection.write_out(NO_WRITE)[0] == b"before\n\n"
+    assert connection.write_out(NO_WRITE) is NO_WRITE  # nothing left
     connection.push(b"a\n\n")
     connection.push(b"b\n\n")
     assert notified == [connection, connection]  # one request for the batch
-    assert connection.take_for_sink() == b"a\n\nb\n\n"
+    assert connection.write_out(NO_WRITE)[0] == b"a\n\nb\n\n"
     connection.push(b"c\n\n")
     assert notified == [connection, connection, connection]
+    assert sink.writes == [b"before\n\n", b"a\n\nb\n\n"]
+
+
+def test_the_same_frame_is_framed_once_for_every_connection_of_a_flush() -> None:
+    frame = b"data: shared\n\n"
+    connections = [_connection() for _ in range(3)]
+    sinks = [FakeSink() for _ in connections]
+    for connection, sink in zip(connections, sinks, strict=True):
+        connection.go_direct(sink, lambda c: None)
+        connection.push(frame)
+    last = NO_WRITE
+    chunks = []
+    for connection in connections:
+        last = connection.write_out(last)
+        chunks.append(last[1])
+    assert chunks[0] is chunks[1] is chunks[2] and chunks[0] == chunk(frame)
+    assert all(sink.writes == [frame] for sink in sinks)
+
+
+def test_a_write_that_raises_closes_only_its_own_stream() -> None:
+    class Broken(FakeSink):
+        def write_chunk(self, framed: bytes) -> None:
+            raise ConnectionResetError("gone")
+
+    bad, good = _connection(), _connection()
+    good_sink = FakeSink()
+    bad.go_direct(Broken(), lambda c: None)
+    good.go_direct(good_sink, lambda c: None)
+    for connection in (bad, good):
+        connection.push(b"x\n\n")
+    last = bad.write_out(NO_WRITE)
+    good.write_out(last)
+    assert bad.closed and bad.close_reason == "write_error"
+    assert not good.closed and good_sink.writes == [b"x\n\n"]
 
 
 def test_a_paused_or_closed_sink_is_not_written_directly() -> None:
@@ -236,14 +270,14 @@ def test_a_paused_or_closed_sink_is_not_written_directly() -> None:
     connection.go_direct(sink, notified.append)
     sink.is_paused = True
     connection.push(b"a\n\n")
-    assert connection.take_for_sink() is None  # left to the writer task
+    assert connection.write_out(NO_WRITE) is NO_WRITE  # left to the writer task
     assert connection.buffered == 3
     sink.is_paused = False
     connection.push(b"b\n\n")
-    assert connection.take_for_sink() == b"a\n\nb\n\n"
+    assert connection.write_out(NO_WRITE)[0] == b"a\n\nb\n\n"
     connection.push(b"c\n\n")
     connection.close("shutdown")
-    assert connection.take_for_sink() is None  # the close is the writer task's
+    assert connection.write_out(NO_WRITE) is NO_WRITE  # the close is the writer task's
 
 
 def test_chunk_framing() -> None:
