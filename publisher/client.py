@@ -36,6 +36,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .buffer import OverflowPolicy, Pending
+from .bus import FENCE_SCRIPT, PUBLISH_SCRIPT, fence_keys
 from .connection import connect_async, connect_sync
 from .errors import ErrorClass, UndeliveredEvents
 from .keys import DEFAULT_PREFIX, Keys
@@ -58,66 +59,6 @@ ClientT = TypeVar("ClientT", aredis.Redis, redis.Redis)
 DEFAULT_MAXLEN: Final = 100_000
 DEFAULT_CHUNK: Final = 256
 
-# KEYS[1] history stream, KEYS[2] this publisher's last applied sequence number, KEYS[3] the
-# history's epoch: the id of the first entry this history ever held, set once (NX). A Redis
-# that lost its data has no epoch until the next publish, so gateways tell a new history from
-# the old one (ARCHITECTURE.md, "Watermark and epoch").
-# ARGV[1] maxlen, ARGV[2] channel, ARGV[3] "~" or "=", ARGV[4] seq key ttl,
-# ARGV[5] sequence number of the first payload, ARGV[6] the last number of the chunk before
-# this one in the same pipeline, or "": if that chunk did not apply (it failed), neither does
-# this one, so numbers are never applied out of order. ARGV[7..] payloads.
-# Per payload: the stream id, or "" when its number was already applied (a retry).
-PUBLISH_SCRIPT: Final = """
-local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
-if ARGV[6] ~= '' and last < tonumber(ARGV[6]) then
-  return {}
-end
-local seq = tonumber(ARGV[5])
-local ids = {}
-local marked = false
-for i = 7, #ARGV do
-  if seq > last then
-    local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[1], '*', 'e', ARGV[i])
-    redis.call('PUBLISH', ARGV[2], id .. ' ' .. ARGV[i])
-    ids[#ids + 1] = id
-    if not marked then
-      redis.call('SET', KEYS[3], id, 'NX')
-      marked = true
-    end
-  else
-    ids[#ids + 1] = ''
-  end
-  seq = seq + 1
-end
-if seq - 1 > last then
-  redis.call('SET', KEYS[2], seq - 1, 'EX', ARGV[4])
-end
-return ids
-"""
-
-
-# KEYS[1] a closed publisher's sequence key, KEYS[2] its fence record; ARGV[1] the last
-# number it may have sent, ARGV[2] ttl. Returns the last number the publisher applied, and
-# from now on no number up to ARGV[1] can apply (the publish script skips numbers at or below
-# KEYS[1]): a write still pending on some connection of the closed publisher is made
-# harmless. The answer is recorded, so asking again gives the same one.
-FENCE_SCRIPT: Final = """
-local fenced = redis.call('GET', KEYS[2])
-if fenced then
-  return tonumber(fenced)
-end
-local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if last < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-end
-redis.call('SET', KEYS[2], last, 'EX', ARGV[2])
-return last
-"""
-
-
-def _fence_keys(report: CloseReport) -> list[str]:
-    return [report.sequence_key, f"{report.sequence_key}:fenced"]
-
 
 def _not_written(report: CloseReport, last: Any) -> tuple[KernelEvent, ...]:
     applied = int(last)
@@ -139,7 +80,7 @@ def resolve_in_doubt(client: redis.Redis, report: CloseReport) -> tuple[KernelEv
     if not report.in_doubt:
         return ()
     fence = client.register_script(FENCE_SCRIPT)
-    last = fence(keys=_fence_keys(report), args=[report.in_doubt_seqs[-1], SEQ_TTL])
+    last = fence(keys=fence_keys(report.sequence_key), args=[report.in_doubt_seqs[-1], SEQ_TTL])
     return _not_written(report, last)
 
 
@@ -148,7 +89,8 @@ async def aresolve_in_doubt(client: aredis.Redis, report: CloseReport) -> tuple[
     if not report.in_doubt:
         return ()
     fence = client.register_script(FENCE_SCRIPT)
-    last = await fence(keys=_fence_keys(report), args=[report.in_doubt_seqs[-1], SEQ_TTL])
+    keys = fence_keys(report.sequence_key)
+    last = await fence(keys=keys, args=[report.in_doubt_seqs[-1], SEQ_TTL])
     return _not_written(report, last)
 
 

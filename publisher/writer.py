@@ -21,6 +21,7 @@ from typing import Final, Literal
 import redis.exceptions as rex
 
 from .buffer import Call, OutageBuffer, OverflowPolicy, Pending
+from .bus import Bus
 from .errors import ErrorClass, PublisherClosed, PublishRejected, classify, outcome_unknown
 from .keys import Keys
 from .report import CloseReport
@@ -82,7 +83,8 @@ class Core:
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         self.keys = Keys(prefix)
-        self.seq_key = f"{prefix}:pubseq:{uuid.uuid4().hex}"
+        self.bus = Bus(self.keys)
+        self.seq_key = self.keys.publisher_seq(uuid.uuid4().hex)
         self.maxlen = maxlen
         self.chunk_size = chunk_size
         self.max_batch = chunk_size * 8
@@ -98,7 +100,7 @@ class Core:
         self.errors: dict[ErrorClass, int] = {}
         self._last_warning = -_LOG_EVERY
         self._failing_since = 0.0
-        self._head = [str(maxlen), self.keys.channel, "=" if exact_trim else "~", str(SEQ_TTL)]
+        self._head = self.bus.publish_head(maxlen, exact_trim=exact_trim, ttl=SEQ_TTL)
 
     # -- callers --------------------------------------------------------------------------
 
@@ -155,7 +157,7 @@ class Core:
 
     @property
     def script_keys(self) -> list[str]:
-        return [self.keys.history, self.seq_key, self.keys.epoch]
+        return self.bus.publish_keys(self.seq_key)
 
     def outcome(
         self, batch: Sequence[Pending], results: Sequence[ChunkResult]

@@ -3,21 +3,20 @@ prove it holds every event after a client's id (:func:`gap_reason`), and its ent
 id, in chunks (:func:`read_after`: replay for a resuming client, gap-fill for the subscriber).
 
 The epoch (:attr:`publisher.keys.Keys.epoch`) is the id of the first entry the history ever
-held, set once by the publish script. A Redis that lost its data (restarted without
+held, set once by the publish script. Every Redis command here is the bus's
+(:class:`publisher.bus.Bus`). A Redis that lost its data (restarted without
 persistence, or replaced by a fresh instance) has another epoch, or none yet.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
 
 import redis.asyncio as aredis
-from redis.exceptions import NoScriptError
 
-from publisher.keys import Keys
+from publisher.bus import Bus
 
 from .frames import GapReason, StreamId, format_stream_id, parse_stream_id
 
@@ -54,13 +53,12 @@ class HistoryState:
     max_deleted: StreamId | None
 
 
-async def history_state(redis: aredis.Redis, keys: Keys) -> HistoryState:
+async def history_state(redis: aredis.Redis, bus: Bus) -> HistoryState:
     """Where the history is now. A stream without an epoch (written before epochs existed)
     is given one, its current first entry, so that it is compared from now on."""
-    epoch_raw = await redis.get(keys.epoch)
-    try:
-        info: dict[Any, Any] = await redis.xinfo_stream(keys.history)
-    except aredis.ResponseError:  # no such key: an empty history
+    epoch_raw = await bus.epoch(redis)
+    info = await bus.history_info(redis)
+    if info is None:  # no stream: an empty history
         return HistoryState(
             epoch=None if epoch_raw is None else _text(epoch_raw),
             last_id=(0, 0),
@@ -75,8 +73,8 @@ async def history_state(redis: aredis.Redis, keys: Keys) -> HistoryState:
     trimmed = added is not None and length is not None and int(added) > int(length)
     epoch = None if epoch_raw is None else _text(epoch_raw)
     if epoch is None and first_id is not None:
-        await redis.set(keys.epoch, format_stream_id(first_id), nx=True)
-        epoch = _text(await redis.get(keys.epoch))
+        set_to = await bus.set_epoch(redis, format_stream_id(first_id))
+        epoch = None if set_to is None else _text(set_to)
     return HistoryState(
         epoch=epoch,
         last_id=_id(info.get("last-generated-id")) or (0, 0),
@@ -86,13 +84,12 @@ async def history_state(redis: aredis.Redis, keys: Keys) -> HistoryState:
     )
 
 
-async def entry_exists(redis: aredis.Redis, keys: Keys, stream_id: StreamId) -> bool:
-    text = format_stream_id(stream_id)
-    return bool(await redis.xrange(keys.history, min=text, max=text, count=1))
+async def entry_exists(redis: aredis.Redis, bus: Bus, stream_id: StreamId) -> bool:
+    return await bus.entry_exists(redis, format_stream_id(stream_id))
 
 
 async def gap_reason(
-    redis: aredis.Redis, keys: Keys, after: StreamId
+    redis: aredis.Redis, bus: Bus, after: StreamId
 ) -> tuple[GapReason | None, HistoryState]:
     """Why history cannot prove it holds every entry after ``after`` (None when it can),
     with the snapshot it judged by. ``(0, 0)`` asks for everything: a gap only if entries
@@ -100,7 +97,7 @@ async def gap_reason(
     client has came from one): ``ahead`` past the history's end, ``reset`` older than its
     epoch, ``trimmed`` before its oldest entry or with a deletion after it, ``unknown`` in
     range but no entry has it."""
-    state = await history_state(redis, keys)
+    state = await history_state(redis, bus)
     if after == (0, 0):
         return ("trimmed" if state.trimmed else None), state
     if after > state.last_id:
@@ -112,54 +109,9 @@ async def gap_reason(
         return "trimmed", state
     if state.first_id is None or after < state.first_id:
         return "trimmed", state
-    if not await entry_exists(redis, keys, after):
+    if not await entry_exists(redis, bus, after):
         return "unknown", state
     return None, state
-
-
-#: XRANGE in Redis, payloads over the limit held back there: a history entry of any size
-#: costs the gateway a few bytes, never its size (a payload of 4 MB would otherwise be read
-#: whole before it could be dropped). KEYS[1] history; ARGV[1] exclusive start "(<id>",
-#: ARGV[2] count, ARGV[3] largest payload in bytes. Rows: {id, payload} or {id, size} (an
-#: integer reply) for one over the limit; entries without the payload field are skipped.
-#: Reply: {rows read, last id read, rows, the oldest entry's id now}. Read-only: it runs as
-#: EVALSHA_RO (Redis >= 7.0), flagged ``no-writes``, so the gateway's Redis user needs only
-#: read access to the history (``gateway acl``: ``%R~<prefix>:events``) and cannot append.
-_READ_SCRIPT: Final = """#!lua flags=no-writes
-local rows = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
-local limit = tonumber(ARGV[3])
-local out = {}
-for i = 1, #rows do
-  local fields = rows[i][2]
-  for j = 1, #fields, 2 do
-    if fields[j] == 'e' then
-      local payload = fields[j + 1]
-      if #payload > limit then payload = #payload end
-      out[#out + 1] = {rows[i][1], payload}
-      break
-    end
-  end
-end
-local last = ''
-if #rows > 0 then last = rows[#rows][1] end
-local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-local first = ''
-if #head > 0 then first = head[1][1] end
-return {#rows, last, out, first}
-"""
-
-_READ_SHA: Final = hashlib.sha1(_READ_SCRIPT.encode()).hexdigest()
-
-
-async def _read_chunk(redis: aredis.Redis, history: str, args: list[Any]) -> list[Any]:
-    """One run of :data:`_READ_SCRIPT` by EVALSHA_RO, loading it first when this Redis does
-    not have it cached (a restart, a failover, SCRIPT FLUSH)."""
-    try:
-        reply: list[Any] = await redis.evalsha_ro(_READ_SHA, 1, history, *args)
-    except NoScriptError:
-        await redis.script_load(_READ_SCRIPT)
-        reply = await redis.evalsha_ro(_READ_SHA, 1, history, *args)
-    return reply
 
 
 #: one history entry as read: ``(stream id, payload)``, payload None when it is over the
@@ -168,7 +120,7 @@ Entry = tuple[bytes, bytes | None]
 
 
 async def read_after(
-    redis: aredis.Redis, history: str, after: str, *, max_payload: int, chunk: int = CHUNK
+    redis: aredis.Redis, bus: Bus, after: str, *, max_payload: int, chunk: int = CHUNK
 ) -> AsyncIterator[tuple[list[Entry], bool]]:
     """Yield ``(entries, gap)`` for every entry with an id after ``after``, in order, a chunk
     at a time. ``gap`` is True when trimming has passed the read's start since it was known
@@ -177,7 +129,7 @@ async def read_after(
     leave Redis (None in their place)."""
     cursor = after
     while True:
-        reply = await _read_chunk(redis, history, [f"({cursor}", chunk, max_payload])
+        reply = await bus.read_history(redis, cursor, chunk, max_payload)
         count, last, rows, first = int(reply[0]), reply[1], reply[2], _id(reply[3])
         batch: list[Entry] = [
             (sid, payload if isinstance(payload, bytes) else None) for sid, payload in rows

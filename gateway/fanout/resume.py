@@ -19,7 +19,7 @@ import logging
 
 import redis.asyncio as aredis
 
-from publisher.keys import Keys
+from publisher.bus import Bus
 
 from .connection import Connection
 from .frames import StreamId, format_stream_id, frame_for, notice_frame, parse_stream_id
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 async def replay(
-    connection: Connection, hub: Hub, redis: aredis.Redis, keys: Keys, last_event_id: str
+    connection: Connection, hub: Hub, redis: aredis.Redis, bus: Bus, last_event_id: str
 ) -> None:
     """Send what history holds after ``last_event_id`` through the connection's filter,
     while live frames are held back; then release the held ones that replay did not cover.
@@ -43,7 +43,7 @@ async def replay(
     last: StreamId = parse_stream_id(last_event_id)
     pace = connection.cap // 2
     try:
-        reason, state = await gap_reason(redis, keys, last)
+        reason, state = await gap_reason(redis, bus, last)
         told = reason is not None
         if told:
             first = format_stream_id(state.first_id) if state.first_id else None
@@ -53,9 +53,7 @@ async def replay(
         last = min(last, state.last_id)
         while True:
             after = format_stream_id(cursor)
-            async for batch, gap in read_after(
-                redis, keys.history, after, max_payload=hub.max_payload
-            ):
+            async for batch, gap in read_after(redis, bus, after, max_payload=hub.max_payload):
                 if gap and not told:
                     # MAXLEN trimmed past the replay's cursor while it waited for the reader:
                     # what came right after may be gone. Say so before what follows.

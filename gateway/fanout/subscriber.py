@@ -36,7 +36,7 @@ from typing import Final
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
-from publisher.keys import Keys
+from publisher.bus import Bus
 
 from .frames import format_stream_id
 from .history import entry_exists, history_state, read_after
@@ -74,7 +74,7 @@ class Subscriber:
     def __init__(
         self,
         redis: aredis.Redis,
-        keys: Keys,
+        bus: Bus,
         hub: Hub,
         *,
         replica: str,
@@ -92,9 +92,9 @@ class Subscriber:
         self._redis = redis
         self._listeners = {name.encode(): fn for name, fn in (listeners or {}).items()}
         self._on_subscribed = on_subscribed
-        self._keys = keys
+        self._bus = bus
         self._hub = hub
-        self._probe_channel = keys.probe_channel(replica)
+        self._probe_channel = bus.keys.probe_channel(replica)
         self._probe_interval = probe_interval
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
@@ -170,13 +170,13 @@ class Subscriber:
         await self._locate_history()
         pubsub = self._redis.pubsub()
         try:
-            await pubsub.subscribe(self._keys.channel, self._probe_channel, *self._listeners)
+            await self._bus.subscribe(pubsub, self._probe_channel, *self._listeners)
             self._reset = False
             assert pubsub.connection is not None
             pubsub.connection.register_connect_callback(self._on_reconnect)
             await self._gap_fill()
             self.subscribed = True
-            log.info("subscribed to %s", self._keys.channel)
+            log.info("subscribed to %s", self._bus.keys.channel)
             if self._on_subscribed is not None:
                 self._on_subscribed()
             await self._read(pubsub)
@@ -189,7 +189,7 @@ class Subscriber:
         re-subscribe a pub/sub connection without the connect callback telling (seen with
         redis-py 8: a SIGKILLed Redis back on its port, the subscription answering probes and
         the replica ready, the restart and its lost history never noticed)."""
-        run_id = (await self._redis.info("server")).get("run_id")
+        run_id = await self._bus.run_id(self._redis)
         if self._run_id is not None and run_id != self._run_id:
             raise SubscriptionReset(f"redis restarted under the subscription (run id {run_id})")
 
@@ -201,8 +201,7 @@ class Subscriber:
 
     async def _sync_clock(self) -> None:
         """Redis' clock against ours, for the hub's plausibility check of live ids."""
-        seconds, micros = await self._redis.time()
-        now_ms = seconds * 1000 + micros / 1000
+        now_ms = await self._bus.clock_ms(self._redis)
         self._hub.redis_clock_offset_ms = now_ms - self._hub.wall_clock() * 1000
 
     async def _locate_history(self) -> None:
@@ -210,17 +209,18 @@ class Subscriber:
         decision (:func:`~.watermark.decide`, one row of ARCHITECTURE.md's rules table),
         applied to the hub before anything of this session is dispatched."""
         hub = self._hub
-        state = await history_state(self._redis, self._keys)
-        info = await self._redis.info("server")
-        aof = int((await self._redis.info("persistence")).get("aof_enabled", 0))
+        bus, redis = self._bus, self._redis
+        state = await history_state(redis, bus)
+        run_id = await bus.run_id(redis)
+        persistent = await bus.persistent(redis)
         watermark = hub.last_id
         in_history = (
             watermark is not None
             and watermark != (0, 0)
-            and await entry_exists(self._redis, self._keys, watermark)
+            and await entry_exists(redis, bus, watermark)
         )
         known = Known(self._started, self._epoch, watermark, hub.first_id, self._run_id)
-        found = Found(state, info.get("run_id"), bool(aof), in_history)
+        found = Found(state, run_id, persistent, in_history)
         decision = decide(known, found)
         self._started, self._epoch, self._run_id = True, state.epoch, found.run_id
         hub.last_id = decision.watermark
@@ -240,7 +240,7 @@ class Subscriber:
         after = format_stream_id(hub.last_id)
         filled = 0
         async for batch, gap in read_after(
-            self._redis, self._keys.history, after, max_payload=hub.max_payload
+            self._redis, self._bus, after, max_payload=hub.max_payload
         ):
             if gap:
                 # Trimming passed the watermark while this replica was away (more than MAXLEN
@@ -270,7 +270,7 @@ class Subscriber:
                 if now - answered > limit:
                     raise ProbeLost(f"no probe came back for {now - answered:.1f}s")
                 if now >= next_probe:
-                    await self._redis.publish(self._probe_channel, b"probe")
+                    await self._bus.probe(self._redis, self._probe_channel)
                     await self._sync_clock()
                     await self._check_run_id()
                     next_probe = now + interval

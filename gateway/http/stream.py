@@ -127,7 +127,7 @@ class HubStreamResponse(Response):
             connection.start_writing(direct, hub.notify)
             if self._last_event_id is not None:
                 resuming = asyncio.ensure_future(
-                    replay(connection, hub, state.redis, state.keys, self._last_event_id)
+                    replay(connection, hub, state.redis, state.bus, self._last_event_id)
                 )
             if direct is not None:
                 # The request's task just waits for the client to go, or for the response

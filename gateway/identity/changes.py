@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import msgspec
 
+from publisher.bus import Bus
 from publisher.keys import Keys
 
 __all__ = [
@@ -100,7 +101,7 @@ def queue_change(pipe: Any, keys: Keys, change: Change, *, identity: bool = True
     ``identity`` writes also bump the generation key (browser-session writes do not)."""
     if identity:
         pipe.incr(generation_key(keys))
-    pipe.publish(changes_channel(keys), _encoder.encode(change))
+    Bus(keys).announce(pipe, _encoder.encode(change))
 
 
 def decode_change(data: bytes) -> Change | None:

@@ -35,6 +35,7 @@ from gateway.identity.sessions import SessionStore
 from gateway.identity.store import IdentityStore
 from gateway.identity.throttle import LoginThrottle
 from gateway.settings import Settings
+from publisher.bus import Bus
 from publisher.connection import connect_async, redact_url
 from publisher.keys import Keys
 from publisher.tasks import cancel_and_wait
@@ -142,6 +143,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
     streams are drained, the tasks stopped and everything closed."""
     if True:  # one indentation level for the body, as the lifespan it was
         keys = Keys(settings.redis.prefix)
+        bus = Bus(keys)
         # A pooled connection found dead on first use (Redis restarted since) is retried
         # once on a fresh one: without it the first request after every restart got 503.
         # The gateway's commands are reads and idempotent writes, so a retry is safe.
@@ -193,6 +195,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             settings=settings,
             redis=redis,
             keys=keys,
+            bus=bus,
             hub=hub,
             store=store,
             sessions=sessions,
@@ -208,7 +211,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             ),
             subscriber=Subscriber(
                 sub_redis,
-                keys,
+                bus,
                 hub,
                 replica=settings.server.replica,
                 probe_interval=settings.fanout.probe_interval,

@@ -20,6 +20,7 @@ from gateway.identity.sessions import SessionStore
 from gateway.identity.store import IdentityStore
 from gateway.identity.throttle import LoginThrottle
 from gateway.settings import Settings
+from publisher.bus import Bus
 from publisher.keys import Keys
 
 from .limits import KeyLeases, fd_stream_limit
@@ -37,6 +38,8 @@ class GatewayState:
     settings: Settings
     redis: aredis.Redis
     keys: Keys
+    #: every Redis verb on the keys the publishers share (publisher.bus)
+    bus: Bus
     hub: Hub
     store: IdentityStore
     subscriber: Subscriber

@@ -14,6 +14,7 @@ from gateway.fanout.hub import Hub
 from gateway.fanout.resume import replay
 from gateway.settings import FanoutSettings
 from publisher import AsyncPublisher, Keys
+from publisher.bus import Bus
 from tests.support.identities import ALICE, session_of
 
 
@@ -27,7 +28,7 @@ async def test_trimming_past_a_waiting_replay_is_told(
         hub = Hub(FanoutSettings(retry_jitter_ms=0, max_lag=0.0, buffer_cap=4096, ping_interval=0))
         connection = hub.new_connection(Filter(), "AK")
         connection.begin_replay()
-        task = asyncio.ensure_future(replay(connection, hub, async_redis, Keys(), old[0]))
+        task = asyncio.ensure_future(replay(connection, hub, async_redis, Bus(Keys()), old[0]))
         out = b""
         for _ in range(5):  # the reader takes a little, then stalls
             await asyncio.sleep(0.02)

@@ -25,6 +25,7 @@ from gateway.cli.acl import PROFILES, Profile, render
 from gateway.fanout.history import read_after
 from gateway.identity.sessions import SESSION_COOKIE
 from publisher import AsyncPublisher, Keys
+from publisher.bus import Bus
 from tests.support.gateway_server import gateway_settings, run_gateway
 from tests.support.http import stream_as
 from tests.support.identities import ALICE, ROOT, import_doc, session_of
@@ -176,7 +177,7 @@ def test_the_gateway_reads_the_history_but_cannot_write_it(acl_port: int) -> Non
         gw = aredis.Redis.from_url(url(acl_port, "gateway"))
         try:
             # the read path, script and all, on the gateway user (loads the script if needed)
-            read = [e async for batch, _ in read_after(gw, "kev:events", first, max_payload=1 << 20)
+            read = [e async for batch, _ in read_after(gw, Bus(Keys()), first, max_payload=1 << 20)
                     for e in batch]  # fmt: skip
             assert [sid.decode() for sid, _ in read] == [second]
         finally:

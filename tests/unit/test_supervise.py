@@ -23,6 +23,7 @@ def _state(**settings: Any) -> GatewayState:
         settings=Settings.load({}, **settings),
         redis=None,  # type: ignore[arg-type]  # nothing here reaches Redis
         keys=None,  # type: ignore[arg-type]
+        bus=None,  # type: ignore[arg-type]
         hub=None,  # type: ignore[arg-type]
         store=None,  # type: ignore[arg-type]
         subscriber=_Subscriber(),  # type: ignore[arg-type]

@@ -1,0 +1,219 @@
+"""The Redis bus the publishers and the gateways share, in one place: the key and channel
+names (:class:`~publisher.keys.Keys`) and every Redis verb either side uses on them.
+
+===============================  ===============  ================================================
+verb                             who              in Redis
+===============================  ===============  ================================================
+publish, with history            publishers       :data:`PUBLISH_SCRIPT`: XADD to the bounded
+                                                  history, PUBLISH ``<id> <payload>`` live, the
+                                                  epoch (SET NX), the publisher's sequence
+fence a closed publisher         publishers       :data:`FENCE_SCRIPT`
+subscribe                        gateways         SUBSCRIBE the live channel with the replica's
+                                                  probe channel and the change feed
+probe                            gateways         PUBLISH on the replica's own probe channel
+announce an identity change      identity writes  PUBLISH on the change feed, inside the write's
+                                                  MULTI
+read history                     gateways         XINFO STREAM, the epoch (GET, SET NX), XRANGE,
+                                                  :data:`READ_SCRIPT` (EVALSHA_RO)
+the server                       gateways         TIME, INFO server (run id), INFO persistence
+===============================  ===============  ================================================
+
+A new Redis topology (Redis Cluster: hash-tagged key names, sharded pub/sub) is this
+module's work, and :mod:`publisher.connection`'s (connecting). Nothing else in the project
+names a shared key or sends one of these commands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis.asyncio as aredis
+from redis.exceptions import NoScriptError, ResponseError
+
+from .keys import Keys
+
+__all__ = ["FENCE_SCRIPT", "PUBLISH_SCRIPT", "READ_SCRIPT", "Bus", "fence_keys"]
+
+# KEYS[1] history stream, KEYS[2] this publisher's last applied sequence number, KEYS[3] the
+# history's epoch: the id of the first entry this history ever held, set once (NX). A Redis
+# that lost its data has no epoch until the next publish, so gateways tell a new history from
+# the old one (ARCHITECTURE.md, "Watermark and epoch").
+# ARGV[1] maxlen, ARGV[2] channel, ARGV[3] "~" or "=", ARGV[4] seq key ttl,
+# ARGV[5] sequence number of the first payload, ARGV[6] the last number of the chunk before
+# this one in the same pipeline, or "": if that chunk did not apply (it failed), neither does
+# this one, so numbers are never applied out of order. ARGV[7..] payloads.
+# Per payload: the stream id, or "" when its number was already applied (a retry).
+PUBLISH_SCRIPT: Final = """
+local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if ARGV[6] ~= '' and last < tonumber(ARGV[6]) then
+  return {}
+end
+local seq = tonumber(ARGV[5])
+local ids = {}
+local marked = false
+for i = 7, #ARGV do
+  if seq > last then
+    local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[1], '*', 'e', ARGV[i])
+    redis.call('PUBLISH', ARGV[2], id .. ' ' .. ARGV[i])
+    ids[#ids + 1] = id
+    if not marked then
+      redis.call('SET', KEYS[3], id, 'NX')
+      marked = true
+    end
+  else
+    ids[#ids + 1] = ''
+  end
+  seq = seq + 1
+end
+if seq - 1 > last then
+  redis.call('SET', KEYS[2], seq - 1, 'EX', ARGV[4])
+end
+return ids
+"""
+
+
+# KEYS[1] a closed publisher's sequence key, KEYS[2] its fence record; ARGV[1] the last
+# number it may have sent, ARGV[2] ttl. Returns the last number the publisher applied, and
+# from now on no number up to ARGV[1] can apply (the publish script skips numbers at or below
+# KEYS[1]): a write still pending on some connection of the closed publisher is made
+# harmless. The answer is recorded, so asking again gives the same one.
+FENCE_SCRIPT: Final = """
+local fenced = redis.call('GET', KEYS[2])
+if fenced then
+  return tonumber(fenced)
+end
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if last < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+redis.call('SET', KEYS[2], last, 'EX', ARGV[2])
+return last
+"""
+
+
+#: XRANGE in Redis, payloads over the limit held back there: a history entry of any size
+#: costs the gateway a few bytes, never its size (a payload of 4 MB would otherwise be read
+#: whole before it could be dropped). KEYS[1] history; ARGV[1] exclusive start "(<id>",
+#: ARGV[2] count, ARGV[3] largest payload in bytes. Rows: {id, payload} or {id, size} (an
+#: integer reply) for one over the limit; entries without the payload field are skipped.
+#: Reply: {rows read, last id read, rows, the oldest entry's id now}. Read-only: it runs as
+#: EVALSHA_RO (Redis >= 7.0), flagged ``no-writes``, so the gateway's Redis user needs only
+#: read access to the history (``gateway acl``: ``%R~<prefix>:events``) and cannot append.
+READ_SCRIPT: Final = """#!lua flags=no-writes
+local rows = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
+local limit = tonumber(ARGV[3])
+local out = {}
+for i = 1, #rows do
+  local fields = rows[i][2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 'e' then
+      local payload = fields[j + 1]
+      if #payload > limit then payload = #payload end
+      out[#out + 1] = {rows[i][1], payload}
+      break
+    end
+  end
+end
+local last = ''
+if #rows > 0 then last = rows[#rows][1] end
+local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local first = ''
+if #head > 0 then first = head[1][1] end
+return {#rows, last, out, first}
+"""
+
+_READ_SHA: Final = hashlib.sha1(READ_SCRIPT.encode()).hexdigest()
+
+
+def fence_keys(sequence_key: str) -> list[str]:
+    """The KEYS of :data:`FENCE_SCRIPT` for a closed publisher's sequence key."""
+    return [sequence_key, f"{sequence_key}:fenced"]
+
+
+@dataclass(frozen=True, slots=True)
+class Bus:
+    """The bus of one key prefix (see the module docstring). Holds no connection: each verb
+    takes the client (or pipeline) to run on, so a gateway's subscription and its pool each
+    use their own."""
+
+    keys: Keys
+
+    # -- publishing -----------------------------------------------------------------------------
+
+    def publish_head(self, maxlen: int, *, exact_trim: bool, ttl: int) -> list[str]:
+        """The first ARGV of :data:`PUBLISH_SCRIPT`: the history's length bound, the live
+        channel, the trim mode, the sequence key's lifetime (seconds)."""
+        return [str(maxlen), self.keys.channel, "=" if exact_trim else "~", str(ttl)]
+
+    def publish_keys(self, sequence_key: str) -> list[str]:
+        """The KEYS of :data:`PUBLISH_SCRIPT`: the history, the publisher's sequence, the epoch."""
+        return [self.keys.history, sequence_key, self.keys.epoch]
+
+    # -- live -----------------------------------------------------------------------------------
+
+    async def subscribe(self, pubsub: aredis.client.PubSub, *more: str | bytes) -> None:
+        """Subscribe ``pubsub`` to the live channel and ``more`` channels (the replica's probe
+        channel, the change feed)."""
+        await pubsub.subscribe(self.keys.channel, *more)
+
+    async def probe(self, redis: aredis.Redis, channel: str) -> None:
+        """One probe message on a replica's own channel (it proves the subscription live)."""
+        await redis.publish(channel, b"probe")
+
+    def announce(self, pipe: Any, data: bytes) -> None:
+        """Queue an identity change on ``pipe`` (inside the write's MULTI)."""
+        pipe.publish(self.keys.identity_changes, data)
+
+    # -- history --------------------------------------------------------------------------------
+
+    async def epoch(self, redis: aredis.Redis) -> bytes | str | None:
+        return await redis.get(self.keys.epoch)
+
+    async def set_epoch(self, redis: aredis.Redis, stream_id: str) -> bytes | str | None:
+        """Give a history written before epochs existed its epoch (its first entry), unless
+        one was set meanwhile; returns the epoch now."""
+        await redis.set(self.keys.epoch, stream_id, nx=True)
+        return await self.epoch(redis)
+
+    async def history_info(self, redis: aredis.Redis) -> dict[Any, Any] | None:
+        """XINFO STREAM of the history, or None when there is no history."""
+        try:
+            info: dict[Any, Any] = await redis.xinfo_stream(self.keys.history)
+        except ResponseError:  # no such key: an empty history
+            return None
+        return info
+
+    async def entry_exists(self, redis: aredis.Redis, stream_id: str) -> bool:
+        return bool(await redis.xrange(self.keys.history, min=stream_id, max=stream_id, count=1))
+
+    async def read_history(
+        self, redis: aredis.Redis, after: str, count: int, max_payload: int
+    ) -> list[Any]:
+        """One run of :data:`READ_SCRIPT` after ``after`` (exclusive) by EVALSHA_RO, loading
+        it first when this Redis does not have it cached (a restart, a failover, SCRIPT
+        FLUSH)."""
+        args: list[str | int] = [f"({after}", count, max_payload]
+        try:
+            reply: list[Any] = await redis.evalsha_ro(_READ_SHA, 1, self.keys.history, *args)
+        except NoScriptError:
+            await redis.script_load(READ_SCRIPT)
+            reply = await redis.evalsha_ro(_READ_SHA, 1, self.keys.history, *args)
+        return reply
+
+    # -- the server -----------------------------------------------------------------------------
+
+    async def clock_ms(self, redis: aredis.Redis) -> float:
+        """Redis' clock, milliseconds since the epoch (TIME)."""
+        seconds, micros = await redis.time()
+        return float(seconds * 1000 + micros / 1000)
+
+    async def run_id(self, redis: aredis.Redis) -> str | None:
+        """The Redis instance's run id: another one means a restart."""
+        run_id = (await redis.info("server")).get("run_id")
+        return None if run_id is None else str(run_id)
+
+    async def persistent(self, redis: aredis.Redis) -> bool:
+        """Whether a restart keeps what Redis holds (its append-only file is on)."""
+        return bool(int((await redis.info("persistence")).get("aof_enabled", 0)))
