@@ -30,7 +30,7 @@ from starlette.types import Scope
 
 from gateway.errors import AuthFailed, Forbidden, GatewayError, InvalidParams, RateLimited
 from gateway.identity.models import Identity
-from gateway.identity.sessions import SESSION_COOKIE
+from gateway.identity.sessions import SESSION_COOKIE, LoginMethod
 from gateway.identity.throttle import LoginThrottle, Subject
 from gateway.replica.state import GatewayState
 from gateway.settings import BrowserSettings
@@ -199,6 +199,7 @@ async def login(request: Request) -> Response:
                 "try again later",
                 retry_after=LoginThrottle.retry_after(wait),
             )
+        method: LoginMethod
         if body.access_key is not None and body.secret_key is not None:
             method = "keypair"
             identity, credential = await sessions.login_with_keypair(
@@ -214,7 +215,7 @@ async def login(request: Request) -> Response:
         raise
     token = await sessions.open(
         identity,
-        "keypair" if method == "keypair" else "password",
+        method,
         credential,
         replaces=request.cookies.get(SESSION_COOKIE),
     )

@@ -6,7 +6,10 @@ Imports only downward (:mod:`gateway.fanout` for :class:`~gateway.fanout.filters
 
 This package's namespace holds the pure part (the main records and signing: msgspec and the
 standard library), so a client that signs requests imports no Redis. The parts that read Redis are
-imported from their modules: :mod:`.store` (:class:`IdentityStore`), :mod:`.authenticate`,
+imported from their modules: :mod:`.store` (:class:`IdentityStore`), :mod:`.authenticate`
+(the keypair signature), :mod:`.methods` (each way in as one unit: how it authenticates a
+request, what it keeps, how it is re-checked), :mod:`.sessions` (browser sessions),
+:mod:`.passwords` (password checks off the event loop), :mod:`.throttle` (failed logins),
 :mod:`.visibility`.
 """
 

@@ -22,12 +22,12 @@ from .signing import (
 )
 from .store import IdentityStore
 
-__all__ = ["authenticate", "authenticate_keypair"]
+__all__ = ["authenticate_keypair", "authenticate_signature"]
 
 logger = logging.getLogger(__name__)
 
 
-async def authenticate(
+async def authenticate_signature(
     method: str,
     raw_target: str,
     headers: Mapping[str, str],

@@ -38,18 +38,18 @@ __all__ = [
     "AuthMethod",
     "Credential",
     "GatewaySessions",
+    "Recheck",
     "RequestView",
     "SessionCredential",
     "SignedCredential",
     "SignedRequests",
-    "Verdict",
     "authenticate",
 ]
 
 log = logging.getLogger(__name__)
 
 #: a re-check's outcome for one stream: a reason to end it, or who it speaks for now
-Verdict = CloseReason | Identity
+Recheck = CloseReason | Identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,7 @@ class AuthMethod(Protocol):
         :class:`~gateway.errors.AuthFailed` (wrong or revoked)."""
         ...
 
-    async def recheck(self, credentials: Sequence[Credential]) -> list[Verdict]:
+    async def recheck(self, credentials: Sequence[Credential]) -> list[Recheck]:
         """For each credential (all of this method), why its stream must end, or who it
         speaks for now (the caller then compares the stream's filter)."""
         ...
@@ -150,8 +150,8 @@ class SignedRequests:
         )
         return SignedCredential(identity, secret_digest=_digest(keypair.secret_key))
 
-    async def recheck(self, credentials: Sequence[Credential]) -> list[Verdict]:
-        verdicts: list[Verdict] = []
+    async def recheck(self, credentials: Sequence[Credential]) -> list[Recheck]:
+        verdicts: list[Recheck] = []
         for credential in credentials:
             assert isinstance(credential, SignedCredential)
             resolved = await self._store.resolve(credential.identity.access_key)
@@ -209,14 +209,14 @@ class GatewaySessions:
         found = await self._sessions.find(token)
         return SessionCredential(found.identity, expires_at=found.expires_at, session=found.name)
 
-    async def recheck(self, credentials: Sequence[Credential]) -> list[Verdict]:
+    async def recheck(self, credentials: Sequence[Credential]) -> list[Recheck]:
         names = sorted({c.session for c in credentials if isinstance(c, SessionCredential)})
         stored = await self._sessions.fetch(names)
         return [await self._verdict(c, stored) for c in credentials]
 
     async def _verdict(
         self, credential: Credential, stored: Mapping[str, BrowserSession | None]
-    ) -> Verdict:
+    ) -> Recheck:
         assert isinstance(credential, SessionCredential)
         session = stored.get(credential.session)
         if session is None:

@@ -141,7 +141,7 @@ async def _supervise(
 async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
     """The replica's resources and background tasks while the block runs; on exit, the
     streams are drained, the tasks stopped and everything closed."""
-    if True:  # one indentation level for the body, as the lifespan it was
+    async with contextlib.AsyncExitStack() as owned:
         keys = Keys(settings.redis.prefix)
         bus = Bus(keys)
         # A pooled connection found dead on first use (Redis restarted since) is retried
@@ -154,6 +154,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             health_check_interval=30,
             retry=Retry(NoBackoff(), 1),
         )
+        owned.push_async_callback(redis.aclose)
         # The subscription and its probes get a client of their own, so a storm of
         # reconnecting clients can never starve the one thing every stream depends on.
         # No retries of its own: redis-py's default (10, with backoff, reconnecting and
@@ -166,12 +167,14 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             health_check_interval=30,
             retry=Retry(NoBackoff(), 0),
         )
+        owned.push_async_callback(sub_redis.aclose)
         hub = Hub(settings.fanout)
         store = IdentityStore(
             redis, keys, cache_ttl=settings.identity.identity_cache_ttl, watch_presence=True
         )
         browser = settings.browser
         checks = PasswordChecks(browser.login_hash_threads, browser.login_hash_queue)
+        owned.callback(checks.close)
         sessions = SessionStore(
             redis,
             keys,
@@ -258,6 +261,3 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             # can be swallowed on Python 3.11 (publisher.tasks), and the process would hang
             # here on its way out.
             await cancel_and_wait(*tasks)
-            await sub_redis.aclose()
-            await redis.aclose()
-            checks.close()

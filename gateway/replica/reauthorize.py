@@ -115,8 +115,19 @@ class Reauthorizer:
 
     # -- fed by the edge and the subscriber (never await) -------------------------------------
 
+    def _method_for(self, kind: type[Credential]) -> AuthMethod:
+        """The method that re-checks credentials of ``kind`` (or of a class it derives
+        from); ``TypeError`` for one no method declares, a wiring error."""
+        for cls in kind.__mro__:
+            method = self._method_of.get(cls)
+            if method is not None:
+                return method
+        raise TypeError(f"no auth method re-checks a {kind.__name__}")
+
     def track(self, connection: Connection, credential: Credential, query: StreamQuery) -> None:
-        """Remember what opened ``connection`` (before it is registered with the hub)."""
+        """Remember what opened ``connection`` (before it is registered with the hub).
+        ``TypeError`` (the stream is refused) for a credential no method re-checks."""
+        self._method_for(type(credential))
         connection.grant = Grant(credential, query)
         expires_at = credential.expires_at
         if expires_at is not None:
@@ -225,7 +236,7 @@ class Reauthorizer:
             by_method.setdefault(type(conn.grant.credential), []).append(conn)
         results: list[tuple[Connection, CloseReason | None]] = []
         for kind, group in by_method.items():
-            method = self._method_of[kind]
+            method = self._method_for(kind)
             grants = [c.grant for c in group if isinstance(c.grant, Grant)]
             verdicts = await method.recheck([g.credential for g in grants])
             for conn, grant, verdict in zip(group, grants, verdicts, strict=True):

@@ -11,7 +11,7 @@ import redis.asyncio as aredis
 
 from gateway.errors import GatewayError
 from gateway.http.errors import STATUS
-from gateway.identity.authenticate import authenticate
+from gateway.identity.authenticate import authenticate_signature
 from gateway.identity.models import Identity, Keypair, User
 from gateway.identity.signing import MAX_AUTH_HEADER, signed_headers
 from gateway.identity.store import IdentityStore
@@ -38,7 +38,7 @@ async def store(store: IdentityStore) -> IdentityStore:
 
 @pytest.mark.anyio
 async def test_the_design_vector_authenticates(store: IdentityStore) -> None:
-    identity = await authenticate("GET", TARGET, vector_headers(), store, now=NOW)
+    identity = await authenticate_signature("GET", TARGET, vector_headers(), store, now=NOW)
     assert identity == Identity(ACCESS_KEY, "alice", "user", "default")
 
 
@@ -56,21 +56,21 @@ async def test_the_design_vector_authenticates(store: IdentityStore) -> None:
 @pytest.mark.anyio
 async def test_rfc1123_and_iso_dates_authenticate(store: IdentityStore, date: str) -> None:
     headers = vector_headers(date=date, authorization=signed(date))
-    assert (await authenticate("GET", TARGET, headers, store, now=NOW)).user_id == "alice"
+    assert (await authenticate_signature("GET", TARGET, headers, store, now=NOW)).user_id == "alice"
 
 
 @pytest.mark.anyio
 async def test_x_backendai_date_is_the_fallback(store: IdentityStore) -> None:
     headers = vector_headers(date=None, x_backendai_date=DATE)
-    assert (await authenticate("GET", TARGET, headers, store, now=NOW)).user_id == "alice"
+    assert (await authenticate_signature("GET", TARGET, headers, store, now=NOW)).user_id == "alice"
 
 
 @pytest.mark.anyio
 async def test_naive_now_is_utc_and_skew_edges_pass(store: IdentityStore) -> None:
     naive = NOW.replace(tzinfo=None)
-    assert await authenticate("GET", TARGET, vector_headers(), store, now=naive)
+    assert await authenticate_signature("GET", TARGET, vector_headers(), store, now=naive)
     exact = datetime(2019, 10, 7, 12, 49, 56, tzinfo=UTC)
-    assert await authenticate("GET", TARGET, vector_headers(), store, now=exact)
+    assert await authenticate_signature("GET", TARGET, vector_headers(), store, now=exact)
 
 
 def _signed_other(date: str) -> str:
@@ -126,7 +126,7 @@ async def test_each_failure_has_its_status_slug_and_title(
     title: str,
 ) -> None:
     with pytest.raises(GatewayError) as info:
-        await authenticate(method, TARGET, vector_headers(**changes), store, now=NOW)
+        await authenticate_signature(method, TARGET, vector_headers(**changes), store, now=NOW)
     assert (STATUS[info.value.slug], info.value.slug, info.value.title) == (status, slug, title)
     assert SECRET not in str(info.value)
 
@@ -143,7 +143,9 @@ async def test_an_inactive_key_with_a_bad_signature_only_says_mismatch(
 ) -> None:
     forged = signed(DATE, access_key="AKIAINACTIVE", secret="y" * 40)
     with pytest.raises(GatewayError, match="Signature mismatch"):
-        await authenticate("GET", TARGET, vector_headers(authorization=forged), store, now=NOW)
+        await authenticate_signature(
+            "GET", TARGET, vector_headers(authorization=forged), store, now=NOW
+        )
 
 
 @pytest.mark.anyio
@@ -152,14 +154,14 @@ async def test_a_keypair_without_its_user_fails(
 ) -> None:
     await async_redis.delete(store.keys.user("alice"))
     with pytest.raises(GatewayError, match="Keypair owner not found") as info:
-        await authenticate("GET", TARGET, vector_headers(), store, now=NOW)
+        await authenticate_signature("GET", TARGET, vector_headers(), store, now=NOW)
     assert STATUS[info.value.slug] == 401
 
 
 @pytest.mark.anyio
 async def test_custom_max_skew(store: IdentityStore) -> None:
     with pytest.raises(GatewayError, match="Too large clock skew"):
-        await authenticate(
+        await authenticate_signature(
             "GET", TARGET, vector_headers(), store, now=NOW, max_skew=timedelta(minutes=1)
         )
 
@@ -173,4 +175,4 @@ async def test_signed_headers_authenticate(store: IdentityStore) -> None:
     }
     assert headers["date"] == "Sun, 15 Sep 2024 08:00:00 GMT"
     headers["host"] = HOST
-    assert (await authenticate("GET", TARGET, headers, store, now=now)).user_id == "alice"
+    assert (await authenticate_signature("GET", TARGET, headers, store, now=now)).user_id == "alice"

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import GatewayError
 from gateway.http.errors import STATUS
-from gateway.identity.authenticate import authenticate
+from gateway.identity.authenticate import authenticate_signature
 from gateway.identity.store import IdentityStore
 from publisher import Keys
 from tests.support.gateway_server import RunningGateway, gateway_settings, run_gateway
@@ -76,7 +76,9 @@ def test_authenticate_answers_400_or_401_for_any_headers(
     target: str,
 ) -> None:
     with pytest.raises(GatewayError) as info:  # no valid signature can come out of this
-        runner.run(authenticate(method, target, headers, cached_store, now=datetime.now(UTC)))
+        runner.run(
+            authenticate_signature(method, target, headers, cached_store, now=datetime.now(UTC))
+        )
     assert (STATUS[info.value.slug], info.value.slug) in {
         (400, "invalid-auth-params"),
         (401, "auth-failed"),
