@@ -8,6 +8,10 @@ publish, with history            publishers       :data:`PUBLISH_SCRIPT`: XADD t
                                                   history, PUBLISH ``<id> <payload>`` live, the
                                                   epoch (SET NX), the publisher's sequence
 fence a closed publisher         publishers       :data:`FENCE_SCRIPT`
+publish at source positions      bridges          :data:`PUBLISH_AT_SCRIPT`: as the publish
+                                                  script, exactly once per source position,
+                                                  only while the caller holds the lease
+hold the lease                   bridges          SET NX PX, :data:`LEASE_SCRIPT`
 subscribe                        gateways         SUBSCRIBE the live channel with the replica's
                                                   probe channel and the change feed
 probe                            gateways         PUBLISH on the replica's own probe channel
@@ -34,7 +38,16 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .keys import Keys
 
-__all__ = ["FENCE_SCRIPT", "PUBLISH_SCRIPT", "READ_SCRIPT", "Bus", "fence_keys"]
+__all__ = [
+    "FENCE_SCRIPT",
+    "LEASE_SCRIPT",
+    "PUBLISH_AT_SCRIPT",
+    "PUBLISH_SCRIPT",
+    "READ_SCRIPT",
+    "Bus",
+    "fence_keys",
+    "fence_script",
+]
 
 # KEYS[1] history stream, KEYS[2] this publisher's last applied sequence number, KEYS[3] the
 # history's epoch: the id of the first entry this history ever held, set once (NX). A Redis
@@ -71,6 +84,71 @@ if seq - 1 > last then
   redis.call('SET', KEYS[2], seq - 1, 'EX', ARGV[4])
 end
 return ids
+"""
+
+
+# The publish script of a positioned publisher (publisher.positioned: a bridge from another
+# event bus). Each payload comes with its position in the source, a string of 80 digits
+# (four zero-padded 20-digit numbers: the source's epoch, a stream id's two parts, and a
+# place after that entry for what the bridge adds there), so string order is position order;
+# compared in pieces of 10 digits, each exact as a Lua number.
+# KEYS[1] history, KEYS[2] the publisher's last applied position (no TTL), KEYS[3] the epoch,
+# KEYS[4] the lease. ARGV[1] maxlen, ARGV[2] channel, ARGV[3] "~" or "=", ARGV[4] the lease
+# holder the caller claims to be ("" = no lease), ARGV[5..] pairs of position and payload, in
+# increasing order; an empty payload only moves the position on (a source entry that
+# publishes nothing). Per pair: the stream id, "" (no payload), or "skip" (the position was
+# applied already: a retry). Raises NOTHOLDER when the lease names someone else (or no one):
+# a bridge that lost its lease, however stale, can no longer write.
+PUBLISH_AT_SCRIPT: Final = """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then
+  return redis.error_reply('NOTHOLDER ' .. ARGV[4] .. ' does not hold the lease ' .. KEYS[4])
+end
+local function after(a, b)
+  for i = 1, 80, 10 do
+    local x = tonumber(string.sub(a, i, i + 9))
+    local y = tonumber(string.sub(b, i, i + 9))
+    if x ~= y then return x > y end
+  end
+  return false
+end
+local last = redis.call('GET', KEYS[2]) or ''
+local moved = false
+local ids = {}
+for i = 5, #ARGV, 2 do
+  local position, payload = ARGV[i], ARGV[i + 1]
+  if last == '' or after(position, last) then
+    if payload ~= '' then
+      local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[1], '*', 'e', payload)
+      redis.call('PUBLISH', ARGV[2], id .. ' ' .. payload)
+      redis.call('SET', KEYS[3], id, 'NX')
+      ids[#ids + 1] = id
+    else
+      ids[#ids + 1] = ''
+    end
+    last = position
+    moved = true
+  else
+    ids[#ids + 1] = 'skip'
+  end
+end
+if moved then
+  redis.call('SET', KEYS[2], last)
+end
+return ids
+"""
+
+# KEYS[1] a lease; ARGV[1] the holder, ARGV[2] its new lifetime in ms ("0": give it up).
+# Renews (PEXPIRE) or releases (DEL) the lease only if ARGV[1] holds it; 1 if it did, else 0.
+LEASE_SCRIPT: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '0' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
 """
 
 
@@ -132,6 +210,12 @@ def fence_keys(sequence_key: str) -> list[str]:
     return [sequence_key, f"{sequence_key}:fenced"]
 
 
+def fence_script(client: Any) -> Any:
+    """:data:`FENCE_SCRIPT` registered on ``client`` (sync or asyncio): call it with
+    ``keys=fence_keys(...)`` and ``args=[last number, ttl]``."""
+    return client.register_script(FENCE_SCRIPT)
+
+
 @dataclass(frozen=True, slots=True)
 class Bus:
     """The bus of one key prefix (see the module docstring). Holds no connection: each verb
@@ -142,6 +226,15 @@ class Bus:
 
     # -- publishing -----------------------------------------------------------------------------
 
+    def publish_script(self, client: Any) -> Any:
+        """:data:`PUBLISH_SCRIPT` registered on ``client`` (sync or asyncio; a pipeline may be
+        passed to each call as ``client=``)."""
+        return client.register_script(PUBLISH_SCRIPT)
+
+    def publish_at_script(self, client: aredis.Redis) -> Any:
+        """:data:`PUBLISH_AT_SCRIPT` registered on ``client``."""
+        return client.register_script(PUBLISH_AT_SCRIPT)
+
     def publish_head(self, maxlen: int, *, exact_trim: bool, ttl: int) -> list[str]:
         """The first ARGV of :data:`PUBLISH_SCRIPT`: the history's length bound, the live
         channel, the trim mode, the sequence key's lifetime (seconds)."""
@@ -150,6 +243,40 @@ class Bus:
     def publish_keys(self, sequence_key: str) -> list[str]:
         """The KEYS of :data:`PUBLISH_SCRIPT`: the history, the publisher's sequence, the epoch."""
         return [self.keys.history, sequence_key, self.keys.epoch]
+
+    def publish_at_keys(self, publisher_id: str, lease: str) -> list[str]:
+        """The KEYS of :data:`PUBLISH_AT_SCRIPT`: the history, the publisher's position, the
+        epoch, the lease (``lease`` names the bridge whose lease fences the writes)."""
+        return [
+            self.keys.history,
+            self.keys.publisher_position(publisher_id),
+            self.keys.epoch,
+            self.keys.bridge_lease(lease),
+        ]
+
+    async def applied_position(self, redis: aredis.Redis, publisher_id: str) -> str | None:
+        raw = await redis.get(self.keys.publisher_position(publisher_id))
+        return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    # -- leases (one active bridge) -----------------------------------------------------------
+
+    async def acquire_lease(self, redis: aredis.Redis, name: str, holder: str, ms: int) -> bool:
+        """Take lease ``name`` for ``ms`` milliseconds if no one holds it."""
+        return bool(await redis.set(self.keys.bridge_lease(name), holder, nx=True, px=ms))
+
+    async def renew_lease(self, redis: aredis.Redis, name: str, holder: str, ms: int) -> bool:
+        """Extend the lease ``holder`` holds to ``ms`` from now; False if it does not hold it
+        (expired and perhaps taken: the holder must stop at once)."""
+        script = redis.register_script(LEASE_SCRIPT)
+        return bool(await script(keys=[self.keys.bridge_lease(name)], args=[holder, ms]))
+
+    async def release_lease(self, redis: aredis.Redis, name: str, holder: str) -> bool:
+        script = redis.register_script(LEASE_SCRIPT)
+        return bool(await script(keys=[self.keys.bridge_lease(name)], args=[holder, 0]))
+
+    async def lease_holder(self, redis: aredis.Redis, name: str) -> str | None:
+        raw = await redis.get(self.keys.bridge_lease(name))
+        return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
 
     # -- live -----------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .buffer import OverflowPolicy, Pending
-from .bus import FENCE_SCRIPT, PUBLISH_SCRIPT, fence_keys
+from .bus import fence_keys, fence_script
 from .connection import connect_async, connect_sync
 from .errors import ErrorClass, UndeliveredEvents
 from .keys import DEFAULT_PREFIX, Keys
@@ -79,7 +79,7 @@ def resolve_in_doubt(client: redis.Redis, report: CloseReport) -> tuple[KernelEv
     Raises ``redis`` errors as any call."""
     if not report.in_doubt:
         return ()
-    fence = client.register_script(FENCE_SCRIPT)
+    fence = fence_script(client)
     last = fence(keys=fence_keys(report.sequence_key), args=[report.in_doubt_seqs[-1], SEQ_TTL])
     return _not_written(report, last)
 
@@ -88,7 +88,7 @@ async def aresolve_in_doubt(client: aredis.Redis, report: CloseReport) -> tuple[
     """As :func:`resolve_in_doubt`, on an asyncio client."""
     if not report.in_doubt:
         return ()
-    fence = client.register_script(FENCE_SCRIPT)
+    fence = fence_script(client)
     keys = fence_keys(report.sequence_key)
     last = await fence(keys=keys, args=[report.in_doubt_seqs[-1], SEQ_TTL])
     return _not_written(report, last)
@@ -147,7 +147,7 @@ class _Publisher(Generic[ClientT]):
         )  # fmt: skip
         self._client: ClientT = client
         self._owns_client = owns_client
-        self._script: Any = client.register_script(PUBLISH_SCRIPT)  # sync or async Script
+        self._script: Any = self._core.bus.publish_script(client)  # sync or async Script
         self._retry_interval = retry_interval
         self._max_retry_interval = max_retry_interval
         self._report: CloseReport | None = None

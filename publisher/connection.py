@@ -52,6 +52,7 @@ __all__ = [
     "parse_sentinel",
     "redact_url",
     "tls_options",
+    "with_default_db",
 ]
 
 _SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
@@ -223,6 +224,23 @@ def parse_sentinel(url: str) -> SentinelTarget:
         sentinel_username=sentinel_username,
         sentinel_password=sentinel_password,
     )
+
+
+def with_default_db(url: str, db: int) -> str:
+    """``url`` naming database ``db`` when it names none (``redis://host`` ->
+    ``redis://host/4``; ``unix:///s.sock`` -> ``unix:///s.sock?db=4``; a Sentinel URL's
+    ``/service`` -> ``/service/4``); a URL that names one is returned as it is."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        if any(name == "db" for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
+            return url
+        query = f"{parts.query}&db={db}" if parts.query else f"db={db}"
+        return urlunsplit(parts._replace(query=query))
+    segments = [s for s in parts.path.split("/") if s]
+    wanted = 1 if parts.scheme in _SENTINEL_SCHEMES else 0
+    if len(segments) > wanted:
+        return url
+    return urlunsplit(parts._replace(path="/" + "/".join([*segments, str(db)])))
 
 
 def check_url(url: str) -> str:

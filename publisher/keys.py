@@ -48,6 +48,21 @@ class Keys:
         TTL): what makes retries from its outage buffer exactly-once."""
         return f"{self.prefix}:pubseq:{publisher_id}"
 
+    def publisher_position(self, publisher_id: str) -> str:
+        """The last source position a positioned publisher (a bridge) applied, kept without
+        a TTL: its place in the source, and what makes its writes exactly-once
+        (:mod:`publisher.positioned`)."""
+        return f"{self.prefix}:pubpos:{publisher_id}"
+
+    def bridge_lease(self, name: str) -> str:
+        """Who is the active bridge ``name`` (one holder at a time, with a TTL)."""
+        return f"{self.prefix}:bridge:{name}:lease"
+
+    def bridge_state(self, name: str) -> str:
+        """What bridge ``name`` keeps besides its position (a hash: when it last followed its
+        source, which wire format, which source instance)."""
+        return f"{self.prefix}:bridge:{name}:state"
+
     def probe_channel(self, replica: str) -> str:
         """A gateway replica's own channel for liveness probes of its subscription."""
         return f"{self.prefix}:probe:{replica}"

@@ -26,8 +26,11 @@ __all__ = [
     "KernelEvent",
     "Result",
     "SessionRef",
+    "SourceGap",
     "decode_event",
+    "decode_gap",
     "encode_event",
+    "encode_gap",
 ]
 
 EventName = Literal[
@@ -51,6 +54,21 @@ EventName = Literal[
     "session_cancelled",
     "session_success",
     "session_failure",
+    # the other session status transitions Backend.AI 25.13+ broadcasts (its ``scheduling``
+    # event; manager 26.8.1 shows each as ``session_<status>``, RUNNING as session_started):
+    # what a bridged Backend.AI shows on /events/session (gateway.bridge.lifecycle)
+    "session_pending",
+    "session_preparing",
+    "session_pulling",
+    "session_prepared",
+    "session_creating",
+    "session_restarting",
+    "session_running_degraded",
+    "session_deprioritizing",
+    "session_reserved",
+    "session_preempted",
+    "session_rescheduling",
+    "session_error",
 ]
 Result = Literal["UNDEFINED", "SUCCESS", "FAILURE"]
 
@@ -146,6 +164,43 @@ def encode_event(event: KernelEvent) -> bytes:
 def decode_event(payload: bytes | memoryview) -> KernelEvent:
     """Decode one payload; raises ``msgspec.DecodeError`` (or its ``ValidationError``)."""
     return _decoder.decode(payload)
+
+
+class SourceGap(msgspec.Struct, frozen=True, kw_only=True):
+    """A marker in history where the event source itself lost events, before they reached
+    the gateway's Redis: a bridge that was down, or a source stream trimmed past the bridge's
+    place (:mod:`gateway.bridge`). Gateways tell every open stream, and every stream resuming
+    from before it, ``history_truncated`` with reason ``source``; reconciled events follow.
+
+    Written in the place of an event (history field ``e``, live ``<id> <payload>``). It is not
+    a :class:`KernelEvent` (no ``name``), so a gateway older than the marker drops it as a
+    schema error (counted) and tells no one.
+    """
+
+    #: what lost events: ``source`` (the only kind so far)
+    gap: Literal["source"]
+    #: who noticed (a bridge's publisher id)
+    source: str
+    #: seconds since the epoch: the last moment the source is known to have been followed, and
+    #: when following it resumed; what happened between may be missing
+    since: float
+    until: float
+
+
+_gap_encoder: Final = msgspec.msgpack.Encoder()
+_gap_decoder: Final = msgspec.msgpack.Decoder(SourceGap)
+
+
+def encode_gap(marker: SourceGap) -> bytes:
+    return _gap_encoder.encode(marker)
+
+
+def decode_gap(payload: bytes | memoryview) -> SourceGap | None:
+    """The marker in ``payload``, or None when it is not one (never raises)."""
+    try:
+        return _gap_decoder.decode(payload)
+    except msgspec.DecodeError:  # ValidationError included
+        return None
 
 
 class SessionRef(msgspec.Struct, frozen=True, kw_only=True):

@@ -103,11 +103,12 @@ _V5_NAME: Final[dict[str, str]] = {
 def v4_name(event: KernelEvent) -> str | None:
     """The event's name on the v4 stream, or None when v4 did not show it: the session-level
     events it had no name for (scheduled, started, terminating, terminated: v4 showed the
-    main kernel's), and the events of a cluster's other kernels."""
+    main kernel's), and the events of a cluster's other kernels (any role but ``main``:
+    manager 19.09 showed the master kernel only; Backend.AI numbers its main kernel 1)."""
     name = event.name
     if name.startswith("session_"):
         return _V4_NAME.get(name)
-    return name if event.cluster_idx == 0 else None
+    return name if event.cluster_role == "main" else None
 
 
 def v5_name(event: KernelEvent) -> str:
@@ -185,8 +186,10 @@ def server_close_frame(reason: CloseReason, retry_ms: int, *, field: bool = Fals
 #: why history cannot prove it holds every event after a client's id (``history_truncated``):
 #: ``trimmed`` MAXLEN or a deletion removed entries after it; ``reset`` it is older than this
 #: history (Redis lost its data, or a fresh instance); ``ahead`` it is newer than anything in
-#: history; ``unknown`` it is in range but no entry has it
-GapReason = Literal["trimmed", "reset", "ahead", "unknown"]
+#: history; ``unknown`` it is in range but no entry has it; ``source`` the event source lost
+#: events before they reached history (a bridge that was away, see
+#: :class:`publisher.schema.SourceGap`): what could be reconstructed follows
+GapReason = Literal["trimmed", "reset", "ahead", "unknown", "source"]
 
 
 def notice_frame(

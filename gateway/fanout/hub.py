@@ -33,7 +33,7 @@ from time import perf_counter
 import msgspec
 
 from gateway.settings import FanoutSettings
-from publisher.schema import KernelEvent, decode_event
+from publisher.schema import KernelEvent, SourceGap, decode_event, decode_gap
 
 from .connection import NO_WRITE, Connection
 from .filters import Filter, IndexKey, candidate_keys
@@ -189,17 +189,20 @@ class Hub:
     def redis_now_ms(self) -> float:
         return self.wall_clock() * 1000 + self.redis_clock_offset_ms
 
-    def decode(self, raw_id: bytes, payload: bytes | None) -> KernelEvent | None:
-        """The event in ``payload``, or None when it is over ``max_payload`` (None: a
-        history read held it back as such) or does not decode or validate (dropped and
-        counted). Live messages, gap-fill and replay all check here, with the same limit
-        and the same counters."""
+    def decode(self, raw_id: bytes, payload: bytes | None) -> KernelEvent | SourceGap | None:
+        """The event in ``payload`` (or the source-gap marker), or None when it is over
+        ``max_payload`` (None: a history read held it back as such) or does not decode or
+        validate (dropped and counted). Live messages, gap-fill and replay all check here,
+        with the same limit and the same counters."""
         if payload is None or len(payload) > self.max_payload:
             self._drop("oversized", raw_id)
             return None
         try:
             return decode_event(payload)
         except msgspec.ValidationError as exc:
+            marker = decode_gap(payload)  # off the hot path: only what is not an event
+            if marker is not None:
+                return marker
             self._drop("schema", raw_id, exc)
         except msgspec.DecodeError as exc:
             self._drop("decode", raw_id, exc)
@@ -226,16 +229,12 @@ class Hub:
         self.last_id = stream_id
         if self.first_id is None:
             self.first_id = stream_id
-        self.dispatch(stream_id, raw_id.decode("ascii"), event)
-
-    def new_history(self, reason: GapReason) -> None:
-        """Redis holds another history than the one the watermark points into (an epoch
-        change) or the watermark is past its end: forget the watermark, and tell every open
-        stream, before anything from the new history reaches it, that a gap may be there.
-        The next gap-fill then dispatches the whole history Redis holds now."""
-        self.last_id = (0, 0)  # everything the new history holds is new here
-        self.first_id = None
-        self.notice_all(reason)
+        if type(event) is SourceGap:
+            self.stats.source_gaps += 1
+            log.warning("the event source lost events (%s): every open stream is told", event)
+            self.notice_all("source")
+            return
+        self.dispatch(stream_id, raw_id.decode("ascii"), event)  # type: ignore[arg-type]
 
     def notice_all(self, reason: GapReason) -> None:
         """Tell every open stream ``history_truncated`` (``lastEventId`` null): what comes

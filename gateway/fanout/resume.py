@@ -20,6 +20,7 @@ import logging
 import redis.asyncio as aredis
 
 from publisher.bus import Bus
+from publisher.schema import SourceGap
 
 from .connection import Connection
 from .frames import StreamId, format_stream_id, frame_for, notice_frame, parse_stream_id
@@ -63,7 +64,13 @@ async def replay(
                 for raw_id, payload in batch:
                     last = cursor = parse_stream_id(raw_id)
                     event = hub.decode(raw_id, payload)
-                    if event is None or not connection.filter.matches(event):
+                    if event is None:
+                        continue
+                    if isinstance(event, SourceGap):  # told to every stream, as live
+                        await connection.drained(pace)
+                        connection.push(notice_frame(None, None, "source"))
+                        continue
+                    if not connection.filter.matches(event):
                         continue
                     frame = frame_for(connection.view, raw_id.decode(), event)
                     if frame is None:

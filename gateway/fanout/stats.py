@@ -48,6 +48,8 @@ class HubStats:
     deliveries: int = 0
     duplicates: int = 0
     connections_total: int = 0
+    #: source-gap markers seen (gateway.bridge: events lost before they reached history)
+    source_gaps: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     evictions: Counter[str] = field(default_factory=Counter)
     #: seconds from a message's arrival to the last matching client's buffer

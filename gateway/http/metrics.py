@@ -52,6 +52,11 @@ class GatewayCollector(Collector):
             "kev_events_duplicate", "Events dropped as already seen (gap-fill)", stats.duplicates
         )
         yield CounterMetricFamily(
+            "kev_source_gaps",
+            "Source-gap markers seen (a bridge's source lost events): streams were told",
+            stats.source_gaps,
+        )
+        yield CounterMetricFamily(
             "kev_deliveries", "Event frames queued to clients", value=stats.deliveries
         )
         yield CounterMetricFamily(
