@@ -18,6 +18,9 @@ from tests.support.gateway_server import RunningGateway, gateway_settings, run_g
 from tests.support.identities import seed
 from tests.support.redis_server import RedisServer
 
+# the PostgreSQL fixtures (postgres_server, backendai_db, private_postgres, ...)
+pytest_plugins = ("tests.support.postgres",)
+
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:

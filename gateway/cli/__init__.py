@@ -11,12 +11,19 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from gateway.cli.keypair import KeypairMissing, add_keypair_flags, keypair_from
 from gateway.identity.signing import DEFAULT_VERSION, signed_headers
 from gateway.logs import configure_logging
-from gateway.settings import ENV_PREFIX, FIELDS, SECRET_FIELDS, Field, Settings, SettingsError
+from gateway.settings import (
+    ENV_PREFIX,
+    BridgeSettings,
+    Field,
+    Settings,
+    SettingsError,
+    SettingsGroup,
+)
 from publisher.cli import OneLineParser
 from publisher.secretinput import SecretError, resolve_secret
 
@@ -24,12 +31,17 @@ from . import acl, admin, tail
 
 __all__ = ["main"]
 
+G = TypeVar("G", bound=SettingsGroup)
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per setting; unset flags fall back to env, then defaults. Each flag's
-    help is the setting's declared description (:func:`gateway.settings.field_docs`), its
-    default and its environment variable: written once, in gateway/settings/sections.py."""
-    for name, field in FIELDS.items():
+
+def _add_settings_flags(
+    parser: argparse.ArgumentParser, group: type[SettingsGroup] = Settings
+) -> None:
+    """One ``--flag`` per setting of ``group``, and ``--<name>-file`` per secret one; unset
+    flags fall back to env, then defaults. Each flag's help is the setting's declared
+    description (:func:`gateway.settings.field_docs`), its default and its environment
+    variable: written once, in gateway/settings/sections.py."""
+    for name, field in group.FIELDS.items():
         env = field.env
         if field.shared_env:
             env += f", else {field.shared_env}"
@@ -45,9 +57,17 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 field.flag,
                 dest=name,
-                type=_flag_type(field),
+                type=_flag_type(field, group),
+                choices=field.choices or None,
                 metavar=name.upper(),
                 help=help_text,
+            )
+    for name, field in group.FIELDS.items():
+        if field.secret:
+            parser.add_argument(
+                field.flag + "-file",
+                metavar="PATH",
+                help=f"read {name} from this file (- = stdin); env {field.env}_FILE",
             )
 
 
@@ -65,28 +85,31 @@ def _shown(field: Field) -> str:
     return str(value) if value != "" else "none"
 
 
-def _flag_type(field: Field) -> Callable[[str], Any]:
+def _flag_type(field: Field, group: type[SettingsGroup]) -> Callable[[str], Any]:
     """The same cast as the environment's (:meth:`Settings.parse`), named after the
     setting's type so that argparse says "invalid int value: 'abc'"."""
 
     def cast(raw: str) -> Any:
-        return Settings.parse(field.name, raw)
+        if field.kind == "choice":  # case-folded; argparse names the choices if it is none
+            return field.from_text(raw)
+        return group.parse(field.name, raw)
 
     cast.__name__ = field.kind
     return cast
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {name: getattr(args, name, None) for name in FIELDS}
-    for name in SECRET_FIELDS:  # --redis-url -, --redis-url-file PATH (GATEWAY_*_FILE: load)
-        flag = "--" + name.replace("_", "-")
+def _settings(args: argparse.Namespace, group: type[G]) -> G:
+    overrides = {name: getattr(args, name, None) for name in group.FIELDS}
+    for name, field in group.FIELDS.items():
+        if not field.secret:  # --redis-url -, --redis-url-file PATH (GATEWAY_*_FILE: load)
+            continue
         try:
             overrides[name] = resolve_secret(
-                overrides[name], getattr(args, name + "_file", None), {}, "", what=flag
+                overrides[name], getattr(args, name + "_file", None), {}, "", what=field.flag
             )
         except SecretError as exc:
             raise SettingsError(str(exc)) from None
-    return Settings.load(os.environ, **overrides)
+    return group.load(os.environ, **overrides)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -94,13 +117,23 @@ def _serve(args: argparse.Namespace) -> int:
     away, a missing file) ends within seconds with one line on stderr and status 1."""
     from gateway.http.server import StartupError, serve
 
-    settings = _settings(args)
+    settings = _settings(args, Settings)
     configure_logging(settings.server.log_level, settings.server.log_format)
     try:
         serve(settings)
     except StartupError as exc:
         print(f"gateway serve: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _bridge(args: argparse.Namespace) -> int:
+    """Run the bridge from an unmodified Backend.AI's bus (gateway.bridge)."""
+    from gateway.bridge.app import serve
+
+    settings = _settings(args, BridgeSettings)
+    configure_logging(settings.bridge.log_level, settings.bridge.log_format)
+    serve(settings)
     return 0
 
 
@@ -139,13 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
         "variable; flags win over the environment, which wins over the defaults.",
     )
     _add_settings_flags(serve)
-    for name in SECRET_FIELDS:
-        serve.add_argument(
-            "--" + name.replace("_", "-") + "-file",
-            metavar="PATH",
-            help=f"read {name} from this file (- = stdin); env {ENV_PREFIX}{name.upper()}_FILE",
-        )
     serve.set_defaults(run=_serve)
+
+    bridge = sub.add_parser(
+        "bridge",
+        help="publish an unmodified Backend.AI's lifecycle events (its Redis and PostgreSQL)",
+        description="Follow an unmodified Backend.AI's event bus (its Redis, database 4), look "
+        "each lifecycle event up in its PostgreSQL as the manager does, and publish it to the "
+        "gateway's Redis: history, resume and exactly-once writes apply. One bridge is active "
+        "at a time; start another as a standby. Every setting is a flag and an environment "
+        "variable (GATEWAY_BRIDGE_*; the gateway's Redis as gateway serve names it).",
+    )
+    _add_settings_flags(bridge, BridgeSettings)
+    bridge.set_defaults(run=_bridge)
 
     sign = sub.add_parser("sign", help="print the headers of a signed stream request")
     add_keypair_flags(sign)

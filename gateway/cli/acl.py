@@ -14,6 +14,10 @@ gateway    read history, epoch, identities; subscribe;   write identities or the
                                                          but INFO
 admin      read and write identities (``gateway user``,  history, sessions, channels; @admin,
            ``keypair``, ``group``, ``import``)           @dangerous
+bridge     run the positioned publish script (history,   identities, browser sessions; @admin,
+           live channel, epoch, its position); hold its  @dangerous
+           lease and state (``gateway bridge``; written
+           only when its password is given or named)
 ========== ============================================= =======================================
 
 With the ``default`` user limited to PING, a replica and a Sentinel need users of their own
@@ -63,8 +67,10 @@ __all__ = [
     "rules",
 ]
 
-Profile = Literal["publisher", "gateway", "admin"]
+Profile = Literal["publisher", "gateway", "admin", "bridge"]
 PROFILES: Final[tuple[Profile, ...]] = get_args(Profile)
+#: written unless ``--profiles`` says otherwise; the others only when named or given a password
+DEFAULT_PROFILES: Final[tuple[Profile, ...]] = ("publisher", "gateway", "admin")
 #: ``r``: read-only (``%R~``), ``rw``: read and write (``~``). A script's declared keys
 #: (EVALSHA ... KEYS) need both, whatever the script does with them; EVALSHA_RO's need ``r``.
 Access = Literal["r", "rw"]
@@ -72,12 +78,17 @@ Access = Literal["r", "rw"]
 #: Keys member -> who may touch the key(s) it names, and how.
 KEY_GRANTS: Final[Mapping[str, Mapping[Profile, Access]]] = {
     # the gateway reads it (XINFO, XRANGE) and through a read-only script run by EVALSHA_RO
-    # (history.py), whose declared keys need read access only: it cannot append or trim
-    "history": {"publisher": "rw", "gateway": "r"},
+    # (publisher/bus.py, READ_SCRIPT), whose declared keys need read access only: it cannot
+    # append or trim
+    # the bridge also reads it back to reconcile (gateway.bridge.reconcile)
+    "history": {"publisher": "rw", "gateway": "r", "bridge": "rw"},
     # the publish script sets it once; a gateway sets it (SET NX) for a history written
     # before epochs existed (history.history_state)
-    "epoch": {"publisher": "rw", "gateway": "rw"},
+    "epoch": {"publisher": "rw", "gateway": "rw", "bridge": "rw"},
     "publisher_seq": {"publisher": "rw"},
+    "publisher_position": {"bridge": "rw"},
+    "bridge_lease": {"bridge": "rw"},
+    "bridge_state": {"bridge": "rw"},
     "keypair": {"gateway": "r", "admin": "rw"},
     "user": {"gateway": "r", "admin": "rw"},
     "group": {"gateway": "r", "admin": "rw"},
@@ -87,14 +98,14 @@ KEY_GRANTS: Final[Mapping[str, Mapping[Profile, Access]]] = {
     "browser_session": {"gateway": "rw"},
     "browser_sessions_of": {"gateway": "rw"},
     "login_throttle": {"gateway": "rw"},
-    # each replica's count of open streams per access key, under a lease (http/limits.py)
+    # each replica's count of open streams per access key, under a lease (replica/limits.py)
     "key_streams": {"gateway": "rw"},
     "identity_generation": {"gateway": "r", "admin": "rw"},
 }
 #: Keys member -> who may publish or subscribe on the channel(s) it names (Redis does not
 #: tell the two apart; commands do: a publisher has PUBLISH, no SUBSCRIBE).
 CHANNEL_GRANTS: Final[Mapping[str, tuple[Profile, ...]]] = {
-    "channel": ("publisher", "gateway"),
+    "channel": ("publisher", "gateway", "bridge"),
     "probe_channel": ("gateway",),
     # every identity write (admin) and logout (gateway) announces itself here
     "identity_changes": ("gateway", "admin"),
@@ -131,6 +142,24 @@ COMMANDS: Final[Mapping[Profile, tuple[str, ...]]] = {
         # history read script
         "+evalsha",
         "+evalsha_ro",
+        "+script|load",
+        "+script|exists",
+        *_CONNECT,
+    ),
+    # the positioned publish script and the lease's (EVALSHA), its reads of its position,
+    # state and the history (reconciliation), TIME
+    "bridge": (
+        "-@all",
+        "+@read",
+        "+@write",
+        "+@transaction",
+        "+@connection",
+        "-@admin",
+        "-@dangerous",
+        "-function",
+        "+publish",
+        "+time",
+        "+evalsha",
         "+script|load",
         "+script|exists",
         *_CONNECT,
@@ -229,14 +258,14 @@ def render(
     users: Mapping[Profile, str],
     *,
     fmt: Literal["aclfile", "commands"] = "aclfile",
-    default_user: Literal["ping", "off"] = "ping",
+    default_user: Literal["ping", "off", "keep"] = "ping",
     services: Mapping[ServiceUser, tuple[str, str]] | None = None,
 ) -> str:
     """An aclfile (``redis-server --aclfile``) or ``ACL SETUSER`` lines (for ``redis-cli``)
     defining one user per profile in ``passwords``, then one per service in ``services``
     (service -> (user name, password)), whose passwords appear as SHA-256 hashes only."""
     lines: list[str] = []  # an aclfile has no comments
-    entries = [DEFAULT_USER[default_user].split()[1:]]
+    entries = [] if default_user == "keep" else [DEFAULT_USER[default_user].split()[1:]]
     for profile in PROFILES:
         if profile in passwords:
             digest = _digest(passwords[profile])
@@ -264,7 +293,7 @@ def _quote(word: str) -> str:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "acl",
-        help="print Redis ACL users for the publisher, gateway and admin roles",
+        help="print Redis ACL users for the publisher, gateway, admin (and bridge) roles",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("--prefix", help=f"key prefix (env GATEWAY_PREFIX; default {DEFAULT_PREFIX})")
@@ -276,15 +305,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--default-user",
-        choices=sorted(DEFAULT_USER),
+        choices=(*sorted(DEFAULT_USER), "keep"),
         default="ping",
-        help="the passwordless default user may only PING (default), or is off",
+        help="the passwordless default user may only PING (default), is off, or is left as "
+        "it is (keep: adding a user to a running Redis)",
     )
     p.add_argument(
         "--profiles",
-        default=",".join(PROFILES),
-        help="comma list of the users to write (default: all three; add replication "
-        "and/or sentinel to require their passwords too)",
+        default=",".join(DEFAULT_PROFILES),
+        help="comma list of the users to write (default: %(default)s; the bridge, "
+        "replication and sentinel users are written when their password is given, and "
+        "required when named here)",
     )
     for profile in PROFILES:
         env = f"KEV_ACL_{profile.upper()}_PASSWORD"
@@ -325,7 +356,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
     passwords: dict[Profile, str] = {}
     users: dict[Profile, str] = {}
     for profile in PROFILES:
-        if profile not in wanted:
+        if profile not in wanted and profile in DEFAULT_PROFILES:
             continue
         env_name = f"KEV_ACL_{profile.upper()}_PASSWORD"
         try:
@@ -335,6 +366,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
             )  # fmt: skip
         except SecretError as exc:
             return _fail(str(exc))
+        if password is None and profile not in wanted:
+            continue  # an optional profile without a password: not written
         if password is None:
             return _fail(
                 f"the {profile} user needs a password: --{profile}-password-file, "

@@ -13,12 +13,20 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
 
-from publisher.connection import RedisURLError, TLSOptions, check_url, redact_url, tls_options
+from publisher.connection import (
+    RedisURLError,
+    TLSOptions,
+    check_url,
+    redact_url,
+    tls_options,
+    with_default_db,
+)
 from publisher.keys import Keys
 
 __all__ = [
     "ENV_PREFIX",
     "SECTIONS",
+    "BridgeSection",
     "BrowserSettings",
     "FanoutSettings",
     "IdentitySettings",
@@ -58,6 +66,9 @@ class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
     #: prepended to a field's name to make its flat name
     env_prefix: ClassVar[str] = ""
+    #: put between ``GATEWAY_`` and the flat name in the environment variable only (the
+    #: flag stays ``--<flat name>``): a command's own section
+    env_group: ClassVar[str] = ""
 
     def check(self) -> None:
         """Checks beyond one field's type and bounds; raises :class:`SettingsError`."""
@@ -104,6 +115,7 @@ class ServerSettings(Section, frozen=True):
         _meta(
             "the API version GET / reports (Backend.AI SDKs pick their paths by it)",
             pattern=r"^v[0-9]+\.[0-9]{8}$",
+            extra={"expected": "v<major>.<YYYYMMDD>, e.g. v4.20190615"},
         ),
     ] = "v4.20190615"
     log_level: Annotated[
@@ -322,6 +334,7 @@ class FanoutSettings(Section, frozen=True):
             "requests with Last-Event-ID or resumable=1: the official SDKs do not resume",
             ge=0,
             le=7 * 86400,
+            extra={"expected": "0 (off) or 1-604800 s"},
         ),
     ] = 0.0
 
@@ -508,6 +521,136 @@ class BrowserSettings(Section, frozen=True):
                     f"{ENV_PREFIX}CORS_ORIGINS (--cors-origins): each origin must be "
                     f"scheme://host[:port] without a path, got {origin!r}"
                 )
+
+
+#: the Redis database Backend.AI's event bus lives in (``REDIS_STREAM_DB``: manager/defs.py
+#: 22.09.0 L61, common/defs.py 23.09.0 L8, common/defs/__init__.py 26.8.1 L10)
+BACKENDAI_STREAM_DB: Final = 4
+_DSN_SCHEMES: Final = ("postgresql://", "postgres://")
+
+
+def redact_dsn(dsn: str) -> str:
+    """A PostgreSQL URL with its password replaced by ``***`` (the way it goes into a log)."""
+    return redact_url(dsn)
+
+
+class BridgeSection(Section, frozen=True):
+    """``gateway bridge``: where an unmodified Backend.AI's event bus and database are, and how
+    the bridge follows them (variables ``GATEWAY_BRIDGE_<NAME>``, flags ``--<name>``)."""
+
+    env_group: ClassVar[str] = "bridge_"
+
+    from_redis: Annotated[
+        str,
+        _meta(
+            "Backend.AI's Redis URL (its event bus; database 4 unless the URL names another; "
+            "redis://, rediss://, unix://, redis+sentinel://); a secret when it holds a "
+            "password: GATEWAY_BRIDGE_FROM_REDIS_FILE",
+            extra={"secret": True},
+        ),
+    ] = ""
+    from_db: Annotated[
+        str,
+        _meta(
+            "Backend.AI's PostgreSQL (postgresql://user:password@host:port/db; a read-only "
+            "role is enough, see the README); a secret: GATEWAY_BRIDGE_FROM_DB_FILE",
+            extra={"secret": True},
+        ),
+    ] = ""
+    format: Annotated[
+        Literal["auto", "stream", "pubsub"],
+        _meta(
+            "Backend.AI's bus generation: stream (22.09-25.10: the events stream), pubsub "
+            "(25.11 and later: the events_all channel) or auto (detected; the log says which "
+            "and why)"
+        ),
+    ] = "auto"
+    name: Annotated[
+        str,
+        _meta(
+            "this bridged installation's name: its position, lease and state keys, and the "
+            "source of its events (one name per Backend.AI; a standby uses the same)",
+            pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+        ),
+    ] = "backendai"
+    host: Annotated[
+        str, _meta("the address the bridge's /metrics, /health and /ready listen on")
+    ] = "127.0.0.1"
+    port: Annotated[Port, _meta("the port of /metrics, /health and /ready")] = 9180
+    lease_ttl: Annotated[
+        Seconds,
+        _meta(
+            "seconds the active bridge's lease lives without renewal (renewed every third of "
+            "it): how soon a standby takes over from a bridge that died",
+            ge=1,
+            le=300,
+        ),
+    ] = 5.0
+    batch: Annotated[
+        int,
+        _meta("source entries read, looked up and published together at most", ge=1, le=10_000),
+    ] = 256
+    lookup_timeout: Annotated[
+        Seconds,
+        _meta(
+            "seconds an event whose row PostgreSQL does not show yet (the manager's "
+            "transaction not yet committed) is looked up again (after 50, 200 ms, then every "
+            "second) before it is dropped and counted",
+            ge=0,
+            le=600,
+        ),
+    ] = 1.5
+    cache_size: Annotated[
+        int,
+        _meta("kernel and session rows kept in memory, most recently used", ge=0, le=10_000_000),
+    ] = 100_000
+    maxlen: Annotated[
+        int,
+        _meta(
+            "the gateway history's length bound the bridge's writes keep (as a publisher's)",
+            ge=1,
+        ),
+    ] = 100_000
+    reconcile_limit: Annotated[
+        Seconds,
+        _meta(
+            "seconds back the reconciliation after an outage looks at most (sessions that "
+            "ended longer ago than this are not told)",
+            ge=0,
+            le=30 * 86400,
+        ),
+    ] = 86400.0
+    log_level: Annotated[LogLevel, _meta("the lowest level logged")] = "info"
+    log_format: Annotated[LogFormat, _meta("text or json (one JSON object per line)")] = "text"
+
+    @property
+    def source_url(self) -> str:
+        """:attr:`from_redis`, naming Backend.AI's database 4 when it names none."""
+        return with_default_db(self.from_redis, BACKENDAI_STREAM_DB)
+
+    def check(self) -> None:
+        if not self.from_redis:
+            raise SettingsError(
+                f"{ENV_PREFIX}BRIDGE_FROM_REDIS (--from-redis): Backend.AI's Redis URL is needed"
+            )
+        try:
+            check_url(self.from_redis)
+        except RedisURLError as exc:
+            raise SettingsError(f"{ENV_PREFIX}BRIDGE_FROM_REDIS (--from-redis): {exc}") from exc
+        if not self.from_db.startswith(_DSN_SCHEMES):
+            raise SettingsError(
+                f"{ENV_PREFIX}BRIDGE_FROM_DB (--from-db): Backend.AI's PostgreSQL URL is needed "
+                f"(postgresql://user:password@host:port/dbname), got {redact_dsn(self.from_db)!r}"
+            )
+
+    def __repr__(self) -> str:  # never a password, in a log line or a traceback
+        shown = {
+            name: redact_url(getattr(self, name))
+            if name in ("from_redis", "from_db")
+            else getattr(self, name)
+            for name in self.__struct_fields__
+        }
+        return "BridgeSection(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
 #: the sections, by the attribute of :class:`Settings` that holds each

@@ -122,3 +122,18 @@ def test_gateway_acl_adds_the_replication_and_sentinel_users_when_given_a_passwo
         "default",
         "kev-gateway",
     ]
+
+
+def test_gateway_acl_can_add_one_user_to_a_running_redis_and_leave_the_default_user(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--default-user keep``: what an operator adding the bridge to a deployed Redis pipes
+    into redis-cli; nothing else changes there (README, "Beside an existing Backend.AI")."""
+    (tmp_path / "bridge").write_text("bridge-secret-6\n")
+    args = ["acl", "--profiles", "bridge", "--bridge-password-file", str(tmp_path / "bridge")]
+    assert main([*args, "--format", "commands", "--default-user", "keep"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("ACL SETUSER kev-bridge reset on ")
+    assert "bridge-secret-6" not in line
+    assert main([*args, "--format", "commands"]) == 0  # the default: the default user too
+    assert [w.split()[2] for w in capsys.readouterr().out.splitlines()] == ["default", "kev-bridge"]

@@ -1,9 +1,10 @@
 """ARCHITECTURE.md's floor plan, enforced.
 
 Statically, from the import graph: import-linter's contracts in pyproject.toml
-(``[tool.importlinter]``): the layers ``cli > http > identity > fanout > settings, errors,
-logs``; only the CLI imports the consumer; the consumer imports only the pure identity
-modules; ``publisher`` never imports ``gateway``; nothing shipped imports ``devtools``.
+(``[tool.importlinter]``): the layers ``cli > http > replica > identity > fanout >
+settings, errors, logs``; the bridge beside the HTTP edge, using none of it; only the CLI
+imports the consumer; the consumer imports only the pure identity modules; ``publisher``
+never imports ``gateway``; nothing shipped imports ``devtools``.
 
 Dynamically, in a fresh interpreter: what importing the consumer, and the publisher, really
 loads. The graph sees ``import a.b`` but not that it runs ``a/__init__.py`` and everything

@@ -43,6 +43,14 @@ SAMPLES = {
         ("cors_origins", " http://a.test , ,", ("http://a.test",)),
         ("cors_origins", "", ()),
         ("log_level", "warning", "warning"),
+        # as before the declared sections: a choice case-folded, ints by int()
+        ("log_level", "INFO", "info"),
+        ("log_format", " JSON ", "json"),
+        ("port", "+80", 80),
+        ("max_streams", "1_000", 1000),
+        # text exactly as given: a password may begin or end with a space
+        ("redis_password", " pw with space ", " pw with space "),
+        ("replica", "r 1", "r 1"),
     ],
 )
 def test_parse_casts_by_the_declared_type(name: str, raw: str, value: object) -> None:
@@ -52,7 +60,7 @@ def test_parse_casts_by_the_declared_type(name: str, raw: str, value: object) ->
 
 #: bad texts for a field of each kind, and that kind as the error should name it
 BAD_TEXTS = {
-    "port": (["eighty", "80.5", ""], "int"),
+    "port": (["eighty", "80.5", "", "8080.0", "1e3"], "int"),
     "write_deadline": (["soon", "1,5"], "float"),
     "cookie_secure": (["maybe", "2"], "bool"),
 }
@@ -66,6 +74,51 @@ def test_a_bad_text_is_an_error_naming_the_variable(name: str) -> None:
             Settings.parse(name, raw)
         message = str(info.value)
         assert message.startswith(f"{ENV_PREFIX}{name.upper()}: {raw!r} is not a valid {kind}")
+
+
+def test_settings_made_in_code_are_checked_too() -> None:
+    from gateway.settings import FanoutSettings, ServerSettings
+
+    with pytest.raises(SettingsError, match="GATEWAY_PORT"):
+        Settings(server=ServerSettings(port=0))
+    with pytest.raises(SettingsError, match="GATEWAY_BUFFER_CAP"):
+        Settings(fanout=FanoutSettings(buffer_cap=-5))
+    with pytest.raises(SettingsError, match="GATEWAY_LOG_LEVEL"):
+        Settings(server=ServerSettings(log_level="LOUD"))  # type: ignore[arg-type]
+
+
+def test_a_secret_from_a_file_survives_the_worker_round_trip(tmp_path: object) -> None:
+    from pathlib import Path
+
+    secret = Path(str(tmp_path)) / "pw"
+    secret.write_text(" pw with space \n")
+    loaded = Settings.load({"GATEWAY_REDIS_PASSWORD_FILE": str(secret)})
+    assert loaded.redis.password == " pw with space "
+    assert Settings.load(loaded.to_env()).redis.password == " pw with space "
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"GATEWAY_LOG_LEVEL": "verbose"}, "must be one of debug, info, warning, error"),
+        ({"GATEWAY_API_VERSION": "4"}, "must be v<major>.<YYYYMMDD>"),
+        ({"GATEWAY_STREAM_MAX_LIFETIME": "604801"}, "must be 0 (off) or 1-604800 s"),
+        ({"GATEWAY_STARTUP_TIMEOUT": "0"}, "must be a float > 0 and <= 600 s"),
+        ({"GATEWAY_COOKIE_SECURE": "maybe"}, "must be true or false (or 1/0, yes/no, on/off)"),
+    ],
+)
+def test_errors_say_what_the_setting_must_be(env: dict[str, str], says: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.load(env)
+    assert says in str(info.value)
+
+
+def test_a_bad_choice_flag_lists_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--log-level", "verbose"])
+    assert "choose from 'debug', 'info', 'warning', 'error'" in capsys.readouterr().err
+    args = build_parser().parse_args(["serve", "--log-level", "INFO"])
+    assert args.log_level == "info"
 
 
 def test_every_field_has_a_kind_parse_knows() -> None:
