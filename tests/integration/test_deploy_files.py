@@ -21,7 +21,7 @@ from gateway.cli import main as gateway_main
 from gateway.http.app import create_app
 from gateway.http.server import uvicorn_options
 from gateway.http.stream import STREAM_PATHS
-from gateway.settings import ENV_PREFIX, FIELDS, SECRET_FIELDS, Settings
+from gateway.settings import ENV_PREFIX, FIELDS, SECRET_FIELDS, BridgeSettings, Settings
 from publisher.connection import parse_sentinel
 from publisher.demo import demo_identities
 from tests.support.deploy import (
@@ -622,3 +622,81 @@ def test_kubernetes_import_job_runs_as_the_admin_user_with_only_its_password() -
     # the identities (secret keys) come from a Secret too
     identities = Path(container["command"][2])
     assert "secret" in volumes[mounts[str(identities.parent)]]
+
+
+# -- the bridge (gateway bridge) ------------------------------------------------------------------
+
+
+def _bridge_env(env: Mapping[str, Any]) -> BridgeSettings:
+    """``env`` checked as ``gateway bridge`` reads it: every GATEWAY_* variable a bridge
+    setting (or a secret's ``_FILE``), the rest loadable; the sources' secrets stand in."""
+    names = {f.env for f in BridgeSettings.FIELDS.values()}
+    secrets = {f.env for f in BridgeSettings.FIELDS.values() if f.secret}
+    # compose's ${VAR:-default}: as a machine without VAR set sees it
+    gateway_env = {
+        k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v))
+        for k, v in env.items()
+        if k.startswith(ENV_PREFIX)
+    }
+    unknown = {k for k in gateway_env if k not in names and k.removesuffix("_FILE") not in secrets}
+    assert not unknown, unknown
+    loadable = {k: v for k, v in gateway_env.items() if not k.endswith("_FILE")}
+    loadable.setdefault("GATEWAY_BRIDGE_FROM_REDIS", "redis://backendai:6379/4")
+    loadable.setdefault("GATEWAY_BRIDGE_FROM_DB", "postgresql://kev_bridge@backendai/backend")
+    return BridgeSettings.load(loadable)
+
+
+def test_compose_runs_two_bridges_with_their_own_redis_user_only_on_request() -> None:
+    services = compose()["services"]
+    bridges = {
+        n: s for n, s in services.items() if s.get("command", [])[:2] == ["gateway", "bridge"]
+    }
+    assert set(bridges) == {n for n, role in ROLE_OF_SERVICE.items() if role == "bridge"}
+    assert len(bridges) == 2  # one active, one standby
+    for name, service in bridges.items():
+        assert service["profiles"] == ["backendai"], name  # not in a plain `compose up`
+        settings = _bridge_env(service["environment"])
+        assert settings.bridge.host == "0.0.0.0"
+        assert any(f":{settings.bridge.port}/ready" in p for p in service["healthcheck"]["test"])
+        assert _seconds(service["stop_grace_period"]) > 5  # gives its lease up before SIGKILL
+
+
+def test_kubernetes_bridge_deployment() -> None:
+    bridge_dir = K8S / "bridge"
+    docs = {}
+    for path in sorted(bridge_dir.glob("*.yaml")):
+        (doc,) = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        assert "namespace" not in doc.get("metadata", {}), path
+        docs[doc["kind"]] = doc | {"_file": path.name}
+    assert set(docs["Kustomization"]["resources"]) == {
+        d["_file"] for k, d in docs.items() if k != "Kustomization"
+    }
+    deployment = docs["Deployment"]
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["gateway", "bridge"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    settings = _bridge_env(env)
+    target = parse_sentinel(env["GATEWAY_REDIS_URL"])
+    assert (target.username, target.password) == ("kev-bridge", None)
+    (port,) = container["ports"]
+    assert port["containerPort"] == settings.bridge.port
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(
+        settings.bridge.port
+    )
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert pod["terminationGracePeriodSeconds"] > 5
+    # its Redis password only, from the users' Secret; the sources from their own Secret
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    password = Path(env["GATEWAY_REDIS_PASSWORD_FILE"])
+    secret = volumes[mounts[str(password.parent)]["name"]]["secret"]
+    assert secret["secretName"] == _manifests()[REDIS_ACL_SECRET]["metadata"]["name"]
+    assert secret["items"] == [{"key": "bridge.password", "path": password.name}]
+    for var in ("GATEWAY_BRIDGE_FROM_REDIS_FILE", "GATEWAY_BRIDGE_FROM_DB_FILE"):
+        mount = mounts[str(Path(env[var]).parent)]
+        assert mount["readOnly"] is True
+        assert volumes[mount["name"]]["secret"]["secretName"] == "kev-bridge-source"
+    assert docs["NetworkPolicy"]["spec"]["podSelector"] == deployment["spec"]["selector"]

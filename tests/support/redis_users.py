@@ -39,6 +39,8 @@ ROLE_OF_SERVICE: Final[dict[str, Profile]] = {
     **{name: "gateway" for name in GATEWAYS},
     "seed": "admin",
     "publisher": "publisher",
+    "bridge1": "bridge",
+    "bridge2": "bridge",
 }
 _URL_VARS: Final = ("GATEWAY_REDIS_URL", "KEV_REDIS_URL")
 
