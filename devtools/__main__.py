@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -32,14 +33,35 @@ def _cluster(args: argparse.Namespace) -> int:
     started = time.monotonic()
     print(
         f"demo: starting redis-server, {args.replicas} gateway replicas, nginx on "
-        f":{args.port} and the demo publisher...",
+        f":{args.port} and "
+        + (
+            "a Backend.AI-shaped installation with gateway bridge..."
+            if args.backendai
+            else "the demo publisher..."
+        ),
         file=sys.stderr,
         flush=True,
     )
     try:
-        with LocalCluster(
-            replicas=args.replicas, port=args.port, publisher_rate=args.rate, quiet=False
-        ) as cluster:
+        with contextlib.ExitStack() as stack:
+            cluster = stack.enter_context(
+                LocalCluster(
+                    replicas=args.replicas,
+                    port=args.port,
+                    publisher_rate=0.0 if args.backendai else args.rate,
+                    quiet=False,
+                )
+            )
+            extra: tuple[str, ...] = ()
+            if args.backendai:
+                from .backendai import BackendAIDemo
+
+                backendai = stack.enter_context(
+                    BackendAIDemo(
+                        cluster.redis_url, generation=args.generation, rate=args.rate, quiet=False
+                    )
+                )
+                extra = tuple(backendai.lines())
             front = (
                 f"  nginx on :{cluster.port} in front of {len(cluster.replicas)} replicas: "
                 + ", ".join(cluster.replica_urls)
@@ -48,7 +70,9 @@ def _cluster(args: argparse.Namespace) -> int:
             )
             ready = f"  every component answered in {time.monotonic() - started:.1f}s"
             print(
-                banner(cluster.url, cluster.redis_url, (front, ready), cluster.replica_urls[0]),
+                banner(
+                    cluster.url, cluster.redis_url, (front, *extra, ready), cluster.replica_urls[0]
+                ),
                 file=sys.stderr,
                 flush=True,
             )
@@ -92,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cluster.add_argument("--rate", type=float, default=5.0, help="demo events/s (0: none)")
     cluster.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    cluster.add_argument(
+        "--backendai",
+        action="store_true",
+        help="the events from a Backend.AI-shaped installation (private PostgreSQL and Redis "
+        "bus, --rate messages/s) through gateway bridge, instead of the demo publisher",
+    )
+    cluster.add_argument(
+        "--generation",
+        default="26.8",
+        choices=("22.09.5", "23.09", "25.6", "26.8"),
+        help="with --backendai: the Backend.AI whose bus and schema to imitate (default 26.8)",
+    )
     cluster.set_defaults(run=_cluster)
     demo = sub.add_parser("demo", help="redis-server + one in-process gateway + demo publisher")
     demo.add_argument("--port", type=int, default=8080)

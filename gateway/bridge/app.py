@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from gateway.logs import logging_config
 from gateway.settings import BridgeSettings
+from publisher.tasks import cancel_and_wait
 
 from .run import Bridge
 
@@ -42,10 +43,11 @@ def create_app(settings: BridgeSettings, bridge: Bridge | None = None) -> Starle
         try:
             yield
         finally:
-            task.cancel()
-            await asyncio.wait({task}, timeout=_STOP_DEADLINE)
-            if not task.cancelled() and task.done() and task.exception() is not None:
+            if task.done() and not task.cancelled() and task.exception() is not None:
                 log.error("the bridge ended with an error", exc_info=task.exception())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_STOP_DEADLINE):
+                    await cancel_and_wait(task)  # a swallowed cancel too (publisher.tasks)
             async with asyncio.timeout(_STOP_DEADLINE):
                 await bridge.close()
             log.info("bridge %s stopped", bridge.name)

@@ -30,6 +30,7 @@ import os
 import socket
 import time
 import uuid
+from asyncio import FIRST_COMPLETED
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -43,6 +44,7 @@ from gateway.settings import BridgeSettings
 from publisher.connection import connect_async, redact_url
 from publisher.positioned import NotHolder, Position, PositionedPublisher
 from publisher.schema import InvalidEvent, KernelEvent, SourceGap
+from publisher.tasks import cancel_and_wait
 
 from .database import Database, Lookup, Owner
 from .lease import Lease, LeaseLost
@@ -164,14 +166,19 @@ class Bridge:
             self.metrics.active.set(1)
             self.metrics.takeovers.inc()
             log.info("active: %s holds the lease %s", self.holder, self.name)
+            # Not a TaskGroup: its one cancel of each child can be swallowed by redis-py's
+            # wait_for on Python 3.11 (publisher.tasks), and the bridge would never stop.
+            keep = asyncio.create_task(self.lease.keep(), name="bridge-lease")
+            follow = asyncio.create_task(self._follow(), name="bridge-follow")
             try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self.lease.keep(), name="bridge-lease")
-                    group.create_task(self._follow(), name="bridge-follow")
-            except* LeaseLost as lost:
-                log.warning("standby again: %s", lost.exceptions[0])
+                done, _ = await asyncio.wait({keep, follow}, return_when=FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # LeaseLost, or a bug: both end the follow
+            except LeaseLost as lost:
+                log.warning("standby again: %s", lost)
                 self.role = "standby"
             finally:
+                await cancel_and_wait(keep, follow)
                 self.metrics.active.set(0)
                 self.metrics.source_up.set(0)
                 self.source_ok = False

@@ -13,7 +13,7 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.support.postgres import (
+from devtools.postgres import (
     SCHEMAS,
     BackendAIDatabase,
     Kernel,

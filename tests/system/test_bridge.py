@@ -1,5 +1,5 @@
 """The bridge end to end, with real parts: Backend.AI's bus written byte for byte as each
-generation writes it (tests/support/backendai_bus.py) on a real redis-server, its PostgreSQL
+generation writes it (devtools/backendai_bus.py) on a real redis-server, its PostgreSQL
 (Debian's, a temporary cluster, the schema of 23.09 or 26.8, read by a read-only role), the
 bridge, and real gateway replicas serving v4 and v5 streams."""
 
@@ -15,6 +15,7 @@ import msgpack
 import pytest
 import redis.asyncio as aredis
 
+from devtools.postgres import BackendAIDatabase, Owner
 from gateway.consumer import SSEEvent
 from gateway.identity.store import IdentityStore
 from publisher.keys import Keys
@@ -29,7 +30,6 @@ from tests.support.bridge import (
 from tests.support.gateway_server import RunningGateway
 from tests.support.http import stream_as
 from tests.support.identities import Person
-from tests.support.postgres import BackendAIDatabase, Owner
 from tests.support.redis_server import RedisServer
 
 V4 = "/stream/kernel/_/events"

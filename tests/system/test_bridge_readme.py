@@ -18,9 +18,9 @@ import httpx
 import pytest
 import redis.asyncio as aredis
 
-from tests.support.backendai_bus import BackendAIBus
+from devtools.backendai_bus import BackendAIBus
+from devtools.postgres import SCHEMAS, BackendAIDatabase, PostgresServer
 from tests.support.bridge import Installation, gateway_history, names, wait_for
-from tests.support.postgres import SCHEMAS, BackendAIDatabase, PostgresServer
 from tests.support.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.slow

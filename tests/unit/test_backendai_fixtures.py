@@ -2,7 +2,7 @@
 producer's own packing code and compared byte for byte (so they cannot drift apart), the
 pickles have the opcode shape CPython writes, and the producer puts exactly those bytes on a
 real Redis. Rewrite the files deliberately with
-``python tests/support/backendai_bus.py --write-fixtures`` and review the diff.
+``python -m devtools.backendai_bus --write-fixtures`` and review the diff.
 
 No test here ever unpickles anything: an autouse fixture makes every unpickling entry point
 raise."""
@@ -22,8 +22,8 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from tests.support import backendai_bus as bus
-from tests.support.backendai_bus import (
+from devtools import backendai_bus as bus
+from devtools.backendai_bus import (
     AGENT_ID,
     CREATION_ID,
     FIXTURES,

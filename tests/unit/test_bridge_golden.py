@@ -16,9 +16,9 @@ from typing import Any
 import msgpack
 import pytest
 
+from devtools.backendai_bus import KERNEL_ID, SESSION_ID, Fixture, fixtures, pickle_opcodes
 from gateway.bridge.lifecycle import KERNEL_STEPS, SESSION_STEPS, interpret
 from gateway.bridge.wire import Malformed, SourceMessage, decode_args, decode_broadcast
-from tests.support.backendai_bus import KERNEL_ID, SESSION_ID, Fixture, fixtures, pickle_opcodes
 
 ROOT = Path(__file__).resolve().parents[1] / "fixtures" / "backendai"
 

@@ -30,6 +30,9 @@ ELSEWHERE = {
     ("gateway/bridge/source.py", "xrevrange"): "Backend.AI's own Redis",
     ("gateway/bridge/source.py", "xread"): "Backend.AI's own Redis",
     ("gateway/bridge/source.py", "subscribe"): "Backend.AI's own Redis (events_all)",
+    ("devtools/backendai.py", "subscribe"): "Backend.AI's Redis: the manager's subscription",
+    ("devtools/backendai_bus.py", "xadd"): "Backend.AI's Redis: its bus as it writes it",
+    ("devtools/backendai_bus.py", "execute_command"): "Backend.AI's Redis: its exact commands",
     ("bench/publisher_bench.py", "publish"): "the bench's baseline: raw PUBLISH, no script",
     ("bench/publisher_bench.py", "xlen"): "the bench waits for the history to fill",
 }

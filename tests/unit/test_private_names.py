@@ -142,3 +142,21 @@ def test_the_project_never_calls_asyncio_wait_for() -> None:
     assert not found, "asyncio.wait_for (use asyncio.timeout: publisher/tasks.py): " + ", ".join(
         found
     )
+
+
+def test_the_project_starts_no_task_group() -> None:
+    """A TaskGroup cancels each child once when it ends; redis-py's ``wait_for`` can swallow
+    that cancel on Python 3.11 (publisher/tasks.py), and the group then waits forever. The
+    bridge's lease keeper and follower did (a test teardown hung for good): project code
+    starts tasks and stops them with ``cancel_and_wait``. The tests and bench may use one
+    around tasks with no Redis in them."""
+    found = []
+    for path, module in _sources():
+        if path.parts[0] in ("tests", "bench"):
+            continue
+        for node in ast.walk(module):
+            if isinstance(node, ast.Attribute) and node.attr == "TaskGroup":
+                found.append(f"{path}:{node.lineno}")
+    assert not found, "asyncio.TaskGroup (use cancel_and_wait: publisher/tasks.py): " + ", ".join(
+        found
+    )
