@@ -258,24 +258,25 @@ class Bus:
         raw = await redis.get(self.keys.publisher_position(publisher_id))
         return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
 
-    # -- leases (one active bridge) -----------------------------------------------------------
+    # -- leases (one active bridge, one active identity syncer) ----------------------------------
+    # ``key`` is one of :class:`Keys`' lease names (``bridge_lease(name)``, ``sync_lease``).
 
-    async def acquire_lease(self, redis: aredis.Redis, name: str, holder: str, ms: int) -> bool:
-        """Take lease ``name`` for ``ms`` milliseconds if no one holds it."""
-        return bool(await redis.set(self.keys.bridge_lease(name), holder, nx=True, px=ms))
+    async def acquire_lease(self, redis: aredis.Redis, key: str, holder: str, ms: int) -> bool:
+        """Take the lease at ``key`` for ``ms`` milliseconds if no one holds it."""
+        return bool(await redis.set(key, holder, nx=True, px=ms))
 
-    async def renew_lease(self, redis: aredis.Redis, name: str, holder: str, ms: int) -> bool:
+    async def renew_lease(self, redis: aredis.Redis, key: str, holder: str, ms: int) -> bool:
         """Extend the lease ``holder`` holds to ``ms`` from now; False if it does not hold it
         (expired and perhaps taken: the holder must stop at once)."""
         script = redis.register_script(LEASE_SCRIPT)
-        return bool(await script(keys=[self.keys.bridge_lease(name)], args=[holder, ms]))
+        return bool(await script(keys=[key], args=[holder, ms]))
 
-    async def release_lease(self, redis: aredis.Redis, name: str, holder: str) -> bool:
+    async def release_lease(self, redis: aredis.Redis, key: str, holder: str) -> bool:
         script = redis.register_script(LEASE_SCRIPT)
-        return bool(await script(keys=[self.keys.bridge_lease(name)], args=[holder, 0]))
+        return bool(await script(keys=[key], args=[holder, 0]))
 
-    async def lease_holder(self, redis: aredis.Redis, name: str) -> str | None:
-        raw = await redis.get(self.keys.bridge_lease(name))
+    async def lease_holder(self, redis: aredis.Redis, key: str) -> str | None:
+        raw = await redis.get(key)
         return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
 
     # -- live -----------------------------------------------------------------------------------

@@ -260,8 +260,29 @@ def check_url(url: str) -> str:
         raise RedisURLError(f"{redact_url(url)}: sentinel_* parameters need a Sentinel URL")
     elif scheme != "unix" and not urlsplit(url).hostname:
         raise RedisURLError(f"{redact_url(url)}: no host")
+    _check_db(url, scheme)
     tls_options(url)
     return url
+
+
+def _check_db(url: str, scheme: str) -> None:
+    """The database a URL names, if it names one, must be a number (redis-py reads
+    ``redis://host/abc`` as database 0, silently)."""
+    parts = urlsplit(url)
+    if scheme not in _SENTINEL_SCHEMES:  # (parse_sentinel checks each Sentinel's port)
+        try:
+            parts.port  # noqa: B018 - a port that is not a number raises here
+        except ValueError:
+            raise RedisURLError(f"{redact_url(url)}: the port is not a number") from None
+    if scheme == "unix":
+        named = [v for n, v in parse_qsl(parts.query, keep_blank_values=True) if n == "db"]
+    else:
+        segments = [s for s in parts.path.split("/") if s]
+        named = segments[1:2] if scheme in _SENTINEL_SCHEMES else segments[:1]
+        if len(segments) > (2 if scheme in _SENTINEL_SCHEMES else 1):
+            raise RedisURLError(f"{redact_url(url)}: a path of more than the database")
+    if named and not named[0].isdigit():
+        raise RedisURLError(f"{redact_url(url)}: database {named[0]!r} is not a number")
 
 
 def _plain_url(url: str) -> str:

@@ -25,11 +25,15 @@ class LeaseLost(Exception):
 
 
 class Lease:
-    """The lease ``name`` for ``holder``, ``ttl`` seconds long."""
+    """The lease at ``key`` for ``holder``, ``ttl`` seconds long; ``name`` says whose it is
+    in the log ("the active bridge backendai", "the active identity syncer")."""
 
-    def __init__(self, redis: aredis.Redis, bus: Bus, name: str, holder: str, ttl: float) -> None:
+    def __init__(
+        self, redis: aredis.Redis, bus: Bus, key: str, holder: str, ttl: float, *, name: str
+    ) -> None:
         self._redis = redis
         self._bus = bus
+        self.key = key
         self.name = name
         self.holder = holder
         self._ms = int(ttl * 1000)
@@ -43,13 +47,13 @@ class Lease:
         told: str | None = None
         while True:
             try:
-                if await self._bus.acquire_lease(self._redis, self.name, self.holder, self._ms):
+                if await self._bus.acquire_lease(self._redis, self.key, self.holder, self._ms):
                     self.reachable = True
                     return
-                holder = await self._bus.lease_holder(self._redis, self.name)
+                holder = await self._bus.lease_holder(self._redis, self.key)
                 self.reachable = True
                 if holder != told and holder is not None:
-                    log.info("standby: %s is the active bridge %s", holder, self.name)
+                    log.info("standby: %s is %s", holder, self.name)
                     told = holder
             except (RedisError, OSError) as exc:
                 if self.reachable:
@@ -67,7 +71,7 @@ class Lease:
         while True:
             await asyncio.sleep(self.ttl / 3)
             try:
-                held = await self._bus.renew_lease(self._redis, self.name, self.holder, self._ms)
+                held = await self._bus.renew_lease(self._redis, self.key, self.holder, self._ms)
             except (RedisError, OSError) as exc:
                 if time.monotonic() - renewed >= self.ttl:
                     raise LeaseLost(
@@ -75,12 +79,12 @@ class Lease:
                     ) from exc
                 continue
             if not held:
-                raise LeaseLost(f"the lease {self.name} was taken over")
+                raise LeaseLost(f"{self.name}: the lease was taken over")
             renewed = time.monotonic()
 
     async def release(self) -> None:
         """Give the lease up (a standby takes over at once); never raises."""
         try:
-            await self._bus.release_lease(self._redis, self.name, self.holder)
+            await self._bus.release_lease(self._redis, self.key, self.holder)
         except (RedisError, OSError) as exc:
             log.warning("could not release the lease %s (%s); it expires by itself", self.name, exc)

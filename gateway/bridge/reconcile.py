@@ -106,7 +106,8 @@ class Reconciler:
             )
         if not ended:
             return []
-        done = {step.key for step in seen if step.name in TERMINAL}
+        # a session step's key is the session's id (a kernel step's is the kernel's)
+        done = {step.key for step in seen if step.name in TERMINAL and step.lookup == "session"}
         done |= await self._published_ends(start, {s.owner.session_uuid for s in ended})
         groups = await self._lookup.group_names(
             s.owner.group_id for s in ended if s.owner.group_id is not None

@@ -99,6 +99,29 @@ def _holder() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+#: how long after a gap a session end it reconciled is not published again from the bus
+_RECONCILED_FOR: Final = 600.0
+_RECONCILED_MAX: Final = 100_000
+
+
+def _end_key(event: KernelEvent) -> tuple[object, str, object]:
+    """An end's identity: its session, its name, and for a kernel's end the kernel."""
+    kernel = event.kernel_id if event.name.startswith("kernel_") else None
+    return (event.session_uuid, event.name, kernel)
+
+
+def _error(exc: Exception) -> Malformed:
+    """An exception a message made decoding or interpreting raise, as that message's fault:
+    logged once per exception type with its traceback (a bug to fix), dropped and counted."""
+    if type(exc) not in _ERRORS_LOGGED:
+        _ERRORS_LOGGED.add(type(exc))
+        log.error("a message of backend.ai's bus could not be read; dropped", exc_info=exc)
+    return Malformed("error", f"{type(exc).__name__}: {str(exc)[:100]}")
+
+
+_ERRORS_LOGGED: set[type[BaseException]] = set()
+
+
 class Bridge:
     """One bridge process (see the module docstring). :meth:`run` until cancelled."""
 
@@ -134,7 +157,10 @@ class Bridge:
             self.gateway, cfg.name, lease=cfg.name, prefix=settings.redis.prefix, maxlen=cfg.maxlen
         )
         self.bus = self.publisher.bus
-        self.lease = Lease(self.gateway, self.bus, cfg.name, self.holder, cfg.lease_ttl)
+        self.lease = Lease(
+            self.gateway, self.bus, self.bus.keys.bridge_lease(cfg.name), self.holder,
+            cfg.lease_ttl, name=f"the active bridge {cfg.name}",
+        )  # fmt: skip
         self.reconciler = Reconciler(
             self.db, self.lookup, self.gateway, self.bus, source=cfg.name,
             limit=cfg.reconcile_limit,
@@ -146,6 +172,11 @@ class Bridge:
         self.gateway_ok = True
         self._drops = ThrottledLog(logger=log)
         self._last: Position | None = None
+        #: ends published by reconciliation -> until when their late messages are dropped
+        self._reconciled: dict[tuple[object, str, object], float] = {}
+        #: the stream generation's last published position, kept in case the gateway's
+        #: Redis loses the stored one
+        self._cursor: Position | None = None
         self.metrics.database_up.set(1)
 
     # -- the process ------------------------------------------------------------------------
@@ -208,8 +239,12 @@ class Bridge:
     async def _follow(self) -> None:
         """Follow the bus while the lease is held: Backend.AI's Redis failing is waited out
         (the place is kept: the cursor is in the gateway's Redis); a lost lease ends it."""
+        # PostgreSQL first: a wrong password or an unreachable server shows in /ready and
+        # the log at once, not at the first event (the bus keeps its place meanwhile)
+        await self.lookup.ask(self.db.has_sessions)
         delay = 0.5
         while True:
+            started = time.monotonic()
             try:
                 fmt = await self._format()
                 self.source_ok = True
@@ -220,6 +255,8 @@ class Bridge:
             except (RedisError, OSError, SourceLost) as exc:
                 self.source_ok = False
                 self.metrics.source_up.set(0)
+                if time.monotonic() - started > 30.0:  # it had been following: a new outage
+                    delay = 0.5
                 log.warning(
                     "backend.ai's redis: %s: %s; following again in %.1fs",
                     type(exc).__name__,
@@ -257,6 +294,14 @@ class Bridge:
     async def _follow_stream(self) -> None:
         source = StreamSource(self.source, count=self.settings.bridge.batch)
         applied = await self._applied()
+        if applied is None and self._cursor is not None:
+            # the gateway's Redis lost its data (the position with it): this process still
+            # knows where it was, so nothing of the source is skipped
+            log.warning(
+                "the gateway's redis no longer holds the bridge's position: going on from %s",
+                self._cursor,
+            )
+            applied = self._cursor
         if applied is None:
             newest = await source.newest()
             applied = (0, *newest, 0)
@@ -264,17 +309,24 @@ class Bridge:
             log.info("first run: following %s from its newest entry %s-%s", EVENTS_STREAM, *newest)
         epoch, cursor = applied[0], (applied[1], applied[2])
         told_gap: StreamId | None = None
+        told_reset: StreamId | None = None
         self.metrics.source_up.set(1)
         while True:
             snap = await source.snapshot(cursor)
             if snap.reset(cursor):
-                log.warning(
-                    "backend.ai's %s stream was made anew (its newest entry %s is older than "
-                    "the cursor %s-%s): its redis lost its data",
-                    EVENTS_STREAM, snap.newest, *cursor,
-                )  # fmt: skip
-                await self._gap((epoch, *cursor), cursor[0] / 1000, "source_reset", [])
-                epoch, cursor, told_gap = epoch + 1, (0, 0), None
+                # Rolled back (an XDEL of the newest entries, a restart from an older RDB or
+                # AOF, a failover to a lagging replica) or made anew: either way what it holds
+                # up to the cursor was published or is older than it. Nothing is published
+                # again; entries after the cursor follow as they come.
+                if told_reset != cursor:
+                    log.warning(
+                        "backend.ai's %s stream went back (its newest entry %s is older than "
+                        "the cursor %s-%s): rolled back or made anew; going on after the cursor",
+                        EVENTS_STREAM, snap.newest, *cursor,
+                    )  # fmt: skip
+                    await self._gap((epoch, *cursor), cursor[0] / 1000, "source_reset", [])
+                    told_reset = told_gap = cursor
+                await source.wait(1.0)
                 continue
             if snap.lost_after(cursor) and cursor != told_gap:
                 log.warning(
@@ -294,12 +346,15 @@ class Bridge:
             ]
             await self._publish_batch(batch)
             cursor = snap.entries[-1][0]
+            self._cursor = (epoch, *cursor, 0)
 
     def _message(self, fields: Any, *, count: bool = True) -> SourceMessage | Malformed:
         try:
             message = decode_stream_entry(fields)
         except Malformed as exc:
             return exc
+        except Exception as exc:  # a message must never stop the bridge (it would stop every
+            return _error(exc)  # bridge at this entry, for good): dropped, logged, counted
         if count:
             self.metrics.read.labels("stream").inc()
         return message
@@ -332,6 +387,8 @@ class Bridge:
                     message: SourceMessage | Malformed = decode_broadcast(data)
                 except Malformed as exc:
                     message = exc
+                except Exception as exc:  # as in _message
+                    message = _error(exc)
                 batch.append((self._next_position(now), message, now))
                 if len(batch) < size:
                     continue
@@ -388,6 +445,9 @@ class Bridge:
             except Malformed as exc:
                 self._drop(exc.kind, exc)
                 continue
+            except Exception as exc:  # as in _message
+                self._drop("error", _error(exc))
+                continue
             if step is None:
                 self.metrics.ignored.inc()
                 continue
@@ -397,7 +457,11 @@ class Bridge:
             started = time.perf_counter()
             events = await self._events([(step, at) for _, step, at in steps])
             self.metrics.lookup.observe(time.perf_counter() - started)
-            entries = [(pos, ev) for (pos, _, _), ev in zip(steps, events, strict=True) if ev]
+            entries = [
+                (pos, ev)
+                for (pos, _, _), ev in zip(steps, events, strict=True)
+                if ev is not None and not self._reconciled_already(ev)
+            ]
         last = batch[-1][0]
         if not entries or entries[-1][0] != last:
             entries.append((last, None))
@@ -438,7 +502,6 @@ class Bridge:
         end is neither in the gateway's history nor among ``survivors`` (what the source
         still holds after the gap)."""
         until = time.time()
-        self.metrics.gaps.labels(why).inc()
         seen: list[Step] = []
         for message in survivors:
             if isinstance(message, SourceMessage):
@@ -446,7 +509,15 @@ class Bridge:
                     step = interpret(message)
                     if step is not None:
                         seen.append(step)
-        events = await self.reconciler.events(since, until, seen)
+        delay = 0.2
+        while True:  # it reads the gateway's history: that Redis failing is waited out here
+            try:
+                events = await self.reconciler.events(since, until, seen)
+                break
+            except (RedisError, OSError) as exc:
+                self._gateway_failed(exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         marker = SourceGap(gap="source", source=self.name, since=since, until=until)
         entries: list[tuple[Position, KernelEvent | SourceGap | None]] = [((*at, 1), marker)]
         entries += [((*at, i + 2), event) for i, event in enumerate(events)]
@@ -456,7 +527,28 @@ class Bridge:
             why, since, until, len(events),
         )  # fmt: skip
         ids = await self._publish(entries)
+        self.metrics.gaps.labels(why).inc()
         self.metrics.reconciled.inc(sum(1 for i in ids[1:] if i))
+        expires = time.monotonic() + _RECONCILED_FOR
+        for event in events:  # their own messages may still come (committed, not yet sent)
+            self._reconciled[_end_key(event)] = expires
+        while len(self._reconciled) > _RECONCILED_MAX:
+            self._reconciled.pop(next(iter(self._reconciled)))
+
+    def _reconciled_already(self, event: KernelEvent) -> bool:
+        """Whether ``event`` is an end the last gaps published already by reconciliation:
+        the manager commits an end, then sends it, so its message can follow the gap."""
+        if not self._reconciled:
+            return False
+        key = _end_key(event)
+        expires = self._reconciled.get(key)
+        if expires is None:
+            return False
+        if expires < time.monotonic():
+            del self._reconciled[key]
+            return False
+        self.metrics.ignored.inc()
+        return True
 
     async def _publish(
         self, entries: Sequence[tuple[Position, KernelEvent | SourceGap | None]]

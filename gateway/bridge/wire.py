@@ -57,6 +57,7 @@ MalformedKind = Literal[
     "shape",  # a lifecycle event whose tuple is not the one its name has
     "uuid",  # a kernel or session id that is not a UUID
     "pickle",  # a reason packed as ExtType 6 outside the allow-list
+    "error",  # anything else a message made decoding raise (logged with its traceback)
 ]
 
 
@@ -168,6 +169,8 @@ def decode_args(raw: bytes) -> tuple[Any, ...]:
         value = _args_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise Malformed("msgpack", str(exc)[:120]) from None
+    except RecursionError:  # arrays or maps nested past the interpreter's limit (1 KB does it)
+        raise Malformed("msgpack", "nested too deep") from None
     if not isinstance(value, list):
         raise Malformed("msgpack", f"args are a {type(value).__name__}, not an array")
     return tuple(value)
@@ -227,6 +230,8 @@ def decode_broadcast(data: bytes) -> SourceMessage:
         raise Malformed("envelope", str(exc)[:120]) from None
     except msgspec.DecodeError as exc:
         raise Malformed("encoding", f"not JSON: {str(exc)[:100]}") from None
+    except RecursionError:
+        raise Malformed("encoding", "JSON nested too deep") from None
     try:
         raw = base64.b64decode(message.args, validate=True)
     except (binascii.Error, ValueError):

@@ -10,6 +10,7 @@ import os
 import socket
 import uuid
 from typing import Annotated, Any, ClassVar, Final, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -642,6 +643,11 @@ class BridgeSection(Section, frozen=True):
                 f"{ENV_PREFIX}BRIDGE_FROM_DB (--from-db): Backend.AI's PostgreSQL URL is needed "
                 f"(postgresql://user:password@host:port/dbname), got {redact_dsn(self.from_db)!r}"
             )
+        problem = dsn_problem(self.from_db)
+        if problem:
+            raise SettingsError(
+                f"{ENV_PREFIX}BRIDGE_FROM_DB (--from-db): {redact_dsn(self.from_db)!r}: {problem}"
+            )
 
     def __repr__(self) -> str:  # never a password, in a log line or a traceback
         shown = {
@@ -651,6 +657,26 @@ class BridgeSection(Section, frozen=True):
             for name in self.__struct_fields__
         }
         return "BridgeSection(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+#: libpq's sslmode values (PostgreSQL docs, "Connection Strings": sslmode)
+_SSLMODES: Final = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """What is wrong with a ``postgresql://`` URL that asyncpg would only find on its first
+    connection (a ValueError mid-run, or a retry forever), or None."""
+    try:
+        parts = urlsplit(dsn)
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError as exc:
+        return str(exc)
+    if not parts.hostname and "host=" not in parts.query:
+        return "no host"
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "sslmode" and value not in _SSLMODES:
+            return f"sslmode must be one of {', '.join(sorted(_SSLMODES))}, got {value!r}"
+    return None
 
 
 #: the sections, by the attribute of :class:`Settings` that holds each

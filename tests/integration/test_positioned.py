@@ -29,7 +29,7 @@ HOLDER = "bridge-a"
 
 
 async def _lease(redis: aredis.Redis, holder: str = HOLDER, name: str = "bai") -> None:
-    assert await Bus(Keys()).acquire_lease(redis, name, holder, 60_000)
+    assert await Bus(Keys()).acquire_lease(redis, Keys().bridge_lease(name), holder, 60_000)
 
 
 def _event(i: int) -> KernelEvent:
@@ -86,8 +86,8 @@ async def test_writes_are_fenced_by_the_lease(async_redis: aredis.Redis) -> None
         await pub.publish([((0, 1, 0, 0), _event(1))], holder=HOLDER)
     assert await async_redis.xlen(Keys().history) == 0
     bus = Bus(Keys())
-    assert not await bus.renew_lease(async_redis, "bai", HOLDER, 1000)
-    assert await bus.release_lease(async_redis, "bai", "someone-else")
+    assert not await bus.renew_lease(async_redis, Keys().bridge_lease("bai"), HOLDER, 1000)
+    assert await bus.release_lease(async_redis, Keys().bridge_lease("bai"), "someone-else")
     await _lease(async_redis)
     assert (await pub.publish([((0, 1, 0, 0), _event(1))], holder=HOLDER))[0]
 

@@ -259,3 +259,31 @@ def test_any_bytes_decode_or_are_refused(data: bytes) -> None:
             decode()
         except Malformed:
             pass
+
+
+#: containers nested ``depth`` deep, as msgpack (array, map, ext-free) and as JSON
+_nestings = st.tuples(
+    st.integers(min_value=1, max_value=5_000),
+    st.sampled_from([b"\x91", b"\x81\xa1k", b"\xdd\x00\x00\x00\x01"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_nestings)
+def test_nesting_of_any_depth_is_read_or_refused_never_raised(nesting: tuple[int, bytes]) -> None:
+    """A 1 KB args of arrays nested 1,000 deep made msgspec raise RecursionError, which ended
+    the bridge's loop for good (every bridge stopped at that entry): the review's finding."""
+    depth, opener = nesting
+    raw = opener * depth + b"\xc0"
+    text = ("[" * depth + "]" * depth).encode()
+    wrapped = b'{"name": "kernel_started", "args": ' + text + b', "source": "s"}'
+    for decode in (
+        lambda: decode_args(raw),
+        lambda: interpret(decode_stream_entry({b"name": b"kernel_started", b"args": raw})),
+        lambda: decode_broadcast(text),
+        lambda: decode_broadcast(wrapped),
+    ):
+        try:
+            decode()
+        except Malformed:
+            pass

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from gateway.cli import build_parser
-from gateway.settings import ENV_PREFIX, FIELDS, Settings, SettingsError
+from gateway.settings import ENV_PREFIX, FIELDS, BridgeSettings, Settings, SettingsError
 from gateway.settings.sections import SECTIONS
 
 #: a text per declared kind, each cast to something other than the text itself
@@ -256,3 +256,32 @@ def test_every_setting_has_its_meaning_written_once_and_serve_help_shows_it(
         assert f"envGATEWAY_{name.upper()}" in entry and "[default:" in entry, name
     assert "[default:8080;envGATEWAY_PORT]" in shown
     assert "elseKEV_REDIS_URL" in shown
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("GATEWAY_BRIDGE_FROM_DB", "postgresql://u@127.0.0.1:abc/db", "Port"),
+        ("GATEWAY_BRIDGE_FROM_DB", "postgresql://u@[::1/db", "IPv6"),
+        ("GATEWAY_BRIDGE_FROM_DB", "postgresql://u@h/db?sslmode=bogus", "sslmode"),
+        ("GATEWAY_BRIDGE_FROM_DB", "postgresql:///db", "no host"),
+        ("GATEWAY_BRIDGE_FROM_REDIS", "redis://h/abc", "not a number"),
+        ("GATEWAY_BRIDGE_FROM_REDIS", "redis://h:x/4", "port"),
+        ("GATEWAY_BRIDGE_FROM_REDIS", "redis+sentinel://h:26379/mymaster/x", "not a number"),
+        ("GATEWAY_BRIDGE_FROM_REDIS", "unix:///s.sock?db=x", "not a number"),
+        ("GATEWAY_REDIS_URL", "redis://h/0/extra", "path"),
+    ],
+)
+def test_connection_urls_that_would_fail_only_later_are_refused_at_once(
+    variable: str, value: str, says: str
+) -> None:
+    """The review found a bad port in --from-db passing the settings and ending the bridge's
+    loop at its first lookup, and redis://h/abc read as database 0 by redis-py."""
+    env = {
+        "GATEWAY_BRIDGE_FROM_REDIS": "redis://h",
+        "GATEWAY_BRIDGE_FROM_DB": "postgresql://u@h/db",
+        variable: value,
+    }
+    with pytest.raises(SettingsError, match=says) as caught:
+        BridgeSettings.load(env)
+    assert variable in str(caught.value)
