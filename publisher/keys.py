@@ -63,6 +63,32 @@ class Keys:
         source, which wire format, which source instance)."""
         return f"{self.prefix}:bridge:{name}:state"
 
+    @property
+    def sync_keypairs(self) -> str:
+        """The access keys the identity sync wrote (a set): the only keypairs it may change
+        or remove (``gateway sync-identities``, :mod:`gateway.sync`)."""
+        return f"{self.prefix}:sync:keypairs"
+
+    @property
+    def sync_users(self) -> str:
+        """The user ids the identity sync wrote (a set)."""
+        return f"{self.prefix}:sync:users"
+
+    @property
+    def sync_groups(self) -> str:
+        """The groups the identity sync wrote (a set of ``<domain>:<name>``)."""
+        return f"{self.prefix}:sync:groups"
+
+    @property
+    def sync_last(self) -> str:
+        """What the last identity sync did (a hash: at, seconds, counts)."""
+        return f"{self.prefix}:sync:last"
+
+    @property
+    def sync_lease(self) -> str:
+        """Who is the active identity syncer (one holder at a time, with a TTL)."""
+        return f"{self.prefix}:sync:lease"
+
     def probe_channel(self, replica: str) -> str:
         """A gateway replica's own channel for liveness probes of its subscription."""
         return f"{self.prefix}:probe:{replica}"

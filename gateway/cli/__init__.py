@@ -23,6 +23,7 @@ from gateway.settings import (
     Settings,
     SettingsError,
     SettingsGroup,
+    SyncSettings,
 )
 from publisher.cli import OneLineParser
 from publisher.secretinput import SecretError, resolve_secret
@@ -137,6 +138,18 @@ def _bridge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync_identities(args: argparse.Namespace) -> int:
+    """Keep the identity store equal to an unmodified Backend.AI's (gateway.sync)."""
+    from gateway.sync.run import run_once, serve
+
+    settings = _settings(args, SyncSettings)
+    configure_logging(settings.sync.log_level, settings.sync.log_format)
+    if args.once:
+        return asyncio.run(run_once(settings, force=args.force))
+    serve(settings, force=args.force)
+    return 0
+
+
 def _sign(args: argparse.Namespace) -> int:
     """Print the headers of a signed GET, or a whole curl command."""
     try:
@@ -185,6 +198,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_settings_flags(bridge, BridgeSettings)
     bridge.set_defaults(run=_bridge)
+
+    sync = sub.add_parser(
+        "sync-identities",
+        help="keep the identity store equal to an unmodified Backend.AI's (its PostgreSQL)",
+        description="Read Backend.AI's keypairs, users, groups and domains from its "
+        "PostgreSQL every --interval seconds, compare the whole snapshot with the gateway's "
+        "identity store and write the difference, so open streams follow (deactivated keys, "
+        "inactive or deleted users, changed roles and domains, rotated secrets). One syncer "
+        "is active at a time; start another as a standby. Every setting is a flag and an "
+        "environment variable (GATEWAY_SYNC_*; the gateway's Redis as gateway serve names "
+        "it).",
+    )
+    _add_settings_flags(sync, SyncSettings)
+    sync.add_argument(
+        "--once", action="store_true", help="sync once, print what changed and exit (no lease)"
+    )
+    sync.add_argument(
+        "--force",
+        action="store_true",
+        help="apply a snapshot even when it removes or deactivates more than "
+        "--max-removal-share of the keypairs",
+    )
+    sync.set_defaults(run=_sync_identities)
 
     sign = sub.add_parser("sign", help="print the headers of a signed stream request")
     add_keypair_flags(sign)

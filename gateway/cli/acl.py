@@ -18,6 +18,9 @@ bridge     run the positioned publish script (history,   identities, browser ses
            live channel, epoch, its position); hold its  @dangerous
            lease and state (``gateway bridge``; written
            only when its password is given or named)
+sync       read and write identities, its own sets and   history, sessions, the live channel;
+           lease (``gateway sync-identities``; written   @admin, @dangerous
+           only when its password is given or named)
 ========== ============================================= =======================================
 
 With the ``default`` user limited to PING, a replica and a Sentinel need users of their own
@@ -31,6 +34,11 @@ sentinel    INFO, ROLE, PING, SLAVEOF, MULTI/EXEC,            Sentinel's ``senti
             CONFIG REWRITE, CLIENT SETNAME/KILL, SCRIPT KILL, auth-user``/``auth-pass``
             PUBLISH/SUBSCRIBE on ``__sentinel__:hello`` only
 =========== ================================================= ==============================
+
+``--backendai-sessions`` prints instead the one user ``gateway serve --backendai-sessions``
+needs on Backend.AI's web server's Redis (another server: nothing else of this output belongs
+there, and its ``default`` user is left alone): ``GET`` on ``AIOHTTP_SESSION_*``, read-only,
+and the connection commands (:data:`BACKENDAI_SESSIONS_RULES`).
 
 Which names each profile may touch comes from :data:`KEY_GRANTS` and :data:`CHANNEL_GRANTS`,
 keyed by the member of :class:`publisher.keys.Keys` that makes the name; a test fails when
@@ -54,6 +62,7 @@ from publisher.keys import DEFAULT_PREFIX, Keys
 from publisher.secretinput import SecretError, resolve_secret
 
 __all__ = [
+    "BACKENDAI_SESSIONS_RULES",
     "CHANNEL_GRANTS",
     "KEY_GRANTS",
     "PROFILES",
@@ -64,10 +73,11 @@ __all__ = [
     "add_parser",
     "name_pattern",
     "render",
+    "render_backendai_sessions",
     "rules",
 ]
 
-Profile = Literal["publisher", "gateway", "admin", "bridge"]
+Profile = Literal["publisher", "gateway", "admin", "bridge", "sync"]
 PROFILES: Final[tuple[Profile, ...]] = get_args(Profile)
 #: written unless ``--profiles`` says otherwise; the others only when named or given a password
 DEFAULT_PROFILES: Final[tuple[Profile, ...]] = ("publisher", "gateway", "admin")
@@ -89,18 +99,25 @@ KEY_GRANTS: Final[Mapping[str, Mapping[Profile, Access]]] = {
     "publisher_position": {"bridge": "rw"},
     "bridge_lease": {"bridge": "rw"},
     "bridge_state": {"bridge": "rw"},
-    "keypair": {"gateway": "r", "admin": "rw"},
-    "user": {"gateway": "r", "admin": "rw"},
-    "group": {"gateway": "r", "admin": "rw"},
-    "keypairs": {"gateway": "r", "admin": "rw"},
-    "users": {"gateway": "r", "admin": "rw"},
-    "groups": {"gateway": "r", "admin": "rw"},
+    # the identity sync (gateway sync-identities) writes identities as the admin does
+    "keypair": {"gateway": "r", "admin": "rw", "sync": "rw"},
+    "user": {"gateway": "r", "admin": "rw", "sync": "rw"},
+    "group": {"gateway": "r", "admin": "rw", "sync": "rw"},
+    "keypairs": {"gateway": "r", "admin": "rw", "sync": "rw"},
+    "users": {"gateway": "r", "admin": "rw", "sync": "rw"},
+    "groups": {"gateway": "r", "admin": "rw", "sync": "rw"},
+    # what the identity sync owns, what it last did, and its lease
+    "sync_keypairs": {"sync": "rw"},
+    "sync_users": {"sync": "rw"},
+    "sync_groups": {"sync": "rw"},
+    "sync_last": {"sync": "rw"},
+    "sync_lease": {"sync": "rw"},
     "browser_session": {"gateway": "rw"},
     "browser_sessions_of": {"gateway": "rw"},
     "login_throttle": {"gateway": "rw"},
     # each replica's count of open streams per access key, under a lease (replica/limits.py)
     "key_streams": {"gateway": "rw"},
-    "identity_generation": {"gateway": "r", "admin": "rw"},
+    "identity_generation": {"gateway": "r", "admin": "rw", "sync": "rw"},
 }
 #: Keys member -> who may publish or subscribe on the channel(s) it names (Redis does not
 #: tell the two apart; commands do: a publisher has PUBLISH, no SUBSCRIBE).
@@ -108,7 +125,7 @@ CHANNEL_GRANTS: Final[Mapping[str, tuple[Profile, ...]]] = {
     "channel": ("publisher", "gateway", "bridge"),
     "probe_channel": ("gateway",),
     # every identity write (admin) and logout (gateway) announces itself here
-    "identity_changes": ("gateway", "admin"),
+    "identity_changes": ("gateway", "admin", "sync"),
 }
 
 #: what every user needs to connect: redis-py's handshake and health checks (its CLIENT
@@ -147,7 +164,8 @@ COMMANDS: Final[Mapping[Profile, tuple[str, ...]]] = {
         *_CONNECT,
     ),
     # the positioned publish script and the lease's (EVALSHA), its reads of its position,
-    # state and the history (reconciliation), TIME
+    # state and the history (reconciliation after a gap: the history read script, EVALSHA_RO),
+    # TIME
     "bridge": (
         "-@all",
         "+@read",
@@ -159,6 +177,23 @@ COMMANDS: Final[Mapping[Profile, tuple[str, ...]]] = {
         "-function",
         "+publish",
         "+time",
+        "+evalsha",
+        "+evalsha_ro",
+        "+script|load",
+        "+script|exists",
+        *_CONNECT,
+    ),
+    # identity writes as the admin's, and the lease's script (EVALSHA)
+    "sync": (
+        "-@all",
+        "+@read",
+        "+@write",
+        "+@pubsub",
+        "+@transaction",
+        "+@connection",
+        "-@admin",
+        "-@dangerous",
+        "-function",
         "+evalsha",
         "+script|load",
         "+script|exists",
@@ -221,6 +256,18 @@ DEFAULT_USER: Final = {
     "ping": "user default on nopass resetkeys resetchannels -@all +ping",
     "off": "user default off resetpass resetkeys resetchannels -@all",
 }
+
+#: the user on Backend.AI's web server's Redis (its console sessions, ``AIOHTTP_SESSION_<id>``
+#: keys: gateway/identity/backendai_sessions.py): GET them, read-only (``%R~``, Redis 7), and
+#: connect; no channel, no other key or command
+BACKENDAI_SESSIONS_RULES: Final = (
+    "resetkeys",
+    "%R~AIOHTTP_SESSION_*",
+    "resetchannels",
+    "-@all",
+    "+get",
+    *_CONNECT,
+)
 
 _GLOB = re.compile(r"([*?\[\]\\])")
 
@@ -293,7 +340,7 @@ def _quote(word: str) -> str:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "acl",
-        help="print Redis ACL users for the publisher, gateway, admin (and bridge) roles",
+        help="print Redis ACL users for the publisher, gateway, admin (and bridge, sync) roles",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("--prefix", help=f"key prefix (env GATEWAY_PREFIX; default {DEFAULT_PREFIX})")
@@ -313,7 +360,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--profiles",
         default=",".join(DEFAULT_PROFILES),
-        help="comma list of the users to write (default: %(default)s; the bridge, "
+        help="comma list of the users to write (default: %(default)s; the bridge, sync, "
         "replication and sentinel users are written when their password is given, and "
         "required when named here)",
     )
@@ -336,6 +383,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             + ("a replica's masteruser/masterauth" if service == "replication"
                else "Sentinel's auth-user/auth-pass for every node"),
         )  # fmt: skip
+    p.add_argument(
+        "--backendai-sessions",
+        action="store_true",
+        help="print only the read-only user for Backend.AI's web server's Redis (GET "
+        "AIOHTTP_SESSION_*: gateway serve --backendai-sessions), nothing for the gateway's",
+    )
+    p.add_argument(
+        "--backendai-sessions-user", default=None, help="default: <prefix>-backendai-sessions"
+    )
+    p.add_argument(
+        "--backendai-sessions-password-file",
+        metavar="PATH",
+        help="its password (- = stdin); or env KEV_ACL_BACKENDAI_SESSIONS_PASSWORD or "
+        "KEV_ACL_BACKENDAI_SESSIONS_PASSWORD_FILE",
+    )
     p.add_argument("--output", "-o", metavar="PATH", help="write here instead of stdout")
     p.set_defaults(run=run)
 
@@ -348,6 +410,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
         keys = Keys(args.prefix or env.get("GATEWAY_PREFIX") or DEFAULT_PREFIX)
     except ValueError as exc:
         return _fail(str(exc))
+    if args.backendai_sessions:
+        return _backendai_sessions(args, keys, env)
     wanted: Sequence[str] = [p.strip() for p in args.profiles.split(",") if p.strip()]
     known = (*PROFILES, *SERVICE_USERS)
     unknown = sorted(set(wanted) - set(known))
@@ -398,6 +462,40 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
         keys, passwords, users, fmt=args.format, default_user=args.default_user,
         services=services,
     )  # fmt: skip
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def render_backendai_sessions(
+    user: str, password: str, *, fmt: Literal["aclfile", "commands"] = "aclfile"
+) -> str:
+    """The user for Backend.AI's web server's Redis (:data:`BACKENDAI_SESSIONS_RULES`), as
+    an aclfile line or an ``ACL SETUSER`` line; the password as its SHA-256 only."""
+    entry = [user, "reset", "on", _digest(password), *BACKENDAI_SESSIONS_RULES]
+    if fmt == "aclfile":
+        return " ".join(["user", *entry]) + "\n"
+    return " ".join(["ACL", "SETUSER", *(_quote(word) for word in entry)]) + "\n"
+
+
+def _backendai_sessions(args: argparse.Namespace, keys: Keys, env: Mapping[str, str]) -> int:
+    env_name = "KEV_ACL_BACKENDAI_SESSIONS_PASSWORD"
+    try:
+        password = resolve_secret(
+            None, args.backendai_sessions_password_file, env, env_name,
+            what="--backendai-sessions-password",
+        )  # fmt: skip
+    except SecretError as exc:
+        return _fail(str(exc))
+    if password is None:
+        return _fail(
+            "the backendai-sessions user needs a password: --backendai-sessions-password-file, "
+            f"{env_name} or {env_name}_FILE"
+        )
+    user = args.backendai_sessions_user or f"{keys.prefix}-backendai-sessions"
+    text = render_backendai_sessions(user, password, fmt=args.format)
     if args.output:
         Path(args.output).write_text(text)
     else:

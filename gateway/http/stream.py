@@ -56,9 +56,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: the API v4 stream (manager 19.09), and API v5+'s session events (manager 20.03 on)
-V4_PATHS: Final = ("/stream/kernel/_/events", "/v4/stream/kernel/_/events")
-V5_PATHS: Final = ("/events/session",)
+#: the API v4 stream (manager 19.09), and API v5+'s session events (manager 20.03 on); each
+#: also under ``/func/``, as Backend.AI's web server proxies them to the manager (its
+#: ``/func/{path:stream/kernel/_/events}`` and ``/func/{path:.*$}`` routes,
+#: ``src/ai/backend/web/server.py`` 23.09.0 and 26.8.1), so an ingress on the web UI's own
+#: site can send them here
+V4_PATHS: Final = (
+    "/stream/kernel/_/events",
+    "/v4/stream/kernel/_/events",
+    "/func/stream/kernel/_/events",
+)
+V5_PATHS: Final = ("/events/session", "/func/events/session")
 STREAM_PATHS: Final = (*V4_PATHS, *V5_PATHS)
 
 #: a resuming stream lives ``stream_max_lifetime`` times a factor drawn from this range

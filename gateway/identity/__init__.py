@@ -9,8 +9,8 @@ standard library), so a client that signs requests imports no Redis. The parts t
 imported from their modules: :mod:`.store` (:class:`IdentityStore`), :mod:`.authenticate`
 (the keypair signature), :mod:`.methods` (each way in as one unit: how it authenticates a
 request, what it keeps, how it is re-checked), :mod:`.sessions` (browser sessions),
-:mod:`.passwords` (password checks off the event loop), :mod:`.throttle` (failed logins),
-:mod:`.visibility`.
+:mod:`.backendai_sessions` (Backend.AI's console sessions), :mod:`.passwords` (password
+checks off the event loop), :mod:`.throttle` (failed logins), :mod:`.visibility`.
 """
 
 from .models import Identity, IdentityError, Keypair, Role, User

@@ -8,6 +8,10 @@ streams (:class:`gateway.replica.reauthorize.Reauthorizer`) speak to these units
 * :class:`GatewaySessions`: the gateway's own browser session cookie
   (:mod:`.sessions`). Its credential keeps the session's name and expiry: a logout ends the
   stream (``logged_out``), the expiry ``session_expired``.
+* :class:`~.backendai_sessions.BackendAISessions` (its own module): Backend.AI's console
+  session (the web server's ``AIOHTTP_SESSION`` cookie or ``X-BackendAI-SessionID``), read
+  from the web server's Redis. Its credential keeps the session's key and the secret's
+  digest: a logout ends the stream (``logged_out``), a new secret ``revoked``.
 
 Tried in the order :func:`authenticate` is given them; a method returns None for a request
 that does not use it. To add a method: a :class:`Credential` subclass with what its re-check

@@ -28,8 +28,9 @@ from redis.backoff import NoBackoff
 
 from gateway.fanout.hub import Hub
 from gateway.fanout.subscriber import Subscriber
+from gateway.identity.backendai_sessions import BackendAISessions
 from gateway.identity.changes import changes_channel
-from gateway.identity.methods import GatewaySessions, SignedRequests
+from gateway.identity.methods import AuthMethod, GatewaySessions, SignedRequests
 from gateway.identity.passwords import PasswordChecks
 from gateway.identity.sessions import SessionStore
 from gateway.identity.store import IdentityStore
@@ -184,10 +185,21 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             max_per_key=browser.max_sessions_per_key,
         )
         # The ways in, in the order they are tried: the gateway's browser session (a request
-        # without a signature), then the keypair signature (which answers every request).
-        methods = (
-            GatewaySessions(sessions, store),
-            SignedRequests(store, max_skew=timedelta(seconds=settings.identity.max_clock_skew)),
+        # without a signature), Backend.AI's console session when configured, then the keypair
+        # signature (which answers every request).
+        methods: list[AuthMethod] = [GatewaySessions(sessions, store)]
+        if settings.identity.backendai_sessions:
+            # The web server's Redis, its own client: read-only (GET AIOHTTP_SESSION_*)
+            console_redis = connect_async(
+                settings.identity.backendai_sessions,
+                pool_size=settings.redis.pool_size,
+                health_check_interval=30,
+                retry=Retry(NoBackoff(), 1),
+            )
+            owned.push_async_callback(console_redis.aclose)
+            methods.append(BackendAISessions(console_redis, store))
+        methods.append(
+            SignedRequests(store, max_skew=timedelta(seconds=settings.identity.max_clock_skew))
         )
         # Open streams follow identity: change messages at once, every stream after each
         # (re)subscription, and every max(1, identity_cache_ttl) s as the backstop.

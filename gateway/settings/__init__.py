@@ -39,6 +39,7 @@ from .sections import (
     Section,
     ServerSettings,
     SettingsError,
+    SyncSection,
 )
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
     "Settings",
     "SettingsError",
     "SettingsGroup",
+    "SyncSection",
+    "SyncSettings",
     "field_docs",
 ]
 
@@ -185,6 +188,14 @@ class BridgeSettings(SettingsGroup, frozen=True, kw_only=True):
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
 
 
+class SyncSettings(SettingsGroup, frozen=True, kw_only=True):
+    """Every knob of ``gateway sync-identities``: its own section (``GATEWAY_SYNC_*``) and
+    the gateway's Redis, named as ``gateway serve`` names it."""
+
+    sync: SyncSection
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+
+
 _BOOL_WORDS: Final = {"yes": "true", "on": "true", "no": "false", "off": "false", "": "false"}
 
 
@@ -303,6 +314,8 @@ Settings.SECTIONS = SECTIONS
 Settings.FIELDS = _fields(SECTIONS)
 BridgeSettings.SECTIONS = {"bridge": BridgeSection, "redis": RedisSettings}
 BridgeSettings.FIELDS = _fields(BridgeSettings.SECTIONS)
+SyncSettings.SECTIONS = {"sync": SyncSection, "redis": RedisSettings}
+SyncSettings.FIELDS = _fields(SyncSettings.SECTIONS)
 
 #: every setting of ``gateway serve`` by its flat name
 FIELDS: Final[Mapping[str, Field]] = Settings.FIELDS

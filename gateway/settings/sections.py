@@ -36,6 +36,7 @@ __all__ = [
     "Section",
     "ServerSettings",
     "SettingsError",
+    "SyncSection",
 ]
 
 ENV_PREFIX: Final = "GATEWAY_"
@@ -429,6 +430,33 @@ class IdentitySettings(Section, frozen=True):
         Seconds,
         _meta("seconds a signed request's date may be off the server's clock", gt=0, le=86400),
     ] = 900.0
+    backendai_sessions: Annotated[
+        str,
+        _meta(
+            "the Redis URL of Backend.AI's web server (its console sessions, database 0 unless "
+            "the URL names another): a request with its AIOHTTP_SESSION cookie or "
+            "X-BackendAI-SessionID header streams as that session's keypair; empty: off. A "
+            "secret when it holds a password: GATEWAY_BACKENDAI_SESSIONS_FILE",
+            extra={"secret": True},
+        ),
+    ] = ""
+
+    def check(self) -> None:
+        if self.backendai_sessions:
+            try:
+                check_url(self.backendai_sessions)
+            except RedisURLError as exc:
+                raise SettingsError(
+                    f"{ENV_PREFIX}BACKENDAI_SESSIONS (--backendai-sessions): {exc}"
+                ) from exc
+
+    def __repr__(self) -> str:  # never a password, in a log line or a traceback
+        shown = {
+            name: redact_url(value) if name == "backendai_sessions" and value else value
+            for name in self.__struct_fields__
+            for value in (getattr(self, name),)
+        }
+        return "IdentitySettings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
 class BrowserSettings(Section, frozen=True):
@@ -657,6 +685,71 @@ class BridgeSection(Section, frozen=True):
             for name in self.__struct_fields__
         }
         return "BridgeSection(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+class SyncSection(Section, frozen=True):
+    """``gateway sync-identities``: where an unmodified Backend.AI's PostgreSQL is, and how
+    often its identities are copied into the gateway's store (variables
+    ``GATEWAY_SYNC_<NAME>``, flags ``--<name>``)."""
+
+    env_group: ClassVar[str] = "sync_"
+
+    from_db: Annotated[
+        str,
+        _meta(
+            "Backend.AI's PostgreSQL (postgresql://user:password@host:port/db; a read-only "
+            "role with the identity columns is enough, see the README); a secret: "
+            "GATEWAY_SYNC_FROM_DB_FILE",
+            extra={"secret": True},
+        ),
+    ] = ""
+    interval: Annotated[
+        Seconds, _meta("seconds between two syncs (each reads the whole snapshot)", gt=0, le=3600)
+    ] = 10.0
+    max_removal_share: Annotated[
+        float,
+        _meta(
+            "the share of the synced, streaming keypairs one sync may remove or deactivate; a "
+            "snapshot that would take more is refused and logged (a truncated or wrong "
+            "database must not lock everyone out) unless --force",
+            gt=0,
+            le=1,
+        ),
+    ] = 0.5
+    lease_ttl: Annotated[
+        Seconds,
+        _meta(
+            "seconds the active syncer's lease lives without renewal: how soon a standby "
+            "takes over",
+            ge=1,
+            le=300,
+        ),
+    ] = 15.0
+    host: Annotated[
+        str, _meta("the address the syncer's /metrics, /health and /ready listen on")
+    ] = "127.0.0.1"
+    port: Annotated[Port, _meta("the port of /metrics, /health and /ready")] = 9181
+    log_level: Annotated[LogLevel, _meta("the lowest level logged")] = "info"
+    log_format: Annotated[LogFormat, _meta("text or json (one JSON object per line)")] = "text"
+
+    def check(self) -> None:
+        if not self.from_db.startswith(_DSN_SCHEMES):
+            raise SettingsError(
+                f"{ENV_PREFIX}SYNC_FROM_DB (--from-db): Backend.AI's PostgreSQL URL is needed "
+                f"(postgresql://user:password@host:port/dbname), got {redact_dsn(self.from_db)!r}"
+            )
+        problem = dsn_problem(self.from_db)
+        if problem:
+            raise SettingsError(
+                f"{ENV_PREFIX}SYNC_FROM_DB (--from-db): {redact_dsn(self.from_db)!r}: {problem}"
+            )
+
+    def __repr__(self) -> str:  # never a password, in a log line or a traceback
+        shown = {
+            name: redact_url(getattr(self, name)) if name == "from_db" else getattr(self, name)
+            for name in self.__struct_fields__
+        }
+        return "SyncSection(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
 #: libpq's sslmode values (PostgreSQL docs, "Connection Strings": sslmode)

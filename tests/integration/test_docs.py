@@ -57,8 +57,9 @@ SKIPPED: dict[str, str] = {
 }
 #: README sections whose commands another test runs, against what they need
 ELSEWHERE: dict[str, str] = {
-    "## Beside an existing Backend.AI": "tests/system/test_bridge_readme.py runs them against "
-    "a Backend.AI-shaped installation (its Redis and PostgreSQL)",
+    "## Beside an existing Backend.AI": "tests/system/test_bridge_readme.py (and "
+    "tests/system/test_sync_serve.py, its identities part) run them against a Backend.AI-shaped "
+    "installation (its Redis and PostgreSQL)",
 }
 #: commands that address the compose network's `redis` host: docker compose only
 COMPOSE_HOST = "@redis:6379"
