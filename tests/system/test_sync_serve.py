@@ -8,6 +8,7 @@ as a standby."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -127,6 +128,56 @@ async def test_backendai_s_identities_drive_open_streams_on_every_replica(
                 pass  # still streams (a refusal raises): nothing was revoked
         finally:
             postgres_server.start()
+
+
+U = str(ALICE.user_uuid)
+#: a change made in Backend.AI's database -> SQL; each must end alice's open streams
+CHANGES = {
+    "key deactivated": f"UPDATE keypairs SET is_active = false WHERE \"user\" = '{U}'",
+    "user inactive": f"UPDATE users SET status = 'inactive' WHERE uuid = '{U}'",
+    "user deleted": f"DELETE FROM association_groups_users WHERE user_id = '{U}';"
+    f"DELETE FROM keypairs WHERE \"user\" = '{U}'; DELETE FROM users WHERE uuid = '{U}'",
+    "secret rotated": f"UPDATE keypairs SET secret_key = '{'r' * 40}' WHERE \"user\" = '{U}'",
+    "demoted": f"UPDATE users SET role = 'user' WHERE uuid = '{U}'",
+    "moved to another domain": f"UPDATE users SET domain_name = 'other' WHERE uuid = '{U}'",
+    "domain deactivated": "UPDATE domains SET is_active = false WHERE name = 'default'",
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+@pytest.mark.parametrize("backendai_db", ["23.09"], indirect=True)
+async def test_each_change_in_backendai_ends_the_streams_on_every_replica(
+    change: str,
+    backendai_db: BackendAIDatabase,
+    redis_url: str,
+    start_gateway: object,
+) -> None:
+    admin = dataclasses.replace(ALICE, role="admin")  # so that a demotion narrows
+    other = Owner(
+        user_uuid=uuid.uuid4(), email="olga@example.com", access_key="AKIASYNCOLGA00000001",
+        secret_key="o" * 40, group_id=uuid.uuid4(), group_name="lab", domain="other",
+    )  # fmt: skip
+    backendai_db.execute(owner_sql(backendai_db.version, admin) + owner_sql("23.09", other))
+    dsn = backendai_db.create_readonly_role(f"kevsync{uuid.uuid4().hex[:8]}", "pw", ("identity",))
+    replicas: list[RunningGateway] = [start_gateway(), start_gateway()]  # type: ignore[operator]
+    alice = Person(U, "admin", "default", ALICE.access_key, ALICE.secret_key)
+    with syncer(dsn, redis_url) as url:
+        await _until(lambda: _ready(url).get("ready"), 20, "the syncer's first sync")
+        async with contextlib.AsyncExitStack() as stack:
+            streams = [
+                await stack.enter_async_context(stream_as(alice, r.base_url + V4)) for r in replicas
+            ]
+            started = time.monotonic()
+            backendai_db.execute(CHANGES[change])
+            ended: list[float] = []
+            for _, events in streams:
+                with anyio.fail_after(INTERVAL + 10):
+                    async for event in events:
+                        if event.event == "server_close":
+                            break
+                ended.append(time.monotonic() - started)
+    print(f"{change} in PostgreSQL -> both replicas' streams closed in {max(ended):.2f}s")
+    assert max(ended) < INTERVAL + 5  # one interval, then the re-authorization bound
 
 
 def _sync_count(url: str) -> float:
