@@ -63,6 +63,14 @@ class Lease:
                 self.reachable = False
             await asyncio.sleep(poll)
 
+    async def try_acquire(self) -> bool:
+        """Take the lease if no one holds it, at once (no waiting)."""
+        return await self._bus.acquire_lease(self._redis, self.key, self.holder, self._ms)
+
+    async def current_holder(self) -> str | None:
+        """Who holds the lease now (None: no one)."""
+        return await self._bus.lease_holder(self._redis, self.key)
+
     async def keep(self) -> None:
         """Renew the lease every third of its lifetime until cancelled; raise
         :class:`LeaseLost` when it is found taken, or when no renewal succeeded for a whole

@@ -368,7 +368,8 @@ def _expected(field: Field) -> str:
                 bounds[limit] = getattr(meta, limit)
     if "pattern" in bounds:
         return f"must match {bounds['pattern']}"
-    unit = " s" if field.kind == "float" else ""
+    units = [m.extra["unit"] for m in _metas(field.annotation) if m.extra and "unit" in m.extra]
+    unit = units[0] if units else " s" if field.kind == "float" else ""
     a_kind = ("an " if field.kind[0] in "aeiou" else "a ") + field.kind
     if "ge" in bounds and "le" in bounds:
         return f"must be {a_kind} {bounds['ge']}-{bounds['le']}{unit}"

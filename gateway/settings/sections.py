@@ -714,6 +714,7 @@ class SyncSection(Section, frozen=True):
             "database must not lock everyone out) unless --force",
             gt=0,
             le=1,
+            extra={"unit": ""},
         ),
     ] = 0.5
     lease_ttl: Annotated[

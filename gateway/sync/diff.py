@@ -84,17 +84,34 @@ class Changes(msgspec.Struct, frozen=True):
         mine = self.managed_before.keypairs | self.managed.keypairs
         return frozenset(ak for ak, kp in current.keypairs.items() if kp.active and ak in mine)
 
+    def disturbed(self, current: StoreState) -> frozenset[str]:
+        """The keypairs of :meth:`governed` these changes remove or deactivate, or whose
+        secret, owner, or owner's role or domain they change: what a wrong database (a
+        truncated copy, a restored staging one with other secrets, a mass demotion or
+        promotion) does to everyone at once."""
+        governed = self.governed(current)
+        changed_users = {u.user_id for u in self.users_updated} | set(self.users_removed)
+        rekeyed = {
+            kp.access_key
+            for kp in self.keypairs_updated
+            if (old := current.keypairs.get(kp.access_key)) is not None
+            and (old.secret_key, old.user_id) != (kp.secret_key, kp.user_id)
+        }
+        by_user = {ak for ak in governed if current.keypairs[ak].user_id in changed_users}
+        return governed & {
+            *self.keypairs_removed,
+            *(kp.access_key for kp in self.keypairs_deactivated),
+            *rekeyed,
+            *by_user,
+        }
+
     def removed_share(self, current: StoreState) -> float:
-        """The share of :meth:`governed` that these changes remove or deactivate (0.0 when
-        there are none)."""
+        """The share of :meth:`governed` that these changes disturb (:meth:`disturbed`; 0.0
+        when there are none)."""
         governed = self.governed(current)
         if not governed:
             return 0.0
-        lost = governed & {
-            *self.keypairs_removed,
-            *(kp.access_key for kp in self.keypairs_deactivated),
-        }
-        return len(lost) / len(governed)
+        return len(self.disturbed(current)) / len(governed)
 
 
 def diff(current: StoreState, desired: StoreState, managed: Managed) -> Changes:
@@ -168,12 +185,19 @@ def check_removals(
     ``max_removal_share`` of the syncer's streaming keypairs (and more than
     :data:`ALWAYS_ALLOWED`), unless ``force``."""
     share = changes.removed_share(current)
-    taken = len(changes.keypairs_removed) + len(changes.keypairs_deactivated)
+    disturbed = changes.disturbed(current)
+    taken = len(disturbed)
     # a few at a time are everyday changes, whatever their share of a small installation
     if share > max_removal_share and taken > ALWAYS_ALLOWED and not force:
+        others = (
+            taken
+            - len(disturbed & {*changes.keypairs_removed})
+            - len(disturbed & {kp.access_key for kp in changes.keypairs_deactivated})
+        )
         raise SyncRefused(
             f"the snapshot would remove {len(changes.keypairs_removed)} and deactivate "
-            f"{len(changes.keypairs_deactivated)} keypairs, {share:.0%} of the "
+            f"{len(changes.keypairs_deactivated)} keypairs and change the secret, owner, role "
+            f"or domain of {max(others, 0)} more, {share:.0%} of the "
             f"{len(changes.governed(current))} active keypairs the sync manages, more than the "
             f"{max_removal_share:.0%} allowed at once: refused, nothing written (a truncated "
             "or wrong database?); check the database, then sync with force to apply it"

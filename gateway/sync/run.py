@@ -111,8 +111,9 @@ class Syncer:
             name="the active identity syncer",
         )  # fmt: skip
         self.role = "standby"
-        #: whether the last attempt read the database; when a sync last applied
-        self.database_ok = True
+        #: whether the last attempt read the database (None: none tried yet); when a sync
+        #: last applied
+        self.database_ok: bool | None = None
         self.last_success: float | None = None
         self.last_report: SyncReport | None = None
         self._pool: Any = None
@@ -158,7 +159,7 @@ class Syncer:
             )  # fmt: skip
         except (SourceUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             self.metrics.runs.labels("unavailable").inc()
-            if self.database_ok:
+            if self.database_ok is not False:
                 log.warning("backend.ai's database cannot be read (%s): the store is kept", exc)
             self.database_ok = False
             self.metrics.database_up.set(0)
@@ -167,14 +168,18 @@ class Syncer:
         except SyncRefused as exc:
             self.metrics.runs.labels("refused").inc()
             log.error("identity sync refused: %s", exc)
+            self.database_ok = True
             return None
         except RedisError as exc:
             self.metrics.runs.labels("error").inc()
             log.warning("the gateway's redis: %s: %s; syncing again later", type(exc).__name__, exc)
             return None
-        if not self.database_ok:
+        if self.database_ok is False:
             log.info("backend.ai's database answers again")
         self.database_ok = True
+        if self.force:  # --force applies one snapshot, not every one after it
+            log.warning("identity sync: --force used once; the removal guard is on again")
+            self.force = False
         self.metrics.database_up.set(1)
         self.metrics.runs.labels("ok").inc()
         self.metrics.seconds.observe(time.monotonic() - started)
@@ -195,7 +200,7 @@ class Syncer:
         recent = self.last_success is not None and (
             time.time() - self.last_success < 3 * self.settings.sync.interval + 30
         )
-        return self.database_ok and recent
+        return bool(self.database_ok) and recent
 
     async def _drop_pool(self) -> None:
         pool, self._pool = self._pool, None
@@ -212,9 +217,16 @@ class Syncer:
 
 
 async def run_once(settings: SyncSettings, *, force: bool = False) -> int:
-    """``--once``: one sync, no lease (for a cron job or a first import); 0 when it applied."""
+    """``--once``: one sync (a first import, or a cron job) under the lease, so it never
+    writes beside an active syncer; 0 when it applied, 1 when it did not (the reason logged),
+    or another syncer holds the lease."""
     syncer = Syncer(settings, force=force)
     try:
+        if not await syncer.lease.try_acquire():
+            holder = await syncer.lease.current_holder()
+            print(f"gateway sync-identities --once: {holder} is the active syncer; not run")
+            return 1
+        syncer.role = "active"
         report = await syncer.sync()
     finally:
         await syncer.close()
@@ -251,7 +263,9 @@ def create_app(settings: SyncSettings, syncer: Syncer | None = None) -> Starlett
         report = syncer.last_report
         return {
             "role": syncer.role,
-            "database": "ok" if syncer.database_ok else "unavailable",
+            "database": {None: "not read yet", True: "ok", False: "unavailable"}[
+                syncer.database_ok
+            ],
             "last_success": syncer.last_success,
             "keypairs": report.keypairs if report else None,
         }

@@ -72,7 +72,7 @@ async def sync_once(
     changes = diff(current, want, managed)
     share = changes.removed_share(current)
     check_removals(changes, current, max_removal_share=max_removal_share, force=force)
-    taken = len(changes.keypairs_removed) + len(changes.keypairs_deactivated)
+    taken = len(changes.disturbed(current))
     forced = share > max_removal_share and taken > ALWAYS_ALLOWED
     if forced:
         log.warning(

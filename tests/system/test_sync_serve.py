@@ -95,6 +95,14 @@ async def test_backendai_s_identities_drive_open_streams_on_every_replica(
     with syncer(dsn, redis_url) as url:
         await _until(lambda: _ready(url).get("ready"), 20, "the syncer's first sync")
         assert _ready(url)["keypairs"] == 1
+        # --once never writes beside the active syncer (the review: a stale snapshot from a
+        # cron job could switch a just-deactivated key back on)
+        env = {**os.environ, **SyncSettings.load({}, from_db=dsn, redis_url=redis_url).to_env()}
+        once = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "sync-identities", "--once"],
+            env=env, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert once.returncode == 1 and "is the active syncer; not run" in once.stdout, once
         async with contextlib.AsyncExitStack() as stack:
             streams = [
                 await stack.enter_async_context(stream_as(alice, r.base_url + V4)) for r in replicas

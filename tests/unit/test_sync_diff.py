@@ -168,7 +168,10 @@ def test_removing_more_than_the_share_is_refused_unless_forced() -> None:
     truncated = _state({ak: kp for ak, kp in current.keypairs.items() if ak in ("AK0", "AK1")})
     changes = diff(current, truncated, _managed(current))
     assert changes.removed_share(current) == pytest.approx(0.8)
-    with pytest.raises(SyncRefused, match=r"remove 8 and deactivate 0 keypairs, 80% of the 10"):
+    with pytest.raises(
+        SyncRefused,
+        match=r"remove 8 and deactivate 0 keypairs and change .* of 0 more, 80% of the 10",
+    ):
         check_removals(changes, current, max_removal_share=0.5)
     check_removals(changes, current, max_removal_share=0.5, force=True)
     check_removals(changes, current, max_removal_share=0.8)
@@ -265,4 +268,29 @@ def test_a_few_keypairs_may_always_go_whatever_their_share(
         with pytest.raises(SyncRefused):
             check_removals(changes, current, max_removal_share=0.5)
     else:
+        check_removals(changes, current, max_removal_share=0.5)
+
+
+@pytest.mark.parametrize("wrong", ["secrets", "roles", "domains"])
+def test_a_wrong_database_that_rekeys_or_rerolesis_everyone_is_refused(wrong: str) -> None:
+    """A restored staging copy (other secrets everywhere) or a mass demotion or promotion
+    locks everyone out or widens everyone's rights at once: refused like a truncation (the
+    review found the guard counted only removals)."""
+    current = _state(
+        _keys(10, user="u0") | {f"BK{i}": Keypair(f"BK{i}", "s" * 16, f"v{i}") for i in range(10)}
+    )
+    current = StoreState(
+        keypairs=current.keypairs,
+        users={**current.users, **{f"v{i}": User(f"v{i}", "user", "d0") for i in range(10)}},
+    )
+    if wrong == "secrets":
+        keypairs = {ak: Keypair(ak, "z" * 16, kp.user_id) for ak, kp in current.keypairs.items()}
+        desired = StoreState(keypairs=keypairs, users=current.users)
+    else:
+        role, domain = ("monitor", "d0") if wrong == "roles" else ("user", "d1")
+        users = {uid: User(uid, role, domain) for uid in current.users}
+        desired = StoreState(keypairs=current.keypairs, users=users)
+    changes = diff(current, desired, _managed(current))
+    assert changes.removed_share(current) == 1.0
+    with pytest.raises(SyncRefused, match="change the secret, owner, role or domain of 20 more"):
         check_removals(changes, current, max_removal_share=0.5)
