@@ -243,7 +243,8 @@ async def test_a_snapshot_with_most_keypairs_missing_is_refused_until_forced(
     generation = await async_redis.get(store.keys.identity_generation)
 
     backendai_db.execute(f"DELETE FROM keypairs WHERE access_key <> '{ALICE.access_key}'")
-    with pytest.raises(SyncRefused, match=r"remove 5 and deactivate 0 keypairs and change .* of 0 more, 83% of the 6"):
+    refused = r"remove 5 and deactivate 0 keypairs and change .* of 0 more, 83% of the 6"
+    with pytest.raises(SyncRefused, match=refused):
         await _sync(pool, store, async_redis)
     assert await read_state(store) == before
     assert await async_redis.get(store.keys.identity_generation) == generation
