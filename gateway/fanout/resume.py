@@ -49,9 +49,10 @@ async def replay(
         if told:
             first = format_stream_id(state.first_id) if state.first_id else None
             connection.push(notice_frame(last_event_id, first, reason or "trimmed"))
-        cursor = last
-        # An id ahead of history covers nothing: live frames past history's end must pass.
-        last = min(last, state.last_id)
+        # An id ahead of history covers nothing: live frames past history's end must pass,
+        # and the read starts at history's end (an id past anything Redis can make, say
+        # 18446744073709551615-18446744073709551615, has no successor to read from).
+        last = cursor = min(last, state.last_id)
         while True:
             after = format_stream_id(cursor)
             async for batch, gap in read_after(redis, bus, after, max_payload=hub.max_payload):

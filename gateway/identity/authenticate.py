@@ -6,6 +6,7 @@ import hmac
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from gateway.errors import AuthFailed, InvalidAuthParams
 
@@ -25,6 +26,9 @@ from .store import IdentityStore
 __all__ = ["authenticate_keypair", "authenticate_signature"]
 
 logger = logging.getLogger(__name__)
+
+#: what an unknown access key's signature is computed with (40 characters, as a secret)
+_DECOY_SECRET: Final = "decoy-secret-never-matches-0000000000000"
 
 
 async def authenticate_signature(
@@ -89,13 +93,15 @@ async def authenticate_keypair(
         raise InvalidAuthParams("Missing or oversized Host header")
 
     keypair = await store.get_keypair(access_key)
-    if keypair is None:
-        logger.info("auth failed: unknown access key %r", access_key)
-        raise AuthFailed("Access key not found")
+    # An unknown key is answered as a wrong signature, after the same HMAC: the answer and
+    # its time tell no one which access keys exist (the log still says which it was).
     text = string_to_sign(method, raw_target, raw_date, host, headers.get("content-type"), version)
-    expected = signature(keypair.secret_key, date, host, text)
-    if not hmac.compare_digest(expected, sent):
-        logger.info("auth failed: signature mismatch for access key %r", access_key)
+    expected = signature(keypair.secret_key if keypair else _DECOY_SECRET, date, host, text)
+    if not hmac.compare_digest(expected, sent) or keypair is None:
+        if keypair is None:
+            logger.info("auth failed: unknown access key %r", access_key)
+        else:
+            logger.info("auth failed: signature mismatch for access key %r", access_key)
         raise AuthFailed("Signature mismatch")
     if not keypair.active:
         logger.info("auth failed: inactive access key %r", access_key)

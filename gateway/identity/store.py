@@ -54,6 +54,9 @@ __all__ = ["IdentityStore", "IdentityStoreLost", "Presence"]
 
 logger = logging.getLogger(__name__)
 
+#: seconds a lookup that found nothing trusts the last presence check (see raise_if_lost)
+PRESENCE_EVERY = 1.0
+
 # -- the store ----------------------------------------------------------------------------------
 
 
@@ -105,6 +108,7 @@ class IdentityStore:
         self._redis = redis
         self._keys = keys
         self._watch = watch_presence
+        self._presence_at = float("-inf")
         #: see :meth:`presence`
         self.state: Presence = "unknown"
         #: the generation last seen (None: no generation key)
@@ -172,8 +176,16 @@ class IdentityStore:
             self.state = "ok"  # found an entry: the store is there (a lost one waits for presence)
 
     async def raise_if_lost(self) -> None:
-        """A lookup found nothing: raise :class:`IdentityStoreLost` if the store is gone."""
-        if self._watch and await self.presence() == "lost":
+        """A lookup found nothing: raise :class:`IdentityStoreLost` if the store is gone.
+        Presence is read again at most every :data:`PRESENCE_EVERY` seconds, so a miss
+        costs what a hit costs (an unknown access key is not told by its answer's time)."""
+        if not self._watch:
+            return
+        now = time.monotonic()
+        if self.state != "ok" or now - self._presence_at >= PRESENCE_EVERY:
+            self._presence_at = now
+            await self.presence()
+        if self.state == "lost":
             raise IdentityStoreLost()
 
     # reads -------------------------------------------------------------------------------------

@@ -193,6 +193,9 @@ def test_each_auth_failure_has_its_own_answer(gateway: RunningGateway) -> None:
     assert answers["inactive key"][:2] == (401, "auth-failed")
     assert answers["skewed date"][:2] == (400, "invalid-auth-params")
     assert answers["missing version"][:2] == (400, "invalid-auth-params")
+    # an unknown key is answered exactly as a wrong signature (it tells no one which keys
+    # exist); every other failure has its own title
+    assert answers.pop("unknown key") == answers["wrong signature"]
     titles = [title for _, _, title in answers.values()]
     assert len(set(titles)) == len(titles), titles
     metrics = httpx.get(gateway.base_url + "/metrics").text
@@ -365,6 +368,39 @@ async def test_resume_from_an_id_older_than_history_is_told_first(
         "reason": "trimmed",
     }
     assert [e.id for e in got[1:]] == kept
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "last_id",
+    [
+        "18446744073709551615-18446744073709551615",  # past anything Redis can make
+        "18446744073709551615-0",
+        "99999999999999-0",  # far ahead of Redis' clock
+    ],
+)
+async def test_a_resume_from_an_id_history_can_never_hold_is_told_and_goes_on(
+    gateway: RunningGateway, redis_url: str, last_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The review found 200, then resume_failed and a 27-line traceback per request: an id
+    with no successor made the history read fail. Any id ahead of history is told as
+    ``ahead`` and the stream goes on with what comes next."""
+    ref = session_of(ALICE, "ahead")
+    with SyncPublisher.from_url(redis_url) as pub:
+        pub.publish(ref.started("before"))
+        async with stream_as(ALICE, gateway.base_url, last_event_id=last_id) as (_, events):
+            got: list[SSEEvent] = []
+            with anyio.fail_after(10):
+                async for event in events:
+                    got.append(event)
+                    if event.event == "history_truncated":
+                        after = pub.publish(ref.started("after"))
+                    if event.event.startswith("kernel_"):
+                        break
+    assert got[0].event == "history_truncated"
+    assert json.loads(got[0].data)["reason"] == "ahead"
+    assert got[-1].id == after  # what came next still arrives
+    assert "resume_failed" not in caplog.text and "Traceback" not in caplog.text
 
 
 def test_a_resume_with_a_bad_id_is_refused(gateway: RunningGateway) -> None:
