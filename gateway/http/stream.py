@@ -36,6 +36,7 @@ from gateway.fanout.frames import retry_frame
 from gateway.fanout.resume import replay
 from gateway.fanout.stats import ThrottledLog
 from gateway.identity.visibility import build_filter
+from gateway.replica.limits import Slot
 from gateway.replica.state import GatewayState
 from publisher.tasks import cancel_and_wait
 
@@ -100,6 +101,7 @@ class HubStreamResponse(Response):
         last_event_id: str | None,
         *,
         retry_hint: bool,
+        slot: Slot | None = None,
     ) -> None:
         # No super().__init__(): its headers and body are either shared (SSE_HEADERS) or
         # unused by this shape.
@@ -107,23 +109,31 @@ class HubStreamResponse(Response):
         self._connection = connection
         self._last_event_id = last_event_id
         self._retry_hint = retry_hint
+        #: the stream's place under its key's limit, until the hub counts it
+        self._slot = slot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Admitted by stream_events: from here (no await before hub.register) it counts in
         # the hub instead.
         self._state.opening -= 1
         if scope["method"] == "HEAD":  # headers only, as sse-starlette answers HEAD
+            if self._slot is not None:
+                self._slot.release()
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         state, connection, hub = self._state, self._connection, self._state.hub
         direct: DirectPath | None = scope.get(DIRECT_SCOPE_KEY)
-        connection.attach(send, direct, send_buffer=state.settings.fanout.send_buffer)
-        if self._last_event_id is not None:
-            # Hold live frames from the moment the hub can reach the connection: anything
-            # dispatched before replay starts must wait for it.
-            connection.begin_replay()
-        hub.register(connection)
+        try:
+            connection.attach(send, direct, send_buffer=state.settings.fanout.send_buffer)
+            if self._last_event_id is not None:
+                # Hold live frames from the moment the hub can reach the connection: anything
+                # dispatched before replay starts must wait for it.
+                connection.begin_replay()
+            hub.register(connection)
+        finally:
+            if self._slot is not None:  # the hub counts the stream now (or it never started)
+                self._slot.release()
         resuming: asyncio.Future[None] | None = None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
@@ -194,8 +204,12 @@ async def stream_events(request: Request) -> Response:
     identity = credential.identity
     filter = await build_filter(identity, query, state.store)
     limit = state.settings.limits.max_streams_per_key
+    # Counted and reserved in one step (gateway.replica.limits): the slot holds until the
+    # response registers the stream, and is released on every way out before that.
+    slot: Slot | None = None
     if state.leases is not None:
-        admitted, _ = await state.leases.admit(identity.access_key)
+        slot = await state.leases.reserve(identity.access_key)
+        admitted = slot is not None
     else:
         admitted = hub.streams_of(identity.access_key) < limit
     if not admitted:
@@ -205,23 +219,30 @@ async def stream_events(request: Request) -> Response:
             f"at most {limit} across the gateway fleet",
             retry_after=5,
         )
-    if len(hub) + state.opening >= state.stream_limit:  # again: others were admitted meanwhile
-        _refuse(state, _limit_kind(state))
-        raise Unavailable("This replica is at its stream limit", retry_after=5)
+    try:
+        if len(hub) + state.opening >= state.stream_limit:  # again: others admitted meanwhile
+            _refuse(state, _limit_kind(state))
+            raise Unavailable("This replica is at its stream limit", retry_after=5)
+        log.debug("stream opened key=%s filter=%s", identity.access_key, filter)
+        connection = hub.new_connection(filter, identity.access_key, query.view)
+        lifetime = state.settings.fanout.stream_max_lifetime
+        if lifetime and (credential.resumes or query.last_event_id or query.resumable):
+            # Only clients that resume: the official SDKs end their command on server_close.
+            # The jitter keeps streams opened together (after a deploy) from ending together.
+            connection.expires_at = hub.clock() + lifetime * random.uniform(*LIFETIME_JITTER)
+        if state.reauth is not None:  # rights follow identity (gateway.replica.reauthorize)
+            state.reauth.track(connection, credential, query)
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
     state.opening += 1  # until the response registers the stream
-    log.debug("stream opened key=%s filter=%s", identity.access_key, filter)
-    connection = hub.new_connection(filter, identity.access_key, query.view)
-    lifetime = state.settings.fanout.stream_max_lifetime
-    if lifetime and (credential.resumes or query.last_event_id or query.resumable):
-        # Only clients that resume: the official SDKs end their command on server_close.
-        # The jitter keeps streams opened together (after a deploy) from ending together.
-        connection.expires_at = hub.clock() + lifetime * random.uniform(*LIFETIME_JITTER)
-    if state.reauth is not None:  # rights follow identity (gateway.replica.reauthorize)
-        state.reauth.track(connection, credential, query)
     # The reconnect hint is for EventSource (browsers, with their session cookie). The
     # official SDKs read a standalone ``retry:`` block as an event with empty data (and
     # newer ones as seconds), and Backend.AI's manager never sent one.
-    return HubStreamResponse(state, connection, query.last_event_id, retry_hint=credential.resumes)
+    return HubStreamResponse(
+        state, connection, query.last_event_id, retry_hint=credential.resumes, slot=slot
+    )
 
 
 async def stream_response(scope: Scope, receive: Receive) -> Response:
