@@ -35,6 +35,8 @@ __all__ = ["NGINX_CONF", "ClusterError", "LocalCluster", "PortInUse", "check_por
 
 #: the shipped config; present in a source checkout (not in an installed wheel)
 NGINX_CONF: Final = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "nginx.conf"
+#: where nginx runs (its listen address), the replicas' one trusted proxy
+NGINX_ADDRESS: Final = "127.0.0.1"
 
 
 class ClusterError(RuntimeError):
@@ -215,10 +217,19 @@ class LocalCluster:
                 "publisher", env=env,
             )  # fmt: skip
 
-    def _spawn_replica(self, port: int) -> subprocess.Popen[bytes]:
+    def replica_settings(self, port: int, redis_url: str) -> Settings:
+        """The settings of the replica on ``port``: the base ones, and behind nginx, nginx
+        trusted as the proxy whose X-Forwarded-For names the client (so the login throttle
+        counts clients, not nginx: README, "Limits at the edge")."""
         settings = self.base_settings.replace(
-            port=port, redis_url=self.redis_url, replica=f"local-{port}"
+            port=port, redis_url=redis_url, replica=f"local-{port}"
         )
+        if self.use_nginx and not settings.browser.trusted_proxies:
+            settings = settings.replace(trusted_proxies=(NGINX_ADDRESS,))
+        return settings
+
+    def _spawn_replica(self, port: int) -> subprocess.Popen[bytes]:
+        settings = self.replica_settings(port, self.redis_url)
         env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
         return self._popen(
             [sys.executable, "-m", "gateway.cli", "serve"], settings.server.replica, env=env
@@ -237,7 +248,7 @@ class LocalCluster:
             f"upstream gateways {{\n    least_conn;\n{servers}\n"
             "    keepalive 32;\n    keepalive_timeout 10s;\n}\n"
         )
-        (conf_dir / "listen.conf").write_text(f"listen 127.0.0.1:{self.port};\n")
+        (conf_dir / "listen.conf").write_text(f"listen {NGINX_ADDRESS}:{self.port};\n")
         prefix = self._dir / "nginx"
         prefix.mkdir()
         prefix.chmod(0o777)  # as root, nginx's workers run as an unprivileged user

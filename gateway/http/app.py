@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import GatewayError
 from gateway.replica.lifespan import running_replica
 from gateway.replica.state import GatewayState
-from gateway.settings import Settings
+from gateway.settings import ENV_PREFIX, Settings
 
 from . import errors
 from .cors import cors_middleware
@@ -93,10 +93,28 @@ class TransportScope:
       goes straight to :func:`gateway.http.stream.stream_response`, past Starlette's middleware and
       routing, whose frames every open stream would otherwise keep for its whole life.
       Cross-origin requests take the Starlette path, where CORS is answered.
+    * With ``watch_forwarding`` (no ``trusted_proxies``), the first request that carries
+      ``X-Forwarded-For`` logs one warning: a load balancer is in front, but the login
+      throttle counts it, not its clients, as the address of every login.
     """
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Starlette, *, watch_forwarding: bool = False) -> None:
         self.app = app
+        self._watch_forwarding = watch_forwarding
+
+    def _warn_forwarding(self, scope: Scope) -> None:
+        if not any(name == b"x-forwarded-for" for name, _ in scope["headers"]):
+            return
+        self._watch_forwarding = False  # once per process, not per request
+        client = scope.get("client")
+        log.warning(
+            "a request from %s carries X-Forwarded-For but trusted_proxies is empty: the "
+            "login throttle counts that peer as the address of every client behind it; set "
+            "%sTRUSTED_PROXIES (--trusted-proxies) to the load balancer's address or network "
+            "(logged once)",
+            client[0] if client else "unknown",
+            ENV_PREFIX,
+        )
 
     @property
     def state(self) -> Any:
@@ -109,6 +127,8 @@ class TransportScope:
             gateway.loop.call_soon_threadsafe(gateway.begin_shutdown)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._watch_forwarding and scope["type"] == "http":
+            self._warn_forwarding(scope)
         if scope["type"] == "http" and scope["path"] in STREAM_PATHS:
             direct = direct_path(send)
             if direct is not None:
@@ -151,7 +171,7 @@ def create_app(settings: Settings | None = None) -> TransportScope:
     # No trailing-slash redirects: Starlette builds their Location from the Host header,
     # which the client chooses. /health/ is 404, as any other unknown path.
     app.router.redirect_slashes = False
-    return TransportScope(app)
+    return TransportScope(app, watch_forwarding=not settings.browser.trusted_proxies)
 
 
 def create_app_from_env() -> TransportScope:

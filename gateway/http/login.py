@@ -9,7 +9,10 @@ whose it is. How sessions are stored, bound and ended is :mod:`gateway.identity.
   carry it on their requests at all.
 * Every attempt is counted by the login throttle (:mod:`gateway.identity.throttle`) against
   the account it names and the client's address (:func:`client_address`: the peer, or behind
-  ``trusted_proxies`` what they say); a blocked one gets 429 before any credential is checked.
+  ``trusted_proxies`` what they say). A blocked account gets 429 before any credential is
+  checked; from a blocked address an unknown account or a wrong credential gets 429, a correct
+  credential for an account that is not blocked itself gets in (no client can lock out
+  another by blocking the address they share).
 * Failed logins all get the same 401, whatever was wrong; the log says what.
 """
 
@@ -178,6 +181,13 @@ def _identity_response(identity: Identity) -> Response:
     )
 
 
+def _throttled(account: Subject, address: Subject, wait: float) -> RateLimited:
+    log.info("login throttled: %s from %s for %.1fs", account[1], address[1], wait)
+    return RateLimited(
+        "Too many failed logins", "try again later", retry_after=LoginThrottle.retry_after(wait)
+    )
+
+
 async def login(request: Request) -> Response:
     state: GatewayState = request.state.gateway
     browser, sessions, throttle = state.settings.browser, state.sessions, state.throttle
@@ -191,25 +201,38 @@ async def login(request: Request) -> Response:
             else ("account", f"user:{body.user_id}")
         )
         address: Subject = ("address", client_address(request.scope, browser.trusted_proxies))
-        wait = await throttle.attempt(account, address)
-        if wait:
-            log.info("login throttled: %s from %s for %.1fs", account[1], address[1], wait)
-            raise RateLimited(
-                "Too many failed logins",
-                "try again later",
-                retry_after=LoginThrottle.retry_after(wait),
-            )
+        verdict = await throttle.attempt(account, address)
+        if verdict.account_wait:
+            raise _throttled(account, address, verdict.account_wait)
+        if verdict.address_wait:
+            # The address is blocked, perhaps by someone else behind the same NAT or proxy:
+            # an unknown account is refused unchecked, a known one is counted against the
+            # account alone (its own guessing protection) and only a correct credential wins.
+            known = await sessions.has_account(access_key=body.access_key, user_id=body.user_id)
+            if not known:
+                raise _throttled(account, address, verdict.address_wait)
+            again = await throttle.attempt(account)
+            if again.account_wait:
+                raise _throttled(account, address, again.account_wait)
         method: LoginMethod
-        if body.access_key is not None and body.secret_key is not None:
-            method = "keypair"
-            identity, credential = await sessions.login_with_keypair(
-                body.access_key, body.secret_key
-            )
-        else:
-            assert body.user_id is not None and body.password is not None
-            method = "password"
-            identity, credential = await sessions.login_with_password(body.user_id, body.password)
-        await throttle.succeeded(account, address)
+        try:
+            if body.access_key is not None and body.secret_key is not None:
+                method = "keypair"
+                identity, credential = await sessions.login_with_keypair(
+                    body.access_key, body.secret_key
+                )
+            else:
+                assert body.user_id is not None and body.password is not None
+                method = "password"
+                identity, credential = await sessions.login_with_password(
+                    body.user_id, body.password
+                )
+        except AuthFailed:
+            if verdict.address_wait:  # a failure from a blocked address: the same 429
+                raise _throttled(account, address, verdict.address_wait) from None
+            raise
+        # from a blocked address nothing was counted against it, so nothing is taken back
+        await throttle.succeeded(account, None if verdict.address_wait else address)
     except GatewayError as exc:
         state.auth_failures[exc.title] += 1
         raise

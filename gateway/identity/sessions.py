@@ -155,6 +155,15 @@ class SessionStore:
 
     # -- logging in -----------------------------------------------------------------------------
 
+    async def has_account(self, *, access_key: str | None, user_id: str | None) -> bool:
+        """Whether a login may name an account at all: the keypair exists, or the user does
+        and has a password. Cheap (no password check): what the login throttle asks before
+        checking a credential from a blocked address (:mod:`gateway.http.login`)."""
+        if access_key is not None:
+            return await self._store.get_keypair(access_key) is not None
+        user = await self._store.get_user(user_id) if user_id is not None else None
+        return user is not None and bool(user.password_hash)
+
     async def login_with_keypair(self, access_key: str, secret_key: str) -> tuple[Identity, bytes]:
         """Who a keypair login speaks for, and :func:`credential_digest` of the secret it
         proved. Raises :class:`~gateway.errors.AuthFailed` (the same for every reason; the

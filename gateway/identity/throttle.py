@@ -7,42 +7,49 @@ forgiven, ``until`` the millisecond, by Redis' clock, before which the subject i
 One server-side script checks and counts an attempt atomically, so replicas and parallel
 requests cannot race past the limit:
 
-* an attempt on a blocked subject is refused (the caller answers 429 with ``Retry-After``)
-  and not counted;
+* an attempt on a blocked account is refused (the caller answers 429 with ``Retry-After``)
+  and not counted: that is the protection against guessing one account's password;
+* an attempt from a blocked address is not counted either, but only reported
+  (:attr:`Verdict.address_wait`): the caller refuses it for an unknown account or a wrong
+  credential, and lets a correct credential for a known account in, after counting it
+  against the account alone (:meth:`LoginThrottle.attempt` with no address). So a client
+  that blocks an address (a NAT's, or a load balancer's when ``trusted_proxies`` is wrong)
+  cannot lock anyone else out; only an account's own failures block the account;
 * otherwise it is counted in advance, as if it will fail; past the subject's free attempts it
   blocks the subject for ``backoff * 2**(n - free - 1)`` seconds, at most ``backoff_max``;
 * a success forgets the account's count and takes the attempt back from the address;
 * a subject's count is forgotten ``window`` seconds after its last attempt (the key's TTL).
 
 Memory: one small hash (~100 bytes) per subject that attempted a login in the last
-``window`` seconds.
+``window`` seconds; attempts from a blocked address create none.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from redis.asyncio import Redis
 
 from publisher.keys import Keys
 
-__all__ = ["LoginThrottle", "Subject"]
+__all__ = ["LoginThrottle", "Subject", "Verdict"]
 
 #: ``account`` a user id (``user:<id>``) or access key (``key:<ak>``); ``address`` an IP
 Subject = tuple[Literal["account", "address"], str]
 
-# KEYS: one hash per subject. ARGV[1] backoff ms, ARGV[2] backoff_max ms, ARGV[3] window ms,
-# ARGV[3 + i] free attempts of KEYS[i]. Returns 0 (go on) or the ms to wait (refused).
+# KEYS[1] the account's hash, KEYS[2] the address' (optional). ARGV[1] backoff ms, ARGV[2]
+# backoff_max ms, ARGV[3] window ms, ARGV[3 + i] free attempts of KEYS[i]. Returns {the ms the
+# account is blocked for, the ms the address is}: counted only when both are 0.
 _ATTEMPT: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local wait = 0
+local wait = {0, 0}
 for i, key in ipairs(KEYS) do
   local blocked = tonumber(redis.call('HGET', key, 'until') or '0')
-  if blocked - now > wait then wait = blocked - now end
+  if blocked > now then wait[i] = blocked - now end
 end
-if wait > 0 then return wait end
+if wait[1] > 0 or wait[2] > 0 then return wait end
 local base, cap, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 for i, key in ipairs(KEYS) do
   local n = redis.call('HINCRBY', key, 'n', 1)
@@ -55,7 +62,7 @@ for i, key in ipairs(KEYS) do
   end
   redis.call('PEXPIRE', key, math.floor(ttl))
 end
-return 0
+return wait
 """
 
 # KEYS[1] the account's hash, KEYS[2] the address' (optional): forget the one, take the
@@ -67,6 +74,16 @@ if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
 end
 return 0
 """
+
+
+class Verdict(NamedTuple):
+    """What :meth:`LoginThrottle.attempt` found, in seconds (0.0: not blocked)."""
+
+    #: the account is blocked: refuse unchecked, nothing was counted
+    account_wait: float
+    #: the address is blocked, nothing was counted: refuse an unknown account or a wrong
+    #: credential; a known account's attempt is counted alone and checked
+    address_wait: float
 
 
 class LoginThrottle:
@@ -99,13 +116,14 @@ class LoginThrottle:
         kind, name = subject
         return self._keys.login_throttle(kind, name)
 
-    async def attempt(self, *subjects: Subject) -> float:
-        """Count one login attempt against every subject, or refuse it: 0.0 to go on, else the
-        seconds (> 0) until the most blocked of them may try again."""
+    async def attempt(self, account: Subject, address: Subject | None = None) -> Verdict:
+        """Count one login attempt against ``account`` (and ``address``), unless either is
+        blocked: then count nothing and say for how long each is."""
+        subjects = [account] + ([address] if address is not None else [])
         keys = [self.key(s) for s in subjects]
         free = [self._free[kind] for kind, _ in subjects]
-        wait_ms = await self._attempt(keys=keys, args=[*self._args, *free])
-        return max(0.0, int(wait_ms) / 1000)
+        account_ms, address_ms = await self._attempt(keys=keys, args=[*self._args, *free])
+        return Verdict(max(0.0, int(account_ms) / 1000), max(0.0, int(address_ms) / 1000))
 
     async def succeeded(self, account: Subject, address: Subject | None = None) -> None:
         """The attempt counted for ``account`` (and ``address``) succeeded: forget the

@@ -5,6 +5,7 @@ proxies running for real: tests/system/test_deploy.py.)"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import tomllib
@@ -17,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from devtools.cluster import NGINX_ADDRESS, LocalCluster
 from gateway.cli import main as gateway_main
 from gateway.http.app import create_app
 from gateway.http.server import uvicorn_options
@@ -431,6 +433,63 @@ def test_kubernetes_manifests() -> None:
 def _k8s_context() -> tuple[dict[str, dict[str, Any]], Settings]:
     m = _manifests()
     return m, Settings.load(_settings_env(m["ConfigMap"]["data"]))
+
+
+def _trusted(env: Mapping[str, Any]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    trusted = Settings.load(_settings_env(env)).browser.trusted_proxies
+    assert trusted, "trusted_proxies unset: every login would count against the proxy"
+    return [ipaddress.ip_network(n, strict=False) for n in trusted]
+
+
+def _in(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    return any(ipaddress.ip_address(address) in n for n in networks)
+
+
+def test_every_shipped_deployment_trusts_its_load_balancer_and_nothing_else() -> None:
+    """So the login throttle counts clients, not the proxy (issue 22: 26 failed logins
+    through the shipped nginx locked every user out)."""
+    # the proxies name the client in X-Forwarded-For
+    nginx = " ".join(_nginx_text(NGINX_CONF).split())
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in nginx
+    assert re.search(r"(?m)^\s*option forwardfor\b", HAPROXY_CFG.read_text())
+
+    # compose: nginx and haproxy at fixed addresses, trusted; every other container's
+    # address comes from ip_range, which no trusted network overlaps
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    (pool,) = compose["networks"]["default"]["ipam"]["config"]
+    subnet, dynamic = ipaddress.ip_network(pool["subnet"]), ipaddress.ip_network(pool["ip_range"])
+    trusted = _trusted(services[GATEWAYS[0]]["environment"])
+    for name in GATEWAYS:
+        assert _trusted(services[name]["environment"]) == trusted, name
+    for name in ("nginx", "haproxy"):
+        address = services[name]["networks"]["default"]["ipv4_address"]
+        assert _in(address, trusted) and ipaddress.ip_address(address) in subnet, name
+        assert ipaddress.ip_address(address) not in dynamic, name
+    assert not any(n.overlaps(dynamic) for n in trusted), trusted
+    static = {
+        s["networks"]["default"]["ipv4_address"]
+        for s in services.values()
+        if isinstance(s.get("networks"), dict)
+    }
+    assert static == {
+        services[name]["networks"]["default"]["ipv4_address"] for name in ("nginx", "haproxy")
+    }
+
+    # Kubernetes: the ingress controller's pods (a pod network, never a public address)
+    networks = _trusted(_manifests()["ConfigMap"]["data"])
+    assert all(n.is_private for n in networks), networks
+
+    # the local cluster: its nginx, on loopback
+    cluster = LocalCluster(replicas=1, nginx=True)
+    try:
+        cluster.use_nginx = True  # as where nginx is installed
+        settings = cluster.replica_settings(8081, "redis://127.0.0.1:1/0")
+        assert settings.browser.trusted_proxies == (NGINX_ADDRESS,)
+        cluster.use_nginx = False  # no nginx: the replica is the front door, trusts no one
+        assert cluster.replica_settings(8081, "redis://127.0.0.1:1/0").browser.trusted_proxies == ()
+    finally:
+        cluster.stop()
 
 
 def test_kubernetes_autoscaling_counts_streams_and_streams_rebalance() -> None:

@@ -1,11 +1,13 @@
 """Logins under attack, against real gateways on a real Redis: failed-login throttling per
-account and per address shared by every replica, password work isolated from streams and
-from other accounts, a cap on sessions per key, the password policy on import."""
+account and per address shared by every replica (a blocked address locking no one else out),
+password work isolated from streams and from other accounts, a cap on sessions per key, the
+password policy on import, the warning about an untrusted load balancer."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -102,12 +104,80 @@ async def test_an_address_is_throttled_across_accounts(
             for i in range(10)
         ]
         assert codes[:6] == [401] * 6 and 429 in codes[6:], codes
-        # the right credentials from that address wait too; from another they do not
-        assert (await _login(client, gw, _keypair(BOB), "10.9.9.9")).status_code == 429
-        assert (await _login(client, gw, _keypair(BOB), "10.9.9.10")).status_code == 200
+        # another unknown account from that address waits too; from another it does not
+        blocked = await _login(client, gw, _password("user99", "wrong"), "10.9.9.9")
+        assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) >= 1
+        assert (
+            await _login(client, gw, _password("user99", "wrong"), "10.9.9.10")
+        ).status_code == 401
+        # a wrong credential for a known account gets the same 429 as an unknown one
+        wrong = await _login(client, gw, {**_keypair(BOB), "secret_key": "x" * 40}, "10.9.9.9")
+        assert wrong.status_code == 429
         # an X-Forwarded-For entry the client wrote itself is not its address
-        forged = await _login(client, gw, _keypair(BOB), "10.9.9.11, 10.9.9.9")
+        forged = await _login(client, gw, _password("user98", "wrong"), "10.9.9.11, 10.9.9.9")
         assert forged.status_code == 429
+
+
+@pytest.mark.anyio
+async def test_a_blocked_address_locks_no_one_else_out(
+    cast: str, start_gateway: StartGateway
+) -> None:
+    """The review's probe: behind one address (a proxy not trusted, a NAT), 26 failed logins
+    on made-up accounts locked every user out. A correct password or keypair still gets in;
+    guessing one account from there still blocks that account."""
+    gw = start_gateway(**{**THROTTLED, "login_backoff": 5.0, "login_backoff_max": 10.0})
+    shared = "10.7.7.7"
+    async with httpx.AsyncClient(timeout=10) as client:
+        codes = [
+            (await _login(client, gw, _password(f"nobody{i}", "wrong"), shared)).status_code
+            for i in range(30)
+        ]
+        assert codes.count(429) >= 20, codes  # the address is blocked
+        for body in (_password("alice", ALICE_PASSWORD), _keypair(BOB), _keypair(ALICE)):
+            r = await _login(client, gw, body, shared)
+            assert r.status_code == 200, (body.keys(), r.text)
+            assert r.cookies.get(SESSION_COOKIE)
+        # guessing alice's password from the blocked address: each guess is checked and
+        # counted against alice (429, as any failure there); past her free failures alice
+        # is blocked, and then even her right password waits, from anywhere
+        for i in range(THROTTLED["login_free_failures"] + 1):
+            r = await _login(client, gw, _password("alice", f"guess {i}"), shared)
+            assert r.status_code == 429
+        for address in (shared, "10.7.7.8"):
+            r = await _login(client, gw, _password("alice", ALICE_PASSWORD), address)
+            assert r.status_code == 429, address
+        # bob, not under attack, still gets in from the blocked address
+        assert (await _login(client, gw, _keypair(BOB), shared)).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_x_forwarded_for_without_trusted_proxies_is_warned_about_once(
+    cast: str, start_gateway: StartGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.http.app")
+    gw = start_gateway()  # trusted_proxies empty, as a replica behind an unconfigured proxy
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await client.get(f"{gw.base_url}/")).status_code == 200
+        assert not [r for r in caplog.records if "X-Forwarded-For" in r.getMessage()]
+        for i in range(5):
+            await _login(client, gw, _password(f"user{i}", "wrong"), f"10.3.0.{i}")
+            await client.get(f"{gw.base_url}/", headers={"X-Forwarded-For": "10.3.1.1"})
+    warned = [r for r in caplog.records if "X-Forwarded-For" in r.getMessage()]
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+    assert warned[0].levelno == logging.WARNING
+    assert "TRUSTED_PROXIES" in warned[0].getMessage()
+    assert "127.0.0.1" in warned[0].getMessage()  # the peer that sent it
+
+
+@pytest.mark.anyio
+async def test_trusted_proxies_set_means_no_warning(
+    cast: str, start_gateway: StartGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.http.app")
+    gw = start_gateway(**THROTTLED)
+    async with httpx.AsyncClient(timeout=10) as client:
+        await _login(client, gw, _password("user1", "wrong"), "10.3.0.1")
+    assert not [r for r in caplog.records if "X-Forwarded-For" in r.getMessage()]
 
 
 @pytest.mark.anyio
