@@ -305,6 +305,15 @@ class Bus:
         await redis.set(self.keys.epoch, stream_id, nx=True)
         return await self.epoch(redis)
 
+    async def start_new_history(self, redis: aredis.Redis) -> None:
+        """Delete the history and its epoch in one transaction: the next publish begins a new
+        history (a new epoch), which every replica tells its streams as ``reset``. The admin's
+        way out of a history no id can follow (``gateway reset-history``)."""
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.history)
+            pipe.delete(self.keys.epoch)
+            await pipe.execute()
+
     async def history_info(self, redis: aredis.Redis) -> dict[Any, Any] | None:
         """XINFO STREAM of the history, or None when there is no history."""
         try:

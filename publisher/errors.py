@@ -37,6 +37,7 @@ __all__ = [
     "PublisherClosed",
     "UndeliveredEvents",
     "classify",
+    "explain",
     "outcome_unknown",
 ]
 
@@ -108,6 +109,23 @@ def classify(exc: BaseException) -> ErrorClass:
         if any(code in words for code in _REFUSED_CODES):
             return "refused"
     return "rejected"
+
+
+#: Redis' words when the history's last id leaves no id after it that XADD can make
+_NO_NEXT_ID: Final = ("exhausted the last possible ID", "equal or smaller than the target")
+
+
+def explain(exc: BaseException) -> str:
+    """``exc`` as a publisher reports it: the error, and for the one rejection no retry and
+    no publisher can fix, its cause and the way out."""
+    text = f"{type(exc).__name__}: {exc}"
+    if any(words in str(exc) for words in _NO_NEXT_ID):
+        text += (
+            " (the history's last id is past anything Redis' clock can follow: an entry was "
+            "written with an id in the future. Nothing can be published until an admin starts "
+            "a new history: gateway reset-history --yes)"
+        )
+    return text
 
 
 def outcome_unknown(exc: BaseException) -> bool:

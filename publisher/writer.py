@@ -22,7 +22,14 @@ import redis.exceptions as rex
 
 from .buffer import Call, OutageBuffer, OverflowPolicy, Pending
 from .bus import Bus
-from .errors import ErrorClass, PublisherClosed, PublishRejected, classify, outcome_unknown
+from .errors import (
+    ErrorClass,
+    PublisherClosed,
+    PublishRejected,
+    classify,
+    explain,
+    outcome_unknown,
+)
 from .keys import Keys
 from .report import CloseReport
 from .schema import KernelEvent, decode_event, encode_event
@@ -133,7 +140,7 @@ class Core:
         with self.lock:
             call.wake = None
             if call.error is not None:
-                raise PublishRejected(str(call.error)) from call.error
+                raise PublishRejected(explain(call.error)) from call.error
             written = call.written
             if not written:  # gave up: its events stay queued, under the bound
                 self.buffer.trim()
@@ -212,7 +219,7 @@ class Core:
         self.buffer.release()
         kind = classify(exc)
         self.errors[kind] = self.errors.get(kind, 0) + 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error = explain(exc)
         if kind == "rejected":
             gone = self.buffer.pop_through(batch[-1].seq)
             self.rejected += len(gone)

@@ -224,6 +224,14 @@ PUBLISHER_SELECTORS: Final[Mapping[str, tuple[str, ...]]] = {
     "publisher_seq": ("+get", "+set"),
     "epoch": ("+set",),
 }
+#: Keys member -> what the admin may do there, and nothing else (a selector each): start a
+#: new history when none can follow the old one (``gateway reset-history``: XINFO to say what
+#: it held, DEL of the history and its epoch). No XADD, no PUBLISH: the admin cannot write
+#: events.
+ADMIN_SELECTORS: Final[Mapping[str, tuple[str, ...]]] = {
+    "history": ("+del", "+xinfo|stream"),
+    "epoch": ("+del",),
+}
 ServiceUser = Literal["replication", "sentinel"]
 SERVICE_USERS: Final[tuple[ServiceUser, ...]] = get_args(ServiceUser)
 #: the users Redis itself needs when ``default`` may only PING: a replica's link to its
@@ -293,9 +301,9 @@ def rules(keys: Keys, profile: Profile) -> list[str]:
     out.append("resetchannels")
     out += [f"&{name_pattern(keys, m)}" for m, who in CHANNEL_GRANTS.items() if profile in who]
     out += COMMANDS[profile]
-    if profile == "publisher":
-        for member, commands in PUBLISHER_SELECTORS.items():
-            out.append(f"(~{name_pattern(keys, member)} {' '.join(commands)})")
+    selectors = {"publisher": PUBLISHER_SELECTORS, "admin": ADMIN_SELECTORS}.get(profile, {})
+    for member, commands in selectors.items():
+        out.append(f"(~{name_pattern(keys, member)} {' '.join(commands)})")
     return out
 
 

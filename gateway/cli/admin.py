@@ -26,6 +26,7 @@ from gateway.identity.models import ROLES, Group, IdentityError, Keypair, User
 from gateway.identity.passwords import check_password, hash_password
 from gateway.identity.store import IdentityStore
 from gateway.settings import Settings
+from publisher.bus import Bus
 from publisher.connection import connect_async, redact_url
 from publisher.keys import DEFAULT_PREFIX, Keys
 from publisher.secretinput import SecretError, read_secret, resolve_secret
@@ -251,6 +252,37 @@ async def _import(store: IdentityStore, args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------------------
 
 
+# -- history ------------------------------------------------------------------------------------
+
+
+async def _reset_history(store: IdentityStore, args: argparse.Namespace) -> int:
+    """Start a new history: the way out of one no id can follow (an entry written with an id
+    in the future: every replica's /ready says so). Every open stream is told
+    ``history_truncated`` (``reset``); what the old history held is gone."""
+    if not args.yes:
+        raise _UsageError(
+            "this deletes the event history (every stream is told history_truncated, reset): "
+            "run it again with --yes"
+        )
+    bus = Bus(store.keys)
+    raw = await bus.history_info(store.redis)
+    info = {} if raw is None else {_text(k): v for k, v in raw.items()}
+    last = _text(info.get("last-generated-id", "none"))
+    length = int(info.get("length", 0))
+    await bus.start_new_history(store.redis)
+    return _done(
+        args,
+        f"started a new history (the old one held {length} entries, its last id {last}); "
+        "publishers go on at once, every replica tells its streams within seconds",
+        entries=length,
+        last_id=last,
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     *,
@@ -322,6 +354,15 @@ def register(
         p.add_argument("--domain", required=True)
     p = leaf(gr, "list", _group_list, "list groups")
     p.add_argument("--domain", help="only this domain's")
+
+    p = leaf(
+        subparsers,
+        "reset-history",
+        _reset_history,
+        "start a new event history (needs the admin user): the way out when /ready says the "
+        "history's last id is ahead of Redis' clock",
+    )
+    p.add_argument("--yes", action="store_true", help="yes, delete the history")
 
     p = leaf(subparsers, "import", _import, "load users, keypairs and groups from a JSON file")
     p.add_argument("file", help='{"users": [...], "keypairs": [...], "groups": [...]}; - = stdin')

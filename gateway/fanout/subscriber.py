@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 
 from publisher.bus import Bus
 
-from .frames import format_stream_id
+from .frames import StreamId, format_stream_id
 from .history import entry_exists, history_state, read_after
 from .hub import Hub
 from .watermark import Found, Known, Verdict, decide
@@ -123,6 +123,22 @@ class Subscriber:
     def ready(self) -> bool:
         """Subscribed, and a probe has made the round trip on this subscription."""
         return self.subscribed and self.probe_ok
+
+    @property
+    def watermark(self) -> StreamId | None:
+        """The id of the newest event dispatched (the hub's watermark)."""
+        return self._hub.last_id
+
+    @property
+    def epoch(self) -> str | None:
+        """The epoch of the history the watermark belongs to (None: none yet)."""
+        return self._epoch
+
+    def resync(self, why: str) -> None:
+        """End the session at its next read, so the next one locates the history again (a new
+        history is told to every open stream there): the history watch's call."""
+        log.warning("subscription starts over: %s", why)
+        self._reset = True
 
     async def run(self) -> None:
         """Subscribe and dispatch until cancelled; reconnects forever on Redis errors."""

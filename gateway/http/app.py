@@ -78,6 +78,10 @@ async def ready(request: Request) -> Response:
         # get 503 until it is re-imported. Not a reason to be unready: every replica shares
         # the store, and taking them all out would end the streams they still serve.
         "identity_store": state.store.state,
+        # why the history cannot take new events (an id written in the future), if it cannot
+        "history": "ok"
+        if state.history_watch is None or state.history_watch.problem is None
+        else state.history_watch.problem,
     }
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 

@@ -136,6 +136,13 @@ class GatewayCollector(Collector):
         for limit in ("fd_limit", "max_streams", "key_limit"):
             refused.add_metric([limit], state.refused[limit])
         yield refused
+        watch = state.history_watch
+        yield GaugeMetricFamily(
+            "kev_history_ahead_seconds",
+            "How far the history's last id is ahead of Redis' clock (above max_id_skew_ms: an "
+            "id written in the future; the replica is not ready)",
+            value=0.0 if watch is None else watch.ahead_seconds,
+        )
         yield GaugeMetricFamily(
             "kev_ready", "1 when subscribed, probed live and every task running", int(state.ready)
         )

@@ -120,6 +120,11 @@ class IdentityStore:
         )
 
     @property
+    def redis(self) -> aredis.Redis:
+        """The client the store reads and writes with (admin commands share it)."""
+        return self._redis
+
+    @property
     def keys(self) -> Keys:
         return self._keys
 

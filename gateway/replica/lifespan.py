@@ -41,6 +41,7 @@ from publisher.connection import connect_async, redact_url
 from publisher.keys import Keys
 from publisher.tasks import cancel_and_wait
 
+from .history_watch import HistoryWatch
 from .limits import KeyLeases
 from .reauthorize import Reauthorizer
 from .state import GatewayState
@@ -244,6 +245,13 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
                 lease=settings.limits.stream_lease,
             ),
         )
+        state.history_watch = HistoryWatch(
+            redis,
+            bus,
+            state.subscriber,
+            max_skew_ms=settings.fanout.max_id_skew_ms,
+            interval=settings.fanout.probe_interval or 5.0,  # (0 turns probes off, not this)
+        )
         tasks: set[asyncio.Task[None]] = set()
 
         def spawn(name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -257,6 +265,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             spawn("subscriber", state.subscriber.run)
             spawn("hub-timer", hub.run_timer)
             spawn("revalidate", reauth.run)
+            spawn("history-watch", state.history_watch.run)
             if state.leases is not None:
                 spawn("stream-leases", state.leases.run)
             log.info(

@@ -23,6 +23,7 @@ from gateway.settings import Settings
 from publisher.bus import Bus
 from publisher.keys import Keys
 
+from .history_watch import HistoryWatch
 from .limits import KeyLeases, fd_stream_limit
 from .reauthorize import Reauthorizer
 
@@ -69,6 +70,8 @@ class GatewayState:
     #: restarts of each supervised background task, and the ones down right now
     task_restarts: Counter[str] = field(default_factory=Counter)
     tasks_down: set[str] = field(default_factory=set)
+    #: the history's health (ahead of the clock, started anew), or None (tests)
+    history_watch: HistoryWatch | None = None
     #: monotonic time since which the replica has been unable to deliver, or None
     _unready_since: float | None = None
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -88,8 +91,15 @@ class GatewayState:
 
     @property
     def ready(self) -> bool:
-        """Accepting streams, subscribed with a probe round trip, every task running."""
-        return self.accepting and self.subscriber.ready and not self.tasks_down
+        """Accepting streams, subscribed with a probe round trip, every task running, and a
+        history that can take new events (:mod:`.history_watch`)."""
+        watch = self.history_watch
+        return (
+            self.accepting
+            and self.subscriber.ready
+            and not self.tasks_down
+            and (watch is None or watch.problem is None)
+        )
 
     def unable_to_deliver_for(self) -> float:
         """Seconds this replica has been accepting but not ready (0 when it is ready or

@@ -216,3 +216,21 @@ def test_the_gateway_reads_identities_but_writes_none(acl_port: int) -> None:
         _denied(lambda: admin.xadd("kev:events", {"e": b"forged"}))
         _denied(lambda: admin.get("kev:websession:abc"))
         _denied(lambda: admin.flushall())
+
+
+def test_the_admin_may_start_a_new_history_and_write_no_event(acl_port: int) -> None:
+    """``gateway reset-history`` runs on the admin user (XINFO, DEL of the history and its
+    epoch: ACL selectors), and that is all the admin may do to the event bus."""
+    with redis.Redis.from_url(url(acl_port, "publisher")) as pub:
+        pub.execute_command("XADD", "kev:events", "99999999999999-0", "e", "x")  # hostile
+    args = ["reset-history", "--yes", "--redis-url", url(acl_port, "admin")]
+    assert gateway_main(args) == 0
+    with redis.Redis.from_url(url(acl_port, "publisher")) as pub:  # a new history begins
+        new_id = pub.execute_command("XADD", "kev:events", "*", "e", "x")
+    with redis.Redis.from_url(url(acl_port, "gateway")) as gateway:
+        assert [i for i, _ in gateway.xrange("kev:events")] == [new_id]
+    with redis.Redis.from_url(url(acl_port, "admin")) as admin:
+        _denied(lambda: admin.xadd("kev:events", {"e": b"x"}))
+        _denied(lambda: admin.xrange("kev:events"))
+        _denied(lambda: admin.publish("kev:live", b"x"))
+        _denied(lambda: admin.set("kev:epoch", "1-0"))

@@ -1,0 +1,101 @@
+"""Every few seconds, each replica looks at the history the way a hostile writer could have
+left it (ARCHITECTURE.md, "Watermark and epoch"; issue: one publisher credential must not
+silence the fleet unnoticed):
+
+* **ahead of the clock**: an entry written with an explicit id far in the future (``XADD
+  <history> 18446744073709551615-18446744073709551615 ...`` by anyone who may write to it)
+  makes every later id "future" to every replica, or leaves Redis no id to give at all
+  ("The stream has exhausted the last possible ID"): publishing stops for good. The replica
+  says so at once: ``/ready`` fails with the reason (:attr:`HistoryWatch.problem`), the gauge
+  ``kev_history_ahead_seconds`` and one log line naming the fix, ``gateway reset-history``.
+* **a new history**: the epoch changed under a running subscription (that command, or any
+  deletion of the history): the subscription starts over, so every open stream is told
+  ``history_truncated`` (``reset``) and follows the new history at once, instead of at its
+  next reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+import redis.asyncio as aredis
+from redis.exceptions import RedisError
+
+from gateway.fanout.frames import format_stream_id
+from gateway.fanout.history import history_state
+from gateway.fanout.subscriber import Subscriber
+from publisher.bus import Bus
+
+__all__ = ["HistoryWatch"]
+
+log = logging.getLogger(__name__)
+
+#: what an operator runs to start a new history (README, "Faults")
+RESET_COMMAND: Final = "gateway reset-history --yes (with the admin user's credentials)"
+
+
+class HistoryWatch:
+    """:meth:`run` every ``interval`` seconds for the life of the replica."""
+
+    def __init__(
+        self,
+        redis: aredis.Redis,
+        bus: Bus,
+        subscriber: Subscriber,
+        *,
+        max_skew_ms: float,
+        interval: float,
+    ) -> None:
+        self._redis = redis
+        self._bus = bus
+        self._subscriber = subscriber
+        self.max_skew_ms = max_skew_ms
+        self.interval = interval
+        #: why the history cannot take new events (None: it can)
+        self.problem: str | None = None
+        #: how far the history's last id is ahead of Redis' clock, seconds (0 when it is not)
+        self.ahead_seconds = 0.0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except RedisError as exc:  # the subscriber says what Redis being away means
+                log.debug("history watch: %s", exc)
+            await asyncio.sleep(self.interval)
+
+    async def check(self) -> None:
+        """One look: the history's last id against Redis' clock, its epoch against the one
+        the subscription follows."""
+        state = await history_state(self._redis, self._bus)
+        now_ms = await self._bus.clock_ms(self._redis)
+        ahead_ms = state.last_id[0] - now_ms
+        self.ahead_seconds = max(0.0, ahead_ms / 1000)
+        if ahead_ms > self.max_skew_ms:
+            problem = (
+                f"the history's last id {format_stream_id(state.last_id)} is "
+                f"{ahead_ms / 1000:.0f} s ahead of Redis' clock: an entry was written with an "
+                "id in the future, so new events cannot follow it; start a new history: "
+                + RESET_COMMAND
+            )
+            if self.problem is None:
+                log.error("not ready: %s", problem)
+            self.problem = problem
+        elif self.problem is not None:
+            log.warning("the history takes new events again (last id %s)", state.last_id)
+            self.problem = None
+        sub = self._subscriber
+        if not sub.subscribed:
+            return
+        followed, watermark = sub.epoch, sub.watermark
+        if followed is not None and state.epoch != followed:
+            sub.resync(f"the history's epoch is now {state.epoch} (was {followed})")
+        elif watermark is not None and watermark > state.last_id:
+            # every event is in history before it goes live, so a watermark past history's
+            # end means entries were removed under it: the history was started anew
+            sub.resync(
+                f"the watermark {format_stream_id(watermark)} is past the history's end "
+                f"{format_stream_id(state.last_id)}"
+            )
