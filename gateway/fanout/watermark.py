@@ -106,8 +106,11 @@ def decide(known: Known, found: Found) -> Decision:
         if (
             watermark is not None
             and state.epoch is not None
-            and parse_stream_id(state.epoch) <= watermark
+            and parse_stream_id(state.epoch) <= watermark <= state.last_id
         ):
+            # followed live: the watermark is an id of the new history (at or below its end:
+            # every event is in history before it goes live). One past its end came from the
+            # old history (an id written in the future, then `gateway reset-history`).
             return Decision("new_history_followed", watermark, "reset")
         return Decision("new_history", (0, 0), "reset", reset=True)
     if (

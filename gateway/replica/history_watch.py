@@ -57,6 +57,8 @@ class HistoryWatch:
         self.problem: str | None = None
         #: how far the history's last id is ahead of Redis' clock, seconds (0 when it is not)
         self.ahead_seconds = 0.0
+        #: the epoch the last check saw (a change is a history started anew)
+        self._seen_epoch: str | None = None
 
     async def run(self) -> None:
         while True:
@@ -69,6 +71,9 @@ class HistoryWatch:
     async def check(self) -> None:
         """One look: the history's last id against Redis' clock, its epoch against the one
         the subscription follows."""
+        # the watermark first: an event dispatched after the history's end is read would
+        # look like one past it (every event is in history before it goes live)
+        watermark = self._subscriber.watermark
         state = await history_state(self._redis, self._bus)
         now_ms = await self._bus.clock_ms(self._redis)
         ahead_ms = state.last_id[0] - now_ms
@@ -87,9 +92,10 @@ class HistoryWatch:
             log.warning("the history takes new events again (last id %s)", state.last_id)
             self.problem = None
         sub = self._subscriber
+        seen, self._seen_epoch = self._seen_epoch, state.epoch
         if not sub.subscribed:
             return
-        followed, watermark = sub.epoch, sub.watermark
+        followed = sub.epoch if sub.epoch is not None else seen
         if followed is not None and state.epoch != followed:
             sub.resync(f"the history's epoch is now {state.epoch} (was {followed})")
         elif watermark is not None and watermark > state.last_id:

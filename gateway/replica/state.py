@@ -102,10 +102,14 @@ class GatewayState:
         )
 
     def unable_to_deliver_for(self) -> float:
-        """Seconds this replica has been accepting but not ready (0 when it is ready or
-        draining), as seen by the health endpoints that ask."""
+        """Seconds this replica has been accepting but unable to deliver (0 when it can, or
+        is draining), as seen by the health endpoints that ask. A history that cannot take
+        new events is not counted: it is shared, a restart of this replica cannot fix it, and
+        every replica restarted by its liveness probe would cut its open streams for nothing
+        (the review found the whole fleet restarting after one hostile write)."""
         now = time.monotonic()
-        if self.ready or not self.accepting:
+        deliverable = self.accepting and self.subscriber.ready and not self.tasks_down
+        if deliverable or not self.accepting:
             self._unready_since = None
             return 0.0
         if self._unready_since is None:

@@ -52,6 +52,12 @@ ROWS: dict[str, tuple[Known, Found, Decision]] = {
         _found(_history(epoch="140-0", first=(140, 0)), in_history=False),
         Decision("new_history_followed", (150, 0), "reset"),
     ),
+    "another epoch below a watermark past its end (the old history's future id): a new "
+    "history, sent from its start": (
+        Known(True, "100-0", (99999999999999, 1), (120, 0), "r1"),
+        _found(_history(epoch="140-0", first=(140, 0), last=(160, 0)), in_history=False),
+        Decision("new_history", (0, 0), "reset", reset=True),
+    ),
     "another epoch above the watermark: a new history, told, sent from its start": (
         FOLLOWING,
         _found(_history(epoch="300-0", first=(300, 0), last=(310, 0)), in_history=False),
