@@ -67,13 +67,17 @@ COMPOSE_HOST = "@redis:6379"
 STREAMING = ("curl -N", "| sh")
 
 
-def readme_shell_commands() -> list[tuple[int, str]]:
-    """(line, command) of every ``sh``/``bash`` block of the README, continuation lines
-    joined, blank lines and whole-line comments left out."""
-    commands: list[tuple[int, str]] = []
+def readme_shell_blocks() -> dict[int, list[tuple[int, str]]]:
+    """The README's ``sh``/``bash`` commands grouped by section (the line of its ``## ``
+    heading): each section's (line, command) in order, continuation lines joined, blank lines
+    and whole-line comments left out."""
+    blocks: dict[int, list[tuple[int, str]]] = {}
     lang: str | None = None
-    pending, start = "", 0
+    pending, start, fence = "", 0, 0
     for number, line in enumerate(README.splitlines(), 1):
+        if line.startswith("## ") and lang is None:
+            fence = number  # a section's blocks are one group: they build on each other
+            continue
         if line.startswith("```"):
             lang = None if lang is not None else (line[3:].strip() or "-")
             continue
@@ -85,12 +89,16 @@ def readme_shell_commands() -> list[tuple[int, str]]:
             start = number
         pending += line.rstrip("\\").rstrip() + " " if line.endswith("\\") else line
         if not line.endswith("\\"):
-            commands.append((start, " ".join(pending.split())))
+            blocks.setdefault(fence, []).append((start, " ".join(pending.split())))
             pending = ""
-    return commands
+    return blocks
 
 
-COMMANDS = readme_shell_commands()
+#: a section's commands run in order, in one test: later ones use what earlier ones made
+#: (`gateway keypair add` prints the key `gateway keypair deactivate AKIA...` takes; a login
+#: writes the cookies a later block's curl sends)
+BLOCKS = readme_shell_blocks()
+COMMANDS = [command for block in BLOCKS.values() for command in block]
 
 
 def _section_lines() -> dict[str, range]:
@@ -156,13 +164,21 @@ OUTPUTS: dict[int, str] = {}
 
 
 @pytest.mark.slow  # a demo cluster and a process per command
-@pytest.mark.parametrize(("line", "command"), COMMANDS, ids=[f"L{n}" for n, _ in COMMANDS])
-def test_the_readme_shell_command_runs_against_the_demo(
-    demo: tuple[LocalCluster, Path], line: int, command: str
+@pytest.mark.parametrize("block", list(BLOCKS), ids=[f"L{n}" for n in BLOCKS])
+def test_the_readme_shell_block_runs_against_the_demo(
+    demo: tuple[LocalCluster, Path], block: int
 ) -> None:
-    reason = skip_reason(command, line)
-    if reason is not None:
-        pytest.skip(f"README line {line}: {reason}")
+    ran = [_run(demo, line, command) for line, command in BLOCKS[block]]
+    if not any(ran):
+        reasons = {skip_reason(command, line) for line, command in BLOCKS[block]}
+        pytest.skip(f"README line {block}: {'; '.join(sorted(r for r in reasons if r))}")
+
+
+def _run(demo: tuple[LocalCluster, Path], line: int, command: str) -> bool:
+    """Run one README command against the demo and judge it; False when it cannot run here
+    (:func:`skip_reason`)."""
+    if skip_reason(command, line) is not None:
+        return False
     cluster, cwd = demo
     port = cluster.url.rsplit(":", 1)[1]
     shell = command.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
@@ -195,6 +211,7 @@ def test_the_readme_shell_command_runs_against_the_demo(
         assert re.search(r"^event: kernel_\w+$", out, re.M), f"no event from {shell}:\n{out}"
     else:
         assert code == 0, f"README line {line}: `{shell}` exited {code}:\n{err}{out}"
+    return True
 
 
 def test_the_commands_that_cannot_run_here_are_few_and_named() -> None:
