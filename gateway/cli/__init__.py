@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 
 from gateway.cli.keypair import KeypairMissing, add_keypair_flags, keypair_from
 from gateway.identity.signing import DEFAULT_VERSION, signed_headers
+from gateway.listen import ListenError, check_listen
 from gateway.logs import configure_logging
 from gateway.settings import (
     ENV_PREFIX,
@@ -134,6 +135,14 @@ def _bridge(args: argparse.Namespace) -> int:
 
     settings = _settings(args, BridgeSettings)
     configure_logging(settings.bridge.log_level, settings.bridge.log_format)
+    try:
+        check_listen(
+            settings.bridge.host, settings.bridge.port,
+            flags="--host/GATEWAY_BRIDGE_HOST, --port/GATEWAY_BRIDGE_PORT",
+        )  # fmt: skip
+    except ListenError as exc:
+        print(f"gateway bridge: {exc}", file=sys.stderr)
+        return 1
     serve(settings)
     return 0
 
@@ -146,6 +155,14 @@ def _sync_identities(args: argparse.Namespace) -> int:
     configure_logging(settings.sync.log_level, settings.sync.log_format)
     if args.once:
         return asyncio.run(run_once(settings, force=args.force))
+    try:
+        check_listen(
+            settings.sync.host, settings.sync.port,
+            flags="--host/GATEWAY_SYNC_HOST, --port/GATEWAY_SYNC_PORT",
+        )  # fmt: skip
+    except ListenError as exc:
+        print(f"gateway sync-identities: {exc}", file=sys.stderr)
+        return 1
     serve(settings, force=args.force)
     return 0
 
