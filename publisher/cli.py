@@ -173,8 +173,15 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--result",
         help="kernel_terminated only: UNDEFINED, SUCCESS or FAILURE (default UNDEFINED there)",
     )
-    emit.add_argument("--session-uuid", type=_uuid, help="default: a new random UUID")
-    emit.add_argument("--kernel-id", type=_uuid, help="default: a new random UUID")
+    emit.add_argument(
+        "--session-uuid",
+        type=_uuid,
+        help="default: derived from the owner access key and the session name, so every "
+        "call for one session names it with one UUID",
+    )
+    emit.add_argument(
+        "--kernel-id", type=_uuid, help="default: derived from the session UUID (its main kernel)"
+    )
 
     demo = commands.add_parser(
         "demo", parents=[common], help="simulate many session lifecycles at a steady rate"
@@ -199,6 +206,10 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+#: the namespace of the session UUIDs ``kev-publish emit`` derives (a fixed, random UUID)
+_EMIT_NAMESPACE: Final = uuid.UUID("6f1b7c52-2d0a-4c8e-9a4e-3b1f0d5e7a21")
+
+
 def _event(args: argparse.Namespace) -> KernelEvent:
     if args.name not in EVENT_NAMES:
         raise _UsageError(
@@ -209,12 +220,17 @@ def _event(args: argparse.Namespace) -> KernelEvent:
         result = "UNDEFINED"
     if result is not None and result not in RESULTS:
         raise _UsageError(f"--result: {result!r} is not one of {', '.join(sorted(RESULTS))}")
+    # one session, one UUID across calls: the v5 view groups by it (a random one per call
+    # showed one session under several sessionIds)
+    session_uuid = args.session_uuid or uuid.uuid5(
+        _EMIT_NAMESPACE, f"{args.owner_access_key}/{args.session_id}"
+    )
     try:
         return KernelEvent(
             name=cast(EventName, args.name),
             session_id=args.session_id,
-            session_uuid=args.session_uuid or uuid.uuid4(),
-            kernel_id=args.kernel_id or uuid.uuid4(),
+            session_uuid=session_uuid,
+            kernel_id=args.kernel_id or uuid.uuid5(session_uuid, "main"),
             owner_access_key=args.owner_access_key,
             owner_user_id=args.owner_user_id,
             domain=args.domain,

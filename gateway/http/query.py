@@ -83,6 +83,7 @@ def parse_query(query_string: bytes, headers: Mapping[str, str], api: Api = "v4"
         params[canonical] = value
 
     session_uuid: uuid.UUID | None = None
+    uuid_as_name = False
     view: View = "v4"
     if api == "v4":
         name_param, session_id = "sessionId", params.get("sessionId", "*")
@@ -94,6 +95,16 @@ def parse_query(query_string: bytes, headers: Mapping[str, str], api: Api = "v4"
                 session_uuid = uuid.UUID(raw_uuid)
             except ValueError:
                 raise _bad(f"sessionId {raw_uuid[:70]!r} is not a session UUID") from None
+        if session_uuid is None and session_id != "*":
+            # the official CLIs from 24.09 send `backend.ai events <UUID>` as the name: the
+            # manager matches a name that parses as a UUID as the session's id first
+            # (26.8: SessionRow.match_sessions), among the owner key's sessions
+            try:
+                session_uuid = uuid.UUID(session_id)
+            except ValueError:
+                pass
+            else:
+                uuid_as_name, session_id = True, "*"
         scope = params.get("scope", "*")
         if scope not in _SCOPES:
             raise _bad(f"scope {scope[:20]!r} is not '*', 'session' or 'kernel'")
@@ -127,6 +138,7 @@ def parse_query(query_string: bytes, headers: Mapping[str, str], api: Api = "v4"
         group=None if group == "*" else group,
         last_event_id=last_id,
         session_uuid=session_uuid,
+        session_uuid_as_name=uuid_as_name,
         view=view,
         resumable=_FLAGS[resumable],
     )

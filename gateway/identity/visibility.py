@@ -38,6 +38,11 @@ class StreamQuery:
     #: API v5's ``sessionId``: one session by its UUID, whoever owns it (within the role's
     #: rights); it overrides the name and the owner key, as the manager's does
     session_uuid: uuid.UUID | None = None
+    #: the session UUID came as the session's name (v5 ``name``/``sessionName``, as the
+    #: official CLIs from 24.09 send ``backend.ai events <UUID>``): the manager (26.8,
+    #: ``SessionRow.match_sessions``) matches it as an id first, among the owner key's own
+    #: sessions, so the owner key still applies
+    session_uuid_as_name: bool = False
     #: which API generation (and v5 scope) the stream shows
     view: View = "v4"
     #: ``resumable=1``: the client resumes with Last-Event-ID, so the server may end its
@@ -76,6 +81,9 @@ async def build_filter(identity: Identity, query: StreamQuery, store: IdentitySt
             domain=domain,
             group=query.group,
             session_uuid=query.session_uuid,
+            owner_access_key=(owner_key or identity.access_key)
+            if query.session_uuid_as_name
+            else None,
         )
     session_owner = None
     if query.session_id is not None:

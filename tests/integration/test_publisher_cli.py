@@ -306,3 +306,25 @@ def test_emit_to_a_frozen_redis_exits_1_and_says_the_event_is_in_doubt(
     assert captured.out == "" and "Traceback" not in captured.err
     assert "may or may not have been published (in doubt" in captured.err
     assert "nothing was published" not in captured.err
+
+
+def test_emit_names_one_session_with_one_uuid_across_calls(
+    redis_url: str, sync_redis: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --session-uuid/--kernel-id each call drew new random ones, so the v5 view
+    showed one session under several sessionIds (#23): they derive from the owner key and
+    the session name now; another session or owner gets others."""
+    keys = Keys("cli")
+    base = [*EMIT, "--redis-url", redis_url, "--prefix", "cli"]
+    for argv in (
+        base,
+        base,  # the same session again
+        with_option(base, "--session-id", "another-session"),
+        with_option(base, "--owner-access-key", "AKIAOTHEROWNER000001"),
+    ):
+        assert main(argv, environ={}) == 0
+    capsys.readouterr()
+    events = [decode_event(fields[b"e"]) for _, fields in sync_redis.xrange(keys.history)]
+    same = {(e.session_uuid, e.kernel_id) for e in events[:2]}
+    assert len(same) == 1  # one session, one UUID and one main kernel across calls
+    assert len({e.session_uuid for e in events}) == 3  # another session, another owner

@@ -166,6 +166,37 @@ async def test_name_session_id_and_visibility(gateway: RunningGateway, cast: str
             raise AssertionError(f"a user saw another user's session by UUID: {leaked}")
 
 
+@pytest.mark.anyio
+async def test_a_session_uuid_given_as_the_name_is_that_session_among_the_owner_s(
+    gateway: RunningGateway, cast: str
+) -> None:
+    """The official CLIs from 24.09 send `backend.ai events <UUID>` as sessionName=<UUID>;
+    the manager (26.8, SessionRow.match_sessions) matches it as the session's id first, among
+    the owner key's sessions. Before, the stream stayed empty."""
+    mine, bobs = session_of(ALICE, "alice-by-id"), session_of(BOB, "bob-by-id")
+    async with (
+        stream_as(ALICE, gateway.base_url + V5, params={"sessionName": str(mine.session_uuid)})
+        as (_, by_name),
+        stream_as(ROOT, gateway.base_url + V5, params={"sessionName": str(bobs.session_uuid)})
+        as (_, root_not_own),
+        stream_as(
+            ROOT, gateway.base_url + V5,
+            params={"name": str(bobs.session_uuid), "ownerAccessKey": BOB.access_key},
+        ) as (_, root_bobs),
+    ):  # fmt: skip
+        async with AsyncPublisher.from_url(cast) as pub:
+            await pub.publish_many(
+                [bobs.event("session_started"), mine.event("session_started"), mine.started()]
+            )
+        assert _names(await _collect(by_name, 2)) == ["session_started", "kernel_started"]
+        (bob_seen,) = await _collect(root_bobs, 1)  # the owner key named: Bob's session
+        assert json.loads(bob_seen.data)["sessionId"] == str(bobs.session_uuid)
+        # the owner key defaults to the caller's, as for a name: root's own sessions only
+        with anyio.move_on_after(0.3):
+            leaked = await _collect(root_not_own, 1)
+            raise AssertionError(f"a UUID as the name crossed owner keys: {leaked}")
+
+
 @pytest.mark.parametrize(
     "query",
     [
