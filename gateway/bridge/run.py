@@ -34,6 +34,7 @@ from asyncio import FIRST_COMPLETED
 from collections.abc import Sequence
 from typing import Any, Final
 
+from prometheus_client import CollectorRegistry
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -213,6 +214,20 @@ class Bridge:
                 self.metrics.active.set(0)
                 self.metrics.source_up.set(0)
                 self.source_ok = False
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.metrics.registry
+
+    def state(self) -> dict[str, object]:
+        """What /health and /ready show."""
+        return {
+            "role": self.role,
+            "format": self.format,
+            "source": "ok" if self.source_ok else "not followed",
+            "database": "ok" if self.lookup.available else "unavailable",
+            "gateway": "ok" if self.gateway_ok and self.lease.reachable else "unavailable",
+        }
 
     @property
     def ready(self) -> bool:

@@ -129,19 +129,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _can_listen(command: str, host: str, port: int) -> bool:
+    """Whether ``gateway <command>`` can listen on its port; says why not in one line."""
+    group = "GATEWAY_" + command.split("-")[0].upper()  # GATEWAY_BRIDGE_*, GATEWAY_SYNC_*
+    try:
+        check_listen(host, port, flags=f"--host/{group}_HOST, --port/{group}_PORT")
+    except ListenError as exc:
+        print(f"gateway {command}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def _bridge(args: argparse.Namespace) -> int:
     """Run the bridge from an unmodified Backend.AI's bus (gateway.bridge)."""
     from gateway.bridge.app import serve
 
     settings = _settings(args, BridgeSettings)
     configure_logging(settings.bridge.log_level, settings.bridge.log_format)
-    try:
-        check_listen(
-            settings.bridge.host, settings.bridge.port,
-            flags="--host/GATEWAY_BRIDGE_HOST, --port/GATEWAY_BRIDGE_PORT",
-        )  # fmt: skip
-    except ListenError as exc:
-        print(f"gateway bridge: {exc}", file=sys.stderr)
+    if not _can_listen("bridge", settings.bridge.host, settings.bridge.port):
         return 1
     serve(settings)
     return 0
@@ -155,13 +160,7 @@ def _sync_identities(args: argparse.Namespace) -> int:
     configure_logging(settings.sync.log_level, settings.sync.log_format)
     if args.once:
         return asyncio.run(run_once(settings, force=args.force))
-    try:
-        check_listen(
-            settings.sync.host, settings.sync.port,
-            flags="--host/GATEWAY_SYNC_HOST, --port/GATEWAY_SYNC_PORT",
-        )  # fmt: skip
-    except ListenError as exc:
-        print(f"gateway sync-identities: {exc}", file=sys.stderr)
+    if not _can_listen("sync-identities", settings.sync.host, settings.sync.port):
         return 1
     serve(settings, force=args.force)
     return 0

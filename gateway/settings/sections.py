@@ -666,16 +666,7 @@ class BridgeSection(Section, frozen=True):
             check_url(self.from_redis)
         except RedisURLError as exc:
             raise SettingsError(f"{ENV_PREFIX}BRIDGE_FROM_REDIS (--from-redis): {exc}") from exc
-        if not self.from_db.startswith(_DSN_SCHEMES):
-            raise SettingsError(
-                f"{ENV_PREFIX}BRIDGE_FROM_DB (--from-db): Backend.AI's PostgreSQL URL is needed "
-                f"(postgresql://user:password@host:port/dbname), got {redact_dsn(self.from_db)!r}"
-            )
-        problem = dsn_problem(self.from_db)
-        if problem:
-            raise SettingsError(
-                f"{ENV_PREFIX}BRIDGE_FROM_DB (--from-db): {redact_dsn(self.from_db)!r}: {problem}"
-            )
+        _check_dsn(self.from_db, f"{ENV_PREFIX}BRIDGE_FROM_DB")
 
     def __repr__(self) -> str:  # never a password, in a log line or a traceback
         shown = {
@@ -734,16 +725,7 @@ class SyncSection(Section, frozen=True):
     log_format: Annotated[LogFormat, _meta("text or json (one JSON object per line)")] = "text"
 
     def check(self) -> None:
-        if not self.from_db.startswith(_DSN_SCHEMES):
-            raise SettingsError(
-                f"{ENV_PREFIX}SYNC_FROM_DB (--from-db): Backend.AI's PostgreSQL URL is needed "
-                f"(postgresql://user:password@host:port/dbname), got {redact_dsn(self.from_db)!r}"
-            )
-        problem = dsn_problem(self.from_db)
-        if problem:
-            raise SettingsError(
-                f"{ENV_PREFIX}SYNC_FROM_DB (--from-db): {redact_dsn(self.from_db)!r}: {problem}"
-            )
+        _check_dsn(self.from_db, f"{ENV_PREFIX}SYNC_FROM_DB")
 
     def __repr__(self) -> str:  # never a password, in a log line or a traceback
         shown = {
@@ -755,6 +737,19 @@ class SyncSection(Section, frozen=True):
 
 #: libpq's sslmode values (PostgreSQL docs, "Connection Strings": sslmode)
 _SSLMODES: Final = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+
+def _check_dsn(dsn: str, variable: str) -> None:
+    """Raise :class:`SettingsError` naming ``variable`` unless ``dsn`` is a usable
+    ``postgresql://`` URL (its password never in the message)."""
+    if not dsn.startswith(_DSN_SCHEMES):
+        raise SettingsError(
+            f"{variable} (--from-db): Backend.AI's PostgreSQL URL is needed "
+            f"(postgresql://user:password@host:port/dbname), got {redact_dsn(dsn)!r}"
+        )
+    problem = dsn_problem(dsn)
+    if problem:
+        raise SettingsError(f"{variable} (--from-db): {redact_dsn(dsn)!r}: {problem}")
 
 
 def dsn_problem(dsn: str) -> str | None:

@@ -14,31 +14,24 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any
 
 import asyncpg
-import uvicorn
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from gateway.bridge.lease import Lease, LeaseLost
 from gateway.identity.store import IdentityStore
-from gateway.logs import logging_config
 from gateway.settings import SyncSettings
+from gateway.worker import serve_worker, worker_app
 from publisher.bus import Bus
 from publisher.connection import connect_async, redact_url
 from publisher.keys import Keys
@@ -50,9 +43,6 @@ from .syncer import SyncReport, sync_once
 __all__ = ["Syncer", "create_app", "run_once", "serve"]
 
 log = logging.getLogger(__name__)
-
-#: seconds the syncer gets to give up its lease and close, once asked to stop
-_STOP_DEADLINE: Final = 5.0
 
 
 class SyncMetrics:
@@ -192,6 +182,20 @@ class Syncer:
         return report
 
     @property
+    def registry(self) -> CollectorRegistry:
+        return self.metrics.registry
+
+    def state(self) -> dict[str, object]:
+        """What /health and /ready show."""
+        report = self.last_report
+        return {
+            "role": self.role,
+            "database": {None: "not read yet", True: "ok", False: "unavailable"}[self.database_ok],
+            "last_success": self.last_success,
+            "keypairs": report.keypairs if report else None,
+        }
+
+    @property
     def ready(self) -> bool:
         """Active with a sync applied within three intervals, or a standby that reaches the
         gateway's Redis."""
@@ -241,61 +245,14 @@ async def run_once(settings: SyncSettings, *, force: bool = False) -> int:
 
 
 def create_app(settings: SyncSettings, syncer: Syncer | None = None) -> Starlette:
-    syncer = syncer or Syncer(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(syncer.run(), name="sync")
-        app.state.task = task
-        try:
-            yield
-        finally:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.error("the identity sync ended with an error", exc_info=task.exception())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_STOP_DEADLINE):
-                    await cancel_and_wait(task)
-            async with asyncio.timeout(_STOP_DEADLINE):
-                await syncer.close()
-            log.info("identity sync stopped")
-
-    def state() -> dict[str, object]:
-        report = syncer.last_report
-        return {
-            "role": syncer.role,
-            "database": {None: "not read yet", True: "ok", False: "unavailable"}[
-                syncer.database_ok
-            ],
-            "last_success": syncer.last_success,
-            "keypairs": report.keypairs if report else None,
-        }
-
-    async def health(request: Request) -> Response:
-        if request.app.state.task.done():
-            return JSONResponse({"status": "failed", **state()}, status_code=500)
-        return JSONResponse({"status": "ok", **state()})
-
-    async def ready(request: Request) -> Response:
-        ok = syncer.ready and not request.app.state.task.done()
-        return JSONResponse({"ready": ok, **state()}, status_code=200 if ok else 503)
-
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(syncer.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return Starlette(
-        routes=[Route("/health", health), Route("/ready", ready), Route("/metrics", metrics)],
-        lifespan=lifespan,
-    )
+    """The app; its lifespan starts the syncer and stops it."""
+    return worker_app(syncer or Syncer(settings), name="identity sync")
 
 
 def serve(settings: SyncSettings, *, force: bool = False) -> None:
     """Run the syncer until SIGTERM or SIGINT."""
     cfg = settings.sync
-    uvicorn.run(
-        create_app(settings, Syncer(settings, force=force)),
-        host=cfg.host,
-        port=cfg.port,
-        log_config=logging_config(cfg.log_level, cfg.log_format),
-        access_log=False,
-        lifespan="on",
-    )
+    serve_worker(
+        Syncer(settings, force=force), name="identity sync", host=cfg.host, port=cfg.port,
+        log_level=cfg.log_level, log_format=cfg.log_format,
+    )  # fmt: skip
