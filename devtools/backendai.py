@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from devtools.backendai_bus import BackendAIBus
+from devtools.cluster import stop_process
 from devtools.localredis import free_port
 from devtools.postgres import (
     BackendAIDatabase,
@@ -365,13 +365,8 @@ class BackendAIDemo:
         self._stop.set()
         if self._producer is not None:
             self._producer.join(timeout=30)
-        if self.bridge is not None and self.bridge.poll() is None:
-            self.bridge.send_signal(signal.SIGTERM)
-            try:
-                self.bridge.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.bridge.kill()
-                self.bridge.wait()
+        if self.bridge is not None:
+            stop_process(self.bridge)
         if self.redis is not None:
             self.redis.close()
         if self.postgres is not None:

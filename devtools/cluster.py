@@ -70,7 +70,10 @@ def _relay(stream: IO[bytes], prefix: str) -> None:
             sys.stderr.flush()
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15
+) -> None:
+    """Send ``sig`` unless it has ended, wait up to ``timeout``, then SIGKILL."""
     if proc.poll() is not None:
         return
     proc.send_signal(sig)
@@ -270,7 +273,7 @@ class LocalCluster:
         self.replicas[index].wait(timeout=5)
 
     def restart(self, index: int) -> None:
-        _stop(self.replicas[index])
+        stop_process(self.replicas[index])
         self.replicas[index] = self._spawn_replica(self.replica_ports[index])
         self._reported.discard(index)
         _wait_http(
@@ -280,14 +283,14 @@ class LocalCluster:
 
     def stop(self) -> None:
         if self.publisher is not None:
-            _stop(self.publisher, signal.SIGINT)
+            stop_process(self.publisher, signal.SIGINT)
         for proc in self.replicas:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)  # drain all at once
         for proc in self.replicas:
-            _stop(proc, timeout=self.base_settings.server.drain_deadline + 5)
+            stop_process(proc, timeout=self.base_settings.server.drain_deadline + 5)
         if self.nginx is not None:
-            _stop(self.nginx, signal.SIGQUIT)
+            stop_process(self.nginx, signal.SIGQUIT)
         if self._redis is not None:
             self._redis.close()
         for relay in self._relays:  # each ends when its process has closed its output

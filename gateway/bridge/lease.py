@@ -7,16 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+import uuid
 
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
 from publisher.bus import Bus
 
-__all__ = ["Lease", "LeaseLost"]
+__all__ = ["Lease", "LeaseLost", "holder_name"]
 
 log = logging.getLogger(__name__)
+
+
+def holder_name() -> str:
+    """This process as a lease holder: host, pid and a random part (a restarted process on
+    the same host and pid is another holder)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class LeaseLost(Exception):

@@ -26,10 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
-import uuid
 from asyncio import FIRST_COMPLETED
 from collections.abc import Sequence
 from typing import Any, Final
@@ -48,7 +45,7 @@ from publisher.schema import InvalidEvent, KernelEvent, SourceGap
 from publisher.tasks import cancel_and_wait
 
 from .database import Database, Lookup, Owner
-from .lease import Lease, LeaseLost
+from .lease import Lease, LeaseLost, holder_name
 from .lifecycle import Step, interpret
 from .metrics import BridgeMetrics
 from .reconcile import Reconciler
@@ -96,10 +93,6 @@ def build_event(step: Step, owner: Owner, group: str | None, timestamp: float) -
     )
 
 
-def _holder() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
 #: how long after a gap a session end it reconciled is not published again from the bus
 _RECONCILED_FOR: Final = 600.0
 _RECONCILED_MAX: Final = 100_000
@@ -130,7 +123,7 @@ class Bridge:
         self.settings = settings
         cfg = settings.bridge
         self.name = cfg.name
-        self.holder = holder or _holder()
+        self.holder = holder or holder_name()
         self.metrics = BridgeMetrics()
         # No hidden retries: each loop here retries what failed, keeping its place.
         self.gateway = connect_async(

@@ -129,6 +129,10 @@ class Subscriber:
         """The id of the newest event dispatched (the hub's watermark)."""
         return self._hub.last_id
 
+    def redis_now_ms(self) -> float:
+        """Redis' clock as last synced (each session start and probe): no round trip."""
+        return self._hub.redis_now_ms()
+
     @property
     def epoch(self) -> str | None:
         """The epoch of the history the watermark belongs to (None: none yet)."""

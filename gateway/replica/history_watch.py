@@ -75,7 +75,7 @@ class HistoryWatch:
         # look like one past it (every event is in history before it goes live)
         watermark = self._subscriber.watermark
         state = await history_state(self._redis, self._bus)
-        now_ms = await self._bus.clock_ms(self._redis)
+        now_ms = self._subscriber.redis_now_ms()  # synced by the subscriber: no TIME here
         ahead_ms = state.last_id[0] - now_ms
         self.ahead_seconds = max(0.0, ahead_ms / 1000)
         if ahead_ms > self.max_skew_ms:

@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
-import uuid
 from typing import Any
 
 import asyncpg
@@ -28,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
-from gateway.bridge.lease import Lease, LeaseLost
+from gateway.bridge.lease import Lease, LeaseLost, holder_name
 from gateway.identity.store import IdentityStore
 from gateway.settings import SyncSettings
 from gateway.worker import serve_worker, worker_app
@@ -69,10 +66,6 @@ class SyncMetrics:
         self.active = Gauge("kev_sync_active", "1 while this process holds the lease", registry=r)
 
 
-def _holder() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
 async def _pool(dsn: str) -> Any:
     return await asyncpg.create_pool(
         dsn, min_size=0, max_size=2, timeout=10.0, command_timeout=30.0
@@ -85,7 +78,7 @@ class Syncer:
     def __init__(self, settings: SyncSettings, *, force: bool = False) -> None:
         self.settings = settings
         self.force = force
-        self.holder = _holder()
+        self.holder = holder_name()
         self.metrics = SyncMetrics()
         self.redis = connect_async(
             settings.redis.url,
