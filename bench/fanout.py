@@ -1,7 +1,24 @@
 """The fan-out core at its limit, measured.
 
     python -m bench.fanout [--scenario NAME ...] [--quick] [--profile | --no-profile]
-                           [--profile-scenario NAME ...] [--pin]
+                           [--profile-scenario NAME ...] [--pin] [--workers N]
+    python -m bench.fanout --against REF [--rounds N] [--scenario NAME ...] [--quick]
+    python -m bench.fanout --peer nchan [--rounds N] [--scenario NAME ...] [--quick]
+
+With ``--against REF``: the regression guard (:mod:`bench.against`): the commit REF and the
+working tree run back to back, alternating, and the figures are printed as ratios.
+
+With ``--peer nchan``: nchan (:mod:`bench.nchan`; ``scripts/install --with-bench``) runs each
+scenario it can after the gateway, ``--rounds`` times (default 2: gateway, nchan, gateway,
+nchan), and each gateway figure is printed as a ratio to nchan's of the same run, next to the
+floors (:mod:`bench.peer`); the JSON gains nchan's figures (``peer``). Opt-in: it doubles the
+run's time at least. Without nchan installed it says so and runs the gateway alone.
+
+With ``--workers N``: every gateway is ``gateway serve`` with N worker processes (uvicorn's
+supervisor; each worker has its own streams and Redis subscription); CPU seconds and RSS are
+summed over the supervisor and its workers, deliveries and latency are the load client's, and
+the figures read from ``/metrics`` (evictions, buffered bytes) are the one worker's that
+answered the scrape.
 
 Every scenario runs against its own private redis-server and freshly started gateway
 process(es) (``python -m gateway.cli serve``), with N real SSE streams held by the C load client
@@ -29,17 +46,20 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 from .baseline import bare_write_floors
 from .loadclient import BUILD_DIR, build
+from .nchan import missing as nchan_missing
+from .nchan import version as nchan_version
 from .plot import plot
 from .procs import pin_load, raise_nofile
 from .profile import available, pyspy_profiler
 from .report import derive, marginal_rss_kb, print_report, targets, trim, write_json
-from .scenarios import SCENARIOS, run_scenario, select
+from .scenarios import SCENARIOS, Scenario, ServerKind, peer_skip_reason, run_scenario, select
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
 
@@ -100,13 +120,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "fanout.json")
     parser.add_argument("--plot", type=Path, default=RESULTS / "fanout.png")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument(
+        "--against",
+        metavar="REF",
+        help="compare the working tree with commit REF, back to back (bench.against)",
+    )
+    parser.add_argument(
+        "--peer",
+        choices=["nchan"],
+        help="run nchan too, interleaved with the gateway, and print the ratios (bench.peer)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway serve --workers N for every scenario (N processes, each with its streams "
+        "and its subscription; CPU and RSS are summed over them, /metrics figures are one "
+        "worker's)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="with --against: rounds per tree (default 3); with --peer: rounds of gateway "
+        "then peer (default 2)",
+    )
     args = parser.parse_args(argv)
     try:
         chosen = select(args.scenario)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.against and args.peer:
+        parser.error("--against and --peer are two comparisons: run them one at a time")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.against and args.workers != 1:
+        parser.error("--against compares one worker each (run --workers without it)")
+    if args.against:
+        return _against(args, chosen)
     if args.quick:
         chosen = [s.quick() for s in chosen]
+    if args.workers > 1:
+        chosen = [replace(s, workers=args.workers) for s in chosen]
     profiled = [next(s for s in SCENARIOS if s.name == "a100")]
     if args.profile_scenario:
         try:
@@ -125,23 +182,32 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"building the load client: {build()} (RLIMIT_NOFILE {nofile}; {pinning})")
     report: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "environment": {**_environment(), "pinning": pinning},
+        "environment": {**_environment(), "pinning": pinning, "workers": args.workers},
         "quick": args.quick,
     }
     if args.baseline:
         _log("baseline: bare write loops")
         report["baseline"] = bare_write_floors()
+    peer = _peer_setup(args.peer, chosen, args.rounds or 2)
+    if peer is not None:
+        report["peer"] = peer
     raw: list[dict[str, Any]] = []
     for n, sc in enumerate(chosen, 1):
         _log(
             f"[{n}/{len(chosen)}] {sc.name}: {sc.title} (warm-up {sc.warmup:g} s, "
             f"measure {sc.measure:g} s)"
         )
-        try:
-            raw.append(run_scenario(sc, log=_log))
-        except Exception as exc:  # one broken scenario should not lose the others' figures
-            _log(f"  {sc.name} failed: {exc!r}")
-            raw.append({"name": sc.name, "title": sc.title, "error": repr(exc)})
+        rounds = peer["rounds"] if peer is not None and _peer_runs(peer, sc) else 0
+        for round_ in range(max(1, rounds)):
+            if rounds:
+                _log(f"  round {round_ + 1}/{rounds}: gateway")
+            result = _run(sc, "gateway")
+            if round_ == 0:
+                raw.append(result)
+            if peer is not None and rounds:
+                _peer_record(peer, sc, round_, "gateway", result)
+                _log(f"  round {round_ + 1}/{rounds}: nchan")
+                _peer_record(peer, sc, round_, "nchan", _run(sc, "nchan"))
     report["profiles"] = []
     for sc in profiled if profile else []:
         _log(f"profile: {sc.name} once more, under py-spy")
@@ -153,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         summary["scenario"] = f"{sc.name} ({sc.title})"
         report["profiles"].append(summary)
 
+    if peer is not None and "runs" in peer:
+        from .peer import compare
+
+        peer["ratios"] = compare(peer["runs"], peer["name"])
     derived = [derive(r) for r in raw if "error" not in r]
     report["derived"] = derived
     report["failed"] = [r for r in raw if "error" in r]
@@ -168,7 +238,80 @@ def main(argv: list[str] | None = None) -> int:
     plot(report, args.plot)
     print(f"wrote {args.out} and {args.plot}")
     missed = report["failed"] or not all(t["pass"] for t in report["targets"])
+    missed = missed or bool(peer and peer.get("failed"))
     return 1 if args.strict and missed else 0
+
+
+def _run(sc: Scenario, server: ServerKind) -> dict[str, Any]:
+    try:
+        return run_scenario(sc, log=_log, server=server)
+    except Exception as exc:  # one broken scenario should not lose the others' figures
+        _log(f"  {sc.name} on {server} failed: {exc!r}")
+        return {"name": sc.name, "title": sc.title, "server": server, "error": repr(exc)}
+
+
+def _peer_setup(name: str | None, chosen: list[Scenario], rounds: int) -> dict[str, Any] | None:
+    """``report["peer"]`` before the runs: None without ``--peer``; why not, when the peer is
+    not installed; else the setup, the rounds and which scenarios it skips (and why)."""
+    if name is None:
+        return None
+    why = nchan_missing()
+    if why is not None:
+        _log(f"peer nchan: not run, the gateway runs alone: {why}")
+        return {"name": name, "unavailable": why}
+    skipped = {sc.name: r for sc in chosen if (r := peer_skip_reason(sc)) is not None}
+    version = nchan_version()
+    _log(f"peer: nchan {version}, {rounds} round(s) of gateway then nchan per scenario")
+    return {
+        "name": name,
+        "version": version,
+        "setup": "its Redis mode, one nginx worker",
+        "rounds": rounds,
+        "skipped": skipped,
+        "runs": [],
+        "failed": [],
+    }
+
+
+def _peer_runs(peer: dict[str, Any], sc: Scenario) -> bool:
+    """Whether the peer runs ``sc``: it is installed and can run that scenario."""
+    return "runs" in peer and sc.name not in peer["skipped"]
+
+
+def _peer_record(
+    peer: dict[str, Any], sc: Scenario, round_: int, server: str, result: dict[str, Any]
+) -> None:
+    if "error" in result:
+        peer["failed"].append({"scenario": sc.name, "server": server, "error": result["error"]})
+        return
+    peer["runs"].append(
+        {
+            "scenario": sc.name,
+            "round": round_,
+            "server": server,
+            "derived": derive(result),
+            "raw": trim(result),
+        }
+    )
+
+
+def _against(args: argparse.Namespace, chosen: list[Any]) -> int:
+    from .against import print_ratios, run_against
+
+    bench_args = ["--no-profile", "--no-baseline"]
+    bench_args += [arg for sc in chosen for arg in ("--scenario", sc.name)]
+    if args.quick:
+        bench_args.append("--quick")
+    try:
+        rows, path = run_against(
+            args.against, bench_args, rounds=args.rounds or 3, results=RESULTS, log=_log
+        )
+    except RuntimeError as exc:
+        _log(f"--against {args.against}: {exc}")
+        return 1
+    print_ratios(args.against, rows)
+    print(f"wrote {path}")
+    return 1 if args.strict and any(row["worse"] for row in rows) else 0
 
 
 if __name__ == "__main__":

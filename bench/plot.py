@@ -10,7 +10,10 @@ __all__ = ["plot"]
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Latency (p50, p99) and CPU per 1,000 deliveries against the number of clients."""
+    """Latency (p50, p99) and CPU per 1,000 deliveries against the number of clients; no
+    figure when no scenario delivered events (only idle ones: log axes need a point)."""
+    if not any(d.get("p99_ms") is not None for d in report["derived"]):
+        return
     import matplotlib
 
     matplotlib.use("Agg")

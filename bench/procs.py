@@ -1,6 +1,8 @@
 """The processes a fan-out scenario runs against: gateway replicas (``python -m gateway.cli
 serve``, each its own process), their identities in Redis, and what we read off them (CPU and
-RSS through psutil, Prometheus counters through ``/metrics``, pub/sub clients through Redis)."""
+RSS through psutil, Prometheus counters through ``/metrics``, pub/sub clients through Redis).
+What the scenarios read off a server is :class:`Server`: a gateway, or the peer
+(:class:`bench.nchan.Nchan`)."""
 
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import psutil
 import redis
@@ -32,6 +34,7 @@ __all__ = [
     "ROOT_SECRET",
     "ROOT_USER",
     "Gateway",
+    "Server",
     "cpu_by_process",
     "gateways",
     "others_cpu",
@@ -106,7 +109,8 @@ def raise_nofile() -> int:
 
 
 def seed(redis_url: str) -> None:
-    """One superadmin keypair: every bench stream is opened with it."""
+    """One superadmin keypair: every bench stream is opened with it (on a Redis Cluster too:
+    the names are the ones the gateway reads there, ``{kev}:...``)."""
     doc = {
         "users": [{"user_id": ROOT_USER, "role": "superadmin", "domain": DOMAIN}],
         "keypairs": [{"access_key": ROOT_KEY, "secret_key": ROOT_SECRET, "user_id": ROOT_USER}],
@@ -114,13 +118,48 @@ def seed(redis_url: str) -> None:
     }
 
     async def go() -> None:
-        client = aredis.Redis.from_url(redis_url)
+        if redis_url.partition("://")[0].endswith("+cluster"):
+            # bench.cluster's Redis Cluster. Imported here: ``bench.fanout --against REF``
+            # runs this module with the publisher of REF, which may predate clusters.
+            from publisher.connection import connect_async
+
+            client = connect_async(redis_url)
+            keys = Keys.on(client, PREFIX)
+        else:
+            client = aredis.Redis.from_url(redis_url)
+            keys = Keys(PREFIX)
         try:
-            await IdentityStore(client, Keys(PREFIX)).import_data(doc)
+            await IdentityStore(client, keys).import_data(doc)
         finally:
             await client.aclose()
 
     asyncio.run(go())
+
+
+class Server(Protocol):
+    """What a scenario reads off the server it measures (a gateway process, or the peer)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def ps(self) -> psutil.Process:
+        """The process that holds the streams and the Redis connections."""
+        ...
+
+    @property
+    def pids(self) -> list[int]:
+        """Every process of it, for the CPU the others on the machine spent."""
+        ...
+
+    def cpu(self) -> float: ...
+
+    def rss(self) -> int: ...
+
+    def metrics(self) -> dict[str, float]: ...
 
 
 @dataclass
@@ -136,13 +175,35 @@ class Gateway:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def _processes(self) -> list[psutil.Process]:
+        """``gateway serve`` and, with ``workers`` > 1, its worker processes (uvicorn's
+        supervisor forks them: each holds streams and a subscription of its own)."""
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return [self.ps]
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._processes()]
+
     def cpu(self) -> float:
-        """User + system CPU seconds so far."""
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
+        """User + system CPU seconds so far, of every process of this gateway (a worker
+        that exited takes its seconds with it: the bench's workers live for the run)."""
+        total = 0.0
+        for proc in self._processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
 
     def rss(self) -> int:
-        return int(self.ps.memory_info().rss)
+        """Resident bytes of every process of this gateway."""
+        total = 0
+        for proc in self._processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += proc.memory_info().rss
+        return total
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         try:
@@ -212,7 +273,7 @@ def gateways(
                     stderr=subprocess.STDOUT,
                 )
             ps = psutil.Process(proc.pid)
-            if _gateway_cores is not None:
+            if _gateway_cores is not None and proc_env.get("GATEWAY_WORKERS", "1") == "1":
                 ps.cpu_affinity([_gateway_cores[n % len(_gateway_cores)]])
             running.append(Gateway(name, port, proc, ps))
         for gw in running:
@@ -223,16 +284,18 @@ def gateways(
             gw.stop()
 
 
-def pubsub_owners(redis_url: str, gws: list[Gateway]) -> dict[str, int]:
+def pubsub_owners(redis_url: str, gws: Sequence[Server]) -> dict[str, int]:
     """Pub/sub connections Redis sees (``CLIENT LIST TYPE pubsub``), by owning process."""
     with redis.Redis.from_url(redis_url) as client:
         listed = client.client_list(_type="pubsub")
     redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     ports: dict[int, str] = {}
     for gw in gws:
-        for conn in gw.ps.net_connections(kind="tcp"):
-            if conn.raddr and conn.raddr.port == redis_port:
-                ports[conn.laddr.port] = gw.name
+        for pid in gw.pids:  # with workers, each has its own subscription
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for conn in psutil.Process(pid).net_connections(kind="tcp"):
+                    if conn.raddr and conn.raddr.port == redis_port:
+                        ports[conn.laddr.port] = gw.name
     owners = {gw.name: 0 for gw in gws}
     owners["other"] = 0
     for entry in listed:

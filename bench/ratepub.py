@@ -4,6 +4,10 @@ The SSE data a client sees carries ``sessionId``, ``ownerAccessKey`` and ``reaso
 the event's ``timestamp``), so the publish time travels in ``reason`` as ``t=<unix seconds>``;
 each event is built right before the call that publishes it. Events due in one tick (5 ms
 at high rates) go out as one ``publish_many`` batch: one round trip, order kept.
+
+Where they go is the ``sink``: the publisher library on the bench's Redis (the gateway's
+path), or anything with the same two calls (:class:`bench.nchan.NchanSink`: one HTTP POST per
+event to nchan, the bench's peer), so both get the same events at the same rate.
 """
 
 from __future__ import annotations
@@ -11,13 +15,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from publisher import KernelEvent, SyncPublisher
 
 from .procs import DOMAIN, GROUP, ROOT_KEY, ROOT_USER
 
-__all__ = ["RatePublisher", "session_name"]
+__all__ = ["RatePublisher", "Sink", "session_name"]
 
 _MIN_TICK: Final = 0.005
 _SESSION_UUID: Final = uuid.UUID(int=1)
@@ -28,12 +32,24 @@ def session_name(i: int) -> str:
     return f"s{i:05d}"
 
 
+class Sink(Protocol):
+    """Where :class:`RatePublisher` sends its events (:class:`publisher.SyncPublisher` is one)."""
+
+    def publish(self, event: KernelEvent, /) -> object: ...
+
+    def publish_many(self, events: list[KernelEvent], /) -> object: ...
+
+    def close(self) -> object: ...
+
+
 class RatePublisher:
     """Round-robins events over ``sessions`` session ids (one: every event the same session)
     and counts how many each session got, so the driver knows what every client is owed."""
 
-    def __init__(self, redis_url: str, *, sessions: int = 1, pad: int = 0) -> None:
-        self._pub = SyncPublisher.from_url(redis_url)
+    def __init__(
+        self, redis_url: str, *, sessions: int = 1, pad: int = 0, sink: Sink | None = None
+    ) -> None:
+        self._pub: Sink = SyncPublisher.from_url(redis_url) if sink is None else sink
         self._names = [session_name(i) for i in range(sessions)]
         self._pad = " " + "x" * (pad - 1) if pad > 0 else ""
         self._next = 0

@@ -6,23 +6,35 @@ streams idle; a warm-up at the scenario's rate, drained; then the measured windo
 counters and the gateways' CPU and ``/metrics`` taken at its start, events published at a fixed
 rate, drained until every client has what it is owed (or progress stops), everything read
 again. Raw figures only; :mod:`bench.report` turns them into the table and the targets.
+
+The server measured is the gateway, or with ``server="nchan"`` the bench's peer
+(:mod:`bench.nchan`: one nginx worker with nchan, behind the same private redis-server, fed the
+same events at the same rate, its streams held by the same load client); every figure is
+taken the same way, the server's CPU and RSS being nginx's (master and worker). The private
+redis-server's CPU over the window is in the figures either way (``redis_cpu_s``).
+
+A caller may hand :func:`run_scenario` a Redis of its own (a :class:`RedisTarget`: a Redis
+Cluster, :mod:`bench.cluster`) instead: then the figures also carry the CPU of each of its
+redis-server processes over the window, and over a stretch with the streams open and no events.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 from devtools.localredis import PrivateRedis
 
 from .loadclient import BUILD_DIR, LoadClient, Request, stream_request
+from .nchan import Nchan, NchanSink, nchan_servers, subscribe_request
 from .procs import (
     ROOT_KEY,
     ROOT_SECRET,
-    Gateway,
+    Server,
     cpu_by_process,
     gateways,
     others_cpu,
@@ -31,9 +43,19 @@ from .procs import (
 )
 from .ratepub import RatePublisher, session_name
 
-__all__ = ["SCENARIOS", "Scenario", "run_scenario", "select"]
+__all__ = [
+    "SCENARIOS",
+    "RedisTarget",
+    "Scenario",
+    "ServerKind",
+    "peer_skip_reason",
+    "run_scenario",
+    "select",
+]
 
 Kind = Literal["broadcast", "filtered", "idle"]
+#: what :func:`run_scenario` measures: the gateway, or the peer (bench.nchan)
+ServerKind = Literal["gateway", "nchan"]
 STREAM: Final = "/stream/kernel/_/events"
 EVICTIONS: Final = ("slow_consumer", "write_timeout")
 _PER_CONN: Final = ("counts", "status", "stall")  # per-connection lists, not for the report
@@ -57,6 +79,8 @@ class Scenario:
     clients: int
     rate: float = 0.0
     gateways: int = 1
+    #: worker processes per gateway (``gateway serve --workers``; bench.fanout --workers)
+    workers: int = 1
     env: dict[str, str] = field(default_factory=dict)
     pad: int = 0
     stall_every: int = 0  # every n-th client stops reading (0: none)
@@ -106,6 +130,33 @@ SCENARIOS: Final = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """A Redis that a scenario runs against instead of a private redis-server of its own; the
+    caller starts and stops it (and starts each run on a fresh one, as the default does)."""
+
+    #: what the gateways, the publisher and the identity import connect to
+    url: str
+    #: every redis-server process of it, by a name of the caller's: each one's CPU (user +
+    #: system) over the measured window is in the figures (``redis_cpu_s``)
+    pids: Mapping[str, int]
+    #: a plain ``redis://`` URL of the node the gateways subscribe on (CLIENT LIST TYPE pubsub)
+    pubsub_url: str
+    #: seconds with the streams open and no events, before the warm-up: the Redis and gateway
+    #: CPU of that stretch is the floor the window's figures sit on (``redis_idle_cpu_s``)
+    idle_s: float = 5.0
+
+
+def peer_skip_reason(sc: Scenario) -> str | None:
+    """Why the peer does not run ``sc``, or None: it runs the plain broadcast, filtered and
+    idle scenarios of one gateway process; the others measure what only the gateway has."""
+    if sc.gateways != 1:
+        return "more than one gateway process (the peer is one nginx worker)"
+    if sc.env or sc.stall_every or sc.sample:
+        return "the gateway's write deadline and evictions (the peer has no equivalent)"
+    return None
+
+
 def select(names: list[str] | None) -> list[Scenario]:
     """By exact name, else by prefix (``c`` is c1k and c10k); every scenario when empty."""
     if not names:
@@ -121,15 +172,19 @@ def select(names: list[str] | None) -> list[Scenario]:
     return [s for s in SCENARIOS if s in chosen]
 
 
-def _requests(sc: Scenario, gws: list[Gateway]) -> list[Request]:
+def _requests(sc: Scenario, gws: Sequence[Server]) -> list[Request]:
     out: list[Request] = []
     for i in range(sc.clients):
         gw = gws[i % len(gws)]
+        stall = bool(sc.stall_every) and i % sc.stall_every == 0
+        if isinstance(gw, Nchan):  # a channel per session: all on one, or each on its own
+            channel = session_name(i if sc.kind == "filtered" else 0)
+            out.append(Request(gw.port, stall, subscribe_request(gw.port, channel)))
+            continue
         if sc.kind == "filtered":
             target = f"{STREAM}?sessionId={session_name(i)}&ownerAccessKey={ROOT_KEY}"
         else:
             target = f"{STREAM}?sessionId=*"
-        stall = bool(sc.stall_every) and i % sc.stall_every == 0
         out.append(Request(gw.port, stall, stream_request(gw.port, target, ROOT_KEY, ROOT_SECRET)))
     return out
 
@@ -138,7 +193,7 @@ def _counter(metrics: list[dict[str, float]], name: str) -> float:
     return sum(m.get(name, 0.0) for m in metrics)
 
 
-def _evictions(gws: list[Gateway]) -> dict[str, float]:
+def _evictions(gws: Sequence[Server]) -> dict[str, float]:
     scraped = [gw.metrics() for gw in gws]
     out = {r: _counter(scraped, f'kev_evictions_total{{reason="{r}"}}') for r in EVICTIONS}
     out["deliveries"] = _counter(scraped, "kev_deliveries_total")
@@ -167,7 +222,7 @@ class _Sampler:
     evictions, queued bytes and RSS every 0.25 s (what 'time to evict' and 'RSS growth' are
     read from)."""
 
-    def __init__(self, sc: Scenario, client: LoadClient, gws: list[Gateway]) -> None:
+    def __init__(self, sc: Scenario, client: LoadClient, gws: Sequence[Server]) -> None:
         self.sc, self.client, self.gws = sc, client, gws
         self.stall_at: float | None = None
         self.stalled = 0
@@ -193,16 +248,39 @@ Profiler = Callable[[list[int], float], Callable[[], dict[str, Any]]]
 
 
 def run_scenario(
-    sc: Scenario, *, log: Callable[[str], None], profiler: Profiler | None = None
+    sc: Scenario,
+    *,
+    log: Callable[[str], None],
+    profiler: Profiler | None = None,
+    target: RedisTarget | None = None,
+    server: ServerKind = "gateway",
 ) -> dict[str, Any]:
-    """Run one scenario end to end; the raw figures as a dict (see the module docstring)."""
-    workdir = BUILD_DIR / "run" / sc.name
-    res: dict[str, Any] = {"name": sc.name, "title": sc.title, "kind": sc.kind}
+    """Run one scenario end to end; the raw figures as a dict (see the module docstring).
+    Against a private redis-server of its own, or ``target``'s Redis; on the gateway, or on
+    the peer (``server="nchan"``: a private redis-server only, no profiler)."""
+    if server == "nchan" and (target is not None or profiler is not None):
+        raise ValueError("the peer runs on a private redis-server, unprofiled")
+    workdir = BUILD_DIR / "run" / (sc.name if server == "gateway" else f"{sc.name}-{server}")
+    res: dict[str, Any] = {"name": sc.name, "title": sc.title, "kind": sc.kind, "server": server}
     res.update(clients=sc.clients, rate=sc.rate, gateways=sc.gateways, measure_s=sc.measure)
+    res["workers"] = sc.workers if server == "gateway" else 1
     res["env"] = dict(sc.env)
-    with PrivateRedis() as redis_server:
-        seed(redis_server.url)
-        with gateways(redis_server.url, sc.gateways, sc.env, workdir) as gws:
+    with contextlib.ExitStack() as stack:
+        if target is None:
+            redis_server = stack.enter_context(PrivateRedis())
+            assert redis_server.proc is not None
+            redis_url, pubsub_url = redis_server.url, redis_server.url
+            redis_pids: Mapping[str, int] = {"redis": redis_server.proc.pid}
+        else:
+            redis_url, pubsub_url, redis_pids = target.url, target.pubsub_url, target.pids
+        servers: contextlib.AbstractContextManager[Sequence[Server]]
+        if server == "nchan":
+            servers = nchan_servers(redis_url, workdir)
+        else:
+            seed(redis_url)
+            env = {**sc.env, "GATEWAY_WORKERS": str(sc.workers)} if sc.workers > 1 else sc.env
+            servers = gateways(redis_url, sc.gateways, env, workdir)
+        with servers as gws:
             _evictions(gws)  # one scrape first, so its one-off allocations are in the baseline
             res["rss_before"] = sum(gw.rss() for gw in gws)
             budget = 120.0 + sc.clients / 50 + sc.warmup + sc.measure * 2
@@ -214,7 +292,7 @@ def run_scenario(
                 log(f"  {connected:,} streams open ({failed} failed) in {res['connect_s']:.1f} s")
                 time.sleep(2.0)  # let the allocator settle before reading RSS
                 res["rss_idle"] = sum(gw.rss() for gw in gws)
-                res["pubsub"] = pubsub_owners(redis_server.url, gws)
+                res["pubsub"] = pubsub_owners(pubsub_url, gws)
                 if sc.kind == "idle":
                     cpu0 = sum(gw.cpu() for gw in gws)
                     time.sleep(sc.measure)
@@ -223,30 +301,53 @@ def run_scenario(
                     data = client.dump()
                     res["client"] = {k: v for k, v in data.items() if k not in _PER_CONN}
                     return res
-                assert redis_server.proc is not None
-                ours = [os.getpid(), redis_server.proc.pid]
-                _measure(sc, res, client, gws, redis_server.url, ours, log, profiler)
-                res["pubsub_after"] = pubsub_owners(redis_server.url, gws)
+                if target is not None:
+                    _idle(res, gws, target)
+                ours = [os.getpid(), *redis_pids.values()]
+                sink = NchanSink(gws[0].port) if server == "nchan" else None
+                _measure(sc, res, client, gws, redis_url, ours, log, profiler, redis_pids, sink)
+                res["pubsub_after"] = pubsub_owners(pubsub_url, gws)
     return res
+
+
+def _cpu_of(snapshot: dict[tuple[int, float], float], pids: Mapping[str, int]) -> dict[str, float]:
+    """The CPU seconds of each named pid in a :func:`~bench.procs.cpu_by_process` snapshot."""
+    by_pid = {pid: cpu for (pid, _), cpu in snapshot.items()}
+    return {name: by_pid.get(pid, 0.0) for name, pid in pids.items()}
+
+
+def _idle(res: dict[str, Any], gws: Sequence[Server], target: RedisTarget) -> None:
+    """The target's Redis and the gateways with the streams open and no events: their floor."""
+    before, gw0 = _cpu_of(cpu_by_process(), target.pids), sum(gw.cpu() for gw in gws)
+    t0 = time.monotonic()
+    time.sleep(target.idle_s)
+    after = _cpu_of(cpu_by_process(), target.pids)
+    res["idle_s"] = time.monotonic() - t0
+    res["gw_idle_cpu_s"] = sum(gw.cpu() for gw in gws) - gw0
+    res["redis_idle_cpu_s"] = {name: after[name] - before[name] for name in target.pids}
 
 
 def _measure(
     sc: Scenario,
     res: dict[str, Any],
     client: LoadClient,
-    gws: list[Gateway],
+    gws: Sequence[Server],
     redis_url: str,
     ours: list[int],
     log: Callable[[str], None],
     profiler: Profiler | None,
+    watched: Mapping[str, int],
+    sink: NchanSink | None,
 ) -> None:
     sessions = sc.clients if sc.kind == "filtered" else 1
-    with RatePublisher(redis_url, sessions=sessions, pad=sc.pad) as pub:
+    with RatePublisher(redis_url, sessions=sessions, pad=sc.pad, sink=sink) as pub:
         warm = pub.run(sc.rate, sc.warmup)
         _drain(client, warm * (1 if sc.kind == "filtered" else sc.clients), limit=10.0)
         time.sleep(0.2)
         log(f"  warm-up: {warm:,} events")
         pub.reset_counts()
+        if sink is not None:
+            sink.max_backlog = 0
         client.reset()
         before = _evictions(gws)
         cpu0 = [gw.cpu() for gw in gws]
@@ -254,7 +355,12 @@ def _measure(
         t0 = time.monotonic()
         stop_profile = profiler([gw.ps.pid for gw in gws], sc.measure) if profiler else None
         sampler = _Sampler(sc, client, gws) if sc.sample else None
+        started = time.monotonic()
         published = pub.run(sc.rate, sc.measure, sampler)
+        # past sc.measure: the publisher fell behind the rate (it gives up 5 s late)
+        res["publish_s"] = time.monotonic() - started
+        if sink is not None:  # requests that waited for a free connection to nchan, at most
+            res["publisher_backlog_max"] = sink.max_backlog
         if sc.kind == "filtered":
             owed = [pub.counts[i] for i in range(sc.clients)]
         else:
@@ -265,9 +371,17 @@ def _measure(
         drained = _drain(client, expected + stalled_owed, limit=15.0)
         res["gw_cpu_s"] = sum(gw.cpu() for gw in gws) - sum(cpu0)
         res["window_s"] = time.monotonic() - t0
-        mine = {*ours, client.pid, *(gw.ps.pid for gw in gws)}
+        mine = {*ours, client.pid, *(pid for gw in gws for pid in gw.pids)}
+        everyone1 = cpu_by_process()
         # What else ran meanwhile (this machine is shared with other people's test runs).
-        res["other_cpu_cores"] = others_cpu(everyone0, cpu_by_process(), mine) / res["window_s"]
+        res["other_cpu_cores"] = others_cpu(everyone0, everyone1, mine) / res["window_s"]
+        if watched:
+            cpu0_of, cpu1_of = _cpu_of(everyone0, watched), _cpu_of(everyone1, watched)
+            res["redis_cpu_s"] = {name: cpu1_of[name] - cpu0_of[name] for name in watched}
+            # this process: the publisher library at the scenario's rate, and the driver
+            me = {"driver": os.getpid()}
+            mine_after, mine_before = _cpu_of(everyone1, me), _cpu_of(everyone0, me)
+            res["driver_cpu_s"] = mine_after["driver"] - mine_before["driver"]
         after = _evictions(gws)
         res["profile"] = stop_profile() if stop_profile else None
     res["rss_end"] = sum(gw.rss() for gw in gws)
@@ -292,6 +406,7 @@ def _measure(
             / max(1, data["events_healthy"] + data["events_stalled"]),
         }
     log(
-        f"  published {published:,}, delivered {res['delivered']:,}/{expected:,}, "
-        f"gateway CPU {res['gw_cpu_s']:.2f} s over {res['window_s']:.1f} s"
+        f"  published {published:,} in {res['publish_s']:.1f} s, delivered "
+        f"{res['delivered']:,}/{expected:,}, {res['server']} CPU {res['gw_cpu_s']:.2f} s over "
+        f"{res['window_s']:.1f} s"
     )

@@ -308,7 +308,7 @@ class BackendAIDemo:
         }
         client = connect_async(self.gateway_redis_url)
         try:
-            await IdentityStore(client, Keys(self.prefix), cache_ttl=0).import_data(doc)
+            await IdentityStore(client, Keys.on(client, self.prefix), cache_ttl=0).import_data(doc)
         finally:
             await client.aclose()
 

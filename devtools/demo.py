@@ -45,7 +45,7 @@ async def seed_demo_identities(redis_url: str, prefix: str = "kev") -> None:
     }
     client = connect_async(redis_url)  # any topology the gateway takes (Sentinel too)
     try:
-        await IdentityStore(client, Keys(prefix), cache_ttl=0).import_data(doc)
+        await IdentityStore(client, Keys.on(client, prefix), cache_ttl=0).import_data(doc)
     finally:
         await client.aclose()
 

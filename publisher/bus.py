@@ -22,9 +22,14 @@ read history                     gateways         XINFO STREAM, the epoch (GET, 
 the server                       gateways         TIME, INFO server (run id), INFO persistence
 ===============================  ===============  ================================================
 
-A new Redis topology (Redis Cluster: hash-tagged key names, sharded pub/sub) is this
-module's work, and :mod:`publisher.connection`'s (connecting). Nothing else in the project
-names a shared key or sends one of these commands.
+On a Redis Cluster (``Keys.cluster``) the names share one hash tag (:mod:`publisher.keys`),
+so each script's keys are in one slot, and every PUBLISH and SUBSCRIBE above is its sharded
+form, SPUBLISH and SSUBSCRIBE, on a shard channel of that same slot: a message goes to the
+master that holds the slot and its replicas, not to every node of the cluster (a classic
+PUBLISH is broadcast cluster-wide), and a script may send it (it is in the slot the script
+runs on). A gateway subscribes on the node that serves the slot
+(:mod:`gateway.fanout.subscriber`). Nothing else in the project names a shared key or sends
+one of these commands.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ __all__ = [
     "PUBLISH_AT_SCRIPT",
     "PUBLISH_SCRIPT",
     "READ_SCRIPT",
+    "SHARDED_PUBLISH_AT_SCRIPT",
+    "SHARDED_PUBLISH_SCRIPT",
     "Bus",
     "fence_keys",
     "fence_script",
@@ -173,36 +180,65 @@ return last
 
 #: XRANGE in Redis, payloads over the limit held back there: a history entry of any size
 #: costs the gateway a few bytes, never its size (a payload of 4 MB would otherwise be read
-#: whole before it could be dropped). KEYS[1] history; ARGV[1] exclusive start "(<id>",
-#: ARGV[2] count, ARGV[3] largest payload in bytes. Rows: {id, payload} or {id, size} (an
-#: integer reply) for one over the limit; entries without the payload field are skipped.
-#: Reply: {rows read, last id read, rows, the oldest entry's id now}. Read-only: it runs as
-#: EVALSHA_RO (Redis >= 7.0), flagged ``no-writes``, so the gateway's Redis user needs only
-#: read access to the history (``gateway acl``: ``%R~<prefix>:events``) and cannot append.
+#: whole before it could be dropped). KEYS[1] history, KEYS[2] epoch; ARGV[1] exclusive start
+#: "(<id>", ARGV[2] count, ARGV[3] largest payload in bytes. Rows: {id, payload} or {id, size}
+#: (an integer reply) for one over the limit; {id, ""} for an entry without the payload field
+#: (read once, dropped as undecodable, never read again). Reply: {rows read, last id read,
+#: rows, the oldest entry's id now, the epoch, the stream's last-generated-id, its
+#: max-deleted-entry-id} ("" for what is not there), all from one atomic look: the reader
+#: can tell entries removed after its cursor (trimmed, emptied, XDEL) and another history
+#: under it from an end it has reached. Read-only: it runs as EVALSHA_RO (Redis >= 7.0),
+#: flagged ``no-writes``, so the gateway's Redis user needs only read access to the history
+#: (``gateway acl``: ``%R~<prefix>:events``) and cannot append.
 READ_SCRIPT: Final = """#!lua flags=no-writes
 local rows = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
 local limit = tonumber(ARGV[3])
 local out = {}
 for i = 1, #rows do
   local fields = rows[i][2]
+  local payload = ''
   for j = 1, #fields, 2 do
     if fields[j] == 'e' then
-      local payload = fields[j + 1]
+      payload = fields[j + 1]
       if #payload > limit then payload = #payload end
-      out[#out + 1] = {rows[i][1], payload}
       break
     end
   end
+  out[#out + 1] = {rows[i][1], payload}
 end
 local last = ''
 if #rows > 0 then last = rows[#rows][1] end
-local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-local first = ''
-if #head > 0 then first = head[1][1] end
-return {#rows, last, out, first}
+local first, generated, deleted = '', '', ''
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  if #head > 0 then first = head[1][1] end
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then generated = info[i + 1] end
+    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+  end
+end
+local epoch = redis.call('GET', KEYS[2]) or ''
+return {#rows, last, out, first, epoch, generated, deleted}
 """
 
 _READ_SHA: Final = hashlib.sha1(READ_SCRIPT.encode()).hexdigest()
+#: the largest id a stream can hold: nothing follows it, and Redis refuses an exclusive
+#: start there ("invalid start ID for the interval")
+_LAST_POSSIBLE_ID: Final = "18446744073709551615-18446744073709551615"
+
+
+def _sharded(script: str) -> str:
+    """``script`` with its live PUBLISH as SPUBLISH (the cluster form: the channel is in the
+    slot of the script's keys)."""
+    classic = "redis.call('PUBLISH', ARGV[2], "
+    assert script.count(classic) == 1, "each publish script publishes in one place"
+    return script.replace(classic, "redis.call('SPUBLISH', ARGV[2], ")
+
+
+#: :data:`PUBLISH_SCRIPT` and :data:`PUBLISH_AT_SCRIPT` on a Redis Cluster
+SHARDED_PUBLISH_SCRIPT: Final = _sharded(PUBLISH_SCRIPT)
+SHARDED_PUBLISH_AT_SCRIPT: Final = _sharded(PUBLISH_AT_SCRIPT)
 
 
 def fence_keys(sequence_key: str) -> list[str]:
@@ -228,12 +264,16 @@ class Bus:
 
     def publish_script(self, client: Any) -> Any:
         """:data:`PUBLISH_SCRIPT` registered on ``client`` (sync or asyncio; a pipeline may be
-        passed to each call as ``client=``)."""
-        return client.register_script(PUBLISH_SCRIPT)
+        passed to each call as ``client=``); its sharded form on a cluster."""
+        return client.register_script(
+            SHARDED_PUBLISH_SCRIPT if self.keys.cluster else PUBLISH_SCRIPT
+        )
 
     def publish_at_script(self, client: aredis.Redis) -> Any:
-        """:data:`PUBLISH_AT_SCRIPT` registered on ``client``."""
-        return client.register_script(PUBLISH_AT_SCRIPT)
+        """:data:`PUBLISH_AT_SCRIPT` registered on ``client`` (sharded on a cluster)."""
+        return client.register_script(
+            SHARDED_PUBLISH_AT_SCRIPT if self.keys.cluster else PUBLISH_AT_SCRIPT
+        )
 
     def publish_head(self, maxlen: int, *, exact_trim: bool, ttl: int) -> list[str]:
         """The first ARGV of :data:`PUBLISH_SCRIPT`: the history's length bound, the live
@@ -281,18 +321,33 @@ class Bus:
 
     # -- live -----------------------------------------------------------------------------------
 
+    #: the pub/sub message type of the live channels (``smessage``: a shard channel's)
+    @property
+    def message_type(self) -> str:
+        return "smessage" if self.keys.cluster else "message"
+
     async def subscribe(self, pubsub: aredis.client.PubSub, *more: str | bytes) -> None:
         """Subscribe ``pubsub`` to the live channel and ``more`` channels (the replica's probe
-        channel, the change feed)."""
-        await pubsub.subscribe(self.keys.channel, *more)
+        channel, the change feed); on a cluster, SSUBSCRIBE, on a connection to the node that
+        serves their slot."""
+        if self.keys.cluster:
+            await pubsub.ssubscribe(self.keys.channel, *more)
+        else:
+            await pubsub.subscribe(self.keys.channel, *more)
 
     async def probe(self, redis: aredis.Redis, channel: str) -> None:
         """One probe message on a replica's own channel (it proves the subscription live)."""
-        await redis.publish(channel, b"probe")
+        if self.keys.cluster:
+            await redis.spublish(channel, b"probe")
+        else:
+            await redis.publish(channel, b"probe")
 
     def announce(self, pipe: Any, data: bytes) -> None:
         """Queue an identity change on ``pipe`` (inside the write's MULTI)."""
-        pipe.publish(self.keys.identity_changes, data)
+        if self.keys.cluster:
+            pipe.spublish(self.keys.identity_changes, data)
+        else:
+            pipe.publish(self.keys.identity_changes, data)
 
     # -- history --------------------------------------------------------------------------------
 
@@ -330,13 +385,19 @@ class Bus:
     ) -> list[Any]:
         """One run of :data:`READ_SCRIPT` after ``after`` (exclusive) by EVALSHA_RO, loading
         it first when this Redis does not have it cached (a restart, a failover, SCRIPT
-        FLUSH)."""
-        args: list[str | int] = [f"({after}", count, max_payload]
+        FLUSH). After the largest possible id (a hostile write can put it in history, and a
+        reader's cursor follows) nothing is read, but the rest of the reply is as ever."""
+        end = after == _LAST_POSSIBLE_ID
+        # there: read it inclusively and leave it out (an exclusive start is an error)
+        args: list[str | int] = [after if end else f"({after}", count, max_payload]
+        keys = (self.keys.history, self.keys.epoch)
         try:
-            reply: list[Any] = await redis.evalsha_ro(_READ_SHA, 1, self.keys.history, *args)
+            reply: list[Any] = await redis.evalsha_ro(_READ_SHA, 2, *keys, *args)
         except NoScriptError:
             await redis.script_load(READ_SCRIPT)
-            reply = await redis.evalsha_ro(_READ_SHA, 1, self.keys.history, *args)
+            reply = await redis.evalsha_ro(_READ_SHA, 2, *keys, *args)
+        if end:
+            reply = [0, b"", [], *reply[3:]]
         return reply
 
     # -- the server -----------------------------------------------------------------------------

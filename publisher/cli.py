@@ -119,7 +119,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--redis-url",
         type=_redis_url,
         default=environ.get("KEV_REDIS_URL", DEFAULT_REDIS_URL),
-        help="redis://, rediss://, unix:// or redis+sentinel:// URL "
+        help="redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// URL "
         "(env KEV_REDIS_URL; default %(default)s)",
     )
     group.add_argument(
@@ -379,7 +379,7 @@ async def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 raise
             task.uncancel()  # our own cancel (second Ctrl-C), handled here
             stats = demo.stats()
-        except redis.RedisError as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
             progress.close()
             print(f"{PROG} demo: error: redis: {exc}", file=err)
             stats, code = demo.stats(), 1

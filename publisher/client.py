@@ -33,11 +33,12 @@ import redis
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from .buffer import OverflowPolicy, Pending
 from .bus import fence_keys, fence_script
-from .connection import connect_async, connect_sync
+from .connection import connect_async, connect_sync, is_cluster, is_cluster_url
 from .errors import ErrorClass, UndeliveredEvents
 from .keys import DEFAULT_PREFIX, Keys
 from .schema import KernelEvent
@@ -102,16 +103,24 @@ def _results(replies: Sequence[Any]) -> list[ChunkResult]:
     return [r if isinstance(r, BaseException) else _ids(r) for r in replies]
 
 
+def _noscript(results: Sequence[ChunkResult]) -> bool:
+    """The pipeline's first chunk failed for want of the script on this master."""
+    return bool(results) and isinstance(results[0], NoScriptError)
+
+
 def _jitter(delay: float) -> float:
     return delay * random.uniform(0.5, 1.0)
 
 
-def _client_options(timeout: float, *, blocking: bool) -> dict[str, Any]:
+def _client_options(timeout: float, *, blocking: bool, url: str) -> dict[str, Any]:
     # No hidden retries: the publisher's queue is the retry, and it keeps order. Each client
     # kind gets its own Retry class (redis-py 8.2 warns when an asyncio client gets the
-    # blocking one, and converts it).
+    # blocking one, and converts it). On a cluster a read times out within half the call's
+    # time: redis-py's cluster client looks for the slot's new master on its own timeout,
+    # which never came when the call's cancel came first (an asyncio publisher stayed on a
+    # frozen master for the whole freeze, 99 s, while its replica had taken over in 4 s).
     return {
-        "socket_timeout": timeout,
+        "socket_timeout": timeout / 2 if is_cluster_url(url) else timeout,
         "socket_connect_timeout": timeout,
         "retry": (Retry if blocking else AsyncRetry)(NoBackoff(), 0),
     }
@@ -142,12 +151,17 @@ class _Publisher(Generic[ClientT]):
                 f"and {max_retry_interval}"
             )
         self._core = Core(
-            prefix=prefix, maxlen=maxlen, exact_trim=exact_trim, chunk_size=chunk_size,
-            timeout=timeout, buffer_size=buffer_size, overflow=overflow,
+            keys=Keys.on(client, prefix), maxlen=maxlen, exact_trim=exact_trim,
+            chunk_size=chunk_size, timeout=timeout, buffer_size=buffer_size, overflow=overflow,
         )  # fmt: skip
         self._client: ClientT = client
         self._owns_client = owns_client
         self._script: Any = self._core.bus.publish_script(client)  # sync or async Script
+        #: a cluster's pipeline does not load the scripts it runs (redis-py 8.2): load the
+        #: script on every master before the first pipelined send and after a NOSCRIPT (a
+        #: failover to a master that never ran it)
+        self._cluster = is_cluster(client)
+        self._load_first = self._cluster
         self._retry_interval = retry_interval
         self._max_retry_interval = max_retry_interval
         self._report: CloseReport | None = None
@@ -218,7 +232,7 @@ class AsyncPublisher(_Publisher[aredis.Redis]):
         of a Sentinel URL without its own ``sentinel_password``."""
         client = connect_async(
             url, password=password, sentinel_password=sentinel_password,
-            **_client_options(timeout, blocking=False),
+            **_client_options(timeout, blocking=False, url=url),
         )  # fmt: skip
         return cls(client, owns_client=True, timeout=timeout, **options)
 
@@ -309,10 +323,19 @@ class AsyncPublisher(_Publisher[aredis.Redis]):
         keys = self._core.script_keys
         if len(chunks) == 1:
             return [_ids(await self._script(keys=keys, args=chunks[0]))]
-        async with self._client.pipeline(transaction=False) as pipe:
-            for args in chunks:
-                await self._script(keys=keys, args=args, client=pipe)
-            return _results(await pipe.execute(raise_on_error=False))
+        for _ in range(2):
+            if self._load_first:
+                await self._client.script_load(self._script.script)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for args in chunks:
+                    await self._script(keys=keys, args=args, client=pipe)
+                results = _results(await pipe.execute(raise_on_error=False))
+            # NOSCRIPT: no chunk ran (the first failed, each later one waits on it); load
+            # it and send again at once, as redis-py's own Script does for a single call
+            self._load_first = self._cluster and _noscript(results)
+            if not self._load_first:
+                break
+        return results
 
     async def aclose(self, timeout: float | None = None) -> CloseReport:
         """Give queued events up to ``timeout`` seconds (default: the publisher's
@@ -373,7 +396,7 @@ class SyncPublisher(_Publisher[redis.Redis]):
         """As :meth:`AsyncPublisher.from_url`."""
         client = connect_sync(
             url, password=password, sentinel_password=sentinel_password,
-            **_client_options(timeout, blocking=True),
+            **_client_options(timeout, blocking=True, url=url),
         )  # fmt: skip
         return cls(client, owns_client=True, timeout=timeout, **options)
 
@@ -442,10 +465,17 @@ class SyncPublisher(_Publisher[redis.Redis]):
         keys = self._core.script_keys
         if len(chunks) == 1:
             return [_ids(self._script(keys=keys, args=chunks[0]))]
-        with self._client.pipeline(transaction=False) as pipe:
-            for args in chunks:
-                self._script(keys=keys, args=args, client=pipe)
-            return _results(pipe.execute(raise_on_error=False))
+        for _ in range(2):  # as AsyncPublisher._send
+            if self._load_first:
+                self._client.script_load(self._script.script)
+            with self._client.pipeline(transaction=False) as pipe:
+                for args in chunks:
+                    self._script(keys=keys, args=args, client=pipe)
+                results = _results(pipe.execute(raise_on_error=False))
+            self._load_first = self._cluster and _noscript(results)
+            if not self._load_first:
+                break
+        return results
 
     def close(self, timeout: float | None = None) -> CloseReport:
         """As :meth:`AsyncPublisher.aclose`; blocks at most ``timeout`` seconds (default: the

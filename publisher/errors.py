@@ -91,9 +91,20 @@ def classify(exc: BaseException) -> ErrorClass:
     if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError | rex.BusyLoadingError):
         return "refused"
     if isinstance(
-        exc, rex.ConnectionError | rex.TimeoutError | rex.InvalidResponse | OSError | TimeoutError
+        exc,
+        rex.ConnectionError
+        | rex.TimeoutError
+        | rex.InvalidResponse
+        | OSError
+        | TimeoutError
+        # a cluster with no node answering, a slot no node serves, a slot mid-migration
+        # that TRYAGAIN/ASK did not settle within the client's redirections ("TTL
+        # exhausted"): the topology, not the events
+        | rex.RedisClusterException
+        | rex.ClusterError,
     ):
-        return "unreachable"
+        if not isinstance(exc, rex.ClusterDownError):  # (a ResponseError: refused, below)
+            return "unreachable"
     if isinstance(
         exc,
         rex.OutOfMemoryError

@@ -2,6 +2,14 @@
 
 Several deployments can share one Redis by choosing different prefixes. The gateway uses the
 same class, so a publisher and a gateway agree on names by agreeing on the prefix.
+
+On a Redis Cluster every name carries the prefix as its hash tag (``kev`` becomes ``{kev}``:
+``{kev}:events``, ``{kev}:epoch``, ``{kev}:live``...), so the keys one script or transaction
+touches share a slot, and the live channel (published with SPUBLISH) shares it too: one
+master holds the deployment's history and its identities (:func:`cluster_prefix`,
+:meth:`Keys.on`). A prefix that already has a hash tag is kept as it is. Single-node and
+Sentinel deployments keep their names (nothing to migrate); moving a deployment onto a
+cluster renames every key, which ``gateway copy-keys`` does (README, "Redis Cluster").
 """
 
 from __future__ import annotations
@@ -10,21 +18,61 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DEFAULT_PREFIX", "Keys"]
+__all__ = ["DEFAULT_PREFIX", "Keys", "cluster_prefix"]
 
 DEFAULT_PREFIX: Final = "kev"
 _PREFIX = re.compile(r"^[A-Za-z0-9_.\-:{}]{1,64}$")
+#: the part of a key Redis Cluster hashes: the first {...} with something inside
+_HASH_TAG = re.compile(r"\{[^{}]+\}")
+
+
+def cluster_prefix(prefix: str) -> str:
+    """``prefix`` as a Redis Cluster hash tag (``kev`` -> ``{kev}``), unless it has one (its
+    first ``{`` opens a tag with something in it). Raises ValueError for a prefix of braces
+    only: ``{}`` is no hash tag, and the keys would spread over the slots. Prefixes that
+    differ only in braces (``kev``, ``{kev}``, ``k{ev``) name the same keys on a cluster."""
+    tag = _HASH_TAG.search(prefix)
+    if tag is not None and prefix.find("{") == tag.start():
+        return prefix
+    bare = prefix.replace("{", "").replace("}", "")
+    if not bare:
+        raise ValueError(f"key prefix {prefix!r} has nothing but braces: no hash tag on a cluster")
+    return f"{{{bare}}}"
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = DEFAULT_PREFIX
+    #: the names are on a Redis Cluster: the prefix is a hash tag and the live channels are
+    #: shard channels (SPUBLISH, SSUBSCRIBE)
+    cluster: bool = False
 
     def __post_init__(self) -> None:
         if not _PREFIX.match(self.prefix):
             raise ValueError(
                 f"key prefix {self.prefix!r} must be 1-64 of A-Z a-z 0-9 _ . - : {{ }}"
             )
+        if self.cluster and cluster_prefix(self.prefix) != self.prefix:
+            raise ValueError(f"key prefix {self.prefix!r} on a cluster needs a hash tag")
+
+    @classmethod
+    def on(cls, client: object, prefix: str = DEFAULT_PREFIX) -> Keys:
+        """The names of ``prefix`` on the Redis ``client`` talks to: hash-tagged
+        (:func:`cluster_prefix`) when that is a Redis Cluster."""
+        from .connection import is_cluster  # (connection needs nothing of this module)
+
+        cluster = is_cluster(client)
+        plain = cls(prefix)  # the prefix as given is checked (and named in the error)
+        return cls(cluster_prefix(prefix), cluster) if cluster else plain
+
+    @classmethod
+    def for_url(cls, url: str, prefix: str = DEFAULT_PREFIX) -> Keys:
+        """As :meth:`on`, from the URL the client is made from."""
+        from .connection import is_cluster_url
+
+        cluster = is_cluster_url(url)
+        plain = cls(prefix)  # the prefix as given is checked (and named in the error)
+        return cls(cluster_prefix(prefix), cluster) if cluster else plain
 
     @property
     def history(self) -> str:
@@ -126,6 +174,11 @@ class Keys:
     def key_streams(self, access_key: str) -> str:
         """The open streams of one access key, per gateway replica (the fleet-wide limit)."""
         return f"{self.prefix}:streams:{access_key}"
+
+    def stream_handoff(self, access_key: str, request_digest: str) -> str:
+        """Where a drained replica left the SDK stream one signed request opened (a list of
+        stream ids, short-lived: gateway.replica.handoff)."""
+        return f"{self.prefix}:handoff:{access_key}:{request_digest}"
 
     def login_throttle(self, kind: str, name: str) -> str:
         """Failed-login counters of one subject (``kind``: account or client address)."""

@@ -92,7 +92,7 @@ class PositionedPublisher:
     ) -> None:
         if maxlen < 1:
             raise ValueError(f"maxlen must be at least 1, got {maxlen}")
-        self.keys = Keys(prefix)
+        self.keys = Keys.on(client, prefix)
         self.bus = Bus(self.keys)
         self.publisher_id = publisher_id
         self._client = client

@@ -75,7 +75,7 @@ class Core:
     def __init__(
         self,
         *,
-        prefix: str,
+        keys: Keys,
         maxlen: int,
         exact_trim: bool,
         chunk_size: int,
@@ -89,7 +89,7 @@ class Core:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
-        self.keys = Keys(prefix)
+        self.keys = keys
         self.bus = Bus(self.keys)
         self.seq_key = self.keys.publisher_seq(uuid.uuid4().hex)
         self.maxlen = maxlen

@@ -1,6 +1,13 @@
 """The fixture family every layer of the suite draws on: one real redis-server for the run
 (flushed per test), clients on it, the identity store, the cast of identities, and in-thread
-gateways on free ports."""
+gateways on free ports.
+
+A Redis Cluster too (:class:`devtools.rediscluster.LocalRedisCluster`: 3 masters, 3
+replicas), started for the run the first time a test asks for it (``redis_cluster``, one per
+xdist worker) and flushed per test. A module runs its tests on both topologies by basing its
+``redis_url`` on ``topology_url`` (parametrized ``single``/``cluster``); ``sync_redis``,
+``async_redis`` and ``store`` then follow the URL's topology, and its names are asked of the
+client (``Keys.on(client)``: hash-tagged on a cluster, ``{kev}:...``)."""
 
 from __future__ import annotations
 
@@ -12,14 +19,18 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
+from devtools.rediscluster import HOST as CLUSTER_HOST
+from devtools.rediscluster import LocalRedisCluster
 from gateway.identity.store import IdentityStore
+from publisher.connection import connect_async, connect_sync
 from publisher.keys import Keys
 from tests.support.gateway_server import RunningGateway, gateway_settings, run_gateway
 from tests.support.identities import seed
 from tests.support.redis_server import RedisServer
 
-# the PostgreSQL fixtures (postgres_server, backendai_db, private_postgres, ...)
-pytest_plugins = ("tests.support.postgres",)
+# the PostgreSQL fixtures (postgres_server, backendai_db, private_postgres, ...); what a
+# test that hangs was doing, printed before pytest-timeout fails it
+pytest_plugins = ("tests.support.postgres", "tests.support.hangs")
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +52,28 @@ def private_redis() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_server() -> Iterator[LocalRedisCluster]:
+    """One real Redis Cluster for the whole run (per xdist worker), started only when a test
+    asks for it (about 2 s); use ``redis_cluster``, which flushes it first."""
+    with LocalRedisCluster() as cluster:
+        yield cluster
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
+def redis_cluster(redis_cluster_server: LocalRedisCluster) -> LocalRedisCluster:
+    """The run's Redis Cluster, every master flushed (their replicas follow): each test starts
+    with an empty cluster. Its topology must be left as it was (no failover, no resharding):
+    a test that changes it starts a cluster of its own."""
+    for port in redis_cluster_server.masters():
+        with redis.Redis(host=CLUSTER_HOST, port=port) as client:
+            client.flushall()
+    return redis_cluster_server
+
+
+@pytest.fixture
+def single_redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The run's redis-server, flushed: its URL."""
     if redis_server.proc is None:  # a previous test stopped it and failed before restarting
         redis_server.start()
     with redis.Redis.from_url(redis_server.url) as client:
@@ -50,16 +81,35 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     yield redis_server.url
 
 
+@pytest.fixture(params=["single", "cluster"])
+def topology_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty Redis of each topology in turn: the run's redis-server
+    (``redis://``), then the run's cluster (``redis+cluster://``). A module whose tests must
+    hold on both makes its ``redis_url`` this one."""
+    if request.param == "cluster":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    url: str = request.getfixturevalue("single_redis_url")
+    return url
+
+
+@pytest.fixture
+def redis_url(single_redis_url: str) -> str:
+    return single_redis_url
+
+
 @pytest.fixture
 def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    """A client of the test's Redis, of its topology (redis-py's RedisCluster on a cluster)."""
+    client = connect_sync(redis_url)
     yield client
     client.close()
 
 
 @pytest.fixture
 async def async_redis(redis_url: str) -> AsyncIterator[aredis.Redis]:
-    client = aredis.Redis.from_url(redis_url)
+    """An asyncio client of the test's Redis, of its topology."""
+    client = connect_async(redis_url)
     yield client
     await client.aclose()
 
@@ -67,7 +117,7 @@ async def async_redis(redis_url: str) -> AsyncIterator[aredis.Redis]:
 @pytest.fixture
 def store(async_redis: aredis.Redis) -> IdentityStore:
     """The identity store under the default prefix, uncached: what a test writes, it reads."""
-    return IdentityStore(async_redis, Keys(), cache_ttl=0)
+    return IdentityStore(async_redis, Keys.on(async_redis), cache_ttl=0)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""``gateway``: serve the stream, sign a request for curl, follow the stream, manage identities.
+"""``gateway``: serve the stream, sign a request for curl, follow the stream, manage identities,
+copy a deployment's keys to another Redis.
 
 The local demo cluster is dev tooling outside the wheel: ``scripts/demo`` (``python -m devtools``).
 """
@@ -29,7 +30,7 @@ from gateway.settings import (
 from publisher.cli import OneLineParser
 from publisher.secretinput import SecretError, resolve_secret
 
-from . import acl, admin, tail
+from . import acl, admin, copykeys, tail
 
 __all__ = ["main"]
 
@@ -262,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_parent.add_argument("--redis-url-file", metavar="PATH", help="- = stdin")
     admin_parent.add_argument("--prefix", help=f"env {ENV_PREFIX}PREFIX")
     admin.register(sub, parents=[admin_parent])
+    copykeys.add_parser(sub, parents=[admin_parent])
     return parser
 
 

@@ -40,6 +40,11 @@ needs on Backend.AI's web server's Redis (another server: nothing else of this o
 there, and its ``default`` user is left alone): ``GET`` on ``AIOHTTP_SESSION_*``, read-only,
 and the connection commands (:data:`BACKENDAI_SESSIONS_RULES`).
 
+``--cluster`` writes the users for a Redis Cluster (to be loaded on every node: ACLs are not
+replicated): the names hash-tagged as the gateway uses them there (``{kev}:events``), SPUBLISH
+instead of PUBLISH, and what redis-py's cluster client asks every node on connecting
+(:data:`CLUSTER_COMMANDS`).
+
 Which names each profile may touch comes from :data:`KEY_GRANTS` and :data:`CHANNEL_GRANTS`,
 keyed by the member of :class:`publisher.keys.Keys` that makes the name; a test fails when
 ``Keys`` gains a member neither table lists. Passwords go into the output only as SHA-256
@@ -58,12 +63,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final, Literal, get_args
 
-from publisher.keys import DEFAULT_PREFIX, Keys
+from publisher.keys import DEFAULT_PREFIX, Keys, cluster_prefix
 from publisher.secretinput import SecretError, resolve_secret
 
 __all__ = [
     "BACKENDAI_SESSIONS_RULES",
     "CHANNEL_GRANTS",
+    "CLUSTER_COMMANDS",
     "KEY_GRANTS",
     "PROFILES",
     "SERVICE_RULES",
@@ -117,6 +123,8 @@ KEY_GRANTS: Final[Mapping[str, Mapping[Profile, Access]]] = {
     "login_throttle": {"gateway": "rw"},
     # each replica's count of open streams per access key, under a lease (replica/limits.py)
     "key_streams": {"gateway": "rw"},
+    # where a draining replica left each SDK stream, for its reconnect (replica/handoff.py)
+    "stream_handoff": {"gateway": "rw"},
     "identity_generation": {"gateway": "r", "admin": "rw", "sync": "rw"},
 }
 #: Keys member -> who may publish or subscribe on the channel(s) it names (Redis does not
@@ -215,6 +223,10 @@ COMMANDS: Final[Mapping[Profile, tuple[str, ...]]] = {
         *_CONNECT,
     ),
 }
+#: what a cluster client sends any node besides the profile's commands: the slot map (CLUSTER
+#: SLOTS, SHARDS) and the command table it routes keys by (COMMAND, COMMAND GETKEYS)
+CLUSTER_COMMANDS: Final = ("+cluster|slots", "+cluster|shards", "+command")
+
 #: Keys member -> the commands the publish script runs on that key, granted to the publisher
 #: on that key alone (a Redis 7 ACL selector each): ``SET <history> x`` would turn the stream
 #: into a string (every gateway unready on WRONGTYPE, every publish failing). Arguments cannot
@@ -300,7 +312,11 @@ def rules(keys: Keys, profile: Profile) -> list[str]:
             out.append(("%R~" if access == "r" else "~") + name_pattern(keys, member))
     out.append("resetchannels")
     out += [f"&{name_pattern(keys, m)}" for m, who in CHANNEL_GRANTS.items() if profile in who]
-    out += COMMANDS[profile]
+    if keys.cluster:  # the live channel is a shard channel there (SPUBLISH from the script)
+        out += [c.replace("+publish", "+spublish") for c in COMMANDS[profile]]
+        out += CLUSTER_COMMANDS
+    else:
+        out += COMMANDS[profile]
     selectors = {"publisher": PUBLISHER_SELECTORS, "admin": ADMIN_SELECTORS}.get(profile, {})
     for member, commands in selectors.items():
         out.append(f"(~{name_pattern(keys, member)} {' '.join(commands)})")
@@ -406,6 +422,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="its password (- = stdin); or env KEV_ACL_BACKENDAI_SESSIONS_PASSWORD or "
         "KEV_ACL_BACKENDAI_SESSIONS_PASSWORD_FILE",
     )
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="users for a Redis Cluster (load the file on every node): hash-tagged names, "
+        "SPUBLISH, the slot map",
+    )
     p.add_argument("--output", "-o", metavar="PATH", help="write here instead of stdout")
     p.set_defaults(run=run)
 
@@ -414,8 +436,9 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
     """Print (or write) the ACL; 0, or 2 with one line on stderr when a password is missing
     or unreadable."""
     env = os.environ if environ is None else environ
+    prefix = args.prefix or env.get("GATEWAY_PREFIX") or DEFAULT_PREFIX
     try:
-        keys = Keys(args.prefix or env.get("GATEWAY_PREFIX") or DEFAULT_PREFIX)
+        keys = Keys(cluster_prefix(prefix), cluster=True) if args.cluster else Keys(prefix)
     except ValueError as exc:
         return _fail(str(exc))
     if args.backendai_sessions:
@@ -446,7 +469,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
                 f"{env_name} or {env_name}_FILE"
             )
         passwords[profile] = password
-        users[profile] = getattr(args, f"{profile}_user") or f"{keys.prefix}-{profile}"
+        users[profile] = getattr(args, f"{profile}_user") or f"{_user_prefix(keys)}-{profile}"
     services: dict[ServiceUser, tuple[str, str]] = {}
     for service in SERVICE_USERS:
         env_name = f"KEV_ACL_{service.upper()}_PASSWORD"
@@ -464,8 +487,15 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
                     f"{env_name} or {env_name}_FILE"
                 )
             continue
-        name = getattr(args, f"{service}_user") or f"{keys.prefix}-{service}"
+        name = getattr(args, f"{service}_user") or f"{_user_prefix(keys)}-{service}"
         services[service] = (name, password)
+    if args.cluster and args.default_user != "keep" and "replication" not in services:
+        print(
+            "gateway acl: warning: with the default user limited, every replica of the "
+            "cluster loses its master unless it authenticates as the replication user: "
+            "give --replication-password-file and set masteruser/masterauth on every node",
+            file=sys.stderr,
+        )
     text = render(
         keys, passwords, users, fmt=args.format, default_user=args.default_user,
         services=services,
@@ -502,13 +532,18 @@ def _backendai_sessions(args: argparse.Namespace, keys: Keys, env: Mapping[str, 
             "the backendai-sessions user needs a password: --backendai-sessions-password-file, "
             f"{env_name} or {env_name}_FILE"
         )
-    user = args.backendai_sessions_user or f"{keys.prefix}-backendai-sessions"
+    user = args.backendai_sessions_user or f"{_user_prefix(keys)}-backendai-sessions"
     text = render_backendai_sessions(user, password, fmt=args.format)
     if args.output:
         Path(args.output).write_text(text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _user_prefix(keys: Keys) -> str:
+    """The prefix as the start of a user name (``kev-gateway``, also on a cluster)."""
+    return keys.prefix.replace("{", "").replace("}", "")
 
 
 def _fail(message: str) -> int:

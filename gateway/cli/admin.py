@@ -28,7 +28,6 @@ from gateway.identity.store import IdentityStore
 from gateway.settings import Settings
 from publisher.bus import Bus
 from publisher.connection import connect_async, redact_url
-from publisher.keys import DEFAULT_PREFIX, Keys
 from publisher.secretinput import SecretError, read_secret, resolve_secret
 
 __all__ = ["generate_access_key", "generate_secret_key", "redis_settings", "register", "run"]
@@ -70,7 +69,7 @@ async def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None
     """Run the chosen management command against Redis; 0 on success, 2 on any error."""
     try:
         settings = redis_settings(args, os.environ if environ is None else environ)
-        keys = Keys(settings.redis.prefix or DEFAULT_PREFIX)
+        keys = settings.redis.keys()
         client = connect_async(settings.redis.url, **settings.redis.options)
     except ValueError as exc:  # bad prefix or Redis URL, unreadable secret
         return _fail(str(exc))
@@ -79,7 +78,7 @@ async def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None
         return await handler(IdentityStore(client, keys, cache_ttl=0), args)
     except (IdentityError, _UsageError, SecretError) as exc:
         return _fail(str(exc))
-    except redis.RedisError as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
         return _fail(f"Redis at {redact_url(settings.redis.url)}: {exc}")
     finally:
         await client.aclose()

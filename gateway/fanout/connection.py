@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
 import socket
@@ -142,6 +141,19 @@ else:  # pragma: no cover - the lag bound is Linux-only (README, "Faults, and wh
         return None
 
 
+class _SocketProbe:
+    """:data:`Progress` of one socket (:func:`socket_progress`): 48 bytes per stream, where
+    a ``functools.partial`` of it was 192."""
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def __call__(self) -> tuple[int, int] | None:
+        return socket_progress(self._sock)
+
+
 def chunk(data: bytes) -> bytes:
     """``data`` as one HTTP/1.1 chunk, the framing uvicorn's ``send`` gives a body part."""
     return b"%x\r\n%b\r\n" % (len(data), data)
@@ -186,6 +198,7 @@ class Connection:
         "expires_at",
         "filter",
         "grant",
+        "handoff",
         "held_overflow",
         "retry_field",
         "sink",
@@ -212,6 +225,10 @@ class Connection:
         #: what the HTTP edge proved about the caller when the stream opened (opaque here;
         #: the edge re-checks it when identities change)
         self.grant: object = None
+        #: set by the HTTP edge for a stream its client cannot resume (the official SDKs):
+        #: what the drain records for its reconnect. Such a stream ends a shutdown without
+        #: ``server_close``, so the SDK reconnects by itself (gateway.replica.handoff).
+        self.handoff: object = None
         #: monotonic time the hub's timer ends the stream with ``rebalance`` (0.0: never);
         #: set by the HTTP edge, only for clients that resume
         self.expires_at = 0.0
@@ -276,7 +293,7 @@ class Connection:
         if self._transport is not None:
             sock = self._transport.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                self._progress = functools.partial(socket_progress, sock)
+                self._progress = _SocketProbe(sock)
 
     def start_writing(
         self, direct: DirectPath | None, notify: Callable[[Connection], None]
@@ -435,7 +452,8 @@ class Connection:
         self._wrote = False
         try:
             progress = probe()
-        except OSError:  # the socket is gone: the disconnect closes the stream
+        except (OSError, ValueError):  # the socket is gone (its fd -1 once closed: ValueError,
+            # seen killing the hub timer): the disconnect closes the stream
             self._progress = None
             return 0.0
         if progress is None:
@@ -474,6 +492,11 @@ class Connection:
             self._task.cancel()
 
     # -- resume ------------------------------------------------------------------------------
+
+    @property
+    def replaying(self) -> bool:
+        """Between :meth:`begin_replay` and :meth:`end_replay`."""
+        return self._held is not None
 
     def begin_replay(self) -> None:
         """Hold live frames (with their ids) until :meth:`end_replay`."""
@@ -552,7 +575,9 @@ class Connection:
         if reason not in (None, "disconnect", "write_timeout") and not self.abort_requested:
             assert reason is not None and reason != "disconnect"
             self.writing_since = clock() or 1e-9
-            await send(body(server_close_frame(reason, self.retry_hint(), field=self.retry_field)))
+            if reason != "shutdown" or self.handoff is None:
+                goodbye = server_close_frame(reason, self.retry_hint(), field=self.retry_field)
+                await send(body(goodbye))
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             self.writing_since = 0.0
 

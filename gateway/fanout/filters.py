@@ -36,13 +36,14 @@ INDEXES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Filter:
     """What one stream may and wants to see; ``None`` means "no constraint".
 
     ``owner_user_id`` and ``domain`` come from the caller's role (who may see what); the rest
     from the query (what the caller asked for). Built by :mod:`gateway.identity.visibility`.
-    Every field constrains the event attribute of the same name.
+    Every field constrains the event attribute of the same name. Equal filters are one object
+    in the hub (weakly referenced: :meth:`gateway.fanout.hub.Hub.new_connection`).
     """
 
     owner_user_id: str | None = None

@@ -10,7 +10,7 @@ persistence, or replaced by a fresh instance) has another epoch, or none yet.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -20,7 +20,14 @@ from publisher.bus import Bus
 
 from .frames import GapReason, StreamId, format_stream_id, parse_stream_id
 
-__all__ = ["HistoryState", "entry_exists", "gap_reason", "history_state", "read_after"]
+__all__ = [
+    "HistoryState",
+    "ReadFacts",
+    "entry_exists",
+    "gap_reason",
+    "history_state",
+    "read_after",
+]
 
 CHUNK: Final = 512
 
@@ -119,23 +126,85 @@ async def gap_reason(
 Entry = tuple[bytes, bytes | None]
 
 
+@dataclass(frozen=True, slots=True)
+class ReadFacts:
+    """What one read saw of the history besides its entries, in the same atomic look."""
+
+    #: the epoch key's value (None: none)
+    epoch: str | None
+    #: no entry ever added has a higher id ((0, 0): no stream)
+    generated: StreamId
+    #: the newest id ever removed by XDEL, if any
+    deleted: StreamId | None
+    #: the oldest entry held, None when the stream is empty
+    first: StreamId | None
+
+    def removed_after(self, start: StreamId) -> bool:
+        """Whether entries after ``start`` were removed: trimmed past it (the oldest entry is
+        newer), the stream emptied, or one deleted (XDEL). From ``0-0`` (everything: the
+        watermark of a new history) the oldest entry is always newer; trimming shows as an
+        oldest entry newer than the epoch, the first entry this history ever held (the model
+        test found a restart without persistence, then more events at once than MAXLEN
+        keeps, skipping the trimmed ones untold)."""
+        if start == (0, 0):
+            try:
+                epoch = _id(self.epoch)
+            except ValueError:  # an epoch key that is no id says nothing
+                epoch = None
+            trimmed = epoch is not None and self.first is not None and self.first > epoch
+            return (
+                trimmed
+                or self.deleted is not None
+                or (self.first is None and self.generated > start)
+            )
+        if self.deleted is not None and self.deleted > start:
+            return True
+        if self.first is None:
+            return self.generated > start
+        return self.first > start
+
+    def accounted(self) -> StreamId | None:
+        """After a read to the end: an id every entry at or below which was read or removed
+        (the newest deleted one; the last generated one of an emptied stream), if any."""
+        if self.first is None:
+            return None if self.generated == (0, 0) else self.generated
+        return self.deleted
+
+
 async def read_after(
-    redis: aredis.Redis, bus: Bus, after: str, *, max_payload: int, chunk: int = CHUNK
+    redis: aredis.Redis,
+    bus: Bus,
+    after: str,
+    *,
+    max_payload: int,
+    chunk: int = CHUNK,
+    facts: Callable[[ReadFacts], Awaitable[None]] | None = None,
 ) -> AsyncIterator[tuple[list[Entry], bool]]:
     """Yield ``(entries, gap)`` for every entry with an id after ``after``, in order, a chunk
-    at a time. ``gap`` is True when trimming has passed the read's start since it was known
-    (the oldest entry is newer than it): entries right after it may be gone, and the caller
-    must say so before the entries that follow. Payloads over ``max_payload`` bytes never
-    leave Redis (None in their place)."""
+    at a time. ``gap`` is True (once per call, before the entries it concerns) when entries
+    after the read's start were removed since it was known (trimmed past it, the stream
+    emptied, or deleted): entries right after it may be gone, and the caller must say so
+    before the entries that follow. Payloads over ``max_payload`` bytes never leave Redis
+    (None in their place). ``facts`` gets each chunk's :class:`ReadFacts` before its entries
+    (it may raise: a new epoch under the reader)."""
     cursor = after
+    told = False
     while True:
         reply = await bus.read_history(redis, cursor, chunk, max_payload)
-        count, last, rows, first = int(reply[0]), reply[1], reply[2], _id(reply[3])
+        count, last, rows = int(reply[0]), reply[1], reply[2]
+        seen = ReadFacts(
+            epoch=(_text(reply[4]) or None) if len(reply) > 4 else None,
+            generated=(_id(reply[5]) or (0, 0)) if len(reply) > 5 else (0, 0),
+            deleted=_id(reply[6]) if len(reply) > 6 else None,
+            first=_id(reply[3]),
+        )
+        if facts is not None:
+            await facts(seen)
         batch: list[Entry] = [
             (sid, payload if isinstance(payload, bytes) else None) for sid, payload in rows
         ]
-        start = parse_stream_id(cursor)
-        gap = start != (0, 0) and first is not None and first > start
+        gap = not told and seen.removed_after(parse_stream_id(cursor))
+        told = told or gap
         if batch or gap:
             yield batch, gap
         if count < chunk:

@@ -1,7 +1,8 @@
 """The fan-out core: one decoded Redis message in, the same frame bytes to every matching client.
 
-* :meth:`Hub.publish_message` (live) and :meth:`Hub.publish` (history: gap-fill) check the
-  stream id and decode the payload once, build the SSE frame once, then find candidates
+* :meth:`Hub.publish` takes one history entry (the subscriber reads history whenever the live
+  channel rings), checks the stream id and decodes the payload once, builds the SSE frame
+  once, then finds candidates
   through six dict lookups (one per index a client can sit in), so a publish costs
   O(matching clients), not O(all clients).
 * :meth:`Connection.push` appends to the client's bounded buffer; it never awaits. A client
@@ -12,20 +13,19 @@
   past the write deadline (``write_timeout``), or whose TCP has left written bytes
   unacknowledged for over ``max_lag`` (``slow_reader``: it reads, but too slowly to keep up).
 
-The watermark (:attr:`Hub.last_id`, the id of the newest event dispatched) tells gap-fill where
-to read history from, and which live messages are copies of what gap-fill already sent. A
-message moves it only once its payload has validated, and a live id only when it is plausible:
-within 64 bits and not ahead of Redis' clock by more than ``max_id_skew_ms``. A live message
-that fails the clock check is not trusted: the hub asks the subscriber to read history instead
-(:attr:`Hub.on_suspect`), which delivers it if history holds it. ARCHITECTURE.md, "Watermark
-and epoch", has the whole set of rules.
+The watermark (:attr:`Hub.last_id`, the id of the newest event dispatched) tells the
+subscriber where to read history from. Only history entries move it, and only once their
+payload has validated: a live message is a doorbell, never an event, so a forged one moves
+nothing (ARCHITECTURE.md, "Watermark and epoch", has the whole set of rules).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from time import perf_counter
@@ -86,8 +86,6 @@ class Hub:
         self.max_id_skew_ms = settings.max_id_skew_ms
         #: Redis' clock minus ours, ms (the subscriber measures it with TIME)
         self.redis_clock_offset_ms = 0.0
-        #: called when a live message could not be trusted: read history instead (subscriber)
-        self.on_suspect: Callable[[], None] | None = None
         self.stats = HubStats()
         #: the watermark: id of the newest event dispatched; live ids at or below it are
         #: copies of what gap-fill sent. None until the subscriber sets the baseline.
@@ -101,6 +99,13 @@ class Hub:
         self._dirty: list[Connection] = []
         self._flush_handle: asyncio.Handle | None = None
         self._last_flush = 0.0
+        #: one object per distinct filter of the open streams (every broadcast stream of a
+        #: role has the same one), by its constraints: a filter per stream was ~100 bytes
+        self._filters: weakref.WeakValueDictionary[tuple[tuple[str, object], ...], Filter] = (
+            weakref.WeakValueDictionary()
+        )
+        #: bound once: every direct stream keeps it (a bound method per stream is 64 bytes)
+        self.notify: Callable[[Connection], None] = self._mark_dirty
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -110,10 +115,11 @@ class Hub:
 
     def new_connection(self, filter: Filter, access_key: str, view: View = "v4") -> Connection:
         """A connection with this hub's buffer cap, clock and reconnect hint (not yet
-        registered)."""
+        registered). Its filter and access key are the objects other open streams with equal
+        ones hold, so that each stream holds no copy of its own."""
         return Connection(
-            filter,
-            access_key,
+            self._filters.setdefault(filter.constraints, filter),
+            sys.intern(access_key),
             self.buffer_cap,
             clock=self.clock,
             retry_ms=self.retry_ms,
@@ -162,26 +168,10 @@ class Hub:
             if not members:
                 del self._index[key]
 
-    def publish_message(self, data: bytes) -> None:
-        """One live message from the channel: ``<stream id> <msgpack payload>``. Never
-        awaits, never raises on bad input (dropped, counted, logged throttled)."""
-        raw_id, sep, payload = data.partition(b" ")
-        if not sep:
-            self._drop("bad_id", data)
-            return
-        stream_id = self._new_id(raw_id)
-        if stream_id is None:
-            return
-        if stream_id[0] > self.redis_now_ms() + self.max_id_skew_ms:
-            self._drop("future_id", raw_id)
-            if self.on_suspect is not None:
-                self.on_suspect()  # history decides whether it is real
-            return
-        self._dispatch_checked(stream_id, raw_id, payload)
-
     def publish(self, raw_id: bytes, payload: bytes | None) -> None:
-        """Dispatch one history entry (gap-fill): the id is history's own, so only the
-        payload is checked. Ids at or below the watermark were dispatched already."""
+        """Dispatch one history entry (read by the subscriber): the id is history's own, so
+        only the payload is checked. Ids at or below the watermark were dispatched already.
+        Never awaits, never raises on bad input (dropped, counted, logged throttled)."""
         stream_id = self._new_id(raw_id)
         if stream_id is not None:
             self._dispatch_checked(stream_id, raw_id, payload)
@@ -195,7 +185,7 @@ class Hub:
         validate (dropped and counted). Live messages, gap-fill and replay all check here,
         with the same limit and the same counters."""
         if payload is None or len(payload) > self.max_payload:
-            self._drop("oversized", raw_id)
+            self.drop("oversized", raw_id)
             return None
         try:
             return decode_event(payload)
@@ -203,9 +193,9 @@ class Hub:
             marker = decode_gap(payload)  # off the hot path: only what is not an event
             if marker is not None:
                 return marker
-            self._drop("schema", raw_id, exc)
+            self.drop("schema", raw_id, exc)
         except msgspec.DecodeError as exc:
-            self._drop("decode", raw_id, exc)
+            self.drop("decode", raw_id, exc)
         return None
 
     def _new_id(self, raw_id: bytes) -> StreamId | None:
@@ -214,7 +204,7 @@ class Hub:
         try:
             stream_id = parse_stream_id(raw_id)
         except (ValueError, UnicodeDecodeError):
-            self._drop("bad_id", raw_id)
+            self.drop("bad_id", raw_id)
             return None
         if self.last_id is not None and stream_id <= self.last_id:
             self.stats.duplicates += 1
@@ -223,12 +213,14 @@ class Hub:
 
     def _dispatch_checked(self, stream_id: StreamId, raw_id: bytes, payload: bytes | None) -> None:
         self.stats.events_in += 1
-        event = self.decode(raw_id, payload)
-        if event is None:
-            return  # the watermark stays: a bad message cannot hide the ones after it
+        # History's own id: read once, whatever its payload (a bad one is dropped, counted,
+        # and not read again)
         self.last_id = stream_id
         if self.first_id is None:
             self.first_id = stream_id
+        event = self.decode(raw_id, payload)
+        if event is None:
+            return
         if type(event) is SourceGap:
             self.stats.source_gaps += 1
             log.warning("the event source lost events (%s): every open stream is told", event)
@@ -276,8 +268,8 @@ class Hub:
         self.stats.deliveries += delivered
         self.stats.dispatch.observe(perf_counter() - started)
 
-    def notify(self, client: Connection) -> None:
-        """A direct client has data: write it in the next flush. That is this loop
+    def _mark_dirty(self, client: Connection) -> None:
+        """:attr:`notify`: a direct client has data: write it in the next flush. That is this loop
         iteration's, or, within ``flush_interval`` of the end of the previous flush, the one
         due then: an idle hub answers at once, a busy one batches events into each write."""
         self._dirty.append(client)
@@ -302,7 +294,8 @@ class Hub:
             # gathering, so a saturated hub settles on a few events per write.
             self._last_flush = asyncio.get_running_loop().time()
 
-    def _drop(self, kind: DropKind, raw_id: bytes, exc: Exception | None = None) -> None:
+    def drop(self, kind: DropKind, raw_id: bytes, exc: Exception | None = None) -> None:
+        """Count and log (throttled) a Redis message that delivers nothing."""
         self.stats.dropped[kind] += 1
         self._drops.warn(
             kind, "dropped a Redis message (%s) id=%r: %s", kind, raw_id[:40], exc or "-"

@@ -16,9 +16,9 @@ __all__ = ["DISPATCH_BUCKETS", "DROP_KINDS", "DropKind", "Histogram", "HubStats"
 log = logging.getLogger("gateway.fanout.hub")
 
 #: why a Redis message was not dispatched: ``bad_id`` malformed or out of 64-bit range,
-#: ``future_id`` a live id ahead of Redis' clock (checked against history instead),
+#: ``unproven`` a live message whose id history does not hold (forged: it delivers nothing),
 #: ``decode``/``schema`` the payload, ``oversized`` over ``max_payload``
-DropKind = Literal["bad_id", "future_id", "decode", "schema", "oversized"]
+DropKind = Literal["bad_id", "unproven", "decode", "schema", "oversized"]
 DROP_KINDS: Final[tuple[DropKind, ...]] = get_args(DropKind)
 
 

@@ -14,15 +14,15 @@ from typing import Literal
 from .frames import GapReason, StreamId, parse_stream_id
 from .history import HistoryState
 
-__all__ = ["Decision", "Found", "Known", "Verdict", "decide"]
+__all__ = ["Decision", "Found", "Known", "Verdict", "decide", "new_history"]
 
 #: what a session found, one per row of the rules table:
 #: ``baseline`` the first session: history's end is the watermark;
 #: ``same`` the same history, nothing to tell;
 #: ``epoch_key_replaced`` another epoch key over the same history (the watermark's own entry
 #: is still there): nothing to tell;
-#: ``new_history_followed`` a new history that began while this replica was subscribed: told,
-#: nothing sent twice;
+#: ``new_history_followed`` a new history all of whose dispatched entries this replica
+#: followed live: told, nothing sent twice;
 #: ``new_history`` a new history: told, and all of it sent from its start;
 #: ``removed`` entries after the watermark were removed (XDEL), or a replica that had
 #: dispatched nothing finds entries removed: told ``trimmed``;
@@ -81,15 +81,16 @@ class Decision:
     reset: bool = False
 
 
-def _new_history(known: Known, epoch: str | None) -> bool:
-    """Whether Redis now holds another history than the one the watermark points into. The
-    epoch is the first id that history ever held, so every id dispatched from it is at or
-    above it."""
-    if known.epoch is not None:
-        return epoch != known.epoch
-    if known.first_id is None:
+def new_history(known_epoch: str | None, first_id: StreamId | None, epoch: str | None) -> bool:
+    """Whether Redis, whose epoch is now ``epoch``, holds another history than the one the
+    watermark points into (``known_epoch``, None when that history was empty; ``first_id``
+    the first id dispatched from it). The epoch is the first id that history ever held, so
+    every id dispatched from it is at or above it."""
+    if known_epoch is not None:
+        return epoch != known_epoch
+    if first_id is None:
         return False  # nothing dispatched since the history was empty: nothing to mix up
-    return epoch is None or parse_stream_id(epoch) > known.first_id
+    return epoch is None or parse_stream_id(epoch) > first_id
 
 
 def decide(known: Known, found: Found) -> Decision:
@@ -100,17 +101,20 @@ def decide(known: Known, found: Found) -> Decision:
         # their own ids. Read before SUBSCRIBE, so what comes between is gap-filled.
         return Decision("baseline", state.last_id)
     restarted = known.run_id is not None and found.run_id != known.run_id
-    if _new_history(known, state.epoch):
+    if new_history(known.epoch, known.first_id, state.epoch):
         if watermark not in (None, (0, 0)) and found.watermark_in_history:
             return Decision("epoch_key_replaced", watermark)
         if (
             watermark is not None
+            and known.first_id is not None
             and state.epoch is not None
-            and parse_stream_id(state.epoch) <= watermark <= state.last_id
+            and parse_stream_id(state.epoch) <= known.first_id <= watermark <= state.last_id
         ):
-            # followed live: the watermark is an id of the new history (at or below its end:
-            # every event is in history before it goes live). One past its end came from the
-            # old history (an id written in the future, then `gateway reset-history`).
+            # Followed live: everything dispatched since the watermark was last set is of the
+            # new history (a history that began empty here: nothing to compare the epoch to
+            # until now). A watermark in the new history's range alone proves nothing: an id
+            # a little ahead in the old history, then its reset, left one there, and the new
+            # history's entries below it were skipped (the review found it).
             return Decision("new_history_followed", watermark, "reset")
         return Decision("new_history", (0, 0), "reset", reset=True)
     if (

@@ -29,7 +29,7 @@ from .dashboard import dashboard_routes
 from .discovery import discovery_routes
 from .login import login_routes
 from .metrics import metrics_endpoint
-from .stream import STREAM_PATHS, stream_events, stream_response
+from .stream import STREAM_PATHS, HubStreamResponse, stream_events, stream_response
 from .uvicorn_internals import DIRECT_SCOPE_KEY, direct_path
 
 __all__ = ["STREAM_PATHS", "TransportScope", "create_app", "create_app_from_env"]
@@ -95,7 +95,8 @@ class TransportScope:
       middlewares wrap ``send`` in closures, hence this sits outside them.
     * A stream request without an ``Origin`` header (SDKs, curl, a same-origin EventSource)
       goes straight to :func:`gateway.http.stream.stream_response`, past Starlette's middleware and
-      routing, whose frames every open stream would otherwise keep for its whole life.
+      routing, whose frames every open stream would otherwise keep for its whole life; once
+      the stream is set up, its scope lets go of the request's headers (:func:`_forget_request`).
       Cross-origin requests take the Starlette path, where CORS is answered.
     * With ``watch_forwarding`` (no ``trusted_proxies``), the first request that carries
       ``X-Forwarded-For`` logs one warning: a load balancer is in front, but the login
@@ -142,10 +143,25 @@ class TransportScope:
                 and "state" in scope
                 and not any(name == b"origin" for name, _ in scope["headers"])
             ):
+                head = scope["headers"]
                 response = await stream_response(scope, receive)
+                if isinstance(response, HubStreamResponse):
+                    _forget_request(scope, head)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _forget_request(scope: Scope, head: object) -> None:
+    """A stream has read all it needs of its request (its identity, filter and handoff
+    digest are kept); the scope lives as long as the stream, so what else it holds would
+    too. Drop the headers, the server's own list (``head``: uvicorn's protocol keeps it as
+    well) and Starlette's copy, and the request's copy of the lifespan state: ~1 KB per idle
+    stream (tracemalloc; more with a browser's or an SDK's headers)."""
+    if type(head) is list:
+        head.clear()
+    scope["headers"] = ()
+    scope.pop("state", None)
 
 
 def create_app(settings: Settings | None = None) -> TransportScope:

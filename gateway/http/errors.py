@@ -23,7 +23,7 @@ import logging
 from typing import Final
 
 import msgspec
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -85,7 +85,7 @@ def error_response(exc: BaseException, path: str = "", *, log_unexpected: bool =
     if isinstance(exc, GatewayError):
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return problem_response(exc.slug, exc.title, exc.msg, headers)
-    if isinstance(exc, RedisError):
+    if isinstance(exc, RedisError | RedisClusterException):
         log.warning("redis unavailable for %s: %s", path, exc)
         return problem_response(
             "service-unavailable",

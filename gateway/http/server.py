@@ -147,7 +147,12 @@ def wait_for_redis(settings: Settings) -> None:
                 return  # connected and authenticated; PING is not in this user's ACL
             except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as e:
                 raise StartupError(f"Redis at {url} refused the gateway: {e} ({where})") from e
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except (
+                redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError,
+                # a cluster not formed yet ("All slots are not covered"), no node answering
+                redis.exceptions.RedisClusterException,
+            ) as exc:
                 cause = exc.__cause__ or exc.__context__
                 if isinstance(cause, (FileNotFoundError, PermissionError)) or (
                     isinstance(cause, OSError) and "SSL" in type(cause).__name__

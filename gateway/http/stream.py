@@ -35,7 +35,9 @@ from gateway.fanout.connection import Connection, DirectPath, body
 from gateway.fanout.frames import retry_frame
 from gateway.fanout.resume import replay
 from gateway.fanout.stats import ThrottledLog
+from gateway.identity.methods import SignedCredential
 from gateway.identity.visibility import build_filter
+from gateway.replica.handoff import Ticket, request_digest
 from gateway.replica.limits import Slot
 from gateway.replica.state import GatewayState
 from publisher.tasks import cancel_and_wait
@@ -134,6 +136,7 @@ class HubStreamResponse(Response):
         finally:
             if self._slot is not None:  # the hub counts the stream now (or it never started)
                 self._slot.release()
+                self._slot = None
         resuming: asyncio.Future[None] | None = None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
@@ -220,16 +223,42 @@ async def stream_events(request: Request) -> Response:
             retry_after=5,
         )
     try:
-        if len(hub) + state.opening >= state.stream_limit:  # again: others admitted meanwhile
+        last_event_id = query.last_event_id
+        resumes = credential.resumes or last_event_id is not None or query.resumable
+        handoff, signed = None, ""
+        if not resumes and isinstance(credential, SignedCredential) and request.method == "GET":
+            # An SDK's stream: if a drained replica left the stream this very signed request
+            # opened, this is its reconnect: resume where it stood (gateway.replica.handoff)
+            handoff, signed = state.handoff, request_digest(request.headers["authorization"])
+            if credential.handed_off is not None:  # claimed as its stale date was let in
+                last_event_id = credential.handed_off
+            elif handoff is not None:
+                last_event_id = await handoff.take(identity.access_key, signed)
+        refusal = None
+        if not state.accepting:  # SIGTERM came while this request was being checked
+            refusal = Unavailable("This replica is shutting down", retry_after=1)
+        elif len(hub) + state.opening >= state.stream_limit:  # again: others admitted meanwhile
             _refuse(state, _limit_kind(state))
-            raise Unavailable("This replica is at its stream limit", retry_after=5)
+            refusal = Unavailable("This replica is at its stream limit", retry_after=5)
+        if refusal is not None:
+            if handoff is not None and last_event_id is not None:
+                await handoff.give_back(identity.access_key, signed, last_event_id)
+            raise refusal
         log.debug("stream opened key=%s filter=%s", identity.access_key, filter)
         connection = hub.new_connection(filter, identity.access_key, query.view)
         lifetime = state.settings.fanout.stream_max_lifetime
-        if lifetime and (credential.resumes or query.last_event_id or query.resumable):
+        if lifetime and resumes:
             # Only clients that resume: the official SDKs end their command on server_close.
             # The jitter keeps streams opened together (after a deploy) from ending together.
             connection.expires_at = hub.clock() + lifetime * random.uniform(*LIFETIME_JITTER)
+        elif handoff is not None:
+            if last_event_id is not None:
+                log.info(
+                    "stream of key=%s resumes at %s, handed off by a drained replica",
+                    identity.access_key,
+                    last_event_id,
+                )
+            connection.handoff = Ticket(signed, last_event_id)
         if state.reauth is not None:  # rights follow identity (gateway.replica.reauthorize)
             state.reauth.track(connection, credential, query)
     except BaseException:
@@ -241,7 +270,7 @@ async def stream_events(request: Request) -> Response:
     # official SDKs read a standalone ``retry:`` block as an event with empty data (and
     # newer ones as seconds), and Backend.AI's manager never sent one.
     return HubStreamResponse(
-        state, connection, query.last_event_id, retry_hint=credential.resumes, slot=slot
+        state, connection, last_event_id, retry_hint=credential.resumes, slot=slot
     )
 
 

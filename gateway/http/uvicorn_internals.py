@@ -42,6 +42,11 @@ directly, and no limits on a request head. Two measured needs take more (ARCHITE
      connection beyond it gets 503 with ``Retry-After`` and ``Connection: close``
      (problem+json, as every other error of the gateway).
 
+   It also holds less per connection, which every idle stream pays for its whole life: its
+   own fields in slots, and :class:`LeanEvent` and a list where uvicorn builds two
+   ``asyncio.Event`` and a ``deque`` per connection (flow control's "writable", each
+   request's "message", the queue of pipelined requests): ~2.3 KB of empty deques.
+
 :func:`check_uvicorn` is run by ``gateway serve`` before it starts: a uvicorn whose protocol
 lacks a hook this module overrides cannot serve (a one-line start-up error); one outside
 :data:`TESTED` is logged as a warning. ``tests/integration/test_uvicorn_internals.py`` fails, naming
@@ -97,11 +102,13 @@ except ImportError as exc:  # pragma: no cover - another uvicorn
 __all__ = [
     "DIRECT_SCOPE_KEY",
     "TESTED",
+    "LeanEvent",
     "LimitedHttpToolsProtocol",
     "Server",
     "UvicornStream",
     "check_uvicorn",
     "direct_path",
+    "holds_lean_events",
     "run_workers",
     "uvicorn_version",
 ]
@@ -290,9 +297,98 @@ async def _over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
+class LeanEvent:
+    """What uvicorn asks of the ``asyncio.Event`` of each connection (flow control's
+    "writable") and of each request (its "message", which an idle stream's ``receive()``
+    waits on): ``wait``, ``set``, ``clear``, ``is_set``, with the same meaning.
+
+    ``asyncio.Event`` keeps its waiters in a ``collections.deque``, which allocates a block of
+    64 slots even empty: 760 bytes per event. This keeps a list only while someone waits,
+    and ``wait()`` returns the waiter's future itself (awaiting it is awaiting the event), so
+    a suspended ``receive()`` holds no coroutine frame for it either."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self, value: bool = False) -> None:
+        self._value = value
+        #: the one waiter's future (the usual case), a list of them, or None
+        self._waiters: asyncio.Future[bool] | list[asyncio.Future[bool]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        """Set the flag and wake every waiter (as ``asyncio.Event.set``)."""
+        if not self._value:
+            self._value = True
+            waiters, self._waiters = self._waiters, None
+            if isinstance(waiters, asyncio.Future):
+                waiters = [waiters]
+            for fut in waiters or ():
+                if not fut.done():
+                    fut.set_result(True)
+
+    def clear(self) -> None:
+        self._value = False
+
+    def wait(self) -> asyncio.Future[bool]:
+        """An awaitable that completes (True) once the flag is set: at once if it is. A
+        cancelled waiter's future is cancelled with it and dropped at the next wait or set."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self._value:
+            fut.set_result(True)
+            return fut
+        waiters = self._waiters
+        if waiters is None or (isinstance(waiters, asyncio.Future) and waiters.done()):
+            self._waiters = fut
+        else:
+            if isinstance(waiters, asyncio.Future):
+                waiters = [waiters]
+            self._waiters = [w for w in waiters if not w.done()] + [fut]
+        return fut
+
+
+def holds_lean_events(send: object) -> bool:
+    """Whether the connection behind an ASGI ``send`` (uvicorn's request cycle) holds
+    :class:`LeanEvent` where uvicorn builds its two events; the guard test asks, so a uvicorn
+    that moved them is noticed (it still works, holding ~1.5 KB more per stream)."""
+    cycle = getattr(send, "__self__", None)
+    flow = getattr(cycle, "flow", None)
+    return (
+        type(getattr(cycle, "message_event", None)) is LeanEvent
+        and type(getattr(flow, "_is_writable_event", None)) is LeanEvent
+    )
+
+
+class _Pipeline(list):  # type: ignore[type-arg]
+    """uvicorn's queue of pipelined requests (it calls ``appendleft``, ``pop`` and tests
+    it for emptiness), as a list: an empty deque is 760 bytes, and a stream's connection
+    never has another request queued."""
+
+    __slots__ = ()
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` with the head size, head deadline and connection cap of the
     module docstring (one instance per connection, as its base)."""
+
+    # Its own fields in slots, not in the instance dict: CPython 3.11 keeps an instance dict
+    # compact (keys shared by the class) for at most 30 attributes; uvicorn's 28 and these 8
+    # made every connection's dict a full one of its own, 1,584 bytes instead of ~300
+    # (tracemalloc, per idle stream).
+    __slots__ = (
+        "_head_bytes",
+        "_head_timeout",
+        "_head_timer",
+        "_in_body",
+        "_in_head",
+        "_max_connections",
+        "_max_head",
+        "_refused",
+    )
 
     def __init__(
         self,
@@ -317,6 +413,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # a body that never completes (slowloris past the head) is closed like a slow head.
         self._in_body = False
         self._refused = False
+        self.pipeline = _Pipeline()  # type: ignore[assignment]
 
     # -- the head deadline ---------------------------------------------------------------------
 
@@ -352,6 +449,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # flow control's "writable" event (uvicorn's FlowControl); left as it is if it moved
+        writable = getattr(self.flow, "_is_writable_event", None)
+        if type(writable) is asyncio.Event:
+            self.flow._is_writable_event = LeanEvent(writable.is_set())  # type: ignore[assignment]
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -386,7 +487,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         limit = self._max_connections
         if limit is None or len(self.connections) <= limit:
-            super().on_headers_complete()
+            self._start_cycle()
             return
         global _last_cap_log
         now = self.loop.time()
@@ -395,9 +496,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             log.warning("connection limit %d reached: 503 to new requests", limit)
         app, self.app = self.app, _over_capacity
         try:
-            super().on_headers_complete()
+            self._start_cycle()
         finally:
             self.app = app
+
+    def _start_cycle(self) -> None:
+        """uvicorn's ``on_headers_complete`` (the request's cycle, its task started or
+        queued), and the new cycle's message event made a :class:`LeanEvent` before anything
+        has set or awaited it (the task has not run yet; the body comes after this)."""
+        before = self.cycle
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not before and cycle is not None and type(cycle.message_event) is asyncio.Event:
+            cycle.message_event = LeanEvent(cycle.message_event.is_set())  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

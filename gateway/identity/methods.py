@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Protocol
@@ -123,7 +123,14 @@ class SignedCredential(Credential):
     """A keypair signature: the SHA-256 of the secret that signed (a new secret ends it)."""
 
     secret_digest: bytes = b""
+    #: the position a drained replica left for this very signed request, claimed (removed)
+    #: while its stale date was let through (gateway.replica.handoff); None otherwise
+    handed_off: str | None = None
     method: ClassVar[str] = "signature"
+
+
+#: ``(access key, Authorization header) -> the position handed off for it (claimed), or None``
+Claim = Callable[[str, str], Awaitable[str | None]]
 
 
 class SignedRequests:
@@ -138,12 +145,27 @@ class SignedRequests:
         *,
         max_skew: timedelta = MAX_SKEW,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        claim: Claim | None = None,
     ) -> None:
+        """``claim(access_key, authorization)``: for a request whose date is past
+        ``max_skew``, the position a drained replica left for that very signed request,
+        removed as it is returned (atomic: a request is let in once), or None: it is refused
+        as stale (gateway.replica.handoff)."""
         self._store = store
         self._max_skew = max_skew
         self._clock = clock
+        self._claim = claim
 
     async def authenticate(self, request: RequestView) -> SignedCredential:
+        claimed: list[str] = []
+        claim = self._claim
+
+        async def stale_ok(access_key: str, authorization: str) -> bool:
+            position = None if claim is None else await claim(access_key, authorization)
+            if position is not None:
+                claimed.append(position)
+            return position is not None
+
         keypair, identity = await authenticate_keypair(
             request.method,
             request.target,
@@ -151,8 +173,13 @@ class SignedRequests:
             self._store,
             now=self._clock(),
             max_skew=self._max_skew,
+            stale_ok=stale_ok if claim is not None else None,
         )
-        return SignedCredential(identity, secret_digest=_digest(keypair.secret_key))
+        return SignedCredential(
+            identity,
+            secret_digest=_digest(keypair.secret_key),
+            handed_off=claimed[0] if claimed else None,
+        )
 
     async def recheck(self, credentials: Sequence[Credential]) -> list[Recheck]:
         verdicts: list[Recheck] = []

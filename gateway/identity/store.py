@@ -90,6 +90,15 @@ class IdentityStoreLost(Unavailable):
         )
 
 
+async def _present(pipe: Any, key: str) -> bool:
+    """Whether ``key`` exists, asked at once on a pipeline in WATCH mode. TYPE, not EXISTS:
+    redis-py 8.2's cluster pipeline splits EXISTS (a multi-key command) by slot and returns
+    the pipeline itself when awaited, so on a cluster every key looked present (``gateway
+    user add`` refused every new user)."""
+    kind = await pipe.type(key)
+    return _text(kind) != "none"
+
+
 class IdentityStore:
     """Reads (cached) and management (uncached, clears the local cache) of the identity data."""
 
@@ -265,9 +274,9 @@ class IdentityStore:
         user_key = self._keys.user(keypair.user_id)
 
         async def tx(pipe: Any) -> None:
-            if not await pipe.exists(user_key):
+            if not await _present(pipe, user_key):
                 raise UnknownIdentityError(f"user {keypair.user_id!r} does not exist")
-            if not replace and await pipe.exists(kp_key):
+            if not replace and await _present(pipe, kp_key):
                 raise IdentityError(f"keypair {keypair.access_key!r} already exists")
             pipe.multi()
             self._queue_keypair(pipe, keypair)
@@ -290,7 +299,7 @@ class IdentityStore:
         kp_key = self._keys.keypair(access_key)
 
         async def tx(pipe: Any) -> None:
-            if not await pipe.exists(kp_key):
+            if not await _present(pipe, kp_key):
                 raise UnknownIdentityError(f"keypair {access_key!r} does not exist")
             pipe.multi()
             pipe.hset(kp_key, "active", "1" if active else "0")
@@ -314,7 +323,7 @@ class IdentityStore:
         user_key = self._keys.user(user.user_id)
 
         async def tx(pipe: Any) -> None:
-            if not replace and await pipe.exists(user_key):
+            if not replace and await _present(pipe, user_key):
                 raise IdentityError(f"user {user.user_id!r} already exists")
             pipe.multi()
             self._queue_user(pipe, user)
@@ -328,7 +337,7 @@ class IdentityStore:
         user_key = self._keys.user(user_id)
 
         async def tx(pipe: Any) -> None:
-            if not await pipe.exists(user_key):
+            if not await _present(pipe, user_key):
                 raise UnknownIdentityError(f"user {user_id!r} does not exist")
             owned = [kp.access_key for kp in await self.list_keypairs(user_id)]
             if owned and not cascade:

@@ -21,7 +21,7 @@ import logging
 from typing import Final
 
 import redis.asyncio as aredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.fanout.frames import format_stream_id
 from gateway.fanout.history import history_state
@@ -64,7 +64,8 @@ class HistoryWatch:
         while True:
             try:
                 await self.check()
-            except RedisError as exc:  # the subscriber says what Redis being away means
+            except (RedisError, RedisClusterException) as exc:  # the subscriber says what
+                # Redis being away means
                 log.debug("history watch: %s", exc)
             await asyncio.sleep(self.interval)
 
@@ -89,7 +90,9 @@ class HistoryWatch:
                 log.error("not ready: %s", problem)
             self.problem = problem
         elif self.problem is not None:
-            log.warning("the history takes new events again (last id %s)", state.last_id)
+            log.warning(
+                "the history takes new events again (last id %s)", format_stream_id(state.last_id)
+            )
             self.problem = None
         sub = self._subscriber
         seen, self._seen_epoch = self._seen_epoch, state.epoch
@@ -97,7 +100,10 @@ class HistoryWatch:
             return
         followed = sub.epoch if sub.epoch is not None else seen
         if followed is not None and state.epoch != followed:
-            sub.resync(f"the history's epoch is now {state.epoch} (was {followed})")
+            # over the same history (the watermark's entry still there) the key was written
+            # by hand: the subscriber follows it at its next read, without starting over
+            if not await sub.holds_watermark(self._redis):
+                sub.resync(f"the history's epoch is now {state.epoch} (was {followed})")
         elif watermark is not None and watermark > state.last_id:
             # every event is in history before it goes live, so a watermark past history's
             # end means entries were removed under it: the history was started anew

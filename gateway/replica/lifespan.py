@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -37,10 +38,10 @@ from gateway.identity.store import IdentityStore
 from gateway.identity.throttle import LoginThrottle
 from gateway.settings import Settings
 from publisher.bus import Bus
-from publisher.connection import connect_async, redact_url
-from publisher.keys import Keys
+from publisher.connection import connect_async, connect_node_async, redact_url
 from publisher.tasks import cancel_and_wait
 
+from .handoff import Handoff
 from .history_watch import HistoryWatch
 from .limits import KeyLeases
 from .reauthorize import Reauthorizer
@@ -144,7 +145,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
     """The replica's resources and background tasks while the block runs; on exit, the
     streams are drained, the tasks stopped and everything closed."""
     async with contextlib.AsyncExitStack() as owned:
-        keys = Keys(settings.redis.prefix)
+        keys = settings.redis.keys()
         bus = Bus(keys)
         # A pooled connection found dead on first use (Redis restarted since) is retried
         # once on a fresh one: without it the first request after every restart got 503.
@@ -163,13 +164,17 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
         # re-subscribing underneath) hid a Redis restart inside one read for seconds while
         # the replica still looked ready; the subscriber's session loop reconnects, with its
         # own backoff, and gap-fills what the dropped connection missed.
-        sub_redis = connect_async(
-            settings.redis.url,
-            **settings.redis.options,
-            health_check_interval=30,
-            retry=Retry(NoBackoff(), 0),
-        )
+        sub_options: dict[str, Any] = {"health_check_interval": 30, "retry": Retry(NoBackoff(), 0)}
+        sub_redis = connect_async(settings.redis.url, **settings.redis.options, **sub_options)
         owned.push_async_callback(sub_redis.aclose)
+        # on a cluster the subscription runs on the node that serves the bus' slot
+        connect_node = (
+            functools.partial(
+                connect_node_async, settings.redis.url, **settings.redis.options, **sub_options
+            )
+            if keys.cluster
+            else None
+        )
         hub = Hub(settings.fanout)
         store = IdentityStore(
             redis, keys, cache_ttl=settings.identity.identity_cache_ttl, watch_presence=True
@@ -199,8 +204,18 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             )
             owned.push_async_callback(console_redis.aclose)
             methods.append(BackendAISessions(console_redis, store))
+        handoff = (
+            Handoff(redis, keys, settings.server.handoff_ttl)
+            if settings.server.handoff_ttl > 0
+            else None
+        )
         methods.append(
-            SignedRequests(store, max_skew=timedelta(seconds=settings.identity.max_clock_skew))
+            SignedRequests(
+                store,
+                max_skew=timedelta(seconds=settings.identity.max_clock_skew),
+                # an SDK's reconnect after a drain re-sends its first, long-signed request
+                claim=handoff.claim if handoff is not None else None,
+            )
         )
         # Open streams follow identity: change messages at once, every stream after each
         # (re)subscription, and every max(1, identity_cache_ttl) s as the backstop.
@@ -233,6 +248,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
                 probe_interval=settings.fanout.probe_interval,
                 listeners={changes_channel(keys): reauth.on_message},
                 on_subscribed=reauth.on_subscribed,
+                connect_node=connect_node,
             ),
             reauth=reauth,
             # max_streams_per_key counts across the fleet (gateway.replica.limits)
@@ -245,6 +261,8 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
                 lease=settings.limits.stream_lease,
             ),
         )
+        state.handoff = handoff
+        owned.push_async_callback(state.subscriber.aclose)  # after its task is stopped
         state.history_watch = HistoryWatch(
             redis,
             bus,

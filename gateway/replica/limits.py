@@ -37,11 +37,12 @@ from collections import Counter
 from typing import Any, Final
 
 import redis.asyncio as aredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.fanout.hub import Hub
 from gateway.fanout.stats import ThrottledLog
 from gateway.settings import Settings
+from publisher.connection import is_cluster
 from publisher.keys import Keys
 
 __all__ = ["KeyLeases", "Slot", "fd_stream_limit"]
@@ -187,6 +188,9 @@ class KeyLeases:
         self._period = lease / 3
         self._admit = redis.register_script(_ADMIT)
         self._renew = redis.register_script(_RENEW)
+        #: load the renewal script before the next pipeline (on a cluster, whose pipeline
+        #: does not load the scripts it runs, redis-py 8.2)
+        self._load_first = is_cluster(redis)
         #: slots reserved whose streams the hub does not count (yet), by key
         self._reserved: Counter[str] = Counter()
         #: the order of this replica's counts: Redis keeps the newest. From the clock, so
@@ -251,6 +255,8 @@ class KeyLeases:
         # Before the await: keys admitted meanwhile add themselves to the new set.
         self._written = set(counts)
         try:
+            if self._load_first:  # a cluster's pipeline does not load its scripts itself
+                await self._redis.script_load(self._renew.script)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, count in (*counts.items(), *((key, 0) for key in gone)):
                     await self._renew(
@@ -259,6 +265,11 @@ class KeyLeases:
                         client=pipe,
                     )
                 await pipe.execute()
+            self._load_first = False
+        except NoScriptError:
+            self._load_first = True  # a failover to a master that never ran it: load it
+            self._written |= gone
+            raise
         except BaseException:
             self._written |= gone  # not removed: the next renewal tries again
             raise

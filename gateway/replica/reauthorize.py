@@ -3,7 +3,10 @@ open streams on every replica within a second (docs/design.md §4, "Rights follo
 
 Each stream remembers what opened it (:class:`Grant`, on ``Connection.grant``): the query and
 the credential its auth method made (:mod:`gateway.identity.methods`: the identity, and what
-that method re-checks: the secret's digest, the browser session and its expiry).
+that method re-checks: the secret's digest, the browser session and its expiry). Streams
+opened with equal credentials and queries (an SDK's or a dashboard's several streams, a
+fleet of watchers on one key) share one grant: what a re-check learns (an identity, a
+session's end) is learnt for all of them at once.
 :class:`Reauthorizer` re-checks grants
 
 * when a change message comes (:mod:`gateway.identity.changes`: every identity and session
@@ -40,9 +43,10 @@ import heapq
 import itertools
 import logging
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from redis.exceptions import RedisError
 
@@ -64,12 +68,19 @@ log = logging.getLogger(__name__)
 _RETRY = 0.5
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class Grant:
     """What the edge proved when a stream opened: the credential and the query."""
 
     credential: Credential
     query: StreamQuery
+
+    def key(self) -> tuple[object, ...]:
+        """What makes two grants one: the credential's kind, each of its fields as they are
+        now, and the query."""
+        credential = self.credential
+        values = (getattr(credential, f.name) for f in fields(credential))
+        return (type(credential), *values, self.query)
 
     def touched_by(self, change: Change) -> bool:
         """Whether ``change`` can alter this stream's rights."""
@@ -108,6 +119,11 @@ class Reauthorizer:
         self._wake = asyncio.Event()
         self._expiries: list[tuple[float, int, Connection]] = []
         self._order = itertools.count()
+        #: the grant of every distinct credential and query with an open stream (streams
+        #: share it: a grant per stream was ~450 bytes with its credential, identity and query)
+        self._grants: weakref.WeakValueDictionary[tuple[object, ...], Grant] = (
+            weakref.WeakValueDictionary()
+        )
         #: streams ended, by reason (``kev_reauth_closes_total``)
         self.closes: Counter[str] = Counter()
         #: change messages received (``kev_identity_changes_total``)
@@ -128,7 +144,8 @@ class Reauthorizer:
         """Remember what opened ``connection`` (before it is registered with the hub).
         ``TypeError`` (the stream is refused) for a credential no method re-checks."""
         self._method_for(type(credential))
-        connection.grant = Grant(credential, query)
+        connection.grant = grant = self._shared(Grant(credential, query))
+        credential = grant.credential
         expires_at = credential.expires_at
         if expires_at is not None:
             first = self._expiries[0][0] if self._expiries else None
@@ -139,6 +156,20 @@ class Reauthorizer:
             heapq.heappush(self._expiries, (expires_at, next(self._order), connection))
             if first is None or expires_at < first:
                 self._wake.set()
+
+    def _shared(self, grant: Grant) -> Grant:
+        """The grant the open streams hold that equals ``grant`` (credential and query alike,
+        as they are now: one whose credential a re-check has moved on is not it), else
+        ``grant``, now theirs to share."""
+        key = grant.key()
+        try:
+            shared = self._grants.get(key)
+        except TypeError:  # a credential with a field that cannot be hashed: its own grant
+            return grant
+        if shared is not None and shared.key() == key:
+            return shared
+        self._grants[key] = grant
+        return grant
 
     def on_message(self, data: bytes) -> None:
         """A message on the changes channel (the subscriber's read loop)."""

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aredis
+from redis.exceptions import RedisError
 
+from gateway.fanout.frames import format_stream_id
 from gateway.fanout.hub import Hub
 from gateway.fanout.subscriber import Subscriber
 from gateway.identity.methods import AuthMethod
@@ -23,6 +25,7 @@ from gateway.settings import Settings
 from publisher.bus import Bus
 from publisher.keys import Keys
 
+from .handoff import Handoff, Ticket
 from .history_watch import HistoryWatch
 from .limits import KeyLeases, fd_stream_limit
 from .reauthorize import Reauthorizer
@@ -72,6 +75,8 @@ class GatewayState:
     tasks_down: set[str] = field(default_factory=set)
     #: the history's health (ahead of the clock, started anew), or None (tests)
     history_watch: HistoryWatch | None = None
+    #: where drained SDK streams stood, for their reconnects (None: they get server_close)
+    handoff: Handoff | None = None
     #: monotonic time since which the replica has been unable to deliver, or None
     _unready_since: float | None = None
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -121,20 +126,63 @@ class GatewayState:
         if not self.accepting:
             return
         self.accepting = False
-        log.info("shutting down: closing %d streams with server_close", len(self.hub))
+        stands = self._stands()
+        log.info(
+            "shutting down: closing %d streams, %d handed off (ended without server_close; "
+            "their SDKs reconnect and resume where they stood)",
+            len(self.hub),
+            len(stands),
+        )
         if self.leases is not None:
             # Its clients are about to reconnect elsewhere: they must not count twice there.
-            with contextlib.suppress(RuntimeError):  # no running loop: nothing to withdraw
-                task = asyncio.get_running_loop().create_task(self.leases.withdraw())
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            self._in_background(self.leases.withdraw())
+        if stands and self.handoff is not None:
+            # Written long before the SDKs come back (their retry delay is 5 s); the drain
+            # waits for it.
+            self._in_background(self._hand_off(self.handoff, stands))
         self.hub.close_all("shutdown")
+
+    def _stands(self) -> list[tuple[str, str, str]]:
+        """``(access key, request digest, stream id)`` of every stream handed off at this
+        drain: the watermark, or where a stream still replaying began
+        (gateway.replica.handoff)."""
+        watermark = self.hub.last_id
+        if watermark is None:
+            return []
+        at = format_stream_id(watermark)
+        stands = []
+        for client in self.hub.connections():
+            ticket = client.handoff
+            if isinstance(ticket, Ticket):
+                began = ticket.replay_from if client.replaying else None
+                stands.append((client.access_key, ticket.request, began or at))
+        return stands
+
+    async def _hand_off(self, handoff: Handoff, stands: list[tuple[str, str, str]]) -> None:
+        try:
+            count = await handoff.record(stands)
+        except RedisError as exc:
+            log.warning("could not record where %d streams stood: %s", len(stands), exc)
+        else:
+            log.info("recorded where %d streams stood, for their reconnects", count)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(work)
+        except RuntimeError:  # no running loop: nothing to do it on
+            work.close()
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def drain(self) -> bool:
         """:meth:`begin_shutdown`, then wait up to ``drain_deadline`` for every stream to
         end; True when none is left. The one drain of both the lifespan's exit and SIGTERM."""
         self.begin_shutdown()
-        if await self.hub.drained(self.settings.server.drain_deadline):
+        drained = await self.hub.drained(self.settings.server.drain_deadline)
+        if self._background:  # the handoff records and lease withdrawal, a round trip each
+            await asyncio.wait(set(self._background), timeout=2.0)
+        if drained:
             return True
         log.warning("drain deadline passed with %d streams left", len(self.hub))
         return False

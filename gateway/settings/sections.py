@@ -103,6 +103,15 @@ class ServerSettings(Section, frozen=True):
             le=3600,
         ),
     ] = 10.0
+    handoff_ttl: Annotated[
+        Seconds,
+        _meta(
+            "seconds a drained replica keeps where each SDK stream (signed, no Last-Event-ID) "
+            "stood, for its reconnect to resume from (0: no handoff; they get server_close)",
+            ge=0,
+            le=3600,
+        ),
+    ] = 60.0
     liveness_timeout: Annotated[
         Seconds,
         _meta(
@@ -115,11 +124,13 @@ class ServerSettings(Section, frozen=True):
     api_version: Annotated[
         str,
         _meta(
-            "the API version GET / reports (Backend.AI SDKs pick their paths by it)",
-            pattern=r"^v[0-9]+\.[0-9]{8}$",
-            extra={"expected": "v<major>.<YYYYMMDD>, e.g. v4.20190615"},
+            "the API version GET / reports (Backend.AI SDKs pick their paths by it): auto, "
+            "each SDK generation its own (from its User-Agent; others the newest), or one "
+            "version for all",
+            pattern=r"^(auto|v[0-9]+\.[0-9]{8})$",
+            extra={"expected": "auto, or v<major>.<YYYYMMDD>, e.g. v4.20190615"},
         ),
-    ] = "v4.20190615"
+    ] = "auto"
     log_level: Annotated[
         LogLevel, _meta("the lowest level logged: debug, info, warning or error")
     ] = "info"
@@ -141,7 +152,8 @@ class RedisSettings(Section, frozen=True):
         str,
         _meta(
             "the Redis URL (redis://, rediss://, unix://, redis+sentinel://, "
-            "rediss+sentinel://); a secret when it holds a password: GATEWAY_REDIS_URL_FILE. "
+            "rediss+sentinel://, redis+cluster://, rediss+cluster://); a secret when it "
+            "holds a password: GATEWAY_REDIS_URL_FILE. "
             "Unset, the publisher's KEV_REDIS_URL is read, so one variable serves both CLIs",
             extra={"secret": True, "shared_env": "KEV_REDIS_URL"},
         ),
@@ -196,6 +208,11 @@ class RedisSettings(Section, frozen=True):
         ),
     ] = "kev"
 
+    def keys(self) -> Keys:
+        """The key names of :attr:`prefix` on the Redis :attr:`url` names (hash-tagged on a
+        cluster: :meth:`publisher.keys.Keys.for_url`)."""
+        return Keys.for_url(self.url, self.prefix)
+
     def tls(self) -> TLSOptions | None:
         """The TLS options of these settings (the URL's own parameters win over them)."""
         if not (self.tls_ca_file or self.tls_cert_file or self.tls_key_file
@@ -228,7 +245,7 @@ class RedisSettings(Section, frozen=True):
         except RedisURLError as exc:
             raise SettingsError(f"{ENV_PREFIX}REDIS_TLS_* (--redis-tls-*): {exc}") from exc
         try:
-            Keys(self.prefix)
+            self.keys()  # on a cluster, the prefix must make a hash tag
         except ValueError as exc:
             raise SettingsError(f"{ENV_PREFIX}PREFIX (--prefix): {exc}") from exc
 
@@ -315,7 +332,8 @@ class FanoutSettings(Section, frozen=True):
     max_id_skew_ms: Annotated[
         int,
         _meta(
-            "milliseconds a live event id may be ahead of Redis' clock and still be trusted",
+            "milliseconds the history's last id may be ahead of Redis' clock before /ready "
+            "fails (an id written in the future)",
             ge=0,
             le=3_600_000,
         ),

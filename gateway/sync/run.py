@@ -31,7 +31,6 @@ from gateway.settings import SyncSettings
 from gateway.worker import serve_worker, worker_app
 from publisher.bus import Bus
 from publisher.connection import connect_async, redact_url
-from publisher.keys import Keys
 from publisher.tasks import cancel_and_wait
 
 from .errors import SourceUnavailable, SyncRefused
@@ -87,7 +86,7 @@ class Syncer:
             socket_connect_timeout=5.0,
             retry=Retry(NoBackoff(), 0),
         )
-        keys = Keys(settings.redis.prefix)
+        keys = settings.redis.keys()
         self.store = IdentityStore(self.redis, keys, cache_ttl=0)
         self.lease = Lease(
             self.redis, Bus(keys), keys.sync_lease, self.holder, settings.sync.lease_ttl,
@@ -137,7 +136,7 @@ class Syncer:
             if self._pool is None:
                 self._pool = await _pool(self.settings.sync.from_db)
             report = await sync_once(
-                self._pool, self.store, self.redis, self.settings.redis.prefix,
+                self._pool, self.store, self.redis, self.store.keys.prefix,
                 max_removal_share=self.settings.sync.max_removal_share, force=self.force,
             )  # fmt: skip
         except (SourceUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

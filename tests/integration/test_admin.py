@@ -1,5 +1,6 @@
 """``gateway`` identity management (user, keypair, group, import) against a real
-redis-server, through the command's own argument parser."""
+redis-server and a real Redis Cluster (every test that uses Redis on both), through the
+command's own argument parser."""
 
 from __future__ import annotations
 
@@ -51,14 +52,21 @@ class Cli:
 
 
 @pytest.fixture
+def redis_url(topology_url: str) -> str:
+    """Every test here that uses Redis runs on a single redis-server and on a Redis Cluster."""
+    return topology_url
+
+
+@pytest.fixture
 def cli(redis_url: str, capsys: pytest.CaptureFixture[str]) -> Cli:
     return Cli(redis_url, capsys)
 
 
 @pytest.fixture
 def store(async_redis: aredis.Redis) -> IdentityStore:
-    """The shared store's settings, under the CLI's ``PREFIX``."""
-    return IdentityStore(async_redis, Keys(PREFIX), cache_ttl=0)
+    """The shared store's settings, under the CLI's ``PREFIX`` (hash-tagged on a cluster, as
+    the CLI names it there)."""
+    return IdentityStore(async_redis, Keys.on(async_redis, PREFIX), cache_ttl=0)
 
 
 def json_lines(out: str) -> list[dict[str, Any]]:

@@ -1,9 +1,11 @@
-"""Authentication against the identity store on a real redis-server: the vector of
-docs/design.md §4, each way a request can fail with its status, slug and title (the parsers alone:
+"""Authentication against the identity store on a real redis-server and on a real Redis
+Cluster (every test that uses Redis on both): the vector of docs/design.md §4, each way a
+request can fail with its status, slug and title (the parsers alone:
 tests/unit/test_signing.py)."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,10 +13,13 @@ import redis.asyncio as aredis
 
 from gateway.errors import GatewayError
 from gateway.http.errors import STATUS
+from gateway.identity import authenticate
 from gateway.identity.authenticate import authenticate_signature
 from gateway.identity.models import Identity, Keypair, User
 from gateway.identity.signing import MAX_AUTH_HEADER, signed_headers
-from gateway.identity.store import IdentityStore
+from gateway.identity.store import PRESENCE_EVERY, IdentityStore
+from publisher.connection import is_cluster
+from publisher.keys import Keys
 from tests.support.vector import (
     ACCESS_KEY,
     DATE,
@@ -25,6 +30,12 @@ from tests.support.vector import (
     signed,
     vector_headers,
 )
+
+
+@pytest.fixture
+def redis_url(topology_url: str) -> str:
+    """Every test here that uses Redis runs on a single redis-server and on a Redis Cluster."""
+    return topology_url
 
 
 @pytest.fixture
@@ -77,15 +88,20 @@ def _signed_other(date: str) -> str:
     return signed(date, access_key="AKIAINACTIVE")
 
 
+OLD, NEW = "2019-10-07T12:24:59+00:00", "Mon, 07 Oct 2019 12:55:01 GMT"
 FAILURES: list[tuple[str, dict[str, str | None], str, int, str, str]] = [
     # (case, header changes, method, status, slug, title)
     ("wrong signature", {"authorization": signed(DATE, secret="x" * 40)}, "GET", 401,
      "auth-failed", "Signature mismatch"),
     ("other target", {}, "POST", 401, "auth-failed", "Signature mismatch"),
-    ("date too old", {"date": "2019-10-07T12:24:59+00:00"}, "GET", 400,
+    # signed at that date (the date is checked after the signature: a stale request's one
+    # allowance is spent only by a good signature)
+    ("date too old", {"date": OLD, "authorization": signed(OLD)}, "GET", 400,
      "invalid-auth-params", "Too large clock skew"),
-    ("date too new", {"date": "Mon, 07 Oct 2019 12:55:01 GMT"}, "GET", 400,
+    ("date too new", {"date": NEW, "authorization": signed(NEW)}, "GET", 400,
      "invalid-auth-params", "Too large clock skew"),
+    ("date too old, signed at another", {"date": OLD}, "GET", 401,
+     "auth-failed", "Signature mismatch"),
     ("missing version", {"x-backendai-version": None}, "GET", 400,
      "invalid-auth-params", "Missing X-BackendAI-Version header"),
     ("unknown version", {"x-backendai-version": "v3.20170615"}, "GET", 400,
@@ -134,9 +150,10 @@ async def test_each_failure_has_its_status_slug_and_title(
 
 def test_failure_titles_are_distinct_per_cause() -> None:
     titles = {case[0]: case[5] for case in FAILURES}
-    # the same as another on purpose: a wrong target is a wrong signature; an unknown key is
-    # answered as one (which keys exist is not told)
-    causes = [c for c in titles if c not in ("other target", "date too new", "unknown key")]
+    # the same as another on purpose: a wrong target or a date other than the one signed is
+    # a wrong signature; an unknown key is answered as one (which keys exist is not told)
+    alike = ("other target", "date too new", "date too old, signed at another", "unknown key")
+    causes = [c for c in titles if c not in alike]
     assert len({titles[c] for c in causes}) == len(causes)
 
 
@@ -179,3 +196,60 @@ async def test_signed_headers_authenticate(store: IdentityStore) -> None:
     assert headers["date"] == "Sun, 15 Sep 2024 08:00:00 GMT"
     headers["host"] = HOST
     assert (await authenticate_signature("GET", TARGET, headers, store, now=now)).user_id == "alice"
+
+
+@pytest.mark.anyio
+async def test_an_unknown_key_costs_what_a_wrong_signature_costs(
+    async_redis: aredis.Redis, store: IdentityStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown access key and a wrong signature get the same answer (test_stream.py) after
+    the same work: one HMAC each and the same Redis commands, but for the store's presence
+    read (at most one per PRESENCE_EVERY second, whoever asks): so their times tell no one
+    which keys exist. Counted, not timed (Redis' commandstats, and the HMACs made)."""
+    if is_cluster(async_redis):
+        pytest.skip("commandstats are per node; the single server's count them all")
+    made: list[str] = []
+    real_signature = authenticate.signature
+
+    def counted(*args: object) -> str:
+        made.append("hmac")
+        return real_signature(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(authenticate, "signature", counted)
+    # the gateway's own store: uncached (every request looks up), watching presence
+    gateway_store = IdentityStore(
+        async_redis, Keys.on(async_redis), cache_ttl=0, watch_presence=True
+    )
+    await gateway_store.presence()
+
+    async def commands() -> dict[str, int]:
+        stats = await async_redis.info("commandstats")
+        return {name: int(value["calls"]) for name, value in stats.items()}
+
+    async def cost(access_key: str, secret: str, n: int) -> tuple[dict[str, int], int]:
+        made.clear()
+        before = await commands()
+        started = time.monotonic()
+        for _ in range(n):
+            sent = signed(DATE, access_key=access_key, secret=secret)
+            with pytest.raises(GatewayError, match="Signature mismatch"):
+                await authenticate.authenticate_keypair(
+                    "GET", TARGET, vector_headers(authorization=sent), gateway_store, now=NOW
+                )
+        seconds = time.monotonic() - started
+        after = await commands()
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        delta["cmdstat_info"] -= 1  # our own look
+        presence_reads = int(seconds / PRESENCE_EVERY) + 1
+        return {k: v for k, v in delta.items() if v}, presence_reads
+
+    n = 25
+    wrong, _ = await cost(ACCESS_KEY, "not-" + SECRET[4:], n)
+    unknown, presence_reads = await cost("AKIANOSUCHKEY0000000", SECRET, n)
+    assert len(made) == n, "one HMAC per unknown-key request, as per wrong signature"
+    assert wrong == {"cmdstat_hgetall": n}, wrong
+    # the unknown key: the same lookups, plus the throttled presence read (GET + EXISTS)
+    extra = {k: v - wrong.get(k, 0) for k, v in unknown.items() if v != wrong.get(k, 0)}
+    assert unknown["cmdstat_hgetall"] == n
+    assert set(extra) <= {"cmdstat_get", "cmdstat_exists"}, unknown
+    assert all(v <= presence_reads for v in extra.values()), (extra, presence_reads)

@@ -1,5 +1,6 @@
-"""The identity store on a real redis-server: records, lists, the per-replica cache with its
-TTL and bound, management errors, and the import file."""
+"""The identity store on a real redis-server and on a real Redis Cluster (every test on
+both): records, lists, the per-replica cache with its TTL and bound, management errors, and
+the import file."""
 
 from __future__ import annotations
 
@@ -20,11 +21,25 @@ from gateway.identity.models import (
 )
 from gateway.identity.passwords import verify_password
 from gateway.identity.store import IdentityStore
+from publisher.connection import connect_async
 from publisher.keys import Keys
 from tests.support.fakes import FakeClock
 from tests.support.vector import SECRET
 
-KEYS = Keys("idtest")
+#: not the default: the store must keep to the prefix it is given
+PREFIX = "idtest"
+
+
+@pytest.fixture
+def redis_url(topology_url: str) -> str:
+    """Every test here runs on a single redis-server and on a Redis Cluster."""
+    return topology_url
+
+
+@pytest.fixture
+def keys(async_redis: aredis.Redis) -> Keys:
+    """The names of ``PREFIX`` on the test's Redis (``{idtest}:...`` on a cluster)."""
+    return Keys.on(async_redis, PREFIX)
 
 
 @pytest.fixture
@@ -33,17 +48,17 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(async_redis: aredis.Redis, clock: FakeClock) -> IdentityStore:
+def store(async_redis: aredis.Redis, keys: Keys, clock: FakeClock) -> IdentityStore:
     """Unlike the shared one, cached (on a fake clock): every management call here is checked
     through the cache too."""
-    return IdentityStore(async_redis, KEYS, cache_ttl=5.0, clock=clock)
+    return IdentityStore(async_redis, keys, cache_ttl=5.0, clock=clock)
 
 
 @pytest.fixture
 async def other(redis_url: str) -> AsyncIterator[IdentityStore]:
     """Another replica's store (its own cache), on a client that decodes responses."""
-    client = aredis.Redis.from_url(redis_url, decode_responses=True)
-    yield IdentityStore(client, KEYS, cache_ttl=5.0)
+    client = connect_async(redis_url, decode_responses=True)
+    yield IdentityStore(client, Keys.on(client, PREFIX), cache_ttl=5.0)
     await client.aclose()
 
 
@@ -88,10 +103,10 @@ async def test_inactive_keypair_still_resolves(store: IdentityStore) -> None:
 
 @pytest.mark.anyio
 async def test_keypair_of_a_vanished_user_does_not_resolve(
-    store: IdentityStore, async_redis: aredis.Redis
+    store: IdentityStore, async_redis: aredis.Redis, keys: Keys
 ) -> None:
     await seed(store)
-    await async_redis.delete(KEYS.user("alice"))
+    await async_redis.delete(keys.user("alice"))
     store.clear_cache()
     assert await store.resolve("AKIAALICE") is None
 
@@ -139,24 +154,24 @@ async def test_own_management_calls_clear_the_cache(store: IdentityStore) -> Non
 
 @pytest.mark.anyio
 async def test_cache_is_bounded_oldest_out_first(
-    async_redis: aredis.Redis, clock: FakeClock
+    async_redis: aredis.Redis, keys: Keys, clock: FakeClock
 ) -> None:
-    store = IdentityStore(async_redis, KEYS, cache_size=2, clock=clock)
+    store = IdentityStore(async_redis, keys, cache_size=2, clock=clock)
     await seed(store)
     await store.add_user(User("bob", "user", "default"))
     for uid in ("alice", "dora", "bob"):
         await store.get_user(uid)
-    await async_redis.delete(KEYS.user("alice"), KEYS.user("bob"))
+    await async_redis.delete(keys.user("alice"), keys.user("bob"))
     assert await store.get_user("alice") is None  # evicted, so read again
     assert await store.get_user("bob") is not None  # still cached
 
 
 @pytest.mark.anyio
-async def test_zero_ttl_disables_the_cache(async_redis: aredis.Redis) -> None:
-    store = IdentityStore(async_redis, KEYS, cache_ttl=0)
+async def test_zero_ttl_disables_the_cache(async_redis: aredis.Redis, keys: Keys) -> None:
+    store = IdentityStore(async_redis, keys, cache_ttl=0)
     await seed(store)
     await store.get_user("alice")
-    await async_redis.delete(KEYS.user("alice"))
+    await async_redis.delete(keys.user("alice"))
     assert await store.get_user("alice") is None
 
 
@@ -196,14 +211,14 @@ async def test_lists_are_sorted_and_filtered(store: IdentityStore) -> None:
 
 @pytest.mark.anyio
 async def test_stale_index_entries_are_skipped(
-    store: IdentityStore, async_redis: aredis.Redis
+    store: IdentityStore, async_redis: aredis.Redis, keys: Keys
 ) -> None:
     await seed(store)
-    await async_redis.sadd(KEYS.keypairs, "AKIAGHOST")
-    await async_redis.hset(KEYS.keypair("AKIABROKEN"), "user_id", "alice")  # no secret
-    await async_redis.sadd(KEYS.keypairs, "AKIABROKEN")
-    await async_redis.hset(KEYS.user("weird"), mapping={"role": "king", "domain": "d"})
-    await async_redis.sadd(KEYS.users, "weird")
+    await async_redis.sadd(keys.keypairs, "AKIAGHOST")
+    await async_redis.hset(keys.keypair("AKIABROKEN"), "user_id", "alice")  # no secret
+    await async_redis.sadd(keys.keypairs, "AKIABROKEN")
+    await async_redis.hset(keys.user("weird"), mapping={"role": "king", "domain": "d"})
+    await async_redis.sadd(keys.users, "weird")
     assert [k.access_key for k in await store.list_keypairs()] == ["AKIAALICE"]
     assert [u.user_id for u in await store.list_users()] == ["alice", "dora"]
 

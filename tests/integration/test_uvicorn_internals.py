@@ -6,6 +6,7 @@ what to do."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -24,10 +25,12 @@ from packaging.version import Version
 from gateway.http import uvicorn_internals
 from gateway.http.uvicorn_internals import (
     TESTED,
+    LeanEvent,
     LimitedHttpToolsProtocol,
     UvicornStream,
     check_uvicorn,
     direct_path,
+    holds_lean_events,
 )
 from tests.support.fakes import RecordingSend
 from tests.support.redis_server import free_port
@@ -167,6 +170,84 @@ def test_the_limited_protocol_answers_a_head_too_large_and_a_slow_head() -> None
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
             answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 408 "), HOW.format(tested=_tested())
+
+
+class _Echo:
+    """An ASGI app: answers each request with its body, after recording which events uvicorn's
+    cycle and flow control were given."""
+
+    def __init__(self) -> None:
+        self.lean: list[bool] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.lean.append(holds_lean_events(send))
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def test_the_limited_protocol_holds_lean_events_and_still_serves_pipelined_requests() -> None:
+    """What each connection holds less of (uvicorn's events and its queue of pipelined
+    requests, replaced): requests with bodies, and three pipelined in one write, are all
+    answered in order. A uvicorn that moved those fields leaves its own in place: this
+    test says so, and nothing breaks."""
+    app = _Echo()
+    with _serving(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        requests = [
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\none",
+            b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nthree",
+        ]
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"".join(requests))
+            answer = b""
+            while answer.count(b"HTTP/1.1 200 ") < 3 or not answer.endswith(b"three"):
+                chunk = sock.recv(65536)
+                assert chunk, f"closed after {answer!r}"
+                answer += chunk
+        bodies = [part.rpartition(b"\r\n\r\n")[2] for part in answer.split(b"HTTP/1.1 ")[1:]]
+        assert bodies == [b"one", b"", b"three"]
+    assert app.lean == [True] * 3, (
+        f"uvicorn {uvicorn.__version__}: its cycle's message event or flow control's "
+        "writable event is no longer where the limited protocol replaces it: "
+        + HOW.format(tested=_tested())
+    )
+
+
+def test_a_lean_event_means_what_an_asyncio_event_means() -> None:
+    async def go() -> None:
+        event = LeanEvent()
+        assert not event.is_set()
+        first, second = (asyncio.ensure_future(_waited(event)) for _ in range(2))
+        cancelled = asyncio.ensure_future(_waited(event))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        assert not first.done() and not second.done()
+        event.set()
+        assert await first and await second and cancelled.cancelled()
+        assert event.is_set() and await event.wait()  # set: at once
+        event.clear()
+        assert not event.is_set()
+        late = asyncio.ensure_future(_waited(event))
+        await asyncio.sleep(0)
+        assert not late.done()
+        event.set()
+        assert await late
+        assert LeanEvent(True).is_set()
+
+    asyncio.run(go())
+
+
+async def _waited(event: LeanEvent) -> bool:
+    return await event.wait()
 
 
 def test_an_internal_missing_from_the_installed_uvicorn_is_a_start_up_error(

@@ -1,5 +1,6 @@
-"""Browser sessions and CORS end to end: real redis-server, real uvicorn, httpx (the
-settings check of an origin: tests/unit/test_settings.py)."""
+"""Browser sessions and CORS end to end: real redis-server (and every test again on a real
+Redis Cluster), real uvicorn, httpx (the settings check of an origin:
+tests/unit/test_settings.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import httpx
 import msgspec
 import pytest
 import redis
-import redis.asyncio as aredis
 
 from gateway.consumer import StreamError, decode_data, open_stream
 from gateway.identity.models import Keypair, User
@@ -21,6 +21,7 @@ from gateway.identity.passwords import hash_password
 from gateway.identity.sessions import SESSION_COOKIE
 from gateway.identity.store import IdentityStore
 from publisher import AsyncPublisher, Keys, SyncPublisher
+from publisher.connection import connect_async
 from tests.support.fleet import kernel_events
 from tests.support.gateway_server import RunningGateway
 from tests.support.http import STREAM_PATH as PATH
@@ -43,6 +44,13 @@ EVIL = "http://evil.example.test"
 
 
 StartGateway = Callable[..., RunningGateway]
+
+
+@pytest.fixture
+def redis_url(topology_url: str) -> str:
+    """Every test here runs on a single redis-server and on a Redis Cluster: the sessions,
+    their index and the login throttle are the gateway's writes on either."""
+    return topology_url
 
 
 @pytest.fixture
@@ -125,7 +133,7 @@ def test_login_with_a_keypair_sets_an_httponly_session_cookie(
         "samesite": "Lax",
     }
     # Redis holds the session under the token's hash, never the token, with the session TTL.
-    key = Keys().browser_session(hashlib.sha256(token.encode()).hexdigest())
+    key = Keys.on(sync_redis).browser_session(hashlib.sha256(token.encode()).hexdigest())
     assert 0 < sync_redis.pttl(key) <= gateway.settings.browser.session_ttl * 1000
     assert not any(token.encode() in k for k in sync_redis.keys("*"))
     assert _me(gateway, token).json()["access_key"] == ALICE.access_key
@@ -369,9 +377,9 @@ def test_a_deactivated_keypair_ends_its_sessions_within_the_cache_ttl(
     assert _stream_status(gw, token) == 200  # the keypair is now in the replica's cache
 
     async def deactivate() -> None:
-        client = aredis.Redis.from_url(cast)
+        client = connect_async(cast)
         try:
-            await IdentityStore(client, Keys()).set_keypair_active(ALICE.access_key, False)
+            await IdentityStore(client, Keys.on(client)).set_keypair_active(ALICE.access_key, False)
         finally:
             await client.aclose()
 
@@ -386,9 +394,9 @@ def _store_call(redis_url: str, call: Callable[[IdentityStore], Awaitable[None]]
     """Run ``call(store)`` (a coroutine) against the identity store, as an operator would."""
 
     async def run() -> None:
-        client = aredis.Redis.from_url(redis_url)
+        client = connect_async(redis_url)
         try:
-            await call(IdentityStore(client, Keys()))
+            await call(IdentityStore(client, Keys.on(client)))
         finally:
             await client.aclose()
 
@@ -397,8 +405,9 @@ def _store_call(redis_url: str, call: Callable[[IdentityStore], Awaitable[None]]
 
 def _session_stored(sync_redis: redis.Redis, token: str) -> bool:
     name = hashlib.sha256(token.encode()).hexdigest()
-    in_index = sync_redis.zscore(Keys().browser_sessions_of(ALICE.access_key), name) is not None
-    return bool(sync_redis.exists(Keys().browser_session(name))) or in_index
+    keys = Keys.on(sync_redis)
+    in_index = sync_redis.zscore(keys.browser_sessions_of(ALICE.access_key), name) is not None
+    return bool(sync_redis.exists(keys.browser_session(name))) or in_index
 
 
 NEW_SECRET = "rotated-secret-" + "r" * 30
@@ -456,7 +465,7 @@ def test_a_session_stored_before_sessions_were_bound_is_refused(
     """A session without a credential digest (written by an older gateway) may have been
     opened with a secret rotated since: it is refused, and the browser logs in again."""
     token = _token(_login(gateway, _keypair(ALICE)))
-    key = Keys().browser_session(hashlib.sha256(token.encode()).hexdigest())
+    key = Keys.on(sync_redis).browser_session(hashlib.sha256(token.encode()).hexdigest())
     raw = sync_redis.get(key)
     assert isinstance(raw, bytes)
     stored = msgspec.msgpack.decode(raw)

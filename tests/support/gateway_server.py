@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -90,12 +91,19 @@ def run_gateway(settings: Settings, timeout: float = 15.0) -> Iterator[RunningGa
 
 
 @contextlib.contextmanager
-def spawn_gateway(settings: Settings, timeout: float = 20.0) -> Iterator[RunningGateway]:
-    """``gateway serve`` as its own process (one process = one Redis subscription)."""
+def spawn_gateway(
+    settings: Settings, timeout: float = 20.0, *, log: Path | None = None
+) -> Iterator[RunningGateway]:
+    """``gateway serve`` as its own process (one process = one Redis subscription); with
+    ``log``, its output goes to that file (else to the test's)."""
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     env["GATEWAY_LOG_LEVEL"] = "warning"
     args = [sys.executable, "-m", "gateway.cli", "serve"]
-    proc = subprocess.Popen(args, env=env)
+    if log is None:
+        proc = subprocess.Popen(args, env=env)
+    else:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
     running = RunningGateway(settings, proc=proc)
     try:
         _wait_ready(running.base_url, timeout, alive=proc)

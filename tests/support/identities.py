@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aredis
-
 from gateway.identity.store import IdentityStore
+from publisher.connection import connect_async
 from publisher.keys import Keys
 from publisher.schema import SessionRef
 
@@ -70,9 +69,9 @@ async def seed(redis_url: str, prefix: str = "kev", *, password: bool = False) -
     if password:
         alice = next(u for u in doc["users"] if u["user_id"] == "alice")
         alice["password"] = ALICE_PASSWORD
-    client = aredis.Redis.from_url(redis_url)
+    client = connect_async(redis_url)  # any topology: a cluster's names are hash-tagged
     try:
-        await IdentityStore(client, Keys(prefix)).import_data(doc)
+        await IdentityStore(client, Keys.for_url(redis_url, prefix)).import_data(doc)
     finally:
         await client.aclose()
 

@@ -17,14 +17,18 @@ from tests.support.gateway_server import RunningGateway, gateway_settings, spawn
 from tests.support.http import STREAM_PATH
 from tests.support.identities import ROOT
 
+#: clients that resume by themselves (``resumable=1``): a drain tells them ``server_close``
+#: with a reconnect hint (an SDK's stream is handed off instead: tests/system/test_handoff.py)
+_PATH = STREAM_PATH + ("&" if "?" in STREAM_PATH else "?") + "resumable=1"
+
 
 def _headers(gw: RunningGateway) -> dict[str, str]:
-    return signed_headers("GET", STREAM_PATH, gw.host, ROOT.access_key, ROOT.secret_key)
+    return signed_headers("GET", _PATH, gw.host, ROOT.access_key, ROOT.secret_key)
 
 
 @contextlib.asynccontextmanager
 async def _stream(http: httpx.AsyncClient, gw: RunningGateway) -> AsyncIterator[httpx.Response]:
-    async with http.stream("GET", gw.base_url + STREAM_PATH, headers=_headers(gw)) as response:
+    async with http.stream("GET", gw.base_url + _PATH, headers=_headers(gw)) as response:
         yield response
 
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import httpx
@@ -17,14 +20,27 @@ from publisher.keys import Keys
 from tests.support.gateway_server import RunningGateway, gateway_settings, spawn_gateway
 from tests.support.http import STREAM_PATH
 from tests.support.identities import ROOT
+from tests.support.proxies import needs_nginx, run_nginx
 
 LIMIT = 100
 REQUESTS = 300
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where requests go: a replica, or a load balancer in front of the replicas."""
+
+    base_url: str
+    host: str
+
+    @classmethod
+    def of(cls, gw: RunningGateway) -> Target:
+        return cls(gw.base_url, gw.host)
+
+
 async def _request(
     http: httpx.AsyncClient,
-    gw: RunningGateway,
+    gw: Target,
     start: asyncio.Event,
     hold: asyncio.Event,
     answers: list[tuple[int, str | None]],
@@ -39,8 +55,9 @@ async def _request(
             await hold.wait()
 
 
-async def _burst(replicas: list[RunningGateway], n: int) -> list[tuple[int, str | None]]:
-    """``n`` simultaneous requests for one key, alternating over ``replicas``; the
+async def _burst(replicas: Sequence[Target], n: int) -> list[tuple[int, str | None]]:
+    """``n`` simultaneous requests for one key, alternating over ``replicas`` (or all to
+    one load balancer in front of them); the
     admitted streams are held open until every request has its answer."""
     start, hold = asyncio.Event(), asyncio.Event()
     answers: list[tuple[int, str | None]] = []
@@ -60,6 +77,15 @@ async def _burst(replicas: list[RunningGateway], n: int) -> list[tuple[int, str 
     return answers
 
 
+def _at_most_the_limit(answers: list[tuple[int, str | None]], how: str) -> None:
+    """Some streams, at most the limit; every other request 429 with ``Retry-After``."""
+    statuses = Counter(status for status, _ in answers)
+    print(f"{REQUESTS} simultaneous requests{how}, limit {LIMIT}: {dict(statuses)}")
+    assert set(statuses) <= {200, 429}, statuses
+    assert 0 < statuses[200] <= LIMIT, statuses
+    assert all(retry for status, retry in answers if status == 429)
+
+
 def _counted(sync: redis.Redis) -> int:
     """The key's streams as the fleet counts them in Redis (every replica's live count)."""
     holders = sync.hgetall(Keys().key_streams(ROOT.access_key))
@@ -77,16 +103,11 @@ def test_simultaneous_requests_for_one_key_get_at_most_the_limit(cast: str) -> N
         spawn_gateway(gateway_settings(cast, **options)) as b,
         redis.Redis.from_url(cast) as sync,
     ):
-        answers = anyio.run(_burst, [a, b], REQUESTS)
-        statuses = Counter(status for status, _ in answers)
-        print(f"{REQUESTS} simultaneous requests, limit {LIMIT}: {dict(statuses)}")
-        assert set(statuses) <= {200, 429}, statuses
-        assert 0 < statuses[200] <= LIMIT, statuses
-        assert all(retry for status, retry in answers if status == 429)
+        _at_most_the_limit(anyio.run(_burst, [Target.of(a), Target.of(b)], REQUESTS), "")
 
         # every stream ended: the fleet's count drains to zero (renewed every lease / 3)
         anyio.run(_until_counted, sync, 0)
-        again = anyio.run(_burst, [a, b], LIMIT + 1)
+        again = anyio.run(_burst, [Target.of(a), Target.of(b)], LIMIT + 1)
         statuses = Counter(status for status, _ in again)
         print(f"after they ended, {LIMIT + 1} more: {dict(statuses)}")
         assert statuses == {200: LIMIT, 429: 1}, statuses
@@ -96,3 +117,25 @@ async def _until_counted(sync: redis.Redis, n: int) -> None:
     with anyio.fail_after(10):
         while _counted(sync) != n:
             await anyio.sleep(0.1)
+
+
+@needs_nginx
+def test_simultaneous_requests_through_the_shipped_nginx_get_at_most_the_limit(
+    cast: str, tmp_path: Path
+) -> None:
+    """The same burst as a client fleet sends it: all to the shipped nginx, which spreads it
+    over the two replicas (keep-alive off, as many connections as requests)."""
+    options = {"max_streams_per_key": LIMIT, "stream_lease": 1.5}
+    with (
+        spawn_gateway(gateway_settings(cast, **options)) as a,
+        spawn_gateway(gateway_settings(cast, **options)) as b,
+        redis.Redis.from_url(cast) as sync,
+    ):
+
+        async def through_nginx() -> list[tuple[int, str | None]]:
+            async with run_nginx(tmp_path, [a.host, b.host]) as proxy:
+                lb = f"127.0.0.1:{proxy.port}"
+                return await _burst([Target(f"http://{lb}", lb)], REQUESTS)
+
+        _at_most_the_limit(anyio.run(through_nginx), " through nginx")
+        anyio.run(_until_counted, sync, 0)

@@ -18,19 +18,41 @@ stream opened without a resume point may begin with a tail of what was published
 before (the replica may be behind), and after Redis lost an empty history the replica may
 say ``reset`` (nothing proves nothing was lost).
 
-Rules (steps): publish 1..N events through either publisher; hostile messages straight on
-the channel (no id, garbage under a plausible id, a future id with garbage or a valid
-payload, ids past 64 bits); kill the gateway's pub/sub connection; restart Redis with an
-append-only file (it keeps everything) or without one (it comes back empty); open a stream
-(superadmin or a user; live, or resuming from an id some stream received, the last id, an id
-ahead, a made-up id between two, ``0-0``; in the header or the query; read fast or slowly),
-or try a malformed id (400 ``invalid-api-params``, nothing else); close or stall a stream; a
-fence. Every example starts with a stream open, on a fresh gateway (so what it finds depends
-on the history alone, and a failure replays); the redis-server and the history live through
-the whole run. Besides the streams, each fence checks that ``/ready`` is 200 again, that the
-gateway's watermark is exactly the last event (nothing else moves it), and that it serves
-exactly the streams the model has open. ``pytest -s`` prints what the run covered and where
-its time went.
+Rules (steps): publish 1..N events through either publisher; hostile messages straight on the
+channel (a valid event under a plausible id a little ahead, or under the largest sequence of
+such a millisecond, no id, garbage under a plausible id, a future id with garbage or a valid
+payload, ids past 64 bits: none of it is in history, so none of it may reach a client or move
+the watermark); a hostile history entry (an explicit id a little ahead of Redis' clock: in
+history, so delivered, and hiding nothing after it); a hostile trim of the whole history (what
+no stream read yet is gone: told ``trimmed``); kill the gateway's pub/sub connection; restart
+Redis with an append-only file (it keeps everything) or without one (it comes back empty); open
+a stream (superadmin or a user; live, or resuming from an id some stream received, the last id,
+an id ahead, a made-up id between two, ``0-0``; in the header or the query; read fast or
+slowly), or try a malformed id (400 ``invalid-api-params``, nothing else); close or stall a
+stream; a fence. Every example starts with a stream open, on a fresh gateway (so what it finds
+depends on the history alone, and a failure replays); the redis-server and the history live
+through the whole run. Besides the streams, each fence checks that ``/ready`` is 200 again,
+that the gateway's watermark is exactly the last event (nothing else moves it), and that it
+serves exactly the streams the model has open. ``pytest -s`` prints what the run covered and
+where its time went.
+
+The same machine runs in two profiles, which differ in where Redis is and in the faults it
+meets (:class:`OnOneRedis`, :class:`OnACluster`). On one redis-server: the restarts above. On a
+Redis Cluster (:class:`devtools.rediscluster.LocalRedisCluster`, 3 masters and 3 replicas,
+no persistence; README, "Redis Cluster"), with fewer examples: the publishers and the gateway
+use the cluster's seed URL, the hostile operations go to the master that serves the bus slot
+(the slot of ``{kev}:events``) under the hash-tagged names, a hostile live message is sent with
+SPUBLISH (the gateway subscribes with SSUBSCRIBE), and the restarts give way to the topology
+faults a cluster meets: a manual ``CLUSTER FAILOVER`` of the bus slot and a reshard of it to
+another master (nothing lost: the model's history is unchanged), and its master killed and its
+replica promoted, after events the replica may not have had (replication is asynchronous; with
+``cut``, the replica is paused and its link cut first, so they are surely lost). The model then
+reads back what the new master holds: the lost events are what a stream may have got, and the
+gateway may say ``unknown`` (it had dispatched past the new end of history); when it had
+dispatched them all and nothing came after, it must. Each cluster fault ends with the gateway
+subscribed on the slot's new master, so a stream opened later gets no notice meant for others.
+The cluster's history starts with one event, replicated, so every gateway finds an epoch: no
+``reset`` is told there, and none may be.
 
 The gateway bugs the model found have their own regression tests at the end of the module
 (all four fixed).
@@ -45,6 +67,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import string
 import time
 from collections import Counter, defaultdict
@@ -69,6 +92,7 @@ from hypothesis.stateful import (
 )
 
 from devtools.localredis import PrivateRedis
+from devtools.rediscluster import LocalRedisCluster, key_slot
 from gateway.consumer import SSEEvent, StreamError, open_stream
 from publisher import AsyncPublisher, SyncPublisher
 from publisher.keys import Keys
@@ -77,7 +101,6 @@ from tests.support.gateway_server import RunningGateway, gateway_settings, run_g
 from tests.support.identities import ALICE, BOB, ROOT, Person, seed, session_of
 from tests.support.tcp_proxy import tcp_proxy
 
-KEYS: Final = Keys()
 #: history holds the newest MAXLEN entries (exact trimming): old resume points get trimmed
 MAXLEN: Final = 16
 PROBE: Final = 0.3
@@ -85,8 +108,19 @@ MAX_CLIENTS: Final = 5
 #: faults (pub/sub kill, Redis restart) per example
 MAX_FAULTS: Final = 3
 FENCE_TIMEOUT: Final = 8.0
+#: the wait for the replica to come back after a Redis restart: its reconnect backoff alone may
+#: be 5 s (Subscriber's backoff_max) after Redis answers again, then a session's round trips,
+#: on a machine that runs four test workers on two cores (8 s failed there once)
+RECOVERY_TIMEOUT: Final = 15.0
 EXAMPLES: Final = int(os.environ.get("KEV_MODEL_EXAMPLES", "300"))
 STEPS: Final = int(os.environ.get("KEV_MODEL_STEPS", "12"))
+#: the cluster profile: a topology fault takes 0.5-3 s (a killed master's replica is promoted
+#: after the node timeout), so fewer examples: 1-2 minutes on 2 cores
+CLUSTER_EXAMPLES: Final = int(os.environ.get("KEV_MODEL_CLUSTER_EXAMPLES", "25"))
+CLUSTER_STEPS: Final = int(os.environ.get("KEV_MODEL_CLUSTER_STEPS", "12"))
+#: longest a cluster's bus replica stays paused (SIGSTOP) while events go out without it: well
+#: under the cluster's node timeout (1 s), past which the others would suspect it
+PAUSED_REPLICA: Final = 0.5
 #: what the examples did, printed at the end of the run (``pytest -s``)
 COVERAGE: Final[Counter[str]] = Counter()
 SECONDS: Final[defaultdict[str, float]] = defaultdict(float)
@@ -98,6 +132,7 @@ StreamId = tuple[int, int]
 Item = tuple[Any, ...]
 T = TypeVar("T")
 Step = TypeVar("Step", bound=Callable[..., None])
+W = TypeVar("W", bound="World")
 
 _ID: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
@@ -169,6 +204,8 @@ class History:
         self.held: list[Sent] = []
         #: the newest entries this history was given, held or trimmed since
         self.recent: list[Sent] = []
+        #: more of them, for :meth:`rewind`
+        self.given: list[Sent] = []
         self.epoch: StreamId | None = None
         self.last: StreamId = (0, 0)
         self.added = 0
@@ -180,6 +217,7 @@ class History:
         trimmed.update(s.id for s in held[:-MAXLEN])
         self.held = held[-MAXLEN:]
         self.recent = [*self.recent, sent][-4 * MAXLEN :]
+        self.given = [*self.given, sent][-16 * MAXLEN :]
         self.last = sent.key
         self.added += 1
         if self.epoch is None:
@@ -204,6 +242,26 @@ class History:
 
     def after(self, key: StreamId) -> list[Sent]:
         return [sent for sent in self.held if sent.key > key]
+
+    def rewind(self, held: list[str], last: StreamId) -> list[Sent]:
+        """Redis now holds the history as it stood some entries ago (a promoted replica that
+        had not had the newest ones): ``held`` its entries, ``last`` the last id it gave. The
+        model goes back to that point; returns the entries lost, oldest first."""
+        assert last <= self.last, f"the new master's history ends at {last}, after {self.last}"
+        lost = [sent for sent in self.given if sent.key > last]
+        assert len(lost) < len(self.given) or len(lost) == self.added, (
+            f"more entries lost than the model remembers: {len(lost)}"
+        )
+        self.given = self.given[: len(self.given) - len(lost)]
+        known = {sent.id: sent for sent in self.given}
+        unknown = [stream_id for stream_id in held if stream_id not in known]
+        assert not unknown, f"the new master holds entries no one published: {unknown}"
+        self.held = [known[stream_id] for stream_id in held]
+        assert [s.key for s in self.held] == sorted(s.key for s in self.held), held
+        self.recent = self.given[-4 * MAXLEN :]
+        self.last = last
+        self.added -= len(lost)
+        return lost
 
 
 def _short(items: list[Item]) -> str:
@@ -381,11 +439,13 @@ def _wipe(server: PrivateRedis) -> None:
 
 
 class World:
-    """What outlives one example: the redis-server and the model of its history, the client
-    loop, the publishers, and the gateway."""
+    """What outlives one example: Redis and the model of its history, the client loop, the
+    publishers, and the gateway. Each profile's subclass says where Redis is."""
 
-    def __init__(self, server: PrivateRedis) -> None:
-        self.server = server
+    def __init__(self, url: str) -> None:
+        self.url = url
+        #: the deployment's names there (hash-tagged on a cluster)
+        self.keys = Keys.for_url(url)
         self.loop = asyncio.new_event_loop()
         self.history = History()
         #: ids clients received, newest last: resume points, old and new
@@ -396,8 +456,8 @@ class World:
         self.http = httpx.Client(timeout=5)
         self.gateway: RunningGateway | None = None
         self._gateway_stack = contextlib.ExitStack()
-        self.pub = SyncPublisher.from_url(server.url, maxlen=MAXLEN, exact_trim=True)
-        self.apub = AsyncPublisher.from_url(server.url, maxlen=MAXLEN, exact_trim=True)
+        self.pub = SyncPublisher.from_url(url, maxlen=MAXLEN, exact_trim=True)
+        self.apub = AsyncPublisher.from_url(url, maxlen=MAXLEN, exact_trim=True)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
@@ -413,44 +473,38 @@ class World:
         started = time.monotonic()
         self._gateway_stack.close()
         settings = gateway_settings(
-            self.server.url,
+            self.url,
             probe_interval=PROBE,
             # Revalidation (every max(1 s, ttl)) revokes every stream whose keypair it cannot
             # find: it must not run in the moment between a lossy restart and the re-seed.
             identity_cache_ttl=600.0,
+            # Each example's streams are new ones: none may resume where the last example's
+            # drained gateway left a stream like it (tests/system/test_handoff.py has that).
+            handoff_ttl=0,
         )
         self.gateway = self._gateway_stack.enter_context(run_gateway(settings))
         SECONDS["(a fresh gateway)"] += time.monotonic() - started
 
     def raw(self) -> redis.Redis:
-        return redis.Redis.from_url(self.server.url)
+        """A plain client of the Redis node that holds the history: the way in of what no
+        publisher does (hostile messages and entries, CLIENT KILL)."""
+        raise NotImplementedError
 
-    def persist(self) -> None:
-        """Turn the append-only file on, if it is off, and wait until it holds the data."""
-        if self.server.durable:
-            return
-        with self.raw() as raw:
-            raw.config_set("appendonly", "yes")  # a rewrite of the data set in the background
-
-            def written() -> bool:
-                info = raw.info("persistence")
-                return bool(
-                    info["aof_enabled"] == 1
-                    and info["aof_rewrite_in_progress"] == 0
-                    and info["aof_rewrite_scheduled"] == 0
-                    and info["aof_last_bgrewrite_status"] == "ok"
-                )
-
-            assert self.run(_settle(written, FENCE_TIMEOUT)), "no append-only file"
-        self.server.durable = True
+    def publish_live(self, raw: redis.Redis, data: bytes) -> None:
+        """``data`` on the live channel as a hostile client sends it: SPUBLISH on a cluster,
+        where the gateway subscribes with SSUBSCRIBE (a PUBLISH would never reach it)."""
+        if self.keys.cluster:
+            raw.spublish(self.keys.channel, data)
+        else:
+            raw.publish(self.keys.channel, data)
 
     def reconnect_publishers(self) -> None:
         """New publishers after a Redis restart (a dead pooled connection would make the
         next publish buffer, and a buffered event's id is never returned)."""
         self.pub.close()
         self.run(self.apub.aclose())
-        self.pub = SyncPublisher.from_url(self.server.url, maxlen=MAXLEN, exact_trim=True)
-        self.apub = AsyncPublisher.from_url(self.server.url, maxlen=MAXLEN, exact_trim=True)
+        self.pub = SyncPublisher.from_url(self.url, maxlen=MAXLEN, exact_trim=True)
+        self.apub = AsyncPublisher.from_url(self.url, maxlen=MAXLEN, exact_trim=True)
 
     def ready(self) -> bool:
         with contextlib.suppress(httpx.HTTPError):
@@ -483,6 +537,107 @@ class World:
         self.loop.close()
 
 
+class ServerWorld(World):
+    """One redis-server (the single-node profile)."""
+
+    def __init__(self, server: PrivateRedis) -> None:
+        super().__init__(server.url)
+        self.server = server
+
+    def raw(self) -> redis.Redis:
+        return redis.Redis.from_url(self.server.url)
+
+    def persist(self) -> None:
+        """Turn the append-only file on, if it is off, and wait until it holds the data."""
+        if self.server.durable:
+            return
+        with self.raw() as raw:
+            raw.config_set("appendonly", "yes")  # a rewrite of the data set in the background
+
+            def written() -> bool:
+                info = raw.info("persistence")
+                return bool(
+                    info["aof_enabled"] == 1
+                    and info["aof_rewrite_in_progress"] == 0
+                    and info["aof_rewrite_scheduled"] == 0
+                    and info["aof_last_bgrewrite_status"] == "ok"
+                )
+
+            assert self.run(_settle(written, FENCE_TIMEOUT)), "no append-only file"
+        self.server.durable = True
+
+
+class ClusterWorld(World):
+    """A Redis Cluster (the cluster profile): the history, the live channel and the identities
+    share one slot, the bus slot, on one master."""
+
+    def __init__(self, cluster: LocalRedisCluster) -> None:
+        super().__init__(cluster.url)
+        self.cluster = cluster
+        self.slot = key_slot(self.keys.history)
+
+    def master(self, port: int | None = None, timeout: float = 30.0) -> int:
+        """The port of the master that serves the bus slot, once every live node agrees on it
+        and says ``cluster_state:ok`` (``port``: once it is that one)."""
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                agreed = self._agreed()
+                if agreed is not None and port in (None, agreed):
+                    return agreed
+            except (redis.RedisError, OSError, RuntimeError) as exc:
+                # RuntimeError: a node's CLUSTER SLOTS left the slot out, for a moment
+                last_error = exc
+            time.sleep(0.05)
+        raise AssertionError(
+            f"the nodes did not agree that {port or 'one master'} serves slot {self.slot} in "
+            f"{timeout} s ({last_error!r})"
+        )
+
+    def _agreed(self) -> int | None:
+        masters = set()
+        for live in self.cluster.live_ports():
+            with self.node(live) as client:
+                if client.cluster("INFO").get("cluster_state") not in ("ok", b"ok"):
+                    return None
+            masters.add(self.cluster.master_of_slot(self.slot, port=live))
+        return masters.pop() if len(masters) == 1 else None
+
+    def settle(self, change: Callable[[], int]) -> int:
+        """Make a topology ``change`` of :class:`LocalRedisCluster` (it returns the bus slot's
+        master after it); returns the master then. Its own wait for the cluster to settle
+        gives up at once when, for a moment, a node's CLUSTER SLOTS leaves the slot out
+        (``master_of_slot``'s RuntimeError): then wait here, for whatever came of it."""
+        try:
+            return change()
+        except RuntimeError as exc:
+            if "is served by no node" not in str(exc):
+                raise
+            _event("cluster: a node left the bus slot out of CLUSTER SLOTS for a moment")
+            return self.master()
+
+    @staticmethod
+    def node(port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+
+    def raw(self) -> redis.Redis:
+        return self.node(self.master())
+
+    def first_event(self) -> None:
+        """The history's first event, on the master and its replica: the epoch is on every
+        node that may serve the slot, so every gateway finds one (none ever tells ``reset``)."""
+        event = session_of(ALICE, "s0").event("kernel_started", reason="r0")
+        (stream_id,) = self.pub.publish_many([event])
+        key = parse_id(stream_id)
+        assert key is not None, stream_id
+        with self.raw() as raw:
+            assert raw.execute_command("WAIT", 1, 5000) >= 1, "the replica did not get it"
+        self.history.add(
+            Sent(stream_id, key, event.owner_user_id, kernel_item(stream_id, event)), self.trimmed
+        )
+
+
 def _event(what: str) -> None:
     hypothesis.event(what)
     COVERAGE[what] += 1
@@ -504,8 +659,10 @@ def _step(method: Step) -> Step:
 
 
 GARBAGE: Final = (  # the first is the one hypothesis draws most: the most telling
+    "plausible_valid",
     "undecodable",
     "future_valid",
+    "largest_seq_valid",
     "no_id",
     "empty",
     "schema",
@@ -518,15 +675,19 @@ GARBAGE: Final = (  # the first is the one hypothesis draws most: the most telli
 
 
 def hostile(kind: str, now_ms: int, offset: int) -> bytes:
-    """A message no publisher sends: a plausible id ``offset`` ms from Redis' clock (within
-    the gateway's skew it is dispatched if its payload is valid, which it never is here), a
-    future id a minute ahead, or ids that are no ids."""
+    """A live message no publisher sends: a valid event or garbage under a plausible id
+    ``offset`` ms from Redis' clock (mostly a little ahead: an id the gateway once trusted,
+    hiding the real events after it), the largest sequence of such a millisecond, a future
+    id a minute ahead, or ids that are no ids. None of it is in history: none of it may
+    reach a client or move the watermark."""
     plausible = f"{now_ms + offset}-{abs(offset) % 7}".encode()
     future = f"{now_ms + 60_000}-0".encode()
     forged = encode_event(session_of(ALICE, "forged").started("forged"))
     return {
         "no_id": b"no-separator-here",
         "empty": b"",
+        "plausible_valid": plausible + b" " + forged,
+        "largest_seq_valid": f"{now_ms + offset}-18446744073709551615 ".encode() + forged,
         "undecodable": plausible + b" \xc1\xc1 not msgpack",
         "schema": plausible + b" " + msgspec.msgpack.encode({"name": "kernel_started"}),
         "oversized": plausible + b" " + b"\x90" * (64 * 1024 + 1),
@@ -586,7 +747,11 @@ OPENINGS: Final = st.builds(
 
 
 class DeliveryPath(RuleBasedStateMachine):
+    """The rules both profiles share; each profile's subclass adds its Redis faults."""
+
     world: ClassVar[World]
+    #: faults (a killed subscription, the profile's own) per example
+    max_faults: ClassVar[int] = MAX_FAULTS
 
     def __init__(self) -> None:
         super().__init__()
@@ -617,14 +782,18 @@ class DeliveryPath(RuleBasedStateMachine):
             ids = w.run(w.apub.publish_many(events))
         assert len(ids) == len(events) and all(ids), f"publish buffered: {ids}"
         for stream_id, event in zip(ids, events, strict=True):
-            key = parse_id(stream_id)
-            assert key is not None, stream_id
-            sent = Sent(stream_id, key, event.owner_user_id, kernel_item(stream_id, event))
-            w.history.add(sent, w.trimmed)
-            for client in self.clients:
-                if visible(client.person, sent.owner_user_id):
-                    client.expected.append(sent.item)
+            self._record(stream_id, event)
         return ids
+
+    def _record(self, stream_id: str, event: KernelEvent) -> None:
+        """``event`` is history's newest entry: every open client that may see it gets it."""
+        key = parse_id(stream_id)
+        assert key is not None, stream_id
+        sent = Sent(stream_id, key, event.owner_user_id, kernel_item(stream_id, event))
+        self.w.history.add(sent, self.w.trimmed)
+        for client in self.clients:
+            if visible(client.person, sent.owner_user_id):
+                client.expected.append(sent.item)
 
     # Hypothesis orders rules by their number of arguments, then by name, and draws the first
     # enabled one most often: that is this cheap one, with no argument.
@@ -652,11 +821,52 @@ class DeliveryPath(RuleBasedStateMachine):
     def hostile_message(self, kind: str, offset: int) -> None:
         with self.w.raw() as raw:
             seconds, micros = raw.time()
-            raw.publish(KEYS.channel, hostile(kind, seconds * 1000 + micros // 1000, offset))
+            self.w.publish_live(raw, hostile(kind, seconds * 1000 + micros // 1000, offset))
+
+    # offset: ms ahead of Redis' clock, within the skew the history watch allows (250)
+    @rule(owner=st.sampled_from([ALICE, BOB]), offset=st.integers(1, 200))
+    @_step
+    def explicit_id(self, owner: Person, offset: int) -> None:
+        """A hostile publisher writes history itself, with an explicit id a little ahead of
+        the clock (its ACL cannot stop that): a real entry, so clients that may see it get
+        it, and the real events after it (whose ids Redis puts after it) are not hidden."""
+        w = self.w
+        with w.raw() as raw:
+            seconds, micros = raw.time()
+            now_ms = seconds * 1000 + micros // 1000
+            ms = max(now_ms + offset, w.history.last[0] + 1)
+            if ms > now_ms + 200:
+                return  # further ahead is the history watch's case (test_history_ahead)
+            w.serial += 1
+            event = session_of(owner, f"s{w.serial % 3}").event(
+                "kernel_started", reason=f"explicit{w.serial}"
+            )
+            stream_id = raw.xadd(
+                w.keys.history,
+                {"e": encode_event(event)},
+                id=f"{ms}-0",
+                maxlen=MAXLEN,
+                approximate=False,
+            )
+            if w.history.epoch is None:
+                raw.set(w.keys.epoch, stream_id, nx=True)  # as the publish script does
+        self._record(stream_id.decode(), event)
+
+    @rule()
+    @_step
+    def empty_history(self) -> None:
+        """A hostile publisher trims the history to nothing (``XADD ... MAXLEN = 0`` or
+        XTRIM: its ACL allows both); what was not read yet is gone, and every stream that
+        misses it must be told ``trimmed``, not left silent."""
+        w = self.w
+        with w.raw() as raw:
+            raw.xtrim(w.keys.history, maxlen=0, approximate=False)
+        w.trimmed.update(sent.id for sent in w.history.held)
+        w.history.held = []
 
     # -- faults ------------------------------------------------------------------------------
 
-    @precondition(lambda self: self.faults < MAX_FAULTS)
+    @precondition(lambda self: self.faults < self.max_faults)
     @rule(then_publish=st.sampled_from([0, 2, MAXLEN + 3]))
     @_step
     def kill_subscription(self, then_publish: int) -> None:
@@ -667,69 +877,6 @@ class DeliveryPath(RuleBasedStateMachine):
             raw.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         if then_publish:
             self._publish(ALICE, ["kernel_started"] * then_publish, "sync")
-
-    @precondition(lambda self: self.faults < MAX_FAULTS)
-    @rule(durable=st.booleans(), publish_first=st.integers(0, 2))
-    @_step
-    def restart_redis(self, durable: bool, publish_first: int) -> None:
-        """SIGKILL redis-server. ``durable``: it runs with an append-only file (fsync always;
-        turned on first if it was off) and comes back with everything. Else it comes back
-        without one, and empty: a new history, a new epoch; the operator stores the
-        identities again. ``publish_first`` events go out before the gateway has looked."""
-        self.faults += 1
-        w = self.w
-        told = w.gw.state.subscriber.new_histories
-        sessions = w.gw.state.subscriber.reconnects
-        with w.raw() as raw:
-            before = raw.info("server")
-        lost = False
-        if durable:
-            w.persist()
-            w.server.restart()
-        else:
-            # only a history that held something can have left a client behind
-            lost = w.history.added > 0
-            if lost:
-                # Let the gateway see this history before it goes, so what it says is
-                # certain (a history it never saw is told too, through Redis' run id:
-                # test_events_lost_unseen_are_told_when_new_ones_came_first).
-                assert w.run(_settle(w.caught_up, FENCE_TIMEOUT)), "the gateway fell behind"
-            w.server.durable = False
-            _wipe(w.server)
-            w.run(seed(w.server.url))
-            w.history = History()
-            for client in self.clients:
-                # A restart without persistence over no history: nothing was lost, but
-                # nothing proves it either, and the gateway may say so (55d9f9a).
-                client.expected.append(RESET if lost else optional(RESET))
-        with w.raw() as raw:
-            after = raw.info("server")
-        assert after["run_id"] != before["run_id"], (
-            f"redis-server did not restart: pid {before['process_id']} -> {after['process_id']}"
-            f", proc {w.server.proc and w.server.proc.pid}"
-        )
-        _event(f"restart: durable={durable} lost={lost} publish_first={publish_first}")
-        if self.clients:
-            _event(f"restart with streams open: durable={durable} lost={lost}")
-        w.reconnect_publishers()
-        if publish_first:
-            self._publish(ALICE, ["kernel_started"] * publish_first, "sync")
-        if lost:
-            assert w.run(
-                _settle(lambda: w.gw.state.subscriber.new_histories > told, FENCE_TIMEOUT)
-            ), "the gateway did not find the new history"
-        # The replica has looked at the restarted Redis (what it tells, it has told) before
-        # any stream opens after the restart: else one may get a notice meant for the others.
-        # Its run id says so; a count of lost sessions does not: a replica between sessions
-        # (after a killed subscription) meets the restarted Redis with a fresh one.
-        sub = w.gw.state.subscriber
-        assert w.run(_settle(lambda: sub.run_id == after["run_id"] and sub.ready, FENCE_TIMEOUT)), (
-            "the replica did not come back after the restart: "
-            f"reconnects {sub.reconnects} (was {sessions}), run id {sub.run_id} (redis "
-            f"{after['run_id']}), subscribed {sub.subscribed}, probe_ok {sub.probe_ok}, "
-            f"/ready {_status(w.gw.base_url + '/ready')}; the gateway's tasks:\n"
-            f"{_task_stacks(w.gw.state.loop)}"
-        )
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -920,37 +1067,278 @@ class DeliveryPath(RuleBasedStateMachine):
             self.clients = []
 
 
+class OnOneRedis(DeliveryPath):
+    """One redis-server, which restarts, keeping its data or not."""
+
+    world: ClassVar[ServerWorld]
+
+    @precondition(lambda self: self.faults < self.max_faults)
+    @rule(durable=st.booleans(), publish_first=st.integers(0, 2))
+    @_step
+    def restart_redis(self, durable: bool, publish_first: int) -> None:
+        """SIGKILL redis-server. ``durable``: it runs with an append-only file (fsync always;
+        turned on first if it was off) and comes back with everything. Else it comes back
+        without one, and empty: a new history, a new epoch; the operator stores the
+        identities again. ``publish_first`` events go out before the gateway has looked."""
+        self.faults += 1
+        w = self.world
+        told = w.gw.state.subscriber.new_histories
+        sessions = w.gw.state.subscriber.reconnects
+        with w.raw() as raw:
+            before = raw.info("server")
+        lost = False
+        if durable:
+            w.persist()
+            w.server.restart()
+        else:
+            # only a history that held something can have left a client behind
+            lost = w.history.added > 0
+            if lost:
+                # Let the gateway see this history before it goes, so what it says is
+                # certain (a history it never saw is told too, through Redis' run id:
+                # test_events_lost_unseen_are_told_when_new_ones_came_first).
+                assert w.run(_settle(w.caught_up, FENCE_TIMEOUT)), "the gateway fell behind"
+            w.server.durable = False
+            _wipe(w.server)
+            w.run(seed(w.server.url))
+            w.history = History()
+            for client in self.clients:
+                # A restart without persistence over no history: nothing was lost, but
+                # nothing proves it either, and the gateway may say so (55d9f9a).
+                client.expected.append(RESET if lost else optional(RESET))
+        with w.raw() as raw:
+            after = raw.info("server")
+        assert after["run_id"] != before["run_id"], (
+            f"redis-server did not restart: pid {before['process_id']} -> {after['process_id']}"
+            f", proc {w.server.proc and w.server.proc.pid}"
+        )
+        _event(f"restart: durable={durable} lost={lost} publish_first={publish_first}")
+        if self.clients:
+            _event(f"restart with streams open: durable={durable} lost={lost}")
+        w.reconnect_publishers()
+        if publish_first:
+            self._publish(ALICE, ["kernel_started"] * publish_first, "sync")
+        sub = w.gw.state.subscriber
+
+        def state() -> str:
+            return (
+                f"new histories {sub.new_histories} (was {told}), reconnects {sub.reconnects} "
+                f"(was {sessions}), run id {sub.run_id} (redis {after['run_id']}), epoch "
+                f"{sub.epoch}, watermark {sub.watermark}, subscribed {sub.subscribed}, probe_ok "
+                f"{sub.probe_ok}, /ready {_status(w.gw.base_url + '/ready')}; the gateway's "
+                f"tasks:\n{_task_stacks(w.gw.state.loop)}"
+            )
+
+        if lost:
+            assert w.run(_settle(lambda: sub.new_histories > told, RECOVERY_TIMEOUT)), (
+                f"the gateway did not find the new history: {state()}"
+            )
+        # The replica has looked at the restarted Redis (what it tells, it has told) before
+        # any stream opens after the restart: else one may get a notice meant for the others.
+        # Its run id says so; a count of lost sessions does not: a replica between sessions
+        # (after a killed subscription) meets the restarted Redis with a fresh one.
+        assert w.run(
+            _settle(lambda: sub.run_id == after["run_id"] and sub.ready, RECOVERY_TIMEOUT)
+        ), f"the replica did not come back after the restart: {state()}"
+
+
+class OnACluster(DeliveryPath):
+    """A Redis Cluster whose bus slot moves: failed over, resharded, its master killed."""
+
+    world: ClassVar[ClusterWorld]
+
+    @precondition(lambda self: self.faults < self.max_faults)
+    @rule(then_publish=st.sampled_from([0, 2, MAXLEN + 3]))
+    @_step
+    def failover_bus_slot(self, then_publish: int) -> None:
+        """A manual ``CLUSTER FAILOVER`` of the bus slot: the replica takes over in step with
+        its master, nothing is lost. ``then_publish`` events go out at once, to the new master,
+        while the gateway may still be moving (it gap-fills them; past MAXLEN, it says what
+        was trimmed)."""
+        self.faults += 1
+        w = self.world
+        new = w.settle(lambda: w.cluster.failover(w.slot))
+        _event(f"cluster: failover, then_publish={then_publish}")
+        if then_publish:
+            self._publish(ALICE, ["kernel_started"] * then_publish, "sync")
+        self._moved(new, "failover")
+
+    @precondition(lambda self: self.faults < self.max_faults)
+    @rule(pick=st.integers(0, 1), then_publish=st.sampled_from([0, 2, MAXLEN + 3]))
+    @_step
+    def reshard_bus_slot(self, pick: int, then_publish: int) -> None:
+        """The bus slot moves with its keys (history, epoch, identities) to another master
+        (``pick`` chooses which), as ``redis-cli --cluster reshard`` moves it: nothing is
+        lost. ``then_publish`` as for a failover."""
+        self.faults += 1
+        w = self.world
+        source = w.master()
+        others = [port for port in w.cluster.masters() if port != source]
+        target = others[pick % len(others)]
+
+        def reshard() -> int:
+            w.cluster.reshard_slot(w.slot, target)
+            return target
+
+        moved = w.settle(reshard)
+        _event(f"cluster: reshard, then_publish={then_publish}")
+        if then_publish:
+            self._publish(ALICE, ["kernel_started"] * then_publish, "sync")
+        self._moved(moved, "reshard")
+
+    @precondition(lambda self: self.faults < self.max_faults)
+    @rule(
+        doomed=st.sampled_from([0, 1, 3]),
+        cut=st.booleans(),
+        dispatched=st.booleans(),
+        then_publish=st.sampled_from([0, 2]),
+    )
+    @_step
+    def kill_bus_master(self, doomed: int, cut: bool, dispatched: bool, then_publish: int) -> None:
+        """The master of the bus slot is SIGKILLed (no persistence) and its replica promoted.
+        ``doomed`` events go out just before: replication is asynchronous, so the new master
+        may not have the newest events; with ``cut``, the replica is paused (SIGSTOP) and its
+        link cut first, so it surely has none of them. ``dispatched``: the kill waits until
+        the gateway has dispatched all of history (the doomed events too). ``then_publish``
+        events go out to the new master before the gateway may have found it. The killed node
+        comes back as the new master's replica (the next fault has one to promote)."""
+        self.faults += 1
+        w = self.world
+        cluster = w.cluster
+        old = w.master()
+        (replica,) = cluster.replicas_of(old)
+        paused = cluster.node(replica).proc if cut else None
+        assert not cut or paused is not None, f"the replica on {replica} is not running"
+        try:
+            if paused is not None:
+                paused.send_signal(signal.SIGSTOP)
+                with w.node(old) as raw:
+                    raw.execute_command("CLIENT", "KILL", "TYPE", "replica")
+            if doomed:
+                self._publish(ALICE, ["kernel_started"] * doomed, "sync")
+            # a paused replica must not stay paused long: then a short wait, whose outcome
+            # the model reads
+            wait = PAUSED_REPLICA if cut else FENCE_TIMEOUT
+            dispatched = dispatched and w.run(_settle(w.caught_up, wait))
+            if paused is None:
+                new = w.settle(lambda: cluster.kill_master(w.slot))
+            else:
+                cluster.kill(old)
+                paused.send_signal(signal.SIGCONT)
+                paused = None
+                new = w.master(replica)
+        finally:
+            if paused is not None:
+                paused.send_signal(signal.SIGCONT)
+        lost = self._read_back(new)
+        _event(f"cluster: kill, cut={cut} lost={len(lost)} dispatched={dispatched}")
+        if lost:
+            ids = {sent.id for sent in lost}
+
+            def soften(items: list[Item]) -> list[Item]:
+                return [
+                    optional(i) if i[0].startswith("kernel_") and i[1] in ids else i for i in items
+                ]
+
+            # The gateway says ``unknown`` if it had dispatched past the new end of history (it
+            # had, surely, when it had dispatched all and nothing new came before it looked).
+            unknown = notice("unknown", None, None)
+            told = unknown if dispatched and not then_publish else optional(unknown)
+            if told == unknown and self.clients:
+                _event("cluster: kill lost events the gateway had dispatched: unknown told")
+            for client in self.clients:
+                if not dispatched:  # a stream got those the gateway dispatched before the kill
+                    client.expected = soften(client.expected)
+                client.before = soften(client.before)
+                client.expected.append(told)
+        # a dead pooled connection would make the next publish buffer (as after a restart)
+        w.reconnect_publishers()
+        if then_publish:
+            self._publish(ALICE, ["kernel_started"] * then_publish, "sync")
+        self._moved(new, "kill")
+        if not cluster.node(old).alive:  # (the kill did not happen if a settle found it master)
+            cluster.restart(old)
+
+    def _read_back(self, port: int) -> list[Sent]:
+        """What the new master on ``port`` holds becomes the model's history; returns the
+        entries it lost. Its epoch is the history's own (the first event was replicated)."""
+        w = self.world
+        with w.node(port) as raw:
+            held = [_text(stream_id) for stream_id, _ in raw.xrange(w.keys.history)]
+            epoch = raw.get(w.keys.epoch)
+            info = raw.xinfo_stream(w.keys.history)
+        assert epoch is not None and parse_id(_text(epoch)) == w.history.epoch, (
+            f"the new master's epoch is {epoch!r}, the history's {w.history.epoch}"
+        )
+        last = parse_id(_text(info["last-generated-id"]))
+        assert last is not None, info
+        return w.history.rewind(held, last)
+
+    def _moved(self, port: int, what: str) -> None:
+        """Wait until the gateway's subscription runs on the master on ``port``, ready: what
+        the gateway tells of the move it has told, before any stream opens after it."""
+        w = self.world
+        with w.node(port) as raw:
+            run_id = raw.info("server")["run_id"]
+        sub = w.gw.state.subscriber
+        assert w.run(_settle(lambda: sub.run_id == run_id and sub.ready, FENCE_TIMEOUT)), (
+            f"the gateway did not subscribe on {port} after the {what}: run id {sub.run_id} "
+            f"(the node's {run_id}), subscribed {sub.subscribed}, probe_ok {sub.probe_ok}, "
+            f"reconnects {sub.reconnects}, /ready {_status(w.gw.base_url + '/ready')}; the "
+            f"gateway's tasks:\n{_task_stacks(w.gw.state.loop)}"
+        )
+        if self.clients:
+            _event(f"cluster: {what} with streams open")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 @contextlib.contextmanager
-def _world(server: PrivateRedis) -> Iterator[World]:
-    world = World(server)
+def _seeded(world: W) -> Iterator[W]:
     try:
-        world.run(seed(server.url))
+        world.run(seed(world.url))
         yield world
     finally:
         world.close()
 
 
-@pytest.mark.timeout(900)  # a failure may shrink for 5 minutes
-def test_the_delivery_path_keeps_its_promises() -> None:
-    with PrivateRedis(durable=True) as server, _world(server) as world:
-        DeliveryPath.world = world
-        run_state_machine_as_test(
-            DeliveryPath,
-            settings=settings(
-                max_examples=EXAMPLES,
-                stateful_step_count=STEPS,
-                deadline=None,
-                database=None,
-                print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-            ),
-        )
+def _explore(machine: type[DeliveryPath], examples: int, steps: int) -> None:
+    COVERAGE.clear()
+    SECONDS.clear()
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=steps,
+            deadline=None,
+            database=None,
+            print_blob=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
     print("\n".join(f"{count:6d}  {what}" for what, count in sorted(COVERAGE.items())))
     print(
         "\n".join(
             f"{sec:6.1f}s {what}" for what, sec in sorted(SECONDS.items(), key=lambda kv: -kv[1])
         )
     )
+
+
+@pytest.mark.timeout(900)  # a failure may shrink for 5 minutes
+def test_the_delivery_path_keeps_its_promises() -> None:
+    with PrivateRedis(durable=True) as server, _seeded(ServerWorld(server)) as world:
+        OnOneRedis.world = world
+        _explore(OnOneRedis, EXAMPLES, STEPS)
+
+
+@pytest.mark.timeout(900)  # a failure may shrink for 5 minutes
+def test_the_delivery_path_keeps_its_promises_on_a_cluster() -> None:
+    with LocalRedisCluster() as cluster, _seeded(ClusterWorld(cluster)) as world:
+        world.first_event()
+        OnACluster.world = world
+        _explore(OnACluster, CLUSTER_EXAMPLES, CLUSTER_STEPS)
 
 
 # -- the gateway bugs the model found, each in its shortest form -------------------------------

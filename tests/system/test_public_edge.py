@@ -5,23 +5,19 @@ serves to Prometheus and the orchestrator."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.gateway_server import RunningGateway
-from tests.system.test_deploy import HAPROXY, NGINX, Proxy, run_haproxy, run_nginx
+from tests.support.proxies import PROXY_RUNNERS, Proxy, RunProxy
 
 pytestmark = pytest.mark.anyio
 
 HIDDEN = ["/metrics", "/ready", "/health", "/metrics/", "//metrics", "/%6detrics",
           "/%6Detrics?x=1", "/./metrics", "/stream/../metrics"]  # fmt: skip
 PUBLIC = [("/stream/kernel/_/events", 400), ("/auth/me", 401), ("/", 200), ("/func/", 200)]
-
-RunProxy = Callable[[Path, list[str]], AbstractAsyncContextManager[Proxy]]
 
 
 async def _check(proxy: Proxy, gateway: RunningGateway) -> None:
@@ -41,15 +37,7 @@ async def _check(proxy: Proxy, gateway: RunningGateway) -> None:
             assert response.status_code == status, (path, response.status_code)
 
 
-@pytest.mark.parametrize(
-    "runner",
-    [
-        pytest.param(run_nginx, id="nginx", marks=pytest.mark.skipif(not NGINX, reason="nginx")),
-        pytest.param(
-            run_haproxy, id="haproxy", marks=pytest.mark.skipif(not HAPROXY, reason="haproxy")
-        ),
-    ],
-)
+@pytest.mark.parametrize("runner", PROXY_RUNNERS)
 async def test_operations_endpoints_are_not_public(
     runner: RunProxy, tmp_path: Path, gateway: RunningGateway
 ) -> None:

@@ -9,9 +9,11 @@ ACL grant fails here (``tests/unit/test_acl.py`` checks the names statically).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -22,11 +24,18 @@ import redis.asyncio as aredis
 
 from gateway.cli import main as gateway_main
 from gateway.cli.acl import PROFILES, Profile, render
+from gateway.consumer import SSEEvent
 from gateway.fanout.history import read_after
 from gateway.identity.sessions import SESSION_COOKIE
 from publisher import AsyncPublisher, Keys
 from publisher.bus import Bus
-from tests.support.gateway_server import gateway_settings, run_gateway
+from publisher.schema import encode_event
+from tests.support.gateway_server import (
+    RunningGateway,
+    gateway_settings,
+    run_gateway,
+    spawn_gateway,
+)
 from tests.support.http import stream_as
 from tests.support.identities import ALICE, ROOT, import_doc, session_of
 from tests.support.redis_server import free_port
@@ -234,3 +243,110 @@ def test_the_admin_may_start_a_new_history_and_write_no_event(acl_port: int) -> 
         _denied(lambda: admin.xrange("kev:events"))
         _denied(lambda: admin.publish("kev:live", b"x"))
         _denied(lambda: admin.set("kev:epoch", "1-0"))
+
+
+class Reader:
+    """One stream of ROOT's, read in the background into ``events``."""
+
+    def __init__(self) -> None:
+        self.events: list[SSEEvent] = []
+
+    def kernel(self) -> list[SSEEvent]:
+        return [e for e in self.events if e.event.startswith("kernel_")]
+
+    @contextlib.asynccontextmanager
+    async def reading(self, base_url: str) -> AsyncIterator[None]:
+        async with stream_as(ROOT, base_url) as (_, events), anyio.create_task_group() as tg:
+
+            async def pump() -> None:
+                async for event in events:
+                    self.events.append(event)
+
+            tg.start_soon(pump)
+            yield
+            tg.cancel_scope.cancel()
+
+
+def _metric(base_url: str, sample: str) -> float:
+    for line in httpx.get(base_url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _forgeries(now_ms: int, forged: bytes, real: bytes) -> list[bytes]:
+    """Live messages no publisher sends, each a kind: an id a little ahead (the review's
+    probe: within the skew, the largest sequence), the id the next real event will likely
+    get with a forged payload, a real event's payload under an id history does not hold, an
+    id far ahead, an id in the past."""
+    return [
+        b"%d-18446744073709551615 " % (now_ms + 200) + forged,
+        b"%d-0 " % (now_ms + 1) + forged,
+        b"%d-0 " % (now_ms + 50) + real,
+        b"%d-0 " % (now_ms + 3_600_000) + forged,
+        b"1-0 " + forged,
+    ]
+
+
+@pytest.mark.parametrize("forger", ["publisher", "gateway", "bridge"])
+def test_forged_live_messages_hide_no_real_event_on_any_replica(
+    acl_port: int, tmp_path: Path, forger: Profile
+) -> None:
+    """Issue 22 item 1, second half: every user that may PUBLISH on the live channel sends
+    forged, valid live messages ten times a second while real events are published; both
+    replicas deliver exactly the real events, in order, and no forged one; nothing is
+    counted a duplicate; the forged ids are counted ``unproven``; resuming from the last
+    real id skips nothing."""
+    (tmp_path / "admin.url").write_text(url(acl_port, "admin") + "\n")
+    (tmp_path / "ids.json").write_text(json.dumps(import_doc()))
+    args = ["import", str(tmp_path / "ids.json"), "--redis-url-file", str(tmp_path / "admin.url")]
+    assert gateway_main(args) == 0
+    ref = session_of(ALICE, f"forged-by-{forger}")
+    forged = encode_event(ref.started("forged"))
+    settings = [
+        gateway_settings(
+            url(acl_port, "gateway", password=False), redis_password=PASSWORDS["gateway"]
+        )
+        for _ in range(2)
+    ]
+
+    async def scenario(replicas: list[RunningGateway]) -> None:
+        readers = [Reader() for _ in replicas]
+        async with contextlib.AsyncExitStack() as stack:
+            for gw, reader in zip(replicas, readers, strict=True):
+                await stack.enter_async_context(reader.reading(gw.base_url))
+            real: list[str] = []
+            with redis.Redis.from_url(url(acl_port, forger)) as raw:
+                async with AsyncPublisher.from_url(url(acl_port, "publisher")) as pub:
+                    for i in range(20):  # 2 s: ten forgeries a second, a real event each 0.4 s
+                        now_ms = int(time.time() * 1000)  # Redis' clock: the same host
+                        real_payload = encode_event(ref.started(f"real-{i}"))
+                        for message in _forgeries(now_ms, forged, real_payload):
+                            raw.publish(Keys("kev").channel, message)
+                        if i % 4 == 3:
+                            stream_id = await pub.publish(ref.started(f"real-{i}"))
+                            assert stream_id is not None
+                            real.append(stream_id)
+                        await anyio.sleep(0.1)
+            with anyio.fail_after(10):
+                while any([e.id for e in r.kernel()] != real for r in readers):
+                    await anyio.sleep(0.05)
+            for reader in readers:
+                assert all(json.loads(e.data)["reason"] != "forged" for e in reader.kernel())
+        for gw in replicas:
+            assert _metric(gw.base_url, "kev_events_duplicate_total") == 0
+            assert _metric(gw.base_url, 'kev_payloads_dropped_total{kind="unproven"}') >= 20
+            assert httpx.get(gw.base_url + "/ready", timeout=5).status_code == 200
+        # a client resuming from a real id gets the real events after it, nothing forged
+        async with stream_as(ROOT, replicas[1].base_url, last_event_id=real[1]) as (_, events):
+            got: list[str] = []
+            with anyio.fail_after(10):
+                async for event in events:
+                    if event.event.startswith("kernel_"):
+                        got.append(event.id)
+                        if len(got) == len(real) - 2:
+                            break
+            assert got == real[2:]
+
+    with spawn_gateway(settings[0]) as first, spawn_gateway(settings[1]) as second:
+        anyio.run(scenario, [first, second])

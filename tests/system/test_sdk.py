@@ -1,19 +1,15 @@
-"""The official Backend.AI client SDK (PyPI ``backend.ai-client``), unmodified, against real
-gateway processes (``gateway serve``) and the real publisher library.
-
-The SDK lives in a virtualenv of its own, cached in the checkout at ``.venv-sdk/`` (ignored by
-git and docker) and rebuilt when its pinned requirements, or the interpreter it is built from,
-change: the first run pays ~30 s for it, later runs 0.2 s. Nothing in this process imports
-the SDK; it runs only in subprocesses: its CLI (``backend.ai events``) and short scripts of its
-Python API (:data:`_LISTEN`), with a scratch working directory (it reads a ``.env`` from there)
-and the ``BACKEND_*`` environment.
+"""The official Backend.AI client SDK 23.9.10 (PyPI ``backend.ai-client``), unmodified, in
+depth, against real gateway processes (``gateway serve``) set to report API v4 only
+(``api_version=v4.20190615``, the setting an operator keeps for v4 clients), and the real
+publisher library. The SDK's venv and the ways of running it: ``tests/support/sdk.py``; every
+generation at the gateway's defaults: ``tests/system/test_sdk_generations.py``.
 
 * ``backend.ai events NAME`` and ``ComputeSession(NAME).listen_events()`` negotiate the API
-  version by themselves (``GET /``: the gateway answers v4), so they stream
+  version by themselves (``GET /``: the gateway answers v4 here), so they stream
   ``/stream/kernel/_/events?sessionId=NAME[&owner_access_key=AK]``: a whole lifecycle of the
   session, with other sessions' events published in between, must come out in order, nothing
   else, each with the v4 data (``sessionId``, ``ownerAccessKey``, ``reason``; ``result`` on
-  ``kernel_terminated``).
+  ``kernel_terminated``), and the SDK warns that v4 is below its minimum (v5).
 * Forced to API v6 (``proxy_mode``: no negotiation) the SDK asks
   ``/events/session?sessionName=NAME&scope=...`` and expects the manager's v5+ names
   (``session_enqueued``, ``session_success``: there is no ``kernel_enqueued`` there) and data
@@ -32,19 +28,11 @@ The SDK's CLI exits 0 even on errors (it prints them on stderr), and does not st
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
-import platform
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -53,30 +41,12 @@ from gateway.cli import main as gateway_cli
 from publisher import KernelEvent, SessionRef, SyncPublisher
 from tests.support.gateway_server import RunningGateway, gateway_settings, spawn_gateway
 from tests.support.identities import ALICE, BOB, ROOT, Person, session_of
+from tests.support.sdk import GENERATIONS, Child, Client, Sdk, build_sdk
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-ROOT_DIR: Final = Path(__file__).resolve().parents[2]  # the checkout
-#: the newest release that installs on Python 3.11; yarl above 1.17.0 breaks its request
-#: signing (``'tuple' object has no attribute 'netloc'``)
-SDK_REQUIREMENTS: Final = ("backend.ai-client==23.9.10", "yarl==1.17.0")
-SDK_VENV: Final = ROOT_DIR / ".venv-sdk"
-#: written last, after a complete install: what the venv was built from
-_STAMP: Final = SDK_VENV / "kev-sdk-requirements.txt"
-#: pip's words when it could not reach the package index (as opposed to a bad pin)
-_UNREACHABLE: Final = (
-    "NewConnectionError",
-    "Failed to establish a new connection",
-    "Temporary failure in name resolution",
-    "Name or service not known",
-    "Network is unreachable",
-    "ConnectTimeoutError",
-    "ReadTimeoutError",
-    "ProxyError",
-)
-
-V4: Final = "v4.20190615"  # what the gateway's GET / reports by default
+V4: Final = "v4.20190615"  # what the gateway reports here (api_version)
 V6: Final = "v6.20220615"
 SESSION: Final = "sdk-job"
 #: how the manager's /events/session (API v5+) names what the v4 stream calls these
@@ -87,266 +57,10 @@ _V5_NAMES: Final = {
 }
 
 
-# -- the SDK's virtualenv -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sdk:
-    venv: Path
-
-    @property
-    def cli(self) -> str:
-        return str(self.venv / "bin" / "backend.ai")
-
-    @property
-    def python(self) -> str:
-        return str(self.venv / "bin" / "python")
-
-
-def _venv_key() -> str:
-    """What the cached venv must have been built from: the pins and this interpreter."""
-    return "\n".join(
-        [*SDK_REQUIREMENTS, f"python {platform.python_version()} {sys.base_prefix}", ""]
-    )
-
-
-def _clean_env() -> dict[str, str]:
-    """This environment without anything that would point a child at the checkout, its
-    venv, the gateway's settings or some Backend.AI endpoint."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PYTHON", "GATEWAY_", "KEV_", "BACKEND_", "SORNA_"))
-        and k != "VIRTUAL_ENV"
-    }
-
-
-def _build_sdk_venv() -> None:
-    """Create the venv afresh and install the pins; skips the run when pip cannot reach the
-    package index, fails on anything else."""
-    _STAMP.unlink(missing_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--clear", str(SDK_VENV)],
-        check=True,
-        timeout=120,
-        env=_clean_env(),
-    )
-    pip = [str(SDK_VENV / "bin" / "python"), "-m", "pip", "install", "--no-input"]
-    pip += ["--disable-pip-version-check", "--retries", "2", "--timeout", "20"]
-    proc = subprocess.run(
-        [*pip, *SDK_REQUIREMENTS],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-        env=_clean_env(),
-    )
-    if proc.returncode != 0:
-        output = proc.stdout + proc.stderr
-        tail = "\n".join(output.strip().splitlines()[-6:])
-        if any(marker in output for marker in _UNREACHABLE):
-            pytest.skip(
-                f"pip cannot reach the package index to install {' '.join(SDK_REQUIREMENTS)} "
-                f"(the SDK tests need it once; then the venv at {SDK_VENV} is cached):\n{tail}"
-            )
-        pytest.fail(f"pip install {' '.join(SDK_REQUIREMENTS)} failed:\n{output[-3000:]}")
-    _STAMP.write_text(_venv_key())
-
-
-def _cached() -> bool:
-    if not _STAMP.is_file() or _STAMP.read_text() != _venv_key():
-        return False
-    probe = subprocess.run(
-        [str(SDK_VENV / "bin" / "python"), "-c", "import ai.backend.client.session"],
-        capture_output=True,
-        timeout=60,
-        check=False,
-        env=_clean_env(),
-    )
-    return probe.returncode == 0 and (SDK_VENV / "bin" / "backend.ai").is_file()
-
-
 @pytest.fixture(scope="session")
-def sdk() -> Iterator[Sdk]:
-    """The SDK's venv, built once and cached between runs at ``.venv-sdk/``.
-
-    Concurrent runs in one checkout take turns on an exclusive lock of the venv's directory
-    (flock on its descriptor: no lock file); ``venv --clear`` empties it in place."""
-    started = time.monotonic()
-    SDK_VENV.mkdir(exist_ok=True)
-    fd = os.open(SDK_VENV, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        built = not _cached()
-        if built:
-            _build_sdk_venv()
-    finally:
-        os.close(fd)  # releases the lock
-    how = "built" if built else "cached"
-    print(f"SDK venv {SDK_VENV}: {how} in {time.monotonic() - started:.1f} s")
-    yield Sdk(SDK_VENV)
-
-
-# -- running it -----------------------------------------------------------------------------------
-
-
-class Lines:
-    """A child's output, read line by line in a thread of its own (it ends when the pipe
-    closes), so the test waits for lines with a deadline."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self.lines: list[str] = []
-        self.closed = False
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: IO[bytes]) -> None:
-        with stream:
-            for raw in stream:
-                with self._cond:
-                    self.lines.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
-                    self._cond.notify_all()
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
-
-    def wait_for(self, check: Callable[[list[str]], bool], timeout: float, what: str) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self.closed or check(self.lines), timeout)
-            if not check(self.lines):
-                state = "ended" if self.closed else f"timed out after {timeout}s"
-                raise AssertionError(f"{state} waiting for {what}; got:\n" + self.text)
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
-@dataclass
-class Child:
-    proc: subprocess.Popen[bytes]
-    out: Lines
-    err: Lines
-
-    def wait_exit(self, timeout: float) -> int:
-        code = self.proc.wait(timeout=timeout)
-        self.out.join(5)
-        self.err.join(5)
-        return code
-
-    def describe(self) -> str:
-        return f"stdout:\n{self.out.text}\nstderr:\n{self.err.text}"
-
-
-@dataclass
-class Client:
-    """Runs the SDK (its CLI or a script of its API) as ``person`` against ``base_url``."""
-
-    sdk: Sdk
-    workdir: Path
-    base_url: str
-
-    def env(self, person: Person, secret: str | None = None) -> dict[str, str]:
-        env = _clean_env()
-        env.update(
-            HOME=str(self.workdir),
-            PYTHONUTF8="1",
-            NO_PROXY="127.0.0.1",
-            no_proxy="127.0.0.1",
-            BACKEND_ENDPOINT=self.base_url,
-            BACKEND_ENDPOINT_TYPE="api",
-            BACKEND_ACCESS_KEY=person.access_key,
-            BACKEND_SECRET_KEY=person.secret_key if secret is None else secret,
-        )
-        return env
-
-    @contextlib.contextmanager
-    def start(
-        self, argv: Sequence[str], person: Person, secret: str | None = None
-    ) -> Iterator[Child]:
-        """The child, stopped by its PID when the block ends, whatever happened in it."""
-        proc = subprocess.Popen(
-            list(argv),
-            cwd=self.workdir,
-            env=self.env(person, secret),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        child = Child(proc, Lines(proc.stdout), Lines(proc.stderr))
-        try:
-            yield child
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-            child.out.join(5)
-            child.err.join(5)
-
-    def events_cli(self, session: str = SESSION, *, owner: str | None = None) -> list[str]:
-        argv = [self.sdk.cli, "events", session]
-        return argv + (["--owner", owner] if owner else [])
-
-    def listen_script(self, **ask: Any) -> list[str]:
-        return [self.sdk.python, "-c", _LISTEN, json.dumps(ask)]
-
-
-#: The SDK's Python API, run in its venv: ``argv[1]`` is JSON ``{"session", "version" (null:
-#: negotiate), "until" {scope: the event that ends that listener}, "timeout"}``. Prints one
-#: JSON object per line: ``api_version``, ``ready`` once every listener's response has begun,
-#: each event (``scope``, ``event``, ``id``, ``data``), ``warnings``, or ``error``.
-_LISTEN = """\
-import asyncio, contextlib, json, sys, warnings
-from ai.backend.client.config import APIConfig
-from ai.backend.client.exceptions import BackendAPIError
-from ai.backend.client.session import AsyncSession
-
-ask = json.loads(sys.argv[1])
-
-def emit(**fields):
-    print(json.dumps(fields), flush=True)
-
-async def drain(scope, response, until):
-    async for ev in response:
-        emit(scope=scope, event=ev.event, id=ev.id, data=json.loads(ev.data))
-        if ev.event in (until, "server_close"):
-            return
-
-async def main():
-    if ask["version"]:
-        session = AsyncSession(config=APIConfig(version=ask["version"]), proxy_mode=True)
-    else:
-        session = AsyncSession()
-    async with session as api:
-        emit(api_version=list(api.api_version))
-        compute = api.ComputeSession(ask["session"])
-        async with contextlib.AsyncExitStack() as stack:
-            responses = {}
-            for scope in ask["until"]:
-                listening = compute.listen_events(scope=scope)
-                responses[scope] = await stack.enter_async_context(listening)
-            emit(ready=True)
-            await asyncio.gather(
-                *(drain(s, r, ask["until"][s]) for s, r in responses.items())
-            )
-
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    try:
-        asyncio.run(asyncio.wait_for(main(), ask["timeout"]))
-    except BackendAPIError as exc:
-        emit(error={"status": exc.status, "reason": exc.reason, "data": exc.data})
-emit(warnings=[f"{w.category.__name__}: {w.message}" for w in caught])
-"""
+def sdk() -> Sdk:
+    """23.9.10 (Python 3.11), cached at ``.venv-sdk/23.9.10/`` (tests/support/sdk.py)."""
+    return build_sdk(next(g for g in GENERATIONS if g.release == "23.9.10"))
 
 
 # -- the gateway, the events ----------------------------------------------------------------------
@@ -354,20 +68,17 @@ emit(warnings=[f"{w.category.__name__}: {w.message}" for w in caught])
 
 @pytest.fixture
 def served(cast: str) -> Iterator[RunningGateway]:
-    """``gateway serve`` as its own process on the test's Redis, the cast stored; open streams
-    re-check their keypair every 0.5 s (the README's floor: at least every second)."""
-    with spawn_gateway(gateway_settings(cast, identity_cache_ttl=0.5)) as running:
+    """``gateway serve`` as its own process on the test's Redis, the cast stored, reporting
+    v4 to every client (the setting for an operator who wants v4 only); open streams re-check
+    their keypair every 0.5 s (the README's floor: at least every second)."""
+    settings = gateway_settings(cast, identity_cache_ttl=0.5, api_version=V4)
+    with spawn_gateway(settings) as running:
         yield running
 
 
 @pytest.fixture
 def client(sdk: Sdk, served: RunningGateway, tmp_path: Path) -> Client:
-    workdir = tmp_path / "sdk-cwd"
-    workdir.mkdir()
-    # The SDK loads the first .env from its working directory upwards (overriding the
-    # environment): an empty one here stops the search.
-    (workdir / ".env").write_text("")
-    return Client(sdk, workdir, served.base_url)
+    return Client(sdk, tmp_path / "sdk-cwd", served.base_url)
 
 
 def lifecycle(ref: SessionRef) -> list[KernelEvent]:
@@ -474,7 +185,7 @@ def test_cli_events_prints_the_whole_lifecycle_of_one_session(
 ) -> None:
     """``backend.ai events sdk-job`` (``--owner AK``: ``owner_access_key=AK``), negotiating
     v4 by itself: every event of that session, in order, nothing of the others."""
-    with client.start(client.events_cli(owner=owner), caller) as child:
+    with client.start(client.events_cli(SESSION, owner=owner), caller) as child:
         until_streaming(client.base_url, 1, child)
         published = publish_lifecycles(redis_url)
         child.out.wait_for(
@@ -551,8 +262,7 @@ def test_cli_negotiates_v6_when_the_gateway_reports_it(sdk: Sdk, cast: str, tmp_
     settings = gateway_settings(cast, identity_cache_ttl=0.5, api_version=V6)
     with spawn_gateway(settings) as served:
         client = Client(sdk, tmp_path, served.base_url)
-        (tmp_path / ".env").write_text("")
-        with client.start(client.events_cli(), ALICE) as child:
+        with client.start(client.events_cli(SESSION), ALICE) as child:
             until_streaming(client.base_url, 1, child)
             published = publish_lifecycles(cast)
             child.out.wait_for(
@@ -572,7 +282,7 @@ def test_wrong_secret_is_refused(client: Client) -> None:
     """401 "Signature mismatch": the CLI prints it (and exits 0, as it does on every error),
     the Python API raises ``BackendAPIError`` with the problem document."""
     wrong = "not-" + ALICE.secret_key
-    with client.start(client.events_cli(), ALICE, secret=wrong) as cli:
+    with client.start(client.events_cli(SESSION), ALICE, secret=wrong) as cli:
         assert cli.wait_exit(30) == 0, cli.describe()
     assert cli.out.lines == [], cli.describe()
     assert "BackendAPIError: 401 Unauthorized" in cli.err.text, cli.describe()
@@ -596,7 +306,7 @@ def test_revoked_keypair_ends_the_cli_stream(client: Client, redis_url: str) -> 
     reconnects after an ordinary disconnect, not after ``server_close``); the next try is
     refused."""
     first = TARGET.enqueued()
-    with client.start(client.events_cli(), ALICE) as child:
+    with client.start(client.events_cli(SESSION), ALICE) as child:
         until_streaming(client.base_url, 1, child)
         with SyncPublisher.from_url(redis_url) as pub:
             assert pub.publish(first) is not None
@@ -613,7 +323,7 @@ def test_revoked_keypair_ends_the_cli_stream(client: Client, redis_url: str) -> 
     assert took < 5, f"the stream ended {took:.1f} s after the keypair was deactivated"
     assert streams(client.base_url) == 0
 
-    with client.start(client.events_cli(), ALICE) as again:
+    with client.start(client.events_cli(SESSION), ALICE) as again:
         assert again.wait_exit(30) == 0, again.describe()
     assert again.out.lines == [], again.describe()
     assert "BackendAPIError: 401 Unauthorized" in again.err.text, again.describe()

@@ -66,6 +66,14 @@ def syncer(dsn: str, redis_url: str) -> Iterator[str]:
                 proc.kill()
 
 
+def _synced(url: str) -> bool:
+    """The syncer is active and has applied a sync. ``ready`` alone is not that: a syncer
+    that has not taken the lease yet is a standby, ready as soon as it reaches Redis (a
+    stream opened then, before any sync, got 401: seen once in CI)."""
+    body = _ready(url)
+    return bool(body.get("ready") and body.get("role") == "active" and body.get("last_success"))
+
+
 def _ready(url: str) -> dict[str, object]:
     try:
         body: dict[str, object] = httpx.get(url + "/ready", timeout=2).json()
@@ -93,7 +101,7 @@ async def test_backendai_s_identities_drive_open_streams_on_every_replica(
     replicas: list[RunningGateway] = [start_gateway(), start_gateway()]  # type: ignore[operator]
     alice = Person(str(ALICE.user_uuid), "user", "default", ALICE.access_key, ALICE.secret_key)
     with syncer(dsn, redis_url) as url:
-        await _until(lambda: _ready(url).get("ready"), 20, "the syncer's first sync")
+        await _until(lambda: _synced(url), 20, "the syncer's first sync")
         assert _ready(url)["keypairs"] == 1
         # --once never writes beside the active syncer (the review: a stale snapshot from a
         # cron job could switch a just-deactivated key back on)
@@ -170,7 +178,7 @@ async def test_each_change_in_backendai_ends_the_streams_on_every_replica(
     replicas: list[RunningGateway] = [start_gateway(), start_gateway()]  # type: ignore[operator]
     alice = Person(U, "admin", "default", ALICE.access_key, ALICE.secret_key)
     with syncer(dsn, redis_url) as url:
-        await _until(lambda: _ready(url).get("ready"), 20, "the syncer's first sync")
+        await _until(lambda: _synced(url), 20, "the syncer's first sync")
         async with contextlib.AsyncExitStack() as stack:
             streams = [
                 await stack.enter_async_context(stream_as(alice, r.base_url + V4)) for r in replicas

@@ -67,6 +67,17 @@ def _metric(gw: RunningGateway, sample: str) -> float:
     return 0.0
 
 
+async def _restarted_empty(server: PrivateRedis, gw: RunningGateway) -> None:
+    """SIGKILL Redis; it comes back empty: store the identities again, wait for the replica."""
+    server.restart()
+    await seed(server.url)
+    await until(
+        lambda: httpx.get(gw.base_url + "/ready", timeout=5).status_code == 200,
+        15,
+        "the replica back",
+    )
+
+
 async def _streams(gw: RunningGateway, n: int) -> None:
     await until(
         lambda: httpx.get(gw.base_url + "/ready", timeout=5).json()["streams"] >= n,
@@ -76,7 +87,7 @@ async def _streams(gw: RunningGateway, n: int) -> None:
 
 
 @pytest.mark.anyio
-async def test_garbage_with_a_future_id_blinds_no_replica(redis_url: str) -> None:
+async def test_forged_live_messages_blind_no_replica(redis_url: str) -> None:
     await seed(redis_url)
     ref = session_of(ALICE, "after-poison")
     with spawn_gateway(gateway_settings(redis_url)) as gw:
@@ -94,7 +105,7 @@ async def test_garbage_with_a_future_id_blinds_no_replica(redis_url: str) -> Non
             await until(lambda: len(reader.kernel()) >= 3, 5, "the real events")
             assert [e.id for e in reader.kernel()] == real
         assert httpx.get(gw.base_url + "/ready", timeout=5).status_code == 200
-        assert _metric(gw, 'kev_payloads_dropped_total{kind="future_id"}') >= 2
+        assert _metric(gw, 'kev_payloads_dropped_total{kind="unproven"}') >= 2
         assert _metric(gw, 'kev_payloads_dropped_total{kind="bad_id"}') >= 1
 
 
@@ -147,13 +158,7 @@ async def test_redis_losing_its_history_is_told_never_silent() -> None:
                 await until(lambda: len(open_stream.kernel()) >= 4, 10, "the old history")
                 assert [e.id for e in open_stream.kernel()] == [*old, ahead]
 
-                server.restart()  # SIGKILL; comes back empty
-                await seed(server.url)
-                await until(
-                    lambda: httpx.get(gw.base_url + "/ready", timeout=5).status_code == 200,
-                    15,
-                    "the replica back",
-                )
+                await _restarted_empty(server, gw)
                 with SyncPublisher.from_url(server.url) as pub:
                     new = [pub.publish(ref.started(f"new-{i}")) for i in range(3)]
                 assert all(n < ahead for n in new)  # the new ids are below the watermark
@@ -345,3 +350,60 @@ async def test_an_epoch_key_replaced_over_an_intact_history_resends_nothing(
             await until(lambda: len(reader.kernel()) == 5, 10, "the fence")
             assert [e.id for e in reader.kernel()] == ids  # nothing sent twice
             assert reader.notices() == []
+
+
+@pytest.mark.anyio
+async def test_an_entry_deleted_before_any_replica_read_it_is_told_once(redis_url: str) -> None:
+    """A credential with write access to the history (the bridge's, the publisher's scripts
+    aside) deletes an entry no replica has read yet: every stream is told ``trimmed`` once,
+    before what follows, and later events flow without another notice (the review found
+    deletions told only when a session restarted)."""
+    await seed(redis_url)
+    ref = session_of(ALICE, "xdel")
+    with spawn_gateway(gateway_settings(redis_url)) as gw:
+        async with reading(gw.base_url) as reader:
+            await _streams(gw, 1)
+            with redis.Redis.from_url(redis_url) as raw:
+                seconds, micros = raw.time()
+                ms = seconds * 1000 + micros // 1000
+                kept, deleted = f"{ms}-1".encode(), f"{ms}-2"
+                with raw.pipeline(transaction=True) as tx:  # atomic: no read in between
+                    tx.xadd(KEYS.history, {"e": encode_event(ref.started("kept"))}, id=kept)
+                    tx.xadd(KEYS.history, {"e": encode_event(ref.started("gone"))}, id=deleted)
+                    tx.xdel(KEYS.history, deleted)
+                    assert tx.execute()[2] == 1
+            with SyncPublisher.from_url(redis_url) as pub:
+                later = [pub.publish(ref.started(f"later-{i}")) for i in range(3)]
+            await until(lambda: len(reader.kernel()) >= 4, 10, "the events")
+            await asyncio.sleep(1.2)  # two probe intervals: no second notice comes
+            names = [(e.event, e.id) for e in reader.events if e.event != "ping"]
+            assert [e.id for e in reader.kernel()] == [kept.decode(), *later], names
+            assert [n["reason"] for n in reader.notices()] == ["trimmed"], names
+            assert names[0][0] == "history_truncated", names
+
+
+@pytest.mark.anyio
+async def test_a_new_history_trimmed_before_the_replica_read_it_is_told() -> None:
+    """The model test's find: Redis restarted empty (no persistence), and the first publish
+    held more events than MAXLEN keeps. The replica reads the new history from 0-0, whose
+    oldest entry is always newer than 0-0: the trimmed events were skipped untold. The
+    epoch (the first entry this history ever held) is older than its oldest entry: told."""
+    with PrivateRedis() as server:
+        await seed(server.url)
+        ref = session_of(ALICE, "trimmed-new")
+        with spawn_gateway(gateway_settings(server.url)) as gw:
+            async with reading(gw.base_url) as open_stream:
+                await _streams(gw, 1)
+                await _restarted_empty(server, gw)
+                with SyncPublisher.from_url(server.url, maxlen=5, exact_trim=True) as pub:
+                    ids = pub.publish_many([ref.started(f"n-{i}") for i in range(12)])
+                # one script call: the first 7 are trimmed before any reader can see them
+                await until(lambda: len(open_stream.kernel()) >= 5, 15, "the kept events")
+                await asyncio.sleep(0.5)  # (anything more would show now)
+                assert [e.id for e in open_stream.kernel()] == ids[-5:]
+                kinds = [e.event for e in open_stream.events if e.event != "ping"]
+                told = [n["reason"] for n in open_stream.notices()]
+                assert "trimmed" in told, told
+                # told before the first event that follows the gap
+                assert kinds.index("history_truncated") < kinds.index("kernel_started")
+                assert kinds[kinds.index("kernel_started") :] == ["kernel_started"] * 5

@@ -22,7 +22,9 @@ _PREFIXED = re.compile(r"""f["']\{(?:[\w.]+\.)?prefix\}(:[^"']*)["']""")
 
 
 def _members() -> set[str]:
-    return {name for name in dir(Keys) if not name.startswith("_") and name != "prefix"}
+    # every member that makes a name (not the fields, not the constructors)
+    fields = {"prefix", "cluster", "on", "for_url"}
+    return {name for name in dir(Keys) if not name.startswith("_") and name not in fields}
 
 
 def _granted_patterns(keys: Keys) -> list[str]:

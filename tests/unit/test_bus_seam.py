@@ -35,6 +35,10 @@ ELSEWHERE = {
     ("devtools/backendai_bus.py", "execute_command"): "Backend.AI's Redis: its exact commands",
     ("bench/publisher_bench.py", "publish"): "the bench's baseline: raw PUBLISH, no script",
     ("bench/publisher_bench.py", "xlen"): "the bench waits for the history to fill",
+    ("publisher/connection.py", "execute_command"): "the cluster client's own entry, passed "
+    "on after its pool place is found (_WaitingCluster): every command, not a bus verb",
+    ("bench/cluster.py", "execute_command"): "the bench's raw PUBLISH against SPUBLISH on a "
+    "channel of its own (its subscriber a raw socket), no gateway",
 }
 
 

@@ -47,8 +47,14 @@ ROWS: dict[str, tuple[Known, Found, Decision]] = {
         _found(_history(epoch="130-0"), in_history=True),
         Decision("epoch_key_replaced", (150, 0)),
     ),
-    "another epoch at or below the watermark: a new history followed live, told": (
+    "another epoch at or below the watermark, dispatched from before it: a new history, "
+    "sent from its start (an id a little ahead, then the history's reset)": (
         FOLLOWING,
+        _found(_history(epoch="140-0", first=(140, 0)), in_history=False),
+        Decision("new_history", (0, 0), "reset", reset=True),
+    ),
+    "another epoch at or below all that was dispatched: a new history followed live, told": (
+        Known(True, "100-0", (150, 0), (145, 0), "r1"),
         _found(_history(epoch="140-0", first=(140, 0)), in_history=False),
         Decision("new_history_followed", (150, 0), "reset"),
     ),
