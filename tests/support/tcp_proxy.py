@@ -28,13 +28,11 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        #: the tasks relaying a link (only these are cancelled on close: asyncio's own task
-        #: that makes a just-accepted socket a transport must run, or the socket leaks)
-        self._handlers: set[asyncio.Task[None]] = set()
         #: every accepted connection's transport, from its first moment: one accepted as the
         #: proxy closes has no handler running yet (its task may be cancelled unstarted), and
         #: left open it is an unclosed socket when the loop closes (a ResourceWarning seen in CI)
         self._accepted: set[asyncio.BaseTransport] = set()
+        self._closing = False
 
     @property
     def url(self) -> str:
@@ -69,9 +67,6 @@ class TcpProxy:
         return asyncio.run_coroutine_threadsafe(freeze(), self._loop).result(5)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
         link = _Link()
         self.links.append(link)
         self._writers.add(writer)
@@ -81,6 +76,10 @@ class TcpProxy:
             writer.close()
             return
         self._writers.add(up_writer)
+        if self._closing:  # the upstream connected after close() swept: cut it here
+            up_writer.transport.abort()
+            writer.transport.abort()
+            return
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
             with contextlib.suppress(OSError, ConnectionError):
@@ -100,33 +99,46 @@ class TcpProxy:
         if self._loop.is_closed():
             return
 
-        async def abort_until_quiet() -> None:
-            # A cut: abort, not close (a close waits to flush what the peer has not read, and
-            # the socket outlived the loop: a ResourceWarning seen under load). A connection
-            # accepted just before the listener closed becomes a transport a few loop turns
-            # later: abort again until a round finds nothing new.
+        async def sweep() -> None:
+            """Abort every socket until no task but this is left: each handler then ends by
+            itself (its reads see the end), as do asyncio's own tasks that make accepted
+            sockets transports. Counted in tasks, not time: under GIL contention a 10 ms sleep
+            was not enough loop turns, and CI saw the socket left."""
+            this = asyncio.current_task()
             while True:
-                seen = len(self._accepted) + len(self._writers)
+                for link in self.links:
+                    link.frozen = False  # a frozen pump holds its bytes in a sleep loop
                 for writer in list(self._writers):
-                    writer.transport.abort()
+                    writer.transport.abort()  # abort, not close: a close waits on the peer
                 for transport in list(self._accepted):
                     transport.abort()
-                await asyncio.sleep(0.01)
-                if len(self._accepted) + len(self._writers) == seen:
-                    break
+                others = [task for task in asyncio.all_tasks() if task is not this]
+                if not others:
+                    return
+                await asyncio.gather(*others, return_exceptions=True)
 
         async def stop() -> None:
+            # A cut. First stop accepting but keep the server open: a socket accepted just
+            # before becomes a transport in a task of asyncio's, and a transport made after
+            # Server.close() fails to attach to it, leaving its socket unclosed (CPython
+            # 3.11's Server._attach asserts the server is open; a ResourceWarning in whichever
+            # test came next, twice in CI). A handler that connects upstream after the last
+            # sweep sees _closing and cuts itself.
+            self._closing = True
+            loop = asyncio.get_running_loop()
+            if self._server is not None:
+                for sock in self._server.sockets:
+                    loop.remove_reader(sock.fileno())
+            await sweep()
             if self._server is not None:
                 self._server.close()
-            await abort_until_quiet()
-            handlers = list(self._handlers)
-            for task in handlers:
-                task.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
-            await abort_until_quiet()
+            await sweep()
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        # An abort closes its socket in a callback on the loop's next turn: stop after that
+        # turn, not before (a callback left pending leaves its socket to the garbage
+        # collector: a ResourceWarning in whichever test comes next, seen in CI).
+        self._loop.call_soon_threadsafe(self._loop.call_soon, self._loop.stop)
         self._thread.join(5)
         self._loop.close()
 
