@@ -24,14 +24,15 @@ sync       read and write identities, its own sets and   history, sessions, the 
 ========== ============================================= =======================================
 
 The ``default`` user is the operator's superuser, behind a password of its own
-(``--superuser-password-file``): no component is given it, and unauthenticated clients get
-NOAUTH, even for PING. It has every right because Redis replays its append-only file as that
-user, and a Redis whose EXEC re-checks ACLs during that replay (Redis 7.0 until
-redis/redis#14545, Valkey until valkey#3984; Debian bookworm's 7.0.15) refuses every
-transaction and script write it may not make: a ``default`` user limited to PING (or off)
-loses every identity, event and epoch at each restart with AOF (``tests/system/
-test_aof_acl.py``). ``--default-user ping`` or ``off`` remain, for a Redis without
-persistence or with the fix.
+(``--superuser-password-file``; it must differ from every other user's, since ``AUTH`` with a
+password alone logs in as ``default``): no component is given it, and unauthenticated clients
+get NOAUTH, even for PING. It has every right because Redis replays its append-only file as
+that user, and a Redis whose EXEC re-checks ACLs during that replay (Redis from 7.0 until
+redis/redis#14545, reported on 7.2.5 and measured on Debian bookworm's 7.0.15; Valkey until
+valkey#3984) refuses every transaction and script write it may not make: a ``default`` user
+limited to PING (or off) loses every identity, event and epoch at each restart with AOF
+(``tests/system/test_aof_acl.py``). ``--default-user ping`` or ``off`` remain, for a Redis
+without persistence or with the fix.
 
 A replica and a Sentinel then need users of their own too (the superuser's password is for
 people); written when their password is given (:data:`SERVICE_USERS`, Redis's documented
@@ -405,9 +406,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default="superuser",
         help="the default user is the superuser, with --superuser-password-file (default: "
         "what an AOF replays as must have every right), or may only PING without a password "
-        "(ping), or is off; keep leaves it as it is (adding a user to a running Redis). ping "
-        "and off lose every transaction of an AOF at a restart on Redis 7.0 before "
-        "redis/redis#14545",
+        "(ping), or is off; keep leaves it as it is (with --format commands only: adding a "
+        "user to a running Redis). ping and off lose every transaction of an AOF at a "
+        "restart on a Redis without redis/redis#14545 (7.0 and later, before it)",
     )
     p.add_argument(
         "--superuser-password-file",
@@ -482,6 +483,20 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
     unknown = sorted(set(wanted) - set(known))
     if unknown:
         return _fail(f"--profiles: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    if args.default_user == "keep" and args.format == "aclfile":
+        # an aclfile without a default line: Redis makes ``default`` nopass with every right
+        return _fail(
+            "--default-user keep writes no default user, and Redis then loads an aclfile "
+            "with default open to anyone (nopass, every right): use it with --format "
+            "commands only, to add users to a running Redis"
+        )
+    if args.default_user != "superuser" and args.superuser_password_file is not None:
+        return _fail(f"--superuser-password-file is for --default-user superuser, not "
+                     f"{args.default_user}")  # fmt: skip
+    from_stdin = [n for n, v in vars(args).items() if n.endswith("_password_file") and v == "-"]
+    if len(from_stdin) > 1:
+        names = ", ".join("--" + n.replace("_", "-") for n in sorted(from_stdin))
+        return _fail(f"only one password can come from standard input (-): {names}")
     passwords: dict[Profile, str] = {}
     users: dict[Profile, str] = {}
     for profile in PROFILES:
@@ -532,10 +547,19 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
             )
         except SecretError as exc:
             return _fail(str(exc))
-        if not superuser:
+        if not superuser or not superuser.strip():
             return _fail(
                 f"the default user (the superuser) needs a password: --superuser-password-file, "
-                f"{env_name} or {env_name}_FILE (or --default-user keep to leave it as it is)"
+                f"{env_name} or {env_name}_FILE"
+            )
+        shared = sorted(
+            [p for p, pw in passwords.items() if pw == superuser]
+            + [s for s, (_, pw) in services.items() if pw == superuser]
+        )
+        if shared:  # a client that leaves its user name out would log in as the superuser
+            return _fail(
+                "the superuser's password must differ from every user's; it is the "
+                f"{', '.join(shared)} user's too"
             )
     if args.cluster and args.default_user != "keep" and "replication" not in services:
         print(

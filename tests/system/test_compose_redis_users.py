@@ -50,6 +50,12 @@ def _container_file(doc: dict[str, Any], service: str, path: str) -> Path:
     raise AssertionError(f"{service}: {path} is not mounted")
 
 
+def _secret_file(doc: dict[str, Any]) -> Path:
+    """The checkout's file behind the redis service's one secret."""
+    (name,) = doc["services"]["redis"]["secrets"]
+    return ROOT / doc["secrets"][name]["file"]
+
+
 def _healthcheck(
     doc: dict[str, Any], port: int, secret: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -59,7 +65,7 @@ def _healthcheck(
     kind, command = doc["services"]["redis"]["healthcheck"]["test"]
     assert kind == "CMD-SHELL", kind
     (name,) = doc["services"]["redis"]["secrets"]
-    file = secret or ROOT / doc["secrets"][name]["file"]
+    file = secret or _secret_file(doc)
     command = command.replace("$$", "$").replace(f"/run/secrets/{name}", str(file))
     assert command.count("redis-cli ") == 1, command
     command = command.replace("redis-cli ", f"redis-cli -h {HOST} -p {port} ")
@@ -87,6 +93,9 @@ def test_the_compose_services_run_on_their_redis_users(tmp_path: Path) -> None:
     ):
         # the check is not vacuous: the superuser's password is what makes it pass
         assert _healthcheck(doc, port, secret=Path("/dev/null")).returncode != 0
+        crlf = tmp_path / "superuser-crlf.password"  # the same secret, saved with CRLF
+        crlf.write_bytes(_secret_file(doc).read_bytes().rstrip(b"\n") + b"\r\n")
+        assert _healthcheck(doc, port, secret=crlf).returncode == 0
         # seed: `gateway import /seed/demo-identities.json` as kev-admin
         seed_cmd = doc["services"]["seed"]["command"]
         ids = _container_file(doc, "seed", seed_cmd[2])

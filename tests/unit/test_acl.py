@@ -153,3 +153,41 @@ def test_gateway_acl_can_add_one_user_to_a_running_redis_and_leave_the_default_u
     monkeypatch.setenv("KEV_ACL_SUPERUSER_PASSWORD", "superuser-secret-0")
     assert main([*args, "--format", "commands"]) == 0  # the default: the default user too
     assert [w.split()[2] for w in capsys.readouterr().out.splitlines()] == ["default", "kev-bridge"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "said"),
+    [
+        # an aclfile without a default line: Redis makes default nopass with every right
+        (["--default-user", "keep"], {}, "--default-user keep writes no default user"),
+        (["--default-user", "ping", "--superuser-password-file", "root"], {},
+         "--superuser-password-file is for --default-user superuser"),
+        (["--superuser-password-file", "-", "--admin-password-file", "-"], {},
+         "only one password can come from standard input"),
+        ([], {"KEV_ACL_SUPERUSER_PASSWORD": "   "}, "superuser) needs a password"),
+        # AUTH <password> alone logs in as default: a shared password is the superuser's
+        ([], {"KEV_ACL_SUPERUSER_PASSWORD": "gateway-secret-2"},
+         "must differ from every user's; it is the gateway user's too"),
+    ],
+)  # fmt: skip
+def test_gateway_acl_refuses_a_default_user_anyone_could_use(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    env: dict[str, str],
+    said: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "root").write_text("superuser-secret-0\n")
+    for name in ("PUBLISHER", "GATEWAY", "ADMIN", "SUPERUSER"):
+        monkeypatch.delenv(f"KEV_ACL_{name}_PASSWORD", raising=False)
+        monkeypatch.delenv(f"KEV_ACL_{name}_PASSWORD_FILE", raising=False)
+    monkeypatch.setenv("KEV_ACL_PUBLISHER_PASSWORD", "publisher-secret-1")
+    monkeypatch.setenv("KEV_ACL_GATEWAY_PASSWORD", "gateway-secret-2")
+    monkeypatch.setenv("KEV_ACL_ADMIN_PASSWORD", "admin-secret-3")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["acl", *extra]) == 2
+    captured = capsys.readouterr()
+    assert said in captured.err and captured.out == ""
