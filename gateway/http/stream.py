@@ -30,16 +30,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import RateLimited, Unavailable
+from gateway.errors import InvalidParams, RateLimited, Unavailable
 from gateway.fanout.connection import Connection, DirectPath, body
 from gateway.fanout.frames import retry_frame
-from gateway.fanout.resume import replay
+from gateway.fanout.resume import positions, resume
 from gateway.fanout.stats import ThrottledLog
 from gateway.identity.methods import SignedCredential
 from gateway.identity.visibility import build_filter
 from gateway.replica.handoff import Ticket, request_digest
 from gateway.replica.limits import Slot
 from gateway.replica.state import GatewayState
+from publisher.partitions import is_vector
 from publisher.tasks import cancel_and_wait
 
 from .auth import authenticate_request
@@ -148,7 +149,7 @@ class HubStreamResponse(Response):
             connection.start_writing(direct, hub.notify)
             if self._last_event_id is not None:
                 resuming = asyncio.ensure_future(
-                    replay(connection, hub, state.redis, state.bus, self._last_event_id)
+                    resume(connection, hub, state.redis, state.buses, self._last_event_id)
                 )
             if direct is not None:
                 # The request's task just waits for the client to go, or for the response
@@ -203,6 +204,13 @@ async def stream_events(request: Request) -> Response:
     # protocol (gateway.http.uvicorn_internals), before any of this runs.
     api: Api = "v5" if request.scope["path"] in V5_PATHS else "v4"
     query = parse_query(request.scope.get("query_string", b""), request.headers, api)
+    if query.last_event_id is not None and is_vector(query.last_event_id):
+        try:  # one position per partition, of this deployment's partitions
+            if not hub.lanes:
+                raise ValueError("a vector id, and this deployment has one partition")
+            positions(query.last_event_id, len(hub.lanes))
+        except ValueError as exc:
+            raise InvalidParams("Invalid API parameters", f"Last-Event-ID: {exc}") from None
     credential = await authenticate_request(request, state)
     identity = credential.identity
     filter = await build_filter(identity, query, state.store)

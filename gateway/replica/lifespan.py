@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.fanout.hub import Hub
 from gateway.fanout.subscriber import Subscriber
@@ -39,6 +40,7 @@ from gateway.identity.throttle import LoginThrottle
 from gateway.settings import Settings
 from publisher.bus import Bus
 from publisher.connection import connect_async, connect_node_async, redact_url
+from publisher.partitions import check_partitions
 from publisher.tasks import cancel_and_wait
 
 from .handoff import Handoff
@@ -175,7 +177,15 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             if keys.cluster
             else None
         )
-        hub = Hub(settings.fanout)
+        partitions = settings.redis.partition_set()
+        # Every process of the deployment must have the same partitions (Redis records them;
+        # PartitionMismatch names both numbers and stops the start-up). `gateway serve` has
+        # waited for Redis; a replica started without it (tests, embedding) goes on unchecked.
+        try:
+            await check_partitions(redis, keys, partitions.n)
+        except (RedisError, RedisClusterException) as exc:
+            log.warning("could not check the number of partitions against Redis: %s", exc)
+        hub = Hub(settings.fanout, partitions=partitions)
         store = IdentityStore(
             redis, keys, cache_ttl=settings.identity.identity_cache_ttl, watch_presence=True
         )
@@ -243,7 +253,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             subscriber=Subscriber(
                 sub_redis,
                 bus,
-                hub,
+                hub.lanes[0] if hub.lanes else hub,
                 replica=settings.server.replica,
                 probe_interval=settings.fanout.probe_interval,
                 listeners={changes_channel(keys): reauth.on_message},
@@ -263,6 +273,27 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
         )
         state.handoff = handoff
         owned.push_async_callback(state.subscriber.aclose)  # after its task is stopped
+        if hub.lanes:
+            # One subscription per partition, each on a client of its own (a session that
+            # fails closes its client's pooled connections: the others' must not go with
+            # them), and on a cluster on the master of its own slot. This first version
+            # subscribes to every partition, whatever the streams of the replica need.
+            state.partition_buses = [Bus(k) for k in partitions.keys]
+            subscribers = [state.subscriber]
+            for p in range(1, partitions.n):
+                client = connect_async(settings.redis.url, **settings.redis.options, **sub_options)
+                owned.push_async_callback(client.aclose)
+                subscriber = Subscriber(
+                    client,
+                    state.partition_buses[p],
+                    hub.lanes[p],
+                    replica=settings.server.replica,
+                    probe_interval=settings.fanout.probe_interval,
+                    connect_node=connect_node,
+                )
+                owned.push_async_callback(subscriber.aclose)
+                subscribers.append(subscriber)
+            state.subscribers = subscribers
         state.history_watch = HistoryWatch(
             redis,
             bus,
@@ -281,6 +312,8 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
         undo_signals = _chain_exit_signals(state)
         try:
             spawn("subscriber", state.subscriber.run)
+            for p, subscriber in enumerate(state.subscribers[1:], start=1):
+                spawn(f"subscriber-p{p}", subscriber.run)
             spawn("hub-timer", hub.run_timer)
             spawn("revalidate", reauth.run)
             spawn("history-watch", state.history_watch.run)

@@ -14,7 +14,6 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
-from gateway.fanout.frames import format_stream_id
 from gateway.fanout.hub import Hub
 from gateway.fanout.subscriber import Subscriber
 from gateway.identity.methods import AuthMethod
@@ -73,6 +72,11 @@ class GatewayState:
     #: restarts of each supervised background task, and the ones down right now
     task_restarts: Counter[str] = field(default_factory=Counter)
     tasks_down: set[str] = field(default_factory=set)
+    #: with more than one partition, each one's subscriber, by partition (``subscriber`` is
+    #: partition 0's, which also carries the change feed); empty: ``subscriber`` is the one
+    subscribers: Sequence[Subscriber] = ()
+    #: each partition's bus, by partition (empty: ``bus`` is the one)
+    partition_buses: Sequence[Bus] = ()
     #: the history's health (ahead of the clock, started anew), or None (tests)
     history_watch: HistoryWatch | None = None
     #: where drained SDK streams stood, for their reconnects (None: they get server_close)
@@ -80,6 +84,16 @@ class GatewayState:
     #: monotonic time since which the replica has been unable to deliver, or None
     _unready_since: float | None = None
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def buses(self) -> Sequence[Bus]:
+        """Each partition's bus, by partition (one partition: ``[bus]``)."""
+        return self.partition_buses or (self.bus,)
+
+    @property
+    def subscribed(self) -> bool:
+        """Every partition's subscription is ready (subscribed, a probe made the round trip)."""
+        return all(s.ready for s in self.subscribers or (self.subscriber,))
 
     def __post_init__(self) -> None:
         if self.stream_limit < 0:
@@ -101,7 +115,7 @@ class GatewayState:
         watch = self.history_watch
         return (
             self.accepting
-            and self.subscriber.ready
+            and self.subscribed
             and not self.tasks_down
             and (watch is None or watch.problem is None)
         )
@@ -113,7 +127,7 @@ class GatewayState:
         every replica restarted by its liveness probe would cut its open streams for nothing
         (the review found the whole fleet restarting after one hostile write)."""
         now = time.monotonic()
-        deliverable = self.accepting and self.subscriber.ready and not self.tasks_down
+        deliverable = self.accepting and self.subscribed and not self.tasks_down
         if deliverable or not self.accepting:
             self._unready_since = None
             return 0.0
@@ -146,16 +160,14 @@ class GatewayState:
         """``(access key, request digest, stream id)`` of every stream handed off at this
         drain: the watermark, or where a stream still replaying began
         (gateway.replica.handoff)."""
-        watermark = self.hub.last_id
-        if watermark is None:
-            return []
-        at = format_stream_id(watermark)
         stands = []
         for client in self.hub.connections():
             ticket = client.handoff
             if isinstance(ticket, Ticket):
                 began = ticket.replay_from if client.replaying else None
-                stands.append((client.access_key, ticket.request, began or at))
+                at = began or self.hub.position(client.filter)
+                if at is not None:
+                    stands.append((client.access_key, ticket.request, at))
         return stands
 
     async def _hand_off(self, handoff: Handoff, stands: list[tuple[str, str, str]]) -> None:
