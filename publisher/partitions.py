@@ -199,7 +199,7 @@ def decode_vector(text: str, n: int) -> tuple[StreamId, ...]:
 
 def partitions_key(base: Keys) -> str:
     """Where the number of partitions is recorded (partition 0's slot)."""
-    return f"{base.prefix}:partitions"
+    return base.partitions
 
 
 def _recorded(previous: Any, n: int, base: Keys) -> int:
