@@ -14,18 +14,33 @@ path is what it always was.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from publisher.partitions import encode_vector
 from publisher.schema import KernelEvent, SourceGap
 
 from .frames import GapReason, StreamId, parse_stream_id
-from .stats import DropKind
+from .stats import DropKind, HubStats
 
-if TYPE_CHECKING:
-    from .hub import Hub
+__all__ = ["Lane", "vector_of"]
 
-__all__ = ["Lane"]
+
+class Hub(Protocol):
+    """What a lane needs of the hub (:class:`gateway.fanout.hub.Hub`)."""
+
+    stats: HubStats
+    max_payload: int
+    wall_clock: Callable[[], float]
+    redis_clock_offset_ms: float
+
+    def redis_now_ms(self) -> float: ...
+    def decode(self, raw_id: bytes, payload: bytes | None) -> KernelEvent | SourceGap | None: ...
+    def drop(self, kind: DropKind, raw_id: bytes, exc: Exception | None = None) -> None: ...
+    def notice_all(self, reason: GapReason) -> None: ...
+    def source_gap(self, marker: SourceGap) -> None: ...
+    def dispatch_in(
+        self, lane: int, stream_id: StreamId, text_id: str, event: KernelEvent
+    ) -> None: ...
 
 
 class Lane:
