@@ -1,0 +1,322 @@
+"""Partitions through real gateways and a real redis-server (and a real Redis Cluster): a
+stream that spans partitions gets every event once, each owner's in order, across reconnects
+to other replicas (vector ids); a user's stream resumes with a plain id on another replica;
+an admin's with a vector id; a model of "events of N partitions, reconnect anywhere"; a
+mismatch of N refused with both numbers named; 8 partitions over the 3 masters of a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Iterator
+
+import anyio
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from devtools.rediscluster import HOST as CLUSTER_HOST
+from devtools.rediscluster import LocalRedisCluster, key_slot
+from gateway.consumer import SSEEvent, StreamError
+from gateway.replica.lifespan import running_replica
+from publisher import AsyncPublisher, Keys
+from publisher.errors import PublishRejected
+from publisher.partitions import PartitionMismatch, Partitions, is_vector, partition_of
+from publisher.schema import SessionRef
+from tests.support.fleet import fleet, until_streams
+from tests.support.gateway_server import RunningGateway, gateway_settings, run_gateway
+from tests.support.http import stream_as
+from tests.support.identities import ALICE, ROOT, seed
+from tests.support.wait import until
+
+pytestmark = pytest.mark.anyio
+
+N = 4
+#: owners whose events land in every partition of N (and alice, who has a stream)
+OWNERS = ["alice", *(f"user-{i}" for i in range(20))]
+
+
+def test_the_owners_cover_every_partition() -> None:
+    assert {partition_of(o, N) for o in OWNERS} == set(range(N))
+
+
+def ref(owner: str, session: str) -> SessionRef:
+    key = ALICE.access_key if owner == "alice" else f"AK-{owner}"
+    return SessionRef(
+        session_id=session, owner_access_key=key, owner_user_id=owner, domain="default",
+        group="default",
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def replicas(url: str, n: int = 2, **changes: object) -> Iterator[list[RunningGateway]]:
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(run_gateway(gateway_settings(url, redis_partitions=N, **changes)))
+            for _ in range(n)
+        ]
+
+
+def publisher(url: str, partitions: int = N) -> AsyncPublisher:
+    return AsyncPublisher.from_url(url, partitions=partitions)
+
+
+async def kernel_events(events: object, n: int, timeout: float = 10) -> list[SSEEvent]:
+    got: list[SSEEvent] = []
+    with anyio.fail_after(timeout):
+        async for event in events:  # type: ignore[attr-defined]
+            if event.event.startswith("kernel_"):
+                got.append(event)
+                if len(got) == n:
+                    break
+    return got
+
+
+def reasons(events: list[SSEEvent]) -> list[str]:
+    return [json.loads(e.data)["reason"] for e in events]
+
+
+def assert_each_owner_in_order(got: list[str], published: list[str]) -> None:
+    """Every published reason once, and each owner's (``<owner>:<i>``) in publishing order
+    (there is no order across partitions)."""
+    assert sorted(got) == sorted(published), (len(got), len(published))
+    for owner in {r.split(":")[0] for r in published}:
+        mine = [r for r in got if r.split(":")[0] == owner]
+        assert mine == [r for r in published if r.split(":")[0] == owner], owner
+
+
+async def test_a_stream_spanning_partitions_gets_every_event_once_across_reconnects(
+    redis_url: str,
+) -> None:
+    await seed(redis_url)
+    # each resuming stream is ended (rebalance) every ~1 s and resumes on the other replica
+    # with its vector id
+    with replicas(redis_url, stream_max_lifetime=1, retry_ms=50, retry_jitter_ms=0) as (
+        one,
+        two,
+    ):
+        async with (
+            publisher(redis_url) as pub,
+            fleet([one.base_url, two.base_url], 3) as first,
+            fleet([two.base_url, one.base_url], 3) as second,
+        ):
+            await until_streams(one.base_url, 3)
+            await until_streams(two.base_url, 3)
+            published = []
+            for i in range(400):
+                owner = OWNERS[i % len(OWNERS)]
+                published.append(f"{owner}:{i}")
+                await pub.publish(ref(owner, f"s{i % 7}").started(published[-1]))
+                await anyio.sleep(0.008)
+            consumers = first + second
+            await until(
+                lambda: all(len(c.reasons) >= len(published) for c in consumers),
+                20,
+                "every consumer to have every event",
+            )
+            await anyio.sleep(0.3)  # a duplicate would show by now
+        for consumer in consumers:
+            assert consumer.rounds[-1] >= 1, "it never reconnected"
+            assert all(is_vector(i) for i in consumer.ids)
+            assert len(set(consumer.ids)) == len(consumer.ids)
+            assert_each_owner_in_order(consumer.reasons, published)
+
+
+async def test_a_users_stream_resumes_with_a_plain_id_on_another_replica(
+    redis_url: str,
+) -> None:
+    await seed(redis_url)
+    with replicas(redis_url) as (one, two):
+        async with publisher(redis_url) as pub:
+            async with stream_as(ALICE, one.base_url) as (_, events):
+                for i in range(3):
+                    await pub.publish(ref("alice", "mine").started(f"alice:{i}"))
+                    await pub.publish(ref("user-1", "other").started(f"user-1:{i}"))
+                got = await kernel_events(events, 3)
+            assert reasons(got) == ["alice:0", "alice:1", "alice:2"]
+            last = got[1].id
+            assert last is not None and not is_vector(last)
+            for i in range(3, 5):
+                await pub.publish(ref("alice", "mine").started(f"alice:{i}"))
+            async with stream_as(ALICE, two.base_url, last_event_id=last) as (_, events):
+                again = await kernel_events(events, 3)
+    assert reasons(again) == ["alice:2", "alice:3", "alice:4"]
+    assert again[0].id == got[2].id  # the same history, the same id
+
+
+async def test_an_admins_stream_resumes_with_a_vector_id_on_another_replica(
+    redis_url: str,
+) -> None:
+    await seed(redis_url)
+    with replicas(redis_url) as (one, two):
+        async with publisher(redis_url) as pub:
+            published = [f"{o}:{i}" for i, o in enumerate(OWNERS)]
+            async with stream_as(ROOT, one.base_url) as (_, events):
+                for reason in published:
+                    await pub.publish(ref(reason.split(":")[0], "s").started(reason))
+                got = await kernel_events(events, len(published))
+            assert_each_owner_in_order(reasons(got), published)
+            at = 5
+            vector = got[at].id
+            assert vector is not None and is_vector(vector) and vector.startswith(f"{N}_")
+            more = [f"{o}:{i}" for i, o in enumerate(OWNERS, start=100)]
+            for reason in more:
+                await pub.publish(ref(reason.split(":")[0], "s").started(reason))
+            expected = reasons(got)[at + 1 :] + more
+            async with stream_as(ROOT, two.base_url, last_event_id=vector) as (_, events):
+                again = await kernel_events(events, len(expected))
+                await pub.publish(ref("user-3", "s").started("user-3:live"))
+                [live] = await kernel_events(events, 1)
+    assert sorted(reasons(again)) == sorted(expected)
+    assert_each_owner_in_order(reasons(again), expected)
+    assert reasons([live]) == ["user-3:live"] and live.id is not None and is_vector(live.id)
+
+
+async def test_a_vector_id_of_another_width_is_a_400(redis_url: str) -> None:
+    await seed(redis_url)
+    with replicas(redis_url, n=1) as (one,):
+        with pytest.raises(StreamError) as refused:
+            async with stream_as(ROOT, one.base_url, last_event_id="2_1-0_1-0"):
+                pass
+    assert refused.value.status == 400
+    assert b"a vector id of 2 partitions; this deployment has 4" in refused.value.body
+
+
+@pytest.fixture(scope="module")
+def model_url() -> Iterator[str]:
+    """A redis-server of the model test's own: its examples share it (each one's events are
+    told apart by a tag), with two replicas on it for all of them."""
+    from tests.support.redis_server import RedisServer
+
+    with RedisServer() as server:
+        yield server.url
+
+
+#: what a consumer does between two publishes: read on, or reconnect to a replica
+steps = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(OWNERS), min_size=0, max_size=6),  # events published
+        st.one_of(st.none(), st.integers(0, 1)),  # then reconnect to replica 0/1, or not
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def test_events_of_n_partitions_reconnect_anywhere_nothing_lost_or_doubled(
+    model_url: str,
+) -> None:
+    anyio.run(seed, model_url)
+    with replicas(model_url) as fleet_of_two:
+        urls = [g.base_url for g in fleet_of_two]
+
+        @settings(
+            max_examples=12,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture],
+        )
+        @given(steps)
+        def model(plan: list[tuple[list[str], int | None]]) -> None:
+            anyio.run(_run_model, urls, model_url, plan)
+
+        model()
+
+
+async def _run_model(urls: list[str], url: str, plan: list[tuple[list[str], int | None]]) -> None:
+    tag = uuid.uuid4().hex[:8]
+    published: list[str] = []
+    got: list[SSEEvent] = []
+    last: str | None = None
+    where = 0
+    async with publisher(url) as pub:
+        stack = contextlib.AsyncExitStack()
+        _, events = await stack.enter_async_context(
+            stream_as(ROOT, urls[where], last_event_id=last)
+        )
+        try:
+            for owners, reconnect in plan:
+                for owner in owners:
+                    reason = f"{owner}:{tag}-{len(published)}"
+                    published.append(reason)
+                    await pub.publish(ref(owner, tag).started(reason))
+                if reconnect is not None:
+                    # read a part of what is due, then go (the rest waits in history)
+                    mine = [r for r in reasons(got) if tag in r]
+                    due = len(published) - len(mine)
+                    if due:
+                        part = await kernel_events(events, (due + 1) // 2)
+                        got += part
+                    last = got[-1].id if got else None
+                    await stack.aclose()
+                    stack = contextlib.AsyncExitStack()
+                    where = reconnect
+                    _, events = await stack.enter_async_context(
+                        stream_as(ROOT, urls[where], last_event_id=last)
+                    )
+            due = len(published) - len([r for r in reasons(got) if tag in r])
+            if due:
+                got += await kernel_events(events, due)
+            await pub.publish(ref("user-0", tag).started(f"user-0:{tag}-fence"))
+            got += await kernel_events(events, 1)
+        finally:
+            await stack.aclose()
+    seen = [r for r in reasons(got) if tag in r]
+    assert seen[-1] == f"user-0:{tag}-fence"
+    assert_each_owner_in_order(seen[:-1], published)
+
+
+async def test_another_number_of_partitions_is_refused_naming_both(redis_url: str) -> None:
+    async with publisher(redis_url, partitions=4) as pub:
+        assert await pub.publish(ref("alice", "s").started("first"))
+    # a replica
+    settings = gateway_settings(redis_url, redis_partitions=2)
+    with pytest.raises(PartitionMismatch, match=r"has 2 partition\(s\) but Redis records 4"):
+        async with running_replica(settings):
+            pass
+    # a publisher: its events are rejected, the error names both
+    async with publisher(redis_url, partitions=1) as one:
+        with pytest.raises(PublishRejected, match=r"has 1 partition\(s\) but Redis records 4"):
+            await one.publish(ref("alice", "s").started("refused"))
+        await one.aclose()
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.get("kev:partitions") == b"4"
+        assert (
+            client.xlen("kev:events")
+            + sum(client.xlen(k.history) for k in Partitions(Keys(), 4).keys[1:])
+            == 1
+        )
+
+
+async def test_eight_partitions_spread_over_every_master_of_a_cluster(
+    redis_cluster: LocalRedisCluster,
+) -> None:
+    url = redis_cluster.url
+    await seed(url)
+    names = Partitions(Keys("{kev}", cluster=True), 8).keys
+    owners = [f"user-{i}" for i in range(40)]
+    assert {partition_of(o, 8) for o in owners} == set(range(8))
+    with contextlib.ExitStack() as stack:
+        one = stack.enter_context(run_gateway(gateway_settings(url, redis_partitions=8)))
+        async with (
+            AsyncPublisher.from_url(url, partitions=8) as pub,
+            stream_as(ROOT, one.base_url) as (_, events),
+        ):
+            published = [f"{o}:{i}" for i, o in enumerate(owners)]
+            for reason in published:
+                await pub.publish(ref(reason.split(":")[0], "c").started(reason))
+            got = await kernel_events(events, len(published), timeout=20)
+    assert_each_owner_in_order(reasons(got), published)
+    # each partition's history is on the master of its slot, and every master has some
+    held: dict[int, int] = {}
+    for port in redis_cluster.masters():
+        with redis.Redis(host=CLUSTER_HOST, port=port) as node:
+            for k in names:
+                with contextlib.suppress(redis.ResponseError):  # MOVED: another master's
+                    if node.xlen(k.history):
+                        held[port] = held.get(port, 0) + 1
+    assert sorted(held) == sorted(redis_cluster.masters()), held
+    assert sum(held.values()) == 8
+    assert len({key_slot(k.history) for k in names}) == 8
