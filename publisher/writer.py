@@ -148,6 +148,8 @@ class Core:
 
         Raises :class:`~publisher.schema.InvalidEvent`, :class:`~publisher.buffer.BufferFull`,
         :class:`~publisher.errors.PublisherClosed`."""
+        if self.partitions.n > 1:
+            events = list(events)  # read twice: their payloads, then their owners
         payloads = [encode_event(event) for event in events]
         with self.lock:
             if self.state == "closed":

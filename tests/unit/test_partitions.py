@@ -37,7 +37,7 @@ ids = st.tuples(st.integers(0, MAX), st.integers(0, MAX))
 def test_one_partition_keeps_every_name() -> None:
     for keys in (Keys("kev"), Keys("{kev}", cluster=True), Keys("x{dep}y", cluster=True)):
         assert Partitions(keys).keys == (keys,)
-        assert Partitions(keys, 4).keys[0] is keys
+        assert Partitions(keys, 4).keys[0] == keys
 
 
 def test_each_partition_has_names_of_its_own() -> None:
