@@ -296,19 +296,40 @@ async def test_eight_partitions_spread_over_every_master_of_a_cluster(
     url = redis_cluster.url
     await seed(url)
     names = Partitions(Keys("{kev}", cluster=True), 8).keys
-    owners = [f"user-{i}" for i in range(40)]
+    owners = ["alice", *(f"user-{i}" for i in range(40))]
     assert {partition_of(o, 8) for o in owners} == set(range(8))
     with contextlib.ExitStack() as stack:
-        one = stack.enter_context(run_gateway(gateway_settings(url, redis_partitions=8)))
-        async with (
-            AsyncPublisher.from_url(url, partitions=8) as pub,
-            stream_as(ROOT, one.base_url) as (_, events),
-        ):
+        one, two = (
+            stack.enter_context(run_gateway(gateway_settings(url, redis_partitions=8)))
+            for _ in range(2)
+        )
+        async with AsyncPublisher.from_url(url, partitions=8) as pub:
             published = [f"{o}:{i}" for i, o in enumerate(owners)]
-            for reason in published:
+            async with (
+                stream_as(ROOT, one.base_url) as (_, events),
+                stream_as(ALICE, one.base_url) as (_, alices),
+            ):
+                for reason in published:
+                    await pub.publish(ref(reason.split(":")[0], "c").started(reason))
+                got = await kernel_events(events, len(published), timeout=20)
+                [alice] = await kernel_events(alices, 1)
+            more = [f"{o}:{i}" for i, o in enumerate(owners, start=100)]
+            for reason in more:
                 await pub.publish(ref(reason.split(":")[0], "c").started(reason))
-            got = await kernel_events(events, len(published), timeout=20)
+            # resumed on the other replica: the admin's by its vector, alice's by a plain id
+            vector, plain = got[9].id, alice.id
+            assert vector is not None and is_vector(vector)
+            assert plain is not None and not is_vector(plain)
+            expected = reasons(got)[10:] + more
+            async with (
+                stream_as(ROOT, two.base_url, last_event_id=vector) as (_, events),
+                stream_as(ALICE, two.base_url, last_event_id=plain) as (_, alices),
+            ):
+                again = await kernel_events(events, len(expected), timeout=20)
+                [alice_again] = await kernel_events(alices, 1)
     assert_each_owner_in_order(reasons(got), published)
+    assert_each_owner_in_order(reasons(again), expected)
+    assert reasons([alice, alice_again]) == ["alice:0", "alice:100"]
     # each partition's history is on the master of its slot, and every master has some
     held: dict[int, int] = {}
     for port in redis_cluster.masters():
