@@ -83,6 +83,8 @@ async def ready(request: Request) -> Response:
         if state.history_watch is None or state.history_watch.problem is None
         else state.history_watch.problem,
     }
+    if state.subscribers:  # more than one partition: each one's subscription, by partition
+        body["partitions_ready"] = [s.ready for s in state.subscribers]
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
