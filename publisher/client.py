@@ -149,7 +149,12 @@ def _client_options(timeout: float, *, blocking: bool, url: str) -> dict[str, An
 
 class _Publisher(Generic[ClientT]):
     """What both publishers are made of: the client, the script, and the shared
-    :class:`~publisher.writer.Core` (queue, numbers, health)."""
+    :class:`~publisher.writer.Core` (queue, numbers, health).
+
+    ``partitions``: how many partitions the deployment's bus has (:mod:`publisher.partitions`;
+    1 writes the names of an install without partitions). Checked against the number Redis
+    records before the first write: another number rejects the events
+    (:class:`~publisher.errors.PublishRejected` naming both)."""
 
     def __init__(
         self,
