@@ -300,6 +300,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             state.subscriber,
             max_skew_ms=settings.fanout.max_id_skew_ms,
             interval=settings.fanout.probe_interval or 5.0,  # (0 turns probes off, not this)
+            partitions=list(zip(state.partition_buses, state.subscribers, strict=True)),
         )
         tasks: set[asyncio.Task[None]] = set()
 

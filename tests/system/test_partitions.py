@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 import anyio
+import httpx
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 from devtools.rediscluster import HOST as CLUSTER_HOST
 from devtools.rediscluster import LocalRedisCluster, key_slot
+from gateway.cli import main as gateway_main
 from gateway.consumer import SSEEvent, StreamError
 from gateway.replica.lifespan import running_replica
 from publisher import AsyncPublisher, Keys
@@ -341,3 +343,44 @@ async def test_eight_partitions_spread_over_every_master_of_a_cluster(
     assert sorted(held) == sorted(redis_cluster.masters()), held
     assert sum(held.values()) == 8
     assert len({key_slot(k.history) for k in names}) == 8
+
+
+async def admin(argv: list[str]) -> int:
+    """A ``gateway`` admin command (its own event loop, in a thread)."""
+    return int(await anyio.to_thread.run_sync(gateway_main, argv))
+
+
+async def test_a_future_id_in_one_partition_fails_ready_until_reset_history_of_all(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await seed(redis_url)
+    names = Partitions(Keys(), N).keys
+    with replicas(redis_url, n=1) as (one,):
+        async with publisher(redis_url) as pub, stream_as(ROOT, one.base_url) as (_, events):
+            for owner in OWNERS:
+                await pub.publish(ref(owner, "f").started(f"{owner}:before"))
+            await kernel_events(events, len(OWNERS))
+            with redis.Redis.from_url(redis_url) as client:
+                client.xadd(names[2].history, {"e": b"x"}, id="99999999999999-0")
+
+            def ready() -> dict[str, object]:
+                return dict(httpx.get(f"{one.base_url}/ready", timeout=5).json())
+
+            await until(lambda: not ready()["ready"], 10, "/ready 503")
+            body = ready()
+            assert "partition 2's history" in str(body["history"]), body
+            assert body["partitions_ready"] == [True] * N, body  # only the history
+            # the admin's way out, with the deployment's number of partitions: every
+            # partition's history starts anew, and every stream is told
+            monkeypatch.setenv("GATEWAY_REDIS_PARTITIONS", str(N))
+            assert await admin(["reset-history", "--yes", "--redis-url", redis_url]) == 0
+            await until(lambda: bool(ready()["ready"]), 15, "/ready 200 again")
+            with anyio.fail_after(10):
+                async for event in events:
+                    if event.event == "history_truncated" and '"reset"' in event.data:
+                        break
+            await pub.publish(ref("user-9", "f").started("user-9:after"))
+            [after] = await kernel_events(events, 1)
+    assert reasons([after]) == ["user-9:after"]
+    monkeypatch.setenv("GATEWAY_REDIS_PARTITIONS", "2")
+    assert await admin(["reset-history", "--yes", "--redis-url", redis_url]) == 2
