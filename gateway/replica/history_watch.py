@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import redis.asyncio as aredis
@@ -39,8 +39,9 @@ RESET_COMMAND: Final = "gateway reset-history --yes (with the admin user's crede
 
 class HistoryWatch:
     """:meth:`run` every ``interval`` seconds for the life of the replica. With more than one
-    partition, ``partitions`` has each one's bus and subscriber, by partition (``bus`` and
-    ``subscriber`` are then partition 0's): each partition's history is watched alike."""
+    partition, ``partitions()`` gives (partition, its bus, its subscriber) of every partition
+    subscribed to at the time, 0 included (``bus`` and ``subscriber`` are partition 0's):
+    each one's history is watched alike."""
 
     def __init__(
         self,
@@ -50,10 +51,11 @@ class HistoryWatch:
         *,
         max_skew_ms: float,
         interval: float,
-        partitions: Sequence[tuple[Bus, Subscriber]] = (),
+        partitions: Callable[[], Sequence[tuple[int, Bus, Subscriber]]] | None = None,
     ) -> None:
         self._redis = redis
-        self._watched = list(partitions) or [(bus, subscriber)]
+        self._partitions = partitions
+        self._only: Sequence[tuple[int, Bus, Subscriber]] = [(0, bus, subscriber)]
         self.max_skew_ms = max_skew_ms
         self.interval = interval
         #: why a history cannot take new events (None: every one can)
@@ -62,8 +64,8 @@ class HistoryWatch:
         self.ahead_seconds = 0.0
         #: per partition: why it cannot take new events, and the epoch the last check saw
         #: (a change is a history started anew)
-        self._problems: list[str | None] = [None] * len(self._watched)
-        self._seen_epochs: list[str | None] = [None] * len(self._watched)
+        self._problems: dict[int, str] = {}
+        self._seen_epochs: dict[int, str | None] = {}
 
     async def run(self) -> None:
         while True:
@@ -77,13 +79,18 @@ class HistoryWatch:
     async def check(self) -> None:
         """One look at each partition's history: its last id against Redis' clock, its
         epoch against the one the subscription follows."""
+        watched = self._only if self._partitions is None else self._partitions()
+        many = self._partitions is not None
+        for gone in set(self._seen_epochs) - {p for p, _, _ in watched}:
+            self._seen_epochs.pop(gone)  # no longer subscribed: no longer watched
+            self._problems.pop(gone, None)
         ahead = 0.0
-        for p, (bus, sub) in enumerate(self._watched):
-            ahead = max(ahead, await self._check(p, bus, sub))
+        for p, bus, sub in watched:
+            ahead = max(ahead, await self._check(p, bus, sub, many=many))
         self.ahead_seconds = ahead
-        self.problem = next((problem for problem in self._problems if problem), None)
+        self.problem = next((self._problems[p] for p in sorted(self._problems)), None)
 
-    async def _check(self, p: int, bus: Bus, sub: Subscriber) -> float:
+    async def _check(self, p: int, bus: Bus, sub: Subscriber, *, many: bool) -> float:
         """Partition ``p``'s look; how far its last id is ahead of Redis' clock, seconds."""
         # the watermark first: an event dispatched after the history's end is read would
         # look like one past it (every event is in history before it goes live)
@@ -91,7 +98,7 @@ class HistoryWatch:
         state = await history_state(self._redis, bus)
         now_ms = sub.redis_now_ms()  # synced by the subscriber: no TIME here
         ahead_ms = state.last_id[0] - now_ms
-        which = f"partition {p}'s history" if len(self._watched) > 1 else "the history"
+        which = f"partition {p}'s history" if many else "the history"
         if ahead_ms > self.max_skew_ms:
             problem = (
                 f"{which}'s last id {format_stream_id(state.last_id)} is "
@@ -99,15 +106,14 @@ class HistoryWatch:
                 "id in the future, so new events cannot follow it; start a new history: "
                 + RESET_COMMAND
             )
-            if self._problems[p] is None:
+            if p not in self._problems:
                 log.error("not ready: %s", problem)
             self._problems[p] = problem
-        elif self._problems[p] is not None:
+        elif self._problems.pop(p, None) is not None:
             log.warning(
                 "%s takes new events again (last id %s)", which, format_stream_id(state.last_id)
             )
-            self._problems[p] = None
-        seen, self._seen_epochs[p] = self._seen_epochs[p], state.epoch
+        seen, self._seen_epochs[p] = self._seen_epochs.get(p), state.epoch
         if not sub.subscribed:
             return max(0.0, ahead_ms / 1000)
         followed = sub.epoch if sub.epoch is not None else seen

@@ -46,6 +46,7 @@ from publisher.tasks import cancel_and_wait
 from .handoff import Handoff
 from .history_watch import HistoryWatch
 from .limits import KeyLeases
+from .partitions import PartitionKeeper
 from .reauthorize import Reauthorizer
 from .state import GatewayState
 
@@ -274,33 +275,37 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
         state.handoff = handoff
         owned.push_async_callback(state.subscriber.aclose)  # after its task is stopped
         if hub.lanes:
-            # One subscription per partition, each on a client of its own (a session that
-            # fails closes its client's pooled connections: the others' must not go with
-            # them), and on a cluster on the master of its own slot. This first version
-            # subscribes to every partition, whatever the streams of the replica need.
+            # One subscription per partition beyond 0, while a stream needs it (the keeper):
+            # each on a client of its own (a session that fails closes its client's pooled
+            # connections: the others' must not go with them), and on a cluster on the
+            # master of its own slot.
             state.partition_buses = [Bus(k) for k in partitions.keys]
-            subscribers = [state.subscriber]
-            for p in range(1, partitions.n):
+            clients = [sub_redis]
+            for _ in range(1, partitions.n):
                 client = connect_async(settings.redis.url, **settings.redis.options, **sub_options)
                 owned.push_async_callback(client.aclose)
-                subscriber = Subscriber(
-                    client,
+                clients.append(client)
+
+            def make_subscriber(p: int) -> Subscriber:
+                return Subscriber(
+                    clients[p],
                     state.partition_buses[p],
                     hub.lanes[p],
                     replica=settings.server.replica,
                     probe_interval=settings.fanout.probe_interval,
                     connect_node=connect_node,
                 )
-                owned.push_async_callback(subscriber.aclose)
-                subscribers.append(subscriber)
-            state.subscribers = subscribers
+
+            keeper = PartitionKeeper(hub, make_subscriber, linger=settings.redis.partition_linger)
+            owned.push_async_callback(keeper.aclose)  # after its task is stopped
+            state.keeper = keeper
         state.history_watch = HistoryWatch(
             redis,
             bus,
             state.subscriber,
             max_skew_ms=settings.fanout.max_id_skew_ms,
             interval=settings.fanout.probe_interval or 5.0,  # (0 turns probes off, not this)
-            partitions=list(zip(state.partition_buses, state.subscribers, strict=True)),
+            partitions=None if state.keeper is None else state.watched_partitions,
         )
         tasks: set[asyncio.Task[None]] = set()
 
@@ -313,8 +318,8 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
         undo_signals = _chain_exit_signals(state)
         try:
             spawn("subscriber", state.subscriber.run)
-            for p, subscriber in enumerate(state.subscribers[1:], start=1):
-                spawn(f"subscriber-p{p}", subscriber.run)
+            if state.keeper is not None:
+                spawn("partitions", state.keeper.run)
             spawn("hub-timer", hub.run_timer)
             spawn("revalidate", reauth.run)
             spawn("history-watch", state.history_watch.run)

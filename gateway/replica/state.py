@@ -27,6 +27,7 @@ from publisher.keys import Keys
 from .handoff import Handoff, Ticket
 from .history_watch import HistoryWatch
 from .limits import KeyLeases, fd_stream_limit
+from .partitions import PartitionKeeper
 from .reauthorize import Reauthorizer
 
 __all__ = ["GatewayState"]
@@ -72,9 +73,10 @@ class GatewayState:
     #: restarts of each supervised background task, and the ones down right now
     task_restarts: Counter[str] = field(default_factory=Counter)
     tasks_down: set[str] = field(default_factory=set)
-    #: with more than one partition, each one's subscriber, by partition (``subscriber`` is
-    #: partition 0's, which also carries the change feed); empty: ``subscriber`` is the one
-    subscribers: Sequence[Subscriber] = ()
+    #: with more than one partition, the subscriptions of partitions 1..n-1, run while
+    #: streams need them (``subscriber`` is partition 0's, which also carries the change
+    #: feed); None with one partition
+    keeper: PartitionKeeper | None = None
     #: each partition's bus, by partition (empty: ``bus`` is the one)
     partition_buses: Sequence[Bus] = ()
     #: the history's health (ahead of the clock, started anew), or None (tests)
@@ -92,8 +94,17 @@ class GatewayState:
 
     @property
     def subscribed(self) -> bool:
-        """Every partition's subscription is ready (subscribed, a probe made the round trip)."""
-        return all(s.ready for s in self.subscribers or (self.subscriber,))
+        """Partition 0's subscription is ready (subscribed, a probe made the round trip), and
+        every other one running (:meth:`PartitionKeeper.ready`)."""
+        return self.subscriber.ready and (self.keeper is None or self.keeper.ready())
+
+    def watched_partitions(self) -> list[tuple[int, Bus, Subscriber]]:
+        """(partition, bus, subscriber) of every partition subscribed to now, 0 first."""
+        watched = [(0, self.buses[0], self.subscriber)]
+        if self.keeper is not None:
+            running = self.keeper.subscribers
+            watched += [(p, self.buses[p], running[p]) for p in sorted(running)]
+        return watched
 
     def __post_init__(self) -> None:
         if self.stream_limit < 0:

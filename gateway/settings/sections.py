@@ -220,6 +220,16 @@ class RedisSettings(Section, frozen=True):
             le=MAX_PARTITIONS,
         ),
     ] = 1
+    partition_linger: Annotated[
+        Seconds,
+        _meta(
+            "with partitions: seconds a replica stays subscribed to a partition (beyond "
+            "partition 0) after its last stream that needs it ended (0: subscribed to every "
+            "partition, always)",
+            ge=0,
+            le=86400,
+        ),
+    ] = 30.0
 
     def partition_set(self) -> Partitions:
         """The partitions of :meth:`keys`."""

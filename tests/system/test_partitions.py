@@ -384,3 +384,46 @@ async def test_a_future_id_in_one_partition_fails_ready_until_reset_history_of_a
     assert reasons([after]) == ["user-9:after"]
     monkeypatch.setenv("GATEWAY_REDIS_PARTITIONS", "2")
     assert await admin(["reset-history", "--yes", "--redis-url", redis_url]) == 2
+
+
+async def test_a_replica_subscribes_only_to_the_partitions_its_streams_need(
+    redis_url: str,
+) -> None:
+    await seed(redis_url)
+    mine = partition_of("alice", N)
+    assert mine != 0
+    names = Partitions(Keys(), N).keys
+    with replicas(redis_url, n=1, redis_partition_linger=1) as (one,):
+
+        def states() -> list[bool | None]:
+            return list(httpx.get(f"{one.base_url}/ready", timeout=5).json()["partitions_ready"])
+
+        def subscribers() -> list[int]:
+            with redis.Redis.from_url(redis_url) as client:
+                return [int(n) for _, n in client.pubsub_numsub(*(k.channel for k in names))]
+
+        only_0 = [1] + [0] * (N - 1)
+        assert states() == [True] + [None] * (N - 1)
+        assert subscribers() == only_0
+        async with publisher(redis_url) as pub:
+            async with stream_as(ALICE, one.base_url) as (_, events):
+                assert [s is not None for s in states()] == [p in (0, mine) for p in range(N)]
+                assert subscribers() == [int(p in (0, mine)) for p in range(N)]
+                await pub.publish(ref("alice", "k").started("alice:0"))
+                [first] = await kernel_events(events, 1)
+            # a second later no stream needs it: unsubscribed, its watermark forgotten
+            await until(lambda: states()[mine] is None, 10, "partition unsubscribed")
+            assert subscribers() == only_0
+            for i in (1, 2):  # while no replica follows alice's partition
+                await pub.publish(ref("alice", "k").started(f"alice:{i}"))
+            # her resuming stream subscribes to it again, replays, then goes live
+            async with stream_as(ALICE, one.base_url, last_event_id=first.id) as (_, events):
+                got = await kernel_events(events, 2)
+                await pub.publish(ref("alice", "k").started("alice:3"))
+                got += await kernel_events(events, 1)
+            assert reasons(got) == ["alice:1", "alice:2", "alice:3"]
+            # an admin's stream needs every partition
+            async with stream_as(ROOT, one.base_url):
+                assert states() == [True] * N
+                assert subscribers() == [1] * N
+        await until(lambda: states() == [True] + [None] * (N - 1), 10, "back to partition 0")
