@@ -41,6 +41,7 @@ gateway (see :data:`bench.procs.BASE_ENV`).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -127,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--peer",
-        choices=["nchan"],
-        help="run nchan too, interleaved with the gateway, and print the ratios (bench.peer)",
+        choices=["nchan", "floor"],
+        help="run nchan (or the floor server, bench.floor) too, interleaved with the gateway, "
+        "and print the ratios (bench.peer)",
     )
     parser.add_argument(
         "--workers",
@@ -206,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 raw.append(result)
             if peer is not None and rounds:
                 _peer_record(peer, sc, round_, "gateway", result)
-                _log(f"  round {round_ + 1}/{rounds}: nchan")
-                _peer_record(peer, sc, round_, "nchan", _run(sc, "nchan"))
+                _log(f"  round {round_ + 1}/{rounds}: {peer['name']}")
+                _peer_record(peer, sc, round_, peer["name"], _run(sc, peer["name"]))
     report["profiles"] = []
     for sc in profiled if profile else []:
         _log(f"profile: {sc.name} once more, under py-spy")
@@ -255,17 +257,21 @@ def _peer_setup(name: str | None, chosen: list[Scenario], rounds: int) -> dict[s
     not installed; else the setup, the rounds and which scenarios it skips (and why)."""
     if name is None:
         return None
-    why = nchan_missing()
+    why = nchan_missing() if name == "nchan" else None
     if why is not None:
         _log(f"peer nchan: not run, the gateway runs alone: {why}")
         return {"name": name, "unavailable": why}
-    skipped = {sc.name: r for sc in chosen if (r := peer_skip_reason(sc)) is not None}
-    version = nchan_version()
-    _log(f"peer: nchan {version}, {rounds} round(s) of gateway then nchan per scenario")
+    skipped = {sc.name: r for sc in chosen if (r := peer_skip_reason(sc, name)) is not None}
+    if name == "nchan":
+        version, setup = nchan_version(), "its Redis mode, one nginx worker"
+    else:
+        version = f"uvloop {importlib.metadata.version('uvloop')}"
+        setup = "bench.floor: one transport.write per delivery, nothing else"
+    _log(f"peer: {name} {version}, {rounds} round(s) of gateway then {name} per scenario")
     return {
         "name": name,
         "version": version,
-        "setup": "its Redis mode, one nginx worker",
+        "setup": setup,
         "rounds": rounds,
         "skipped": skipped,
         "runs": [],

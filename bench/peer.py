@@ -180,7 +180,8 @@ def print_peer(peer: dict[str, Any], floor_ms_per_1k: float | None) -> None:
             print(f"  FAILED  {failure['scenario']} on {failure['server']}: {failure['error']}")
     runs = [run for run in peer.get("runs", []) if run["server"] == name]
     if runs:
-        print(f"{name}'s runs (the table's columns; GW = nginx, master and worker):")
+        who = "nginx, master and worker" if name == "nchan" else "its one process"
+        print(f"{name}'s runs (the table's columns; GW = {who}):")
         print(HEADER)
         print(UNITS)
         for run in runs:

@@ -29,6 +29,8 @@ from typing import Any, Final, Literal
 
 from devtools.localredis import PrivateRedis
 
+from .floor import Floor, FloorSink, floor_servers
+from .floor import stream_request as floor_request
 from .loadclient import BUILD_DIR, LoadClient, Request, stream_request
 from .nchan import Nchan, NchanSink, nchan_servers, subscribe_request
 from .procs import (
@@ -55,7 +57,7 @@ __all__ = [
 
 Kind = Literal["broadcast", "filtered", "idle"]
 #: what :func:`run_scenario` measures: the gateway, or the peer (bench.nchan)
-ServerKind = Literal["gateway", "nchan"]
+ServerKind = Literal["gateway", "nchan", "floor"]
 STREAM: Final = "/stream/kernel/_/events"
 EVICTIONS: Final = ("slow_consumer", "write_timeout")
 _PER_CONN: Final = ("counts", "status", "stall")  # per-connection lists, not for the report
@@ -147,13 +149,16 @@ class RedisTarget:
     idle_s: float = 5.0
 
 
-def peer_skip_reason(sc: Scenario) -> str | None:
-    """Why the peer does not run ``sc``, or None: it runs the plain broadcast, filtered and
-    idle scenarios of one gateway process; the others measure what only the gateway has."""
+def peer_skip_reason(sc: Scenario, peer: ServerKind = "nchan") -> str | None:
+    """Why the peer does not run ``sc``, or None: nchan runs the plain broadcast, filtered
+    and idle scenarios of one gateway process, the floor (:mod:`bench.floor`) the broadcast
+    and idle ones; the others measure what only the gateway has."""
     if sc.gateways != 1:
-        return "more than one gateway process (the peer is one nginx worker)"
+        return "more than one gateway process (the peer is one process)"
     if sc.env or sc.stall_every or sc.sample:
         return "the gateway's write deadline and evictions (the peer has no equivalent)"
+    if peer == "floor" and sc.kind == "filtered":
+        return "filtered streams (the floor broadcasts every frame to every stream)"
     return None
 
 
@@ -177,6 +182,9 @@ def _requests(sc: Scenario, gws: Sequence[Server]) -> list[Request]:
     for i in range(sc.clients):
         gw = gws[i % len(gws)]
         stall = bool(sc.stall_every) and i % sc.stall_every == 0
+        if isinstance(gw, Floor):  # one broadcast to every stream
+            out.append(Request(gw.port, stall, floor_request(gw.port)))
+            continue
         if isinstance(gw, Nchan):  # a channel per session: all on one, or each on its own
             channel = session_name(i if sc.kind == "filtered" else 0)
             out.append(Request(gw.port, stall, subscribe_request(gw.port, channel)))
@@ -258,7 +266,7 @@ def run_scenario(
     """Run one scenario end to end; the raw figures as a dict (see the module docstring).
     Against a private redis-server of its own, or ``target``'s Redis; on the gateway, or on
     the peer (``server="nchan"``: a private redis-server only, no profiler)."""
-    if server == "nchan" and (target is not None or profiler is not None):
+    if server != "gateway" and (target is not None or profiler is not None):
         raise ValueError("the peer runs on a private redis-server, unprofiled")
     workdir = BUILD_DIR / "run" / (sc.name if server == "gateway" else f"{sc.name}-{server}")
     res: dict[str, Any] = {"name": sc.name, "title": sc.title, "kind": sc.kind, "server": server}
@@ -276,6 +284,8 @@ def run_scenario(
         servers: contextlib.AbstractContextManager[Sequence[Server]]
         if server == "nchan":
             servers = nchan_servers(redis_url, workdir)
+        elif server == "floor":
+            servers = floor_servers(workdir)
         else:
             seed(redis_url)
             env = {**sc.env, "GATEWAY_WORKERS": str(sc.workers)} if sc.workers > 1 else sc.env
@@ -304,7 +314,12 @@ def run_scenario(
                 if target is not None:
                     _idle(res, gws, target)
                 ours = [os.getpid(), *redis_pids.values()]
-                sink = NchanSink(gws[0].port) if server == "nchan" else None
+                sink: NchanSink | FloorSink | None = None
+                if server == "nchan":
+                    sink = NchanSink(gws[0].port)
+                elif server == "floor":
+                    assert isinstance(gws[0], Floor)
+                    sink = FloorSink(gws[0].publish_port)
                 _measure(sc, res, client, gws, redis_url, ours, log, profiler, redis_pids, sink)
                 res["pubsub_after"] = pubsub_owners(pubsub_url, gws)
     return res
@@ -337,7 +352,7 @@ def _measure(
     log: Callable[[str], None],
     profiler: Profiler | None,
     watched: Mapping[str, int],
-    sink: NchanSink | None,
+    sink: NchanSink | FloorSink | None,
 ) -> None:
     sessions = sc.clients if sc.kind == "filtered" else 1
     with RatePublisher(redis_url, sessions=sessions, pad=sc.pad, sink=sink) as pub:

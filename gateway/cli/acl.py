@@ -23,8 +23,20 @@ sync       read and write identities, its own sets and   history, sessions, the 
            only when its password is given or named)
 ========== ============================================= =======================================
 
-With the ``default`` user limited to PING, a replica and a Sentinel need users of their own
-too; written when their password is given (:data:`SERVICE_USERS`, Redis's documented sets):
+The ``default`` user is the operator's superuser, behind a password of its own
+(``--superuser-password-file``; it must differ from every other user's, since ``AUTH`` with a
+password alone logs in as ``default``): no component is given it, and unauthenticated clients
+get NOAUTH, even for PING. It has every right because Redis replays its append-only file as
+that user, and a Redis whose EXEC re-checks ACLs during that replay (Redis from 7.0 until
+redis/redis#14545, reported on 7.2.5 and measured on Debian bookworm's 7.0.15; Valkey until
+valkey#3984) refuses every transaction and script write it may not make: a ``default`` user
+limited to PING (or off) loses every identity, event and epoch at each restart with AOF
+(``tests/system/test_aof_acl.py``). ``--default-user ping`` or ``off`` remain, for a Redis
+without persistence or with the fix.
+
+A replica and a Sentinel then need users of their own too (the superuser's password is for
+people); written when their password is given (:data:`SERVICE_USERS`, Redis's documented
+sets):
 
 =========== ================================================= ==============================
 service     may                                               configured on the node as
@@ -257,7 +269,7 @@ ADMIN_SELECTORS: Final[Mapping[str, tuple[str, ...]]] = {
 }
 ServiceUser = Literal["replication", "sentinel"]
 SERVICE_USERS: Final[tuple[ServiceUser, ...]] = get_args(ServiceUser)
-#: the users Redis itself needs when ``default`` may only PING: a replica's link to its
+#: the users Redis itself needs when ``default`` is not theirs to use: a replica's link to its
 #: master (``masteruser``/``masterauth``), and Sentinel's monitoring and failover of every
 #: node (``sentinel auth-user``/``auth-pass``); no keys, and Sentinel's one channel
 SERVICE_RULES: Final[Mapping[ServiceUser, tuple[str, ...]]] = {
@@ -281,12 +293,16 @@ SERVICE_RULES: Final[Mapping[ServiceUser, tuple[str, ...]]] = {
         "+publish",
     ),
 }
-#: the ``default`` user (no password): may PING, so health checks need no secret; ``off``
-#: turns it off entirely
+#: the ``default`` user: ``superuser`` (every right, the password of
+#: ``--superuser-password-file``, as SHA-256: what an AOF replays as, see the module's
+#: docstring); ``ping`` (no password, PING only: health checks need no secret, but an AOF's
+#: transactions are lost on an affected Redis) or ``off``
 DEFAULT_USER: Final = {
+    "superuser": "user default reset on {digest} ~* &* +@all",
     "ping": "user default on nopass resetkeys resetchannels -@all +ping",
     "off": "user default off resetpass resetkeys resetchannels -@all",
 }
+DefaultUser = Literal["superuser", "ping", "off", "keep"]
 
 #: the user on Backend.AI's web server's Redis (its console sessions, ``AIOHTTP_SESSION_<id>``
 #: keys: gateway/identity/backendai_sessions.py): GET them, read-only (``%R~``, Redis 7), and
@@ -371,16 +387,26 @@ def render(
     users: Mapping[Profile, str],
     *,
     fmt: Literal["aclfile", "commands"] = "aclfile",
-    default_user: Literal["ping", "off", "keep"] = "ping",
+    default_user: DefaultUser = "superuser",
+    superuser_password: str | None = None,
     services: Mapping[ServiceUser, tuple[str, str]] | None = None,
     partitions: int = 1,
 ) -> str:
     """An aclfile (``redis-server --aclfile``) or ``ACL SETUSER`` lines (for ``redis-cli``)
-    defining one user per profile in ``passwords``, then one per service in ``services``
-    (service -> (user name, password)), whose passwords appear as SHA-256 hashes only;
-    ``partitions``: the deployment's (:func:`rules`)."""
+    defining the ``default`` user (:data:`DEFAULT_USER`; ``keep`` leaves it out), one user
+    per profile in ``passwords``, then one per service in ``services`` (service -> (user
+    name, password)); passwords appear as SHA-256 hashes only; ``partitions``: the
+    deployment's (:func:`rules`). Raises ValueError for ``superuser`` without
+    ``superuser_password``."""
     lines: list[str] = []  # an aclfile has no comments
-    entries = [] if default_user == "keep" else [DEFAULT_USER[default_user].split()[1:]]
+    entries: list[list[str]] = []
+    if default_user == "superuser":
+        if not superuser_password:
+            raise ValueError("the superuser (default user) needs a password")
+        line = DEFAULT_USER["superuser"].format(digest=_digest(superuser_password))
+        entries.append(line.split()[1:])
+    elif default_user != "keep":
+        entries.append(DEFAULT_USER[default_user].split()[1:])
     for profile in PROFILES:
         if profile in passwords:
             digest = _digest(passwords[profile])
@@ -422,10 +448,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--default-user",
-        choices=(*sorted(DEFAULT_USER), "keep"),
-        default="ping",
-        help="the passwordless default user may only PING (default), is off, or is left as "
-        "it is (keep: adding a user to a running Redis)",
+        choices=get_args(DefaultUser),
+        default="superuser",
+        help="the default user is the superuser, with --superuser-password-file (default: "
+        "what an AOF replays as must have every right), or may only PING without a password "
+        "(ping), or is off; keep leaves it as it is (with --format commands only: adding a "
+        "user to a running Redis). ping and off lose every transaction of an AOF at a "
+        "restart on a Redis without redis/redis#14545 (7.0 and later, before it)",
+    )
+    p.add_argument(
+        "--superuser-password-file",
+        metavar="PATH",
+        help="the default user's password, for people only (- = stdin); or env "
+        "KEV_ACL_SUPERUSER_PASSWORD or KEV_ACL_SUPERUSER_PASSWORD_FILE",
     )
     p.add_argument(
         "--profiles",
@@ -503,6 +538,20 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
     unknown = sorted(set(wanted) - set(known))
     if unknown:
         return _fail(f"--profiles: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    if args.default_user == "keep" and args.format == "aclfile":
+        # an aclfile without a default line: Redis makes ``default`` nopass with every right
+        return _fail(
+            "--default-user keep writes no default user, and Redis then loads an aclfile "
+            "with default open to anyone (nopass, every right): use it with --format "
+            "commands only, to add users to a running Redis"
+        )
+    if args.default_user != "superuser" and args.superuser_password_file is not None:
+        return _fail(f"--superuser-password-file is for --default-user superuser, not "
+                     f"{args.default_user}")  # fmt: skip
+    from_stdin = [n for n, v in vars(args).items() if n.endswith("_password_file") and v == "-"]
+    if len(from_stdin) > 1:
+        names = ", ".join("--" + n.replace("_", "-") for n in sorted(from_stdin))
+        return _fail(f"only one password can come from standard input (-): {names}")
     passwords: dict[Profile, str] = {}
     users: dict[Profile, str] = {}
     for profile in PROFILES:
@@ -544,16 +593,40 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
             continue
         name = getattr(args, f"{service}_user") or f"{_user_prefix(keys)}-{service}"
         services[service] = (name, password)
+    superuser = None
+    if args.default_user == "superuser":
+        env_name = "KEV_ACL_SUPERUSER_PASSWORD"
+        try:
+            superuser = resolve_secret(
+                None, args.superuser_password_file, env, env_name, what="--superuser-password"
+            )
+        except SecretError as exc:
+            return _fail(str(exc))
+        if not superuser or not superuser.strip():
+            return _fail(
+                f"the default user (the superuser) needs a password: --superuser-password-file, "
+                f"{env_name} or {env_name}_FILE"
+            )
+        shared = sorted(
+            [p for p, pw in passwords.items() if pw == superuser]
+            + [s for s, (_, pw) in services.items() if pw == superuser]
+        )
+        if shared:  # a client that leaves its user name out would log in as the superuser
+            return _fail(
+                "the superuser's password must differ from every user's; it is the "
+                f"{', '.join(shared)} user's too"
+            )
     if args.cluster and args.default_user != "keep" and "replication" not in services:
         print(
-            "gateway acl: warning: with the default user limited, every replica of the "
-            "cluster loses its master unless it authenticates as the replication user: "
-            "give --replication-password-file and set masteruser/masterauth on every node",
+            "gateway acl: warning: with the default user behind a password or limited, every "
+            "replica of the cluster loses its master unless it authenticates as the "
+            "replication user: give --replication-password-file and set "
+            "masteruser/masterauth on every node",
             file=sys.stderr,
         )
     text = render(
         keys, passwords, users, fmt=args.format, default_user=args.default_user,
-        services=services, partitions=partitions,
+        superuser_password=superuser, services=services, partitions=partitions,
     )  # fmt: skip
     if args.output:
         Path(args.output).write_text(text)

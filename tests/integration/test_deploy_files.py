@@ -41,6 +41,7 @@ from tests.support.redis_users import (
     ACLFILE,
     DEMO_PASSWORDS,
     DEMO_SERVICE_PASSWORDS,
+    DEMO_SUPERUSER,
     ROLE_OF_SERVICE,
     compose,
     redis_client_of,
@@ -601,6 +602,7 @@ def test_shipped_users_acl_is_what_gateway_acl_makes_of_the_demo_passwords(
     out = tmp_path / "users.acl"
     args = ["acl", "-o", str(out)]
     files = {str(k): v for k, v in [*DEMO_PASSWORDS.items(), *DEMO_SERVICE_PASSWORDS.items()]}
+    files["superuser"] = DEMO_SUPERUSER
     for role, path in files.items():
         args += [f"--{role}-password-file", str(path)]
     assert gateway_main(args) == 0

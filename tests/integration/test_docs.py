@@ -136,7 +136,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluste
     """A demo cluster (two replicas behind nginx, events flowing) and the shell's directory,
     with the files the README's commands read (password files, an identities document)."""
     cwd = tmp_path_factory.mktemp("readme-shell")
-    for name in ("pub.pw", "gw.pw", "admin.pw"):
+    for name in ("root.pw", "pub.pw", "gw.pw", "admin.pw"):
         (cwd / name).write_text(secrets.token_urlsafe(24) + "\n")
     (cwd / "identities.json").write_text(
         json.dumps({"users": [{"user_id": "bob@example.com", "role": "user",

@@ -141,11 +141,11 @@ def acl_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     passwords = {p: f"{p}-pw-review" for p in PROFILES}
     users = {p: f"kev-{p}" for p in PROFILES}
     aclfile = tmp_path_factory.mktemp("acl") / "users.acl"
-    aclfile.write_text(render(Keys("kev"), passwords, users))
+    aclfile.write_text(render(Keys("kev"), passwords, users, superuser_password="root-pw-review"))
     port = free_port()
     with spawn_redis(
         ["--port", str(port), "--aclfile", str(aclfile)],
-        lambda: redis.Redis(port=port, socket_timeout=1).ping(),
+        lambda: redis.Redis(port=port, password="root-pw-review", socket_timeout=1).ping(),
     ):
         yield port
 

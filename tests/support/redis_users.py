@@ -18,6 +18,7 @@ __all__ = [
     "ACLFILE",
     "DEMO_PASSWORDS",
     "DEMO_SERVICE_PASSWORDS",
+    "DEMO_SUPERUSER",
     "ROLE_OF_SERVICE",
     "RedisClient",
     "compose",
@@ -34,6 +35,9 @@ DEMO_PASSWORDS: Final[dict[Profile, Path]] = {p: REDIS_DIR / f"demo-{p}.password
 DEMO_SERVICE_PASSWORDS: Final[dict[ServiceUser, Path]] = {
     s: REDIS_DIR / f"demo-{s}.password" for s in SERVICE_USERS
 }
+#: the ``default`` user's (the superuser's) demo password: for people, and compose's Redis
+#: health check; no service connects with it
+DEMO_SUPERUSER: Final = REDIS_DIR / "demo-superuser.password"
 #: every compose service that talks to Redis -> the ACL role it must use
 ROLE_OF_SERVICE: Final[dict[str, Profile]] = {
     **{name: "gateway" for name in GATEWAYS},

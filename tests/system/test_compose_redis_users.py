@@ -50,6 +50,34 @@ def _container_file(doc: dict[str, Any], service: str, path: str) -> Path:
     raise AssertionError(f"{service}: {path} is not mounted")
 
 
+def _secret_file(doc: dict[str, Any]) -> Path:
+    """The checkout's file behind the redis service's one secret."""
+    (name,) = doc["services"]["redis"]["secrets"]
+    return ROOT / doc["secrets"][name]["file"]
+
+
+def _healthcheck(
+    doc: dict[str, Any], port: int, secret: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The redis service's healthcheck as compose runs it (``CMD-SHELL``: ``sh -c``, ``$$``
+    unescaped), its secret read from the checkout's file (or ``secret``) and redis-cli pointed
+    at ``port``."""
+    kind, command = doc["services"]["redis"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL", kind
+    (name,) = doc["services"]["redis"]["secrets"]
+    file = secret or _secret_file(doc)
+    command = command.replace("$$", "$").replace(f"/run/secrets/{name}", str(file))
+    assert command.count("redis-cli ") == 1, command
+    command = command.replace("redis-cli ", f"redis-cli -h {HOST} -p {port} ")
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10)
+
+
+def _healthy(doc: dict[str, Any], port: int) -> None:
+    done = _healthcheck(doc, port)
+    if done.returncode != 0:
+        raise redis.ConnectionError(f"healthcheck: {done.returncode} {done.stderr}")
+
+
 def test_the_compose_services_run_on_their_redis_users(tmp_path: Path) -> None:
     doc = compose()
     args, mounts = redis_command(doc)
@@ -61,8 +89,13 @@ def test_the_compose_services_run_on_their_redis_users(tmp_path: Path) -> None:
         # after the compose arguments: a port of our own, the data in tmp_path (the helper's
         # --appendonly no comes first, so the compose command's "yes" wins)
         [*args, "--port", str(port), "--dir", str(data)],
-        lambda: redis.Redis(port=port, socket_timeout=1).ping(),  # its healthcheck
+        lambda: _healthy(doc, port),  # its healthcheck, run for real
     ):
+        # the check is not vacuous: the superuser's password is what makes it pass
+        assert _healthcheck(doc, port, secret=Path("/dev/null")).returncode != 0
+        crlf = tmp_path / "superuser-crlf.password"  # the same secret, saved with CRLF
+        crlf.write_bytes(_secret_file(doc).read_bytes().rstrip(b"\n") + b"\r\n")
+        assert _healthcheck(doc, port, secret=crlf).returncode == 0
         # seed: `gateway import /seed/demo-identities.json` as kev-admin
         seed_cmd = doc["services"]["seed"]["command"]
         ids = _container_file(doc, "seed", seed_cmd[2])

@@ -65,18 +65,18 @@ SAID: Final = "not ready: the history's last id"
 UNSAID: Final = "the history takes new events again"
 
 
-def _acl_users() -> dict[str, str | None]:
-    """Every user of the shipped users.acl -> its demo password (None: ``nopass``)."""
-    users: dict[str, str | None] = {}
+def _acl_users() -> dict[str, str]:
+    """Every user of the shipped users.acl -> its demo password (the ``default`` user's is
+    the superuser's)."""
+    users: dict[str, str] = {}
     for line in ACLFILE.read_text().splitlines():
         match = re.match(r"user (\S+) ", line)
         if match is None:
             continue
         name = match.group(1)
-        if "nopass" in line.split():
-            users[name] = None
-            continue
-        file = REDIS_DIR / f"demo-{name.removeprefix('kev-')}.password"
+        assert "nopass" not in line.split(), line
+        role = "superuser" if name == "default" else name.removeprefix("kev-")
+        file = REDIS_DIR / f"demo-{role}.password"
         assert file.is_file(), f"{name}: no demo password file {file}"
         users[name] = file.read_text().strip()
     return users
@@ -87,8 +87,6 @@ USERS: Final = _acl_users()
 
 def _url(port: int, user: str, *, password: bool = True) -> str:
     secret = USERS[user]
-    if secret is None:  # the default user: no AUTH at all
-        return f"redis://127.0.0.1:{port}/0"
     auth = f"{quote(user)}:{quote(secret, safe='')}" if password else quote(user)
     return f"redis://{auth}@127.0.0.1:{port}/0"
 
@@ -125,7 +123,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     port = free_port()
     with spawn_redis(
         ["--port", str(port), "--aclfile", str(ACLFILE)],  # the shipped file itself
-        lambda: redis.Redis(port=port, socket_timeout=1).ping(),  # the default user's one right
+        lambda: redis.Redis.from_url(_url(port, "kev-gateway"), socket_timeout=1).ping(),
     ):
         anyio.run(seed, _url(port, "kev-admin"))  # identities: the admin's part
         settings = [
@@ -332,7 +330,9 @@ def _refused_ways(user: str) -> tuple[str, ...]:
 
 
 REFUSALS = [
-    pytest.param(user, _refused_ways(user), id=user) for user in USERS if _refused_ways(user)
+    pytest.param(user, _refused_ways(user), id=user)
+    for user in USERS
+    if _refused_ways(user) and user != "default"  # the operator's superuser may do anything
 ]
 
 

@@ -43,6 +43,7 @@ from tests.support.secure_redis import spawn_redis
 
 PASSWORDS = {p: f"{p}-pw-{i}x9Q" for i, p in enumerate(PROFILES)}
 USERS = {p: f"kev-{p}" for p in PROFILES}
+SUPERUSER = "superuser-pw-7Zk"
 
 
 def url(port: int, profile: Profile, *, password: bool = True) -> str:
@@ -53,22 +54,28 @@ def url(port: int, profile: Profile, *, password: bool = True) -> str:
 @pytest.fixture(scope="module")
 def acl_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     aclfile = tmp_path_factory.mktemp("acl") / "users.acl"
-    aclfile.write_text(render(Keys("kev"), PASSWORDS, USERS))
+    aclfile.write_text(render(Keys("kev"), PASSWORDS, USERS, superuser_password=SUPERUSER))
     port = free_port()
     with spawn_redis(
         ["--port", str(port), "--aclfile", str(aclfile)],
-        lambda: redis.Redis(port=port, socket_timeout=1).ping(),  # the default user's one right
+        lambda: redis.Redis(port=port, password=SUPERUSER, socket_timeout=1).ping(),
     ):
         yield port
 
 
-def test_the_default_user_may_only_ping(acl_port: int) -> None:
+def test_without_a_user_nothing_and_the_superuser_everything(acl_port: int) -> None:
+    """The default user is the operator's superuser (what an AOF replays as): without its
+    password a client gets NOAUTH for every command, PING included."""
     with redis.Redis(port=acl_port) as anonymous:
-        assert anonymous.ping()
-        with pytest.raises(redis.exceptions.NoPermissionError):
-            anonymous.get("kev:epoch")
-        with pytest.raises(redis.exceptions.NoPermissionError):
-            anonymous.hgetall(f"kev:keypair:{ROOT.access_key}")
+        for command in (anonymous.ping, lambda: anonymous.get("kev:epoch"),
+                        lambda: anonymous.hgetall(f"kev:keypair:{ROOT.access_key}")):  # fmt: skip
+            with pytest.raises(redis.exceptions.AuthenticationError, match=r"NOAUTH|authenticated"):
+                command()
+    with redis.Redis(port=acl_port, password="wrong") as guess, pytest.raises(redis.RedisError):
+        guess.ping()
+    with redis.Redis(port=acl_port, password=SUPERUSER) as superuser:
+        assert superuser.acl_whoami() == "default"
+        assert superuser.config_get("appendonly")  # @admin: every right
 
 
 def test_each_user_does_its_part_end_to_end(acl_port: int, tmp_path: Path) -> None:

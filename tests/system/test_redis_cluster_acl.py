@@ -1,11 +1,12 @@
 """Least privilege on a real Redis Cluster: ``gateway acl --cluster``'s users loaded on all six
-nodes (ACLs are not replicated), the ``default`` user limited to PING, and every role on its
+nodes (ACLs are not replicated), the ``default`` user the superuser behind its own password,
+and every role on its
 own user through ``redis+cluster://`` URLs.
 
 Six redis-servers on loopback (3 masters, 3 replicas: :class:`LocalRedisCluster`); the users
 come from the real CLI (``gateway acl --cluster --format commands``, passwords in
 ``KEV_ACL_*_PASSWORD``) and go to every node with ``ACL SETUSER`` through a plain client.
-With ``default`` PING-only a replica can no longer sync as ``default``: each node gets
+With ``default`` behind a password a replica can no longer sync as ``default``: each node gets
 ``masteruser``/``masterauth`` of the replication user the CLI writes (every node, since any
 node can become a replica after a failover), and a test without it shows the links going
 down. Then the gateway (``kev-gateway``, its own process), the publisher (``kev-publisher``),
@@ -55,6 +56,7 @@ KEYS: Final = Keys("{kev}", cluster=True)
 SLOT: Final = key_slot(KEYS.history)
 ROLES: Final = ("publisher", "gateway", "admin", "bridge", "replication")
 PASSWORDS: Final = {role: f"{role}-pw-{i}Qx7" for i, role in enumerate(ROLES)}
+SUPERUSER: Final = "superuser-pw-Qx7"
 ALICE_PASSWORD: Final = "Correct-Horse-Battery-Staple-77"
 
 
@@ -82,8 +84,9 @@ def _cli(module: str, *args: str, env: Mapping[str, str], timeout: float = 60.0)
 def acl_commands(*, replication: bool = True) -> list[str]:
     """The ``ACL SETUSER`` lines of ``gateway acl --cluster --format commands`` with the
     publisher, gateway, admin and bridge users (and the replication user), the ``default``
-    user PING-only (the CLI's default)."""
+    user the superuser (the CLI's default)."""
     env = {f"KEV_ACL_{role.upper()}_PASSWORD": PASSWORDS[role] for role in ROLES}
+    env["KEV_ACL_SUPERUSER_PASSWORD"] = SUPERUSER
     if not replication:
         del env["KEV_ACL_REPLICATION_PASSWORD"]
     out = _cli("gateway.cli", "acl", "--cluster", "--format", "commands", env=env)
@@ -93,9 +96,10 @@ def acl_commands(*, replication: bool = True) -> list[str]:
 def load_users(ports: list[int], lines: list[str], *, replication: bool = True) -> None:
     """On every node, through a plain client as the (still unrestricted) ``default`` user:
     the replica link's credentials (when ``replication``), every user but ``default``, and
-    ``default`` last (after it, this connection may only PING)."""
+    ``default`` last (this connection stays authenticated as it; new ones need its
+    password)."""
     default = [line for line in lines if line.startswith("ACL SETUSER default ")]
-    assert len(default) == 1 and "-@all +ping" in default[0], lines
+    assert len(default) == 1 and default[0].endswith(' "~*" "&*" +@all'), lines
     others = [line for line in lines if line not in default]
     for port in ports:
         with redis.Redis(host=HOST, port=port, socket_timeout=5) as node:
@@ -129,8 +133,8 @@ def node_client(port: int, role: str) -> redis.Redis:
 
 
 def master_of_slot(cluster: LocalRedisCluster, slot: int = SLOT) -> int:
-    """The master serving ``slot``, asked of a node as the gateway user (``default`` may only
-    PING now, so :meth:`LocalRedisCluster.master_of_slot` cannot ask)."""
+    """The master serving ``slot``, asked of a node as the gateway user (``default`` needs
+    a password now, so :meth:`LocalRedisCluster.master_of_slot` cannot ask)."""
     with node_client(cluster.ports[0], "gateway") as node:
         for first, last, master, *_ in node.cluster("SLOTS"):
             if int(first) <= slot <= int(last):
@@ -172,6 +176,15 @@ def links(cluster: LocalRedisCluster) -> dict[int, str]:
         if info["role"] == "slave":
             out[port] = str(info["master_link_status"])
     return out
+
+
+def cut_replica_links(cluster: LocalRedisCluster) -> None:
+    """Every master drops its replicas' links (``CLIENT KILL TYPE replica``, as the
+    superuser): each replica must log in again to sync."""
+    for port in cluster.ports:
+        with redis.Redis(host=HOST, port=port, password=SUPERUSER, socket_timeout=5) as node:
+            if node.info("replication")["role"] == "master":
+                node.client_kill_filter(_type="replica")
 
 
 def resyncs(client: redis.Redis) -> int:
@@ -219,7 +232,7 @@ def _refused(call: Callable[[], object]) -> None:
 # -- 1. the users on every node, replication on its own user ---------------------------------
 
 
-def test_the_users_are_on_all_six_nodes_and_default_may_only_ping(
+def test_the_users_are_on_all_six_nodes_and_default_is_the_superuser(
     acl_cluster: ACLCluster,
 ) -> None:
     cluster = acl_cluster.cluster
@@ -237,20 +250,22 @@ def test_the_users_are_on_all_six_nodes_and_default_may_only_ping(
         ):  # fmt: skip
             wrong.ping()
         with redis.Redis(host=HOST, port=port, socket_timeout=5) as anonymous:
-            assert anonymous.ping()
-            _refused(functools.partial(anonymous.get, KEYS.epoch))
-            _refused(functools.partial(anonymous.cluster, "SLOTS"))
-            _refused(functools.partial(anonymous.execute_command, "ACL", "LIST"))
+            for command in (anonymous.ping, functools.partial(anonymous.get, KEYS.epoch)):
+                with pytest.raises(redis.AuthenticationError):  # NOAUTH, PING included
+                    command()
+        with redis.Redis(host=HOST, port=port, password=SUPERUSER, socket_timeout=5) as root:
+            assert root.execute_command("ACL", "WHOAMI") in (b"default", "default")
 
 
-def test_replicas_sync_as_the_replication_user_with_default_ping_only(
+def test_replicas_sync_as_the_replication_user_with_default_behind_a_password(
     acl_cluster: ACLCluster,
 ) -> None:
-    """Restricting ``default`` drops every replica's link (it synced as ``default``); each
-    replica syncs again, which it can only do as ``kev-replication`` (``masteruser``/
-    ``masterauth``), and stays linked; an event published afterwards reaches the bus'
-    replica."""
+    """A replica whose link drops (here: cut by the master, as a restart or a failover
+    would) syncs again, which it can only do as ``kev-replication`` (``masteruser``/
+    ``masterauth``: ``default`` needs the superuser's password now), and stays linked; an
+    event published afterwards reaches the bus' replica."""
     cluster = acl_cluster.cluster
+    cut_replica_links(cluster)
 
     def synced_again() -> bool:
         for port, before in acl_cluster.resyncs_before.items():
@@ -281,14 +296,15 @@ def test_replicas_sync_as_the_replication_user_with_default_ping_only(
     assert set(links(cluster).values()) == {"up"}
 
 
-def test_default_ping_without_the_replication_user_cuts_every_replica_off() -> None:
-    """Why the replication user is needed on a cluster too: with ``default`` PING-only and
-    no ``masteruser``, a replica's REPLCONF is refused and every link goes down, and stays
-    down (README, "Redis Cluster", says only "load the file on every node")."""
+def test_default_behind_a_password_without_the_replication_user_cuts_every_replica_off() -> None:
+    """Why the replication user is needed on a cluster too: with ``default`` behind a password
+    and no ``masteruser``, a replica that reconnects is refused (NOAUTH) and stays down
+    (README, "Redis Cluster", says only "load the file on every node")."""
     with LocalRedisCluster() as cluster:
         lines = acl_commands(replication=False)
         assert not any("kev-replication" in line for line in lines)
         load_users(cluster.ports, lines, replication=False)
+        cut_replica_links(cluster)  # the links made as default before survive until then
         wait_until(
             "every replica's link down",
             lambda: len(links(cluster)) == 3 and set(links(cluster).values()) == {"down"},

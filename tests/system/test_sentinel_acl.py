@@ -35,6 +35,7 @@ from tests.system.test_sentinel import _close_orphans
 pytestmark = pytest.mark.slow
 
 PASSWORDS = {p: f"{p}-pw-{i}s3N" for i, p in enumerate(PROFILES)}
+SUPERUSER = "superuser-pw-S3n"  # the default user: what the nodes' AOF would replay as
 USERS = {p: f"kev-{p}" for p in PROFILES}
 SERVICES: dict[ServiceUser, tuple[str, str]] = {
     "replication": ("kev-replication", "replication-pw-7rQ"),
@@ -113,19 +114,21 @@ def _sentinel_conf(path: Path, port: int, master: int, *, guarded: bool) -> Path
 @contextlib.contextmanager
 def acl_sentinel_set(tmp: Path) -> Iterator[SentinelSet]:
     aclfile = tmp / "users.acl"
-    aclfile.write_text(render(Keys("kev"), PASSWORDS, USERS, services=SERVICES))
+    aclfile.write_text(
+        render(Keys("kev"), PASSWORDS, USERS, services=SERVICES, superuser_password=SUPERUSER)
+    )
     master, replica, guarded, open_ = (free_port() for _ in range(4))
     found = SentinelSet([master, replica], guarded, open_)
 
-    def pings(port: int) -> object:  # the default user may PING, and nothing else
-        with redis.Redis(port=port, socket_timeout=1) as r:
+    def pings(port: int, password: str | None = None) -> object:
+        with redis.Redis(port=port, password=password, socket_timeout=1) as r:
             return r.ping()
 
     with contextlib.ExitStack() as stack:
         for port, of in ((master, None), (replica, master)):
             conf = _node_conf(tmp / f"n{port}.conf", port, aclfile, replicaof=of)
             stack.enter_context(
-                spawn_redis([], lambda port=port: pings(port), conf=str(conf))  # type: ignore[misc]
+                spawn_redis([], lambda port=port: pings(port, SUPERUSER), conf=str(conf))  # type: ignore[misc]
             )
         wait_until(lambda: found.linked(replica), 10, "the replica to sync as kev-replication")
         for port, is_guarded in ((guarded, True), (open_, False)):

@@ -6,6 +6,7 @@ packages. A new key or channel without a grant fails here (and, used for real, i
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import inspect
 import re
 from pathlib import Path
@@ -72,7 +73,7 @@ def test_patterns_match_the_names_keys_makes(member: str) -> None:
 def test_gateway_acl_needs_every_password(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("PUBLISHER", "GATEWAY", "ADMIN"):
+    for name in ("PUBLISHER", "GATEWAY", "ADMIN", "SUPERUSER"):
         monkeypatch.delenv(f"KEV_ACL_{name}_PASSWORD", raising=False)
         monkeypatch.delenv(f"KEV_ACL_{name}_PASSWORD_FILE", raising=False)
     (tmp_path / "pub").write_text("publisher-secret-1\n")
@@ -81,6 +82,10 @@ def test_gateway_acl_needs_every_password(
     monkeypatch.setenv("KEV_ACL_GATEWAY_PASSWORD", "gateway-secret-2")
     (tmp_path / "adm").write_text("admin-secret-3")
     monkeypatch.setenv("KEV_ACL_ADMIN_PASSWORD_FILE", str(tmp_path / "adm"))
+    # the default user is the superuser: it needs a password of its own
+    assert main(["acl", "--publisher-password-file", str(tmp_path / "pub")]) == 2
+    assert "default user (the superuser) needs a password" in capsys.readouterr().err
+    monkeypatch.setenv("KEV_ACL_SUPERUSER_PASSWORD", "superuser-secret-0")
     assert main(["acl", "--publisher-password-file", str(tmp_path / "pub")]) == 0
     out = capsys.readouterr().out
     assert [line.split()[1] for line in out.splitlines()] == [
@@ -89,9 +94,16 @@ def test_gateway_acl_needs_every_password(
         "kev-gateway",
         "kev-admin",
     ]
-    for secret in ("publisher-secret-1", "gateway-secret-2", "admin-secret-3"):
+    for secret in ("superuser-secret-0", "publisher-secret-1", "gateway-secret-2",
+                   "admin-secret-3"):  # fmt: skip
         assert secret not in out  # hashes only
-    assert "user default on nopass resetkeys resetchannels -@all +ping" in out
+    digest = hashlib.sha256(b"superuser-secret-0").hexdigest()
+    assert f"user default reset on #{digest} ~* &* +@all" in out.splitlines()
+    # the PING-only default user is still there for a Redis without an AOF (or with the fix)
+    args = ["acl", "--publisher-password-file", str(tmp_path / "pub"), "--default-user", "ping"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "user default on nopass resetkeys resetchannels -@all +ping" in out.splitlines()
 
 
 def test_gateway_acl_adds_the_replication_and_sentinel_users_when_given_a_password(
@@ -101,6 +113,7 @@ def test_gateway_acl_adds_the_replication_and_sentinel_users_when_given_a_passwo
         monkeypatch.delenv(f"KEV_ACL_{name}_PASSWORD", raising=False)
         monkeypatch.delenv(f"KEV_ACL_{name}_PASSWORD_FILE", raising=False)
     # asked for by name, a service user needs its password like any role
+    monkeypatch.setenv("KEV_ACL_SUPERUSER_PASSWORD", "superuser-secret-0")
     assert main(["acl", "--profiles", "replication"]) == 2
     assert "replication user needs a password" in capsys.readouterr().err
     (tmp_path / "repl").write_text("replication-secret-4\n")
@@ -127,7 +140,7 @@ def test_gateway_acl_adds_the_replication_and_sentinel_users_when_given_a_passwo
 
 
 def test_gateway_acl_can_add_one_user_to_a_running_redis_and_leave_the_default_user(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``--default-user keep``: what an operator adding the bridge to a deployed Redis pipes
     into redis-cli; nothing else changes there (README, "Beside an existing Backend.AI")."""
@@ -137,5 +150,44 @@ def test_gateway_acl_can_add_one_user_to_a_running_redis_and_leave_the_default_u
     (line,) = capsys.readouterr().out.splitlines()
     assert line.startswith("ACL SETUSER kev-bridge reset on ")
     assert "bridge-secret-6" not in line
+    monkeypatch.setenv("KEV_ACL_SUPERUSER_PASSWORD", "superuser-secret-0")
     assert main([*args, "--format", "commands"]) == 0  # the default: the default user too
     assert [w.split()[2] for w in capsys.readouterr().out.splitlines()] == ["default", "kev-bridge"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "said"),
+    [
+        # an aclfile without a default line: Redis makes default nopass with every right
+        (["--default-user", "keep"], {}, "--default-user keep writes no default user"),
+        (["--default-user", "ping", "--superuser-password-file", "root"], {},
+         "--superuser-password-file is for --default-user superuser"),
+        (["--superuser-password-file", "-", "--admin-password-file", "-"], {},
+         "only one password can come from standard input"),
+        ([], {"KEV_ACL_SUPERUSER_PASSWORD": "   "}, "superuser) needs a password"),
+        # AUTH <password> alone logs in as default: a shared password is the superuser's
+        ([], {"KEV_ACL_SUPERUSER_PASSWORD": "gateway-secret-2"},
+         "must differ from every user's; it is the gateway user's too"),
+    ],
+)  # fmt: skip
+def test_gateway_acl_refuses_a_default_user_anyone_could_use(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    env: dict[str, str],
+    said: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "root").write_text("superuser-secret-0\n")
+    for name in ("PUBLISHER", "GATEWAY", "ADMIN", "SUPERUSER"):
+        monkeypatch.delenv(f"KEV_ACL_{name}_PASSWORD", raising=False)
+        monkeypatch.delenv(f"KEV_ACL_{name}_PASSWORD_FILE", raising=False)
+    monkeypatch.setenv("KEV_ACL_PUBLISHER_PASSWORD", "publisher-secret-1")
+    monkeypatch.setenv("KEV_ACL_GATEWAY_PASSWORD", "gateway-secret-2")
+    monkeypatch.setenv("KEV_ACL_ADMIN_PASSWORD", "admin-secret-3")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["acl", *extra]) == 2
+    captured = capsys.readouterr()
+    assert said in captured.err and captured.out == ""
