@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 START_TIMEOUT: Final = 10.0
 
 
+def _ended(task: asyncio.Task[None]) -> None:
+    """A subscription's task ended: by its stop (cancelled), or by a bug (it retries every
+    Redis error itself), which leaves the partition unready until the replica restarts."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s ended", task.get_name(), exc_info=task.exception())
+
+
 class Pin:
     """The partitions one stream holds; :meth:`release` (idempotent) lets them go."""
 
@@ -154,6 +161,7 @@ class PartitionKeeper:
         self.subscribers[p] = subscriber
         task = asyncio.get_running_loop().create_task(subscriber.run(), name=f"subscriber-p{p}")
         self._tasks[p] = task  # the strong reference; removed when it is stopped
+        task.add_done_callback(_ended)
         self._started_at[p] = self._clock()
         log.info("subscribing to partition %d", p)
 
