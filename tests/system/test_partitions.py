@@ -429,11 +429,13 @@ async def test_a_replica_subscribes_only_to_the_partitions_its_streams_need(
         await until(lambda: states() == [True] + [None] * (N - 1), 10, "back to partition 0")
 
 
-async def test_a_failover_of_one_partitions_master_loses_nothing() -> None:
-    """CLUSTER FAILOVER of the master of partition 3's slot while events of every partition
-    are published and spanning streams read through two replicas: every consumer gets every
-    event once, each owner's in order, no notice; partition 3's subscription followed its
-    slot (its session started over on the new master and gap-filled)."""
+@pytest.mark.parametrize("move", ["failover", "reshard"])
+async def test_moving_one_partitions_slot_loses_nothing(move: str) -> None:
+    """CLUSTER FAILOVER of the master of partition 3's slot, or its slot resharded to another
+    master with its keys, while events of every partition are published and spanning streams
+    read through two replicas: every consumer gets every event once, each owner's in order,
+    no notice; partition 3's subscription followed its slot (its session started over on the
+    new master and gap-filled)."""
     names = Partitions(Keys("{kev}", cluster=True), 8).keys
     slot = key_slot(names[3].history)
     owners = [f"user-{i}" for i in range(40)]
@@ -467,7 +469,11 @@ async def test_a_failover_of_one_partitions_master_loses_nothing() -> None:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(publish, 400)
                     await anyio.sleep(0.5)
-                    new_master = await anyio.to_thread.run_sync(cluster.failover, slot)
+                    if move == "failover":
+                        new_master = await anyio.to_thread.run_sync(cluster.failover, slot)
+                    else:
+                        new_master = next(p for p in cluster.masters() if p != old_master)
+                        await anyio.to_thread.run_sync(cluster.reshard_slot, slot, new_master)
                 consumers = first + second
                 await until(
                     lambda: all(len(c.reasons) >= len(published) for c in consumers),
@@ -476,6 +482,7 @@ async def test_a_failover_of_one_partitions_master_loses_nothing() -> None:
                 )
                 await anyio.sleep(0.3)
                 after = [gw.state.keeper.subscribers[3].reconnects for gw in (one, two)]  # type: ignore[union-attr]
+        assert cluster.master_of_slot(slot) == new_master
     assert new_master != old_master
     assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
     for consumer in consumers:
