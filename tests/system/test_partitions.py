@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -489,3 +492,50 @@ async def test_moving_one_partitions_slot_loses_nothing(move: str) -> None:
         assert not [line for line in consumer.log if line.startswith("history_truncated")]
         assert len(set(consumer.ids)) == len(consumer.ids)
         assert_each_owner_in_order(consumer.reasons, published)
+
+
+def copy_keys(source: str, *args: str, partitions: int) -> subprocess.CompletedProcess[str]:
+    """``gateway copy-keys ARGS`` from ``source``, in a process of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "KEV_"))}
+    env.update({"GATEWAY_REDIS_URL": source, "GATEWAY_REDIS_PARTITIONS": str(partitions)})
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "copy-keys", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_copy_keys_moves_every_partition_and_vector_ids_resume_there(
+    redis_url: str, redis_cluster: LocalRedisCluster
+) -> None:
+    """A deployment of 4 partitions copied from a redis-server onto a cluster: every
+    partition's history under the cluster's names, the record of N with it; a vector id
+    from the old Redis resumes on the cluster. Another N is refused, naming both."""
+    await seed(redis_url)
+    published = [f"{o}:{i}" for i, o in enumerate(OWNERS)]
+    with replicas(redis_url, n=1) as (one,):
+        async with publisher(redis_url) as pub, stream_as(ROOT, one.base_url) as (_, events):
+            for reason in published:
+                await pub.publish(ref(reason.split(":")[0], "cp").started(reason))
+            got = await kernel_events(events, len(published))
+    vector = got[4].id
+    assert vector is not None and is_vector(vector)
+    refused = copy_keys(redis_url, "--to", redis_cluster.url, partitions=2)
+    assert refused.returncode == 2, refused
+    assert "records 4 partitions" in refused.stderr and "has 2" in refused.stderr
+    done = copy_keys(redis_url, "--to", redis_cluster.url, partitions=N)
+    assert done.returncode == 0, done.stderr
+    assert f"history: {N} keys ({len(published)} entries)" in done.stdout, done.stdout
+    with redis.RedisCluster(host=CLUSTER_HOST, port=redis_cluster.masters()[0]) as client:
+        names = Partitions(Keys("{kev}", cluster=True), N).keys
+        assert sum(client.xlen(k.history) for k in names) == len(published)
+        assert client.get("{kev}:partitions") == b"4"
+    with contextlib.ExitStack() as stack:
+        there = stack.enter_context(
+            run_gateway(gateway_settings(redis_cluster.url, redis_partitions=N))
+        )
+        async with stream_as(ROOT, there.base_url, last_event_id=vector) as (_, events):
+            again = await kernel_events(events, len(published) - 5)
+    assert sorted(reasons(again)) == sorted(reasons(got)[5:])
