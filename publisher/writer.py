@@ -166,8 +166,9 @@ class Core:
             else:
                 self.buffer.add(items)  # BufferFull leaves next_seq as it was
             self.next_seq += len(payloads)
-            for item in items:  # numbers of events dropped on the way in stay a gap
-                self.next_in[item.part] = max(self.next_in[item.part], item.number + 1)
+            if self.partitions.n > 1:  # numbers of events dropped on the way in stay a gap
+                for item in items:
+                    self.next_in[item.part] = max(self.next_in[item.part], item.number + 1)
             return call, wait
 
     def _numbered(
