@@ -69,8 +69,9 @@ class PartitionMismatch(RuntimeError):
 
 def partition_of(owner_user_id: str, n: int) -> int:
     """The partition (``0..n-1``) of the events owned by ``owner_user_id`` (a UUID, in any
-    case): the first 8 bytes of its BLAKE2b digest, big-endian, modulo ``n``. Stable across
-    processes, versions and platforms; 0 when ``n`` is 1 or there is no owner."""
+    case): its text, stripped and lower case, hashed by BLAKE2b with an 8-byte digest
+    (``digest_size=8``), read as a big-endian integer, modulo ``n``. Stable across processes,
+    versions and platforms; 0 when ``n`` is 1 or there is no owner."""
     if n <= 1 or not owner_user_id:
         return 0
     digest = hashlib.blake2b(owner_user_id.strip().lower().encode(), digest_size=8).digest()
