@@ -14,6 +14,7 @@ from .client import (
 from .connection import RedisURLError, connect_async, connect_sync
 from .errors import PublisherClosed, PublishError, PublishRejected, UndeliveredEvents
 from .keys import DEFAULT_PREFIX, Keys
+from .partitions import PartitionMismatch, Partitions
 from .schema import (
     EVENT_NAMES,
     RESULTS,
@@ -40,6 +41,8 @@ __all__ = [
     "InvalidEvent",
     "KernelEvent",
     "Keys",
+    "PartitionMismatch",
+    "Partitions",
     "PublishError",
     "PublishRejected",
     "PublisherClosed",

@@ -69,9 +69,14 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
+    #: the queue's order: numbered across the publisher's partitions
     seq: int
     payload: bytes
     call: Call | None = None
+    #: the event's partition (:mod:`publisher.partitions`), and its number there (what the
+    #: publish script checks; -1: ``seq``, the publisher has one partition)
+    part: int = 0
+    number: int = -1
 
 
 class OutageBuffer:

@@ -31,6 +31,7 @@ from .connection import RedisURLError, check_url, connect_async, redact_url
 from .demo import DEFAULT_TICK, DemoStats, LifecycleDemo
 from .errors import PublishError
 from .keys import DEFAULT_PREFIX, Keys
+from .partitions import MAX_PARTITIONS
 from .schema import EVENT_NAMES, RESULTS, EventName, InvalidEvent, KernelEvent, Result
 from .secretinput import SecretError, resolve_secret
 
@@ -110,6 +111,16 @@ def _prefix(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _partitions(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_PARTITIONS:
+        raise argparse.ArgumentTypeError(f"partitions must be 1..{MAX_PARTITIONS}, got {text!r}")
+    return n
+
+
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """The parser; defaults of the common options come from ``environ``."""
     common = OneLineParser(add_help=False)
@@ -146,6 +157,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         type=_prefix,
         default=environ.get("KEV_PREFIX", DEFAULT_PREFIX),
         help="key prefix shared with the gateway (env KEV_PREFIX; default %(default)s)",
+    )
+    group.add_argument(
+        "--partitions",
+        type=_partitions,
+        default=environ.get("KEV_PARTITIONS", "1"),
+        help="the deployment's partitions, as the gateway's GATEWAY_REDIS_PARTITIONS (env "
+        "KEV_PARTITIONS; default %(default)s; Redis records it: another number is refused)",
     )
     group.add_argument(
         "--maxlen",
@@ -249,6 +267,7 @@ def _emit(args: argparse.Namespace, out: TextIO) -> int:
     with SyncPublisher.from_url(
         args.redis_url, prefix=args.prefix, maxlen=args.maxlen, timeout=5.0,
         password=args.redis_password, sentinel_password=args.redis_sentinel_password,
+        partitions=args.partitions,
     ) as pub:  # fmt: skip
         stream_id = pub.publish(event)
         # A one-shot command has no later moment to flush in: a short last try, then fail.
@@ -355,7 +374,11 @@ async def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     await client.ping()  # unreachable at the start is an error; later outages are buffered
     async with AsyncPublisher(
-        client, prefix=args.prefix, maxlen=args.maxlen, owns_client=True
+        client,
+        prefix=args.prefix,
+        maxlen=args.maxlen,
+        owns_client=True,
+        partitions=args.partitions,
     ) as publisher:
         demo = LifecycleDemo(
             publisher,

@@ -41,6 +41,7 @@ from .bus import fence_keys, fence_script
 from .connection import connect_async, connect_sync, is_cluster, is_cluster_url
 from .errors import ErrorClass, UndeliveredEvents
 from .keys import DEFAULT_PREFIX, Keys
+from .partitions import check_partitions, check_partitions_sync
 from .schema import KernelEvent
 from .tasks import cancel_and_wait
 from .writer import SEQ_TTL, ChunkResult, CloseReport, Core, Health
@@ -61,10 +62,25 @@ DEFAULT_MAXLEN: Final = 100_000
 DEFAULT_CHUNK: Final = 256
 
 
-def _not_written(report: CloseReport, last: Any) -> tuple[KernelEvent, ...]:
-    applied = int(last)
+def _doubt_keys(report: CloseReport) -> list[str]:
+    """The sequence key of each event in doubt (its partition's)."""
+    return list(report.in_doubt_keys) or [report.sequence_key] * len(report.in_doubt)
+
+
+def _fences(report: CloseReport) -> dict[str, int]:
+    """Per sequence key, the last number in doubt there."""
+    out: dict[str, int] = {}
+    for key, seq in zip(_doubt_keys(report), report.in_doubt_seqs, strict=True):
+        out[key] = max(out.get(key, -1), seq)
+    return out
+
+
+def _not_written(report: CloseReport, applied: dict[str, int]) -> tuple[KernelEvent, ...]:
+    keys = _doubt_keys(report)
     return tuple(
-        e for e, seq in zip(report.in_doubt, report.in_doubt_seqs, strict=True) if seq > applied
+        e
+        for e, key, seq in zip(report.in_doubt, keys, report.in_doubt_seqs, strict=True)
+        if seq > applied[key]
     )
 
 
@@ -81,8 +97,11 @@ def resolve_in_doubt(client: redis.Redis, report: CloseReport) -> tuple[KernelEv
     if not report.in_doubt:
         return ()
     fence = fence_script(client)
-    last = fence(keys=fence_keys(report.sequence_key), args=[report.in_doubt_seqs[-1], SEQ_TTL])
-    return _not_written(report, last)
+    applied = {
+        key: int(fence(keys=fence_keys(key), args=[last, SEQ_TTL]))
+        for key, last in _fences(report).items()
+    }
+    return _not_written(report, applied)
 
 
 async def aresolve_in_doubt(client: aredis.Redis, report: CloseReport) -> tuple[KernelEvent, ...]:
@@ -90,9 +109,11 @@ async def aresolve_in_doubt(client: aredis.Redis, report: CloseReport) -> tuple[
     if not report.in_doubt:
         return ()
     fence = fence_script(client)
-    keys = fence_keys(report.sequence_key)
-    last = await fence(keys=keys, args=[report.in_doubt_seqs[-1], SEQ_TTL])
-    return _not_written(report, last)
+    applied = {
+        key: int(await fence(keys=fence_keys(key), args=[last, SEQ_TTL]))
+        for key, last in _fences(report).items()
+    }
+    return _not_written(report, applied)
 
 
 def _ids(reply: Sequence[Any]) -> list[str]:
@@ -128,7 +149,12 @@ def _client_options(timeout: float, *, blocking: bool, url: str) -> dict[str, An
 
 class _Publisher(Generic[ClientT]):
     """What both publishers are made of: the client, the script, and the shared
-    :class:`~publisher.writer.Core` (queue, numbers, health)."""
+    :class:`~publisher.writer.Core` (queue, numbers, health).
+
+    ``partitions``: how many partitions the deployment's bus has (:mod:`publisher.partitions`;
+    1 writes the names of an install without partitions). Checked against the number Redis
+    records before the first write: another number rejects the events
+    (:class:`~publisher.errors.PublishRejected` naming both)."""
 
     def __init__(
         self,
@@ -144,6 +170,7 @@ class _Publisher(Generic[ClientT]):
         retry_interval: float = 0.5,
         max_retry_interval: float = 5.0,
         owns_client: bool = False,
+        partitions: int = 1,
     ) -> None:
         if not 0 < retry_interval <= max_retry_interval:
             raise ValueError(
@@ -153,7 +180,11 @@ class _Publisher(Generic[ClientT]):
         self._core = Core(
             keys=Keys.on(client, prefix), maxlen=maxlen, exact_trim=exact_trim,
             chunk_size=chunk_size, timeout=timeout, buffer_size=buffer_size, overflow=overflow,
+            partitions=partitions,
         )  # fmt: skip
+        #: the number of partitions is checked against Redis' record before the first write
+        #: (:func:`~publisher.partitions.check_partitions`): a mismatch rejects the events
+        self._partitions_checked = False
         self._client: ClientT = client
         self._owns_client = owns_client
         self._script: Any = self._core.bus.publish_script(client)  # sync or async Script
@@ -305,10 +336,11 @@ class AsyncPublisher(_Publisher[aredis.Redis]):
             try:
                 async with asyncio.timeout(core.timeout):
                     results = await self._send(batch)
+                sizes = core.planned
             except Exception as exc:  # classified: unreachable, refused or rejected
                 kind = core.failed(batch, exc)
             else:
-                kind = core.outcome(batch, results)
+                kind = core.outcome(batch, results, sizes)
             if kind is None or kind == "rejected":
                 delay = self._retry_interval
                 continue
@@ -319,16 +351,18 @@ class AsyncPublisher(_Publisher[aredis.Redis]):
             delay = self._backoff(delay)
 
     async def _send(self, items: Sequence[Pending]) -> list[ChunkResult]:
+        if not self._partitions_checked:
+            await check_partitions(self._client, self._core.keys, self._core.partitions.n)
+            self._partitions_checked = True
         chunks = self._core.chunks(items)
-        keys = self._core.script_keys
         if len(chunks) == 1:
-            return [_ids(await self._script(keys=keys, args=chunks[0]))]
+            return [_ids(await self._script(keys=chunks[0].keys, args=chunks[0].args))]
         for _ in range(2):
             if self._load_first:
                 await self._client.script_load(self._script.script)
             async with self._client.pipeline(transaction=False) as pipe:
-                for args in chunks:
-                    await self._script(keys=keys, args=args, client=pipe)
+                for chunk in chunks:
+                    await self._script(keys=chunk.keys, args=chunk.args, client=pipe)
                 results = _results(await pipe.execute(raise_on_error=False))
             # NOSCRIPT: no chunk ran (the first failed, each later one waits on it); load
             # it and send again at once, as redis-py's own Script does for a single call
@@ -449,10 +483,11 @@ class SyncPublisher(_Publisher[redis.Redis]):
             kind: ErrorClass | None
             try:
                 results = self._send(batch)
+                sizes = core.planned
             except Exception as exc:  # classified: unreachable, refused or rejected
                 kind = core.failed(batch, exc)
             else:
-                kind = core.outcome(batch, results)
+                kind = core.outcome(batch, results, sizes)
             if kind is None or kind == "rejected":
                 delay = self._retry_interval
                 continue
@@ -461,16 +496,18 @@ class SyncPublisher(_Publisher[redis.Redis]):
             delay = self._backoff(delay)
 
     def _send(self, items: Sequence[Pending]) -> list[ChunkResult]:
+        if not self._partitions_checked:
+            check_partitions_sync(self._client, self._core.keys, self._core.partitions.n)
+            self._partitions_checked = True
         chunks = self._core.chunks(items)
-        keys = self._core.script_keys
         if len(chunks) == 1:
-            return [_ids(self._script(keys=keys, args=chunks[0]))]
+            return [_ids(self._script(keys=chunks[0].keys, args=chunks[0].args))]
         for _ in range(2):  # as AsyncPublisher._send
             if self._load_first:
                 self._client.script_load(self._script.script)
             with self._client.pipeline(transaction=False) as pipe:
-                for args in chunks:
-                    self._script(keys=keys, args=args, client=pipe)
+                for chunk in chunks:
+                    self._script(keys=chunk.keys, args=chunk.args, client=pipe)
                 results = _results(pipe.execute(raise_on_error=False))
             self._load_first = self._cluster and _noscript(results)
             if not self._load_first:

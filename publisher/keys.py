@@ -91,6 +91,12 @@ class Keys:
         """The live pub/sub channel; each message is ``<stream id> <msgpack payload>``."""
         return f"{self.prefix}:live"
 
+    @property
+    def partitions(self) -> str:
+        """How many partitions the deployment has (:mod:`publisher.partitions`), recorded by
+        the first process that checks it."""
+        return f"{self.prefix}:partitions"
+
     def publisher_seq(self, publisher_id: str) -> str:
         """One publisher's last applied sequence number (the publish script keeps it, with a
         TTL): what makes retries from its outage buffer exactly-once."""

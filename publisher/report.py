@@ -45,6 +45,9 @@ class CloseReport:
     #: :func:`~publisher.resolve_in_doubt` uses
     sequence_key: str = ""
     in_doubt_seqs: tuple[int, ...] = ()
+    #: with several partitions, the sequence key of each ``in_doubt`` event (its
+    #: partition's), whose numbers ``in_doubt_seqs`` are; empty: all ``sequence_key``
+    in_doubt_keys: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

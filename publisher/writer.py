@@ -31,10 +31,11 @@ from .errors import (
     outcome_unknown,
 )
 from .keys import Keys
+from .partitions import Partitions
 from .report import CloseReport
 from .schema import KernelEvent, decode_event, encode_event
 
-__all__ = ["SEQ_TTL", "CloseReport", "Core", "Health", "HealthState"]
+__all__ = ["SEQ_TTL", "Chunk", "CloseReport", "Core", "Health", "HealthState"]
 
 log = logging.getLogger("publisher.client")
 
@@ -46,6 +47,16 @@ HealthState = Literal["ok", "unreachable", "refused", "rejected", "closed"]
 
 #: what one chunk of an attempt came back as: its ids, or the error Redis answered it with
 ChunkResult = list[str] | BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One publish script call of an attempt: its KEYS (its partition's history, this
+    publisher's sequence key there, the epoch), its ARGV, and how many events it carries."""
+
+    keys: list[str]
+    args: list[bytes | str]
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +93,10 @@ class Core:
         timeout: float,
         buffer_size: int,
         overflow: OverflowPolicy,
+        partitions: int = 1,
     ) -> None:
+        """``partitions``: how many partitions the deployment has (every process of it must
+        say the same: :func:`publisher.partitions.check_partitions`)."""
         if maxlen < 1:
             raise ValueError(f"maxlen must be at least 1, got {maxlen}")
         if chunk_size < 1:
@@ -91,7 +105,16 @@ class Core:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         self.keys = keys
         self.bus = Bus(self.keys)
-        self.seq_key = self.keys.publisher_seq(uuid.uuid4().hex)
+        self.partitions = Partitions(keys, partitions)
+        name = uuid.uuid4().hex
+        #: this publisher's sequence key in each partition (``seq_key``: partition 0's)
+        self.seq_keys = [k.publisher_seq(name) for k in self.partitions.keys]
+        self.seq_key = self.seq_keys[0]
+        #: the next number in each partition (one partition: :attr:`next_seq` is used)
+        self.next_in = [0] * partitions
+        #: with several partitions, the events of each chunk of the last :meth:`chunks`
+        #: (the writer's only: what :meth:`outcome` needs to discard only a rejected chunk)
+        self.planned: list[int] = []
         self.maxlen = maxlen
         self.chunk_size = chunk_size
         self.max_batch = chunk_size * 8
@@ -107,7 +130,12 @@ class Core:
         self.errors: dict[ErrorClass, int] = {}
         self._last_warning = -_LOG_EVERY
         self._failing_since = 0.0
-        self._head = self.bus.publish_head(maxlen, exact_trim=exact_trim, ttl=SEQ_TTL)
+        self._heads = [
+            Bus(k).publish_head(maxlen, exact_trim=exact_trim, ttl=SEQ_TTL)
+            for k in self.partitions.keys
+        ]
+        pairs = zip(self.partitions.keys, self.seq_keys, strict=True)
+        self._script_keys = [Bus(k).publish_keys(seq) for k, seq in pairs]
 
     # -- callers --------------------------------------------------------------------------
 
@@ -120,20 +148,41 @@ class Core:
 
         Raises :class:`~publisher.schema.InvalidEvent`, :class:`~publisher.buffer.BufferFull`,
         :class:`~publisher.errors.PublisherClosed`."""
+        if self.partitions.n > 1:
+            events = list(events)  # read twice: their payloads, then their owners
         payloads = [encode_event(event) for event in events]
         with self.lock:
             if self.state == "closed":
                 raise PublisherClosed("the publisher is closed")
             call = Call(self.next_seq, len(payloads))
             call.wake = wake  # under the lock: the writer may settle the call at once
-            items = [Pending(call.first + i, p, call) for i, p in enumerate(payloads)]
+            if self.partitions.n == 1:
+                items = [Pending(call.first + i, p, call) for i, p in enumerate(payloads)]
+            else:
+                items = self._numbered(call, events, payloads)
             wait = self.state not in ("unreachable", "refused")
             if wait:  # the caller holds these until it returns; the bound applies then
                 self.buffer.extend(items)
             else:
                 self.buffer.add(items)  # BufferFull leaves next_seq as it was
             self.next_seq += len(payloads)
+            if self.partitions.n > 1:  # numbers of events dropped on the way in stay a gap
+                for item in items:
+                    self.next_in[item.part] = max(self.next_in[item.part], item.number + 1)
             return call, wait
+
+    def _numbered(
+        self, call: Call, events: Iterable[KernelEvent], payloads: list[bytes]
+    ) -> list[Pending]:
+        """The events of a call as queued items of their partitions, each numbered after
+        the last number taken there (under the lock)."""
+        taken = list(self.next_in)
+        items = []
+        for i, (event, payload) in enumerate(zip(events, payloads, strict=True)):
+            part = self.partitions.of(event.owner_user_id)
+            items.append(Pending(call.first + i, payload, call, part, taken[part]))
+            taken[part] += 1
+        return items
 
     def result(self, call: Call) -> list[str]:
         """What a call returns once woken or out of time: every id, or ``[]``."""
@@ -152,34 +201,69 @@ class Core:
         with self.lock:
             return self.buffer.take(self.max_batch)
 
-    def chunks(self, items: Sequence[Pending]) -> list[list[bytes | str]]:
-        """Script arguments, one list per chunk; each chunk names the last number of the
-        chunk before it, so a chunk never runs after one that failed (see the script)."""
-        out: list[list[bytes | str]] = []
-        for i in range(0, len(items), self.chunk_size):
-            part = items[i : i + self.chunk_size]
-            prev = str(items[i - 1].seq) if i else ""
-            out.append([*self._head, str(part[0].seq), prev, *(p.payload for p in part)])
+    def chunks(self, items: Sequence[Pending]) -> list[Chunk]:
+        """The script calls of an attempt, in queue order: runs of events of one partition,
+        at most ``chunk_size`` each. Each names the last number of the one before it in its
+        partition (``""`` for the first), so a chunk never runs after one of its partition
+        that failed (see the script); chunks of other partitions are independent."""
+        if self.partitions.n == 1:
+            keys, head = self._script_keys[0], self._heads[0]
+            out: list[Chunk] = []
+            for i in range(0, len(items), self.chunk_size):
+                run = items[i : i + self.chunk_size]
+                prev = str(items[i - 1].seq) if i else ""
+                args: list[bytes | str] = [*head, str(run[0].seq), prev]
+                args += [p.payload for p in run]
+                out.append(Chunk(keys, args, len(run)))
+            return out
+        return self._partitioned_chunks(items)
+
+    def _partitioned_chunks(self, items: Sequence[Pending]) -> list[Chunk]:
+        out: list[Chunk] = []
+        last: dict[int, int] = {}  # partition -> last number of its chunk before
+        i = 0
+        while i < len(items):
+            part = items[i].part
+            j = i + 1
+            while j < len(items) and j - i < self.chunk_size and items[j].part == part:
+                j += 1
+            run = items[i:j]
+            prev = str(last[part]) if part in last else ""
+            args: list[bytes | str] = [*self._heads[part], str(run[0].number), prev]
+            args += [p.payload for p in run]
+            out.append(Chunk(self._script_keys[part], args, len(run)))
+            last[part] = run[-1].number
+            i = j
+        self.planned = [c.size for c in out]
         return out
 
     @property
     def script_keys(self) -> list[str]:
-        return self.bus.publish_keys(self.seq_key)
+        """The KEYS of partition 0's chunks."""
+        return self._script_keys[0]
 
     def outcome(
-        self, batch: Sequence[Pending], results: Sequence[ChunkResult]
+        self,
+        batch: Sequence[Pending],
+        results: Sequence[ChunkResult],
+        sizes: Sequence[int] = (),
     ) -> ErrorClass | None:
         """Apply an attempt's per-chunk results: confirm each chunk that came back with ids
         (until the first that did not), then handle that chunk's error. None when the whole
         batch is written (or the publisher is closed: the close reported the batch in
-        doubt), else the error's class (the writer backs off unless ``rejected``)."""
+        doubt), else the error's class (the writer backs off unless ``rejected``).
+        ``sizes``: the events of each chunk (with several partitions, a rejection discards
+        only the rejected chunk's: chunks of other partitions after it may have run, and are
+        sent again, which their script skips)."""
         with self.lock:
             if self.state == "closed":
                 log.debug("an attempt in doubt at close was answered: %d events", len(batch))
                 return None
             done = 0
-            for result in results:
+            for k, result in enumerate(results):
                 if isinstance(result, BaseException):
+                    if self.partitions.n > 1 and sizes and classify(result) == "rejected":
+                        return self._failed(batch[done : done + sizes[k]], result)
                     return self._failed(batch[done:], result)
                 if not result:  # the chunk before it did not run: the error said why
                     break
@@ -288,7 +372,10 @@ class Core:
             rejected=self.rejected,
             last_error=self.last_error,
             sequence_key=self.seq_key,
-            in_doubt_seqs=tuple(item.seq for item in doubt),
+            in_doubt_seqs=tuple(item.seq if item.number < 0 else item.number for item in doubt),
+            in_doubt_keys=tuple(self.seq_keys[item.part] for item in doubt)
+            if self.partitions.n > 1
+            else (),
         )
         if not report.ok:
             log.error("publisher closed: %s", report.summary())

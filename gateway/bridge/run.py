@@ -34,12 +34,13 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.fanout.frames import StreamId
 from gateway.fanout.stats import ThrottledLog
 from gateway.settings import BridgeSettings
 from publisher.connection import connect_async, redact_url
+from publisher.partitions import check_partitions
 from publisher.positioned import NotHolder, Position, PositionedPublisher
 from publisher.schema import InvalidEvent, KernelEvent, SourceGap
 from publisher.tasks import cancel_and_wait
@@ -122,6 +123,13 @@ class Bridge:
     def __init__(self, settings: BridgeSettings, *, holder: str | None = None) -> None:
         self.settings = settings
         cfg = settings.bridge
+        if settings.redis.partitions != 1:
+            # Its positions (one per bridge, advanced in the same script as the history) live
+            # in one slot; writing to several partitions needs one position per partition.
+            raise ValueError(
+                f"the bridge writes to one partition only; GATEWAY_REDIS_PARTITIONS is "
+                f"{settings.redis.partitions}"
+            )
         self.name = cfg.name
         self.holder = holder or holder_name()
         self.metrics = BridgeMetrics()
@@ -185,6 +193,15 @@ class Bridge:
             self.db.where,
             redact_url(self.settings.redis.url),
         )
+        # Every process of the deployment must have the same partitions (PartitionMismatch
+        # names both numbers, and ends the bridge)
+        while True:
+            try:
+                await check_partitions(self.gateway, self.bus.keys, 1)
+                break
+            except (RedisError, RedisClusterException) as exc:
+                log.warning("cannot check the partitions yet (the gateway's redis: %s)", exc)
+                await asyncio.sleep(1.0)
         while True:
             await self.lease.acquire()
             self.role = "active"

@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import Final, Literal, get_args
 
 from publisher.keys import DEFAULT_PREFIX, Keys, cluster_prefix
+from publisher.partitions import MAX_PARTITIONS
 from publisher.secretinput import SecretError, resolve_secret
 
 __all__ = [
@@ -138,7 +139,16 @@ KEY_GRANTS: Final[Mapping[str, Mapping[Profile, Access]]] = {
     # where a draining replica left each SDK stream, for its reconnect (replica/handoff.py)
     "stream_handoff": {"gateway": "rw"},
     "identity_generation": {"gateway": "r", "admin": "rw", "sync": "rw"},
+    # the number of partitions, recorded by the first process that checks it (SET NX GET:
+    # publisher.partitions.check_partitions)
+    "partitions": {"publisher": "rw", "gateway": "rw", "admin": "rw", "bridge": "rw"},
 }
+#: the Keys members each partition has on its own (publisher.partitions): with more than one
+#: partition, every grant of one of them also covers partitions 1..n-1 (``kev.p*:events``,
+#: ``{kev.p*}:events`` on a cluster)
+PARTITIONED: Final = frozenset(
+    {"history", "epoch", "publisher_seq", "publisher_position", "channel", "probe_channel"}
+)
 #: Keys member -> who may publish or subscribe on the channel(s) it names (Redis does not
 #: tell the two apart; commands do: a publisher has PUBLISH, no SUBSCRIBE).
 CHANNEL_GRANTS: Final[Mapping[str, tuple[Profile, ...]]] = {
@@ -247,6 +257,7 @@ PUBLISHER_SELECTORS: Final[Mapping[str, tuple[str, ...]]] = {
     "history": ("+xadd",),
     "publisher_seq": ("+get", "+set"),
     "epoch": ("+set",),
+    "partitions": ("+set",),
 }
 #: Keys member -> what the admin may do there, and nothing else (a selector each): start a
 #: new history when none can follow the old one (``gateway reset-history``: XINFO to say what
@@ -319,15 +330,45 @@ def name_pattern(keys: Keys, member: str) -> str:
     return str(value)
 
 
-def rules(keys: Keys, profile: Profile) -> list[str]:
-    """The ACL rules of ``profile`` (after the user name and password)."""
+def partition_pattern(keys: Keys, member: str) -> str:
+    """The glob of every name ``Keys.<member>`` makes in partitions 1..n-1
+    (:mod:`publisher.partitions`): ``kev.p*:events``, ``{kev.p*}:events`` on a cluster."""
+    escaped = _GLOB.sub(r"\\\1", keys.prefix)
+    if keys.cluster:
+        opened = escaped.index("{")
+        closed = escaped.index("}", opened)
+        glob = f"{escaped[:opened]}{{{escaped[opened + 1 : closed]}.p*}}{escaped[closed + 1 :]}"
+    else:
+        glob = f"{escaped}.p*"
+    named = Keys.__new__(Keys)
+    object.__setattr__(named, "prefix", glob)
+    value = getattr(named, member)
+    if callable(value):
+        return str(value(*("*" for _ in inspect.signature(value).parameters)))
+    return str(value)
+
+
+def _patterns(keys: Keys, member: str, partitions: int) -> list[str]:
+    """The member's glob, and with more than one partition its partitions' too."""
+    out = [name_pattern(keys, member)]
+    if partitions > 1 and member in PARTITIONED:
+        out.append(partition_pattern(keys, member))
+    return out
+
+
+def rules(keys: Keys, profile: Profile, partitions: int = 1) -> list[str]:
+    """The ACL rules of ``profile`` (after the user name and password); ``partitions``: the
+    deployment's (more than one: the names of partitions 1..n-1 are granted too)."""
     out = ["resetkeys"]
     for member, grants in KEY_GRANTS.items():
         access = grants.get(profile)
         if access is not None:
-            out.append(("%R~" if access == "r" else "~") + name_pattern(keys, member))
+            mode = "%R~" if access == "r" else "~"
+            out += [mode + pattern for pattern in _patterns(keys, member, partitions)]
     out.append("resetchannels")
-    out += [f"&{name_pattern(keys, m)}" for m, who in CHANNEL_GRANTS.items() if profile in who]
+    for member, who in CHANNEL_GRANTS.items():
+        if profile in who:
+            out += [f"&{pattern}" for pattern in _patterns(keys, member, partitions)]
     if keys.cluster:  # the live channel is a shard channel there (SPUBLISH from the script)
         out += [c.replace("+publish", "+spublish") for c in COMMANDS[profile]]
         out += CLUSTER_COMMANDS
@@ -335,7 +376,8 @@ def rules(keys: Keys, profile: Profile) -> list[str]:
         out += COMMANDS[profile]
     selectors = {"publisher": PUBLISHER_SELECTORS, "admin": ADMIN_SELECTORS}.get(profile, {})
     for member, commands in selectors.items():
-        out.append(f"(~{name_pattern(keys, member)} {' '.join(commands)})")
+        for pattern in _patterns(keys, member, partitions):
+            out.append(f"(~{pattern} {' '.join(commands)})")
     return out
 
 
@@ -348,12 +390,14 @@ def render(
     default_user: DefaultUser = "superuser",
     superuser_password: str | None = None,
     services: Mapping[ServiceUser, tuple[str, str]] | None = None,
+    partitions: int = 1,
 ) -> str:
     """An aclfile (``redis-server --aclfile``) or ``ACL SETUSER`` lines (for ``redis-cli``)
     defining the ``default`` user (:data:`DEFAULT_USER`; ``keep`` leaves it out), one user
     per profile in ``passwords``, then one per service in ``services`` (service -> (user
-    name, password)); passwords appear as SHA-256 hashes only. Raises ValueError for
-    ``superuser`` without ``superuser_password``."""
+    name, password)); passwords appear as SHA-256 hashes only; ``partitions``: the
+    deployment's (:func:`rules`). Raises ValueError for ``superuser`` without
+    ``superuser_password``."""
     lines: list[str] = []  # an aclfile has no comments
     entries: list[list[str]] = []
     if default_user == "superuser":
@@ -366,7 +410,9 @@ def render(
     for profile in PROFILES:
         if profile in passwords:
             digest = _digest(passwords[profile])
-            entries.append([users[profile], "reset", "on", digest, *rules(keys, profile)])
+            entries.append(
+                [users[profile], "reset", "on", digest, *rules(keys, profile, partitions)]
+            )
     for service in SERVICE_USERS:
         if services and service in services:
             name, password = services[service]
@@ -463,6 +509,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="users for a Redis Cluster (load the file on every node): hash-tagged names, "
         "SPUBLISH, the slot map",
     )
+    p.add_argument(
+        "--partitions",
+        metavar="N",
+        help="the deployment's partitions (env GATEWAY_REDIS_PARTITIONS; default 1): more "
+        "than one also grants the names of partitions 1..N-1",
+    )
     p.add_argument("--output", "-o", metavar="PATH", help="write here instead of stdout")
     p.set_defaults(run=run)
 
@@ -474,6 +526,9 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
     prefix = args.prefix or env.get("GATEWAY_PREFIX") or DEFAULT_PREFIX
     try:
         keys = Keys(cluster_prefix(prefix), cluster=True) if args.cluster else Keys(prefix)
+        partitions = int(args.partitions or env.get("GATEWAY_REDIS_PARTITIONS") or 1)
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise ValueError(f"--partitions must be 1..{MAX_PARTITIONS}, got {partitions}")
     except ValueError as exc:
         return _fail(str(exc))
     if args.backendai_sessions:
@@ -571,7 +626,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
         )
     text = render(
         keys, passwords, users, fmt=args.format, default_user=args.default_user,
-        superuser_password=superuser, services=services,
+        superuser_password=superuser, services=services, partitions=partitions,
     )  # fmt: skip
     if args.output:
         Path(args.output).write_text(text)

@@ -28,6 +28,7 @@ from gateway.identity.store import IdentityStore
 from gateway.settings import Settings
 from publisher.bus import Bus
 from publisher.connection import connect_async, redact_url
+from publisher.partitions import PartitionMismatch, Partitions, check_partitions
 from publisher.secretinput import SecretError, read_secret, resolve_secret
 
 __all__ = ["generate_access_key", "generate_secret_key", "redis_settings", "register", "run"]
@@ -75,8 +76,9 @@ async def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None
         return _fail(str(exc))
     try:
         handler: Handler = args.handler
+        args.partitions = settings.redis.partitions  # the bus commands' (reset-history)
         return await handler(IdentityStore(client, keys, cache_ttl=0), args)
-    except (IdentityError, _UsageError, SecretError) as exc:
+    except (IdentityError, _UsageError, SecretError, PartitionMismatch) as exc:
         return _fail(str(exc))
     except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
         return _fail(f"Redis at {redact_url(settings.redis.url)}: {exc}")
@@ -263,12 +265,17 @@ async def _reset_history(store: IdentityStore, args: argparse.Namespace) -> int:
             "this deletes the event history (every stream is told history_truncated, reset): "
             "run it again with --yes"
         )
-    bus = Bus(store.keys)
-    raw = await bus.history_info(store.redis)
-    info = {} if raw is None else {_text(k): v for k, v in raw.items()}
-    last = _text(info.get("last-generated-id", "none"))
-    length = int(info.get("length", 0))
-    await bus.start_new_history(store.redis)
+    n = getattr(args, "partitions", 1)
+    await check_partitions(store.redis, store.keys, n)
+    length, lasts = 0, []
+    for keys in Partitions(store.keys, n).keys:  # every partition's history (one: today's)
+        bus = Bus(keys)
+        raw = await bus.history_info(store.redis)
+        info = {} if raw is None else {_text(k): v for k, v in raw.items()}
+        lasts.append(_text(info.get("last-generated-id", "none")))
+        length += int(info.get("length", 0))
+        await bus.start_new_history(store.redis)
+    last = lasts[0] if n == 1 else ",".join(lasts)
     return _done(
         args,
         f"started a new history (the old one held {length} entries, its last id {last}); "

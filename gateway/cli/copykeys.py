@@ -46,6 +46,7 @@ from gateway.cli.admin import redis_settings
 from publisher.bus import Bus
 from publisher.connection import connect_async, is_cluster, redact_url
 from publisher.keys import Keys
+from publisher.partitions import Partitions
 from publisher.secretinput import resolve_secret
 
 __all__ = ["ENV_TO", "add_parser", "copy_keys", "run"]
@@ -110,7 +111,8 @@ KINDS: Final = (
     Kind("other", starts=("streams:", "handoff:", "login-throttle:")),
     Kind("history", ("events",)),
     Kind("epoch", ("epoch",)),
-    Kind("publisher state", starts=("pubseq:", "pubpos:", "bridge:")),
+    # (and the number of partitions the deployment records: publisher.partitions)
+    Kind("publisher state", ("partitions",), ("pubseq:", "pubpos:", "bridge:")),
 )
 
 
@@ -147,13 +149,6 @@ class Plan:
     def renamed(self, key: bytes) -> bytes:
         """``key``'s name on the target: the target's prefix, the rest kept."""
         return self.target.prefix.encode() + key[len(self.source.prefix) :]
-
-    def line(self, kind: str, count: int | None = None) -> str:
-        n = len(self.keys[kind]) if count is None else count
-        text = f"{kind}: {n} key{'' if n == 1 else 's'}"
-        if kind == "history" and n:
-            text += f" ({self.history_entries} entries)"
-        return text
 
 
 def add_parser(
@@ -247,7 +242,8 @@ async def copy_keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int
         except ValueError as exc:
             raise _Refused(str(exc)) from None
         try:
-            return await _run(source, target, source_keys, target_keys, args)
+            n = settings.redis.partitions
+            return await _run(source, target, source_keys, target_keys, args, n)
         finally:
             await _close(target)
     finally:
@@ -260,8 +256,15 @@ async def _close(side: Side) -> None:
 
 
 async def _run(
-    source: Side, target: Side, source_keys: Keys, target_keys: Keys, args: argparse.Namespace
+    source: Side,
+    target: Side,
+    source_keys: Keys,
+    target_keys: Keys,
+    args: argparse.Namespace,
+    partitions: int = 1,
 ) -> int:
+    """The copy; with more than one partition, each partition's names to the target's names
+    of the same partition (:mod:`publisher.partitions`), the counts summed."""
     where = (
         f"{redact_url(source.url)} (prefix {source_keys.prefix}) to "
         f"{redact_url(target.url)} (prefix {target_keys.prefix})"
@@ -273,42 +276,71 @@ async def _run(
                     f"{side.name}, {redact_url(side.url)}, is a Redis Cluster node: name the "
                     "cluster as redis+cluster://host:port[,host:port...]"
                 )
+    pairs = list(
+        zip(
+            Partitions(source_keys, partitions).keys,
+            Partitions(target_keys, partitions).keys,
+            strict=True,
+        )
+    )
     with source.talking():
-        plan = await _plan(source.client, source_keys, target_keys)
-    if not plan.total:
+        recorded = await source.client.get(source_keys.partitions)
+        if recorded is not None and int(recorded) != partitions:
+            raise _Refused(
+                f"the source records {int(recorded)} partitions for prefix "
+                f"{source_keys.prefix!r}; this command has {partitions} "
+                "(GATEWAY_REDIS_PARTITIONS): copy with the same number"
+            )
+        plans = [await _plan(source.client, s, t) for s, t in pairs]
+    total = sum(plan.total for plan in plans)
+    if not total:
         raise _Refused(
             f"no key of prefix {source_keys.prefix!r} on {redact_url(source.url)}: "
             "check --redis-url and --prefix"
         )
     with target.talking():
-        holds = await _holds_any(target.client, target_keys)
+        holds = False
+        for _, t in pairs:
+            holds = holds or await _holds_any(target.client, t)
     if holds and not args.replace:
         raise _Refused(
             f"{redact_url(target.url)} already holds keys of prefix {target_keys.prefix!r}: "
             "nothing copied (--replace overwrites them)"
         )
-    if plan.foreign:
+    foreign = sum(plan.foreign for plan in plans)
+    if foreign:
         print(
-            f"left alone: {plan.foreign} keys under {source_keys.prefix}: that no name of this "
+            f"left alone: {foreign} keys under {source_keys.prefix}: that no name of this "
             "deployment has (another deployment's, with a longer prefix?)",
             flush=True,
         )
     if args.dry_run:
         print(f"would copy from {where}:")
         for kind in KINDS:
-            print(plan.line(kind.name))
-        print(f"total: {plan.total} keys (dry run: nothing copied)")
+            print(_line(plans, kind.name))
+        print(f"total: {total} keys (dry run: nothing copied)")
         return 0
     print(f"copying from {where}:", flush=True)
     copied = 0
     for kind in KINDS:
-        done = await _copy(source, target, plan, plan.keys[kind.name], args.replace)
+        done = 0
+        for plan in plans:
+            done += await _copy(source, target, plan, plan.keys[kind.name], args.replace)
         copied += done
-        print(plan.line(kind.name, done), flush=True)
-    vanished = plan.total - copied
+        print(_line(plans, kind.name, done), flush=True)
+    vanished = total - copied
     gone = f" ({vanished} expired or deleted during the copy)" if vanished else ""
     print(f"total: {copied} keys copied{gone}")
     return 0
+
+
+def _line(plans: list[Plan], kind: str, count: int | None = None) -> str:
+    """What the plans of every partition hold of ``kind`` (or ``count`` of it), summed."""
+    n = sum(len(plan.keys[kind]) for plan in plans) if count is None else count
+    text = f"{kind}: {n} key{'' if n == 1 else 's'}"
+    if kind == "history" and n:
+        text += f" ({sum(plan.history_entries for plan in plans)} entries)"
+    return text
 
 
 def _checked(replies: list[Any]) -> list[Any]:

@@ -7,7 +7,8 @@ the bottom layer, imported by :mod:`gateway.identity` (filters) and :mod:`gatewa
 * :mod:`.hub` dispatch, indexes, the one flush per loop iteration, the one timer
 * :mod:`.connection` one stream's buffer, sink, writer task, pacing and eviction
 * :mod:`.resume` replay after ``Last-Event-ID``; :mod:`.history` reads the history stream
-* :mod:`.subscriber` the process's one pub/sub connection, probed, gap-filled on reconnect
+* :mod:`.subscriber` the process's pub/sub connection (one per partition subscribed to),
+  probed, gap-filled on reconnect; :mod:`.lanes` a partition's watermark
 * :mod:`.filters`, :mod:`.frames`, :mod:`.stats`
 """
 
@@ -15,6 +16,7 @@ from .connection import Connection, DirectPath, Sink
 from .filters import Filter
 from .frames import CloseReason, StreamId
 from .hub import Hub
+from .lanes import Lane
 from .stats import HubStats
 from .subscriber import ProbeLost, Subscriber, SubscriptionReset
 
@@ -25,6 +27,7 @@ __all__ = [
     "Filter",
     "Hub",
     "HubStats",
+    "Lane",
     "ProbeLost",
     "Sink",
     "StreamId",

@@ -10,7 +10,7 @@ persistence, or replaced by a fresh instance) has another epoch, or none yet.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -179,7 +179,7 @@ async def read_after(
     max_payload: int,
     chunk: int = CHUNK,
     facts: Callable[[ReadFacts], Awaitable[None]] | None = None,
-) -> AsyncIterator[tuple[list[Entry], bool]]:
+) -> AsyncGenerator[tuple[list[Entry], bool]]:
     """Yield ``(entries, gap)`` for every entry with an id after ``after``, in order, a chunk
     at a time. ``gap`` is True (once per call, before the entries it concerns) when entries
     after the read's start were removed since it was known (trimmed past it, the stream

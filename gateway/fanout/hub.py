@@ -33,6 +33,7 @@ from time import perf_counter
 import msgspec
 
 from gateway.settings import FanoutSettings
+from publisher.partitions import Partitions
 from publisher.schema import KernelEvent, SourceGap, decode_event, decode_gap
 
 from .connection import NO_WRITE, Connection
@@ -44,10 +45,12 @@ from .frames import (
     StreamId,
     View,
     event_frame,
+    format_stream_id,
     frame_for,
     notice_frame,
     parse_stream_id,
 )
+from .lanes import Lane, vector_of
 from .stats import DropKind, HubStats, ThrottledLog
 
 __all__ = ["Hub"]
@@ -64,9 +67,11 @@ class Hub:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        partitions: Partitions | None = None,
     ) -> None:
         """``settings``: the fan-out section (buffer cap, write deadline, pings, payload
-        limit, flush interval, reconnect hints, lag bound, id skew)."""
+        limit, flush interval, reconnect hints, lag bound, id skew); ``partitions``: the
+        deployment's (more than one: a :class:`~.lanes.Lane` each, see :attr:`lanes`)."""
         self.settings = settings
         self.buffer_cap = settings.buffer_cap
         self.write_deadline = settings.write_deadline
@@ -106,6 +111,37 @@ class Hub:
         )
         #: bound once: every direct stream keeps it (a bound method per stream is 64 bytes)
         self.notify: Callable[[Connection], None] = self._mark_dirty
+        self.partitions = partitions
+        #: with more than one partition, each one's watermark (its subscriber drives it;
+        #: :attr:`last_id` is then unused); empty with one
+        self.lanes: list[Lane] = (
+            [Lane(self, p) for p in range(partitions.n)]
+            if partitions is not None and partitions.n > 1
+            else []
+        )
+
+    def lane_of(self, filter: Filter) -> int | None:
+        """The partition every event a stream with ``filter`` can match is in (one user's
+        events: their owner's), or None when they may be in any (the stream spans them, and
+        resumes with a vector id). 0 with one partition."""
+        if not self.lanes:
+            return 0
+        if filter.owner_user_id:
+            assert self.partitions is not None
+            return self.partitions.of(filter.owner_user_id)
+        return None
+
+    def position(self, filter: Filter) -> str | None:
+        """Where a live stream with ``filter`` stands, as the id it would resume with: the
+        watermark (its partition's), or for a stream spanning partitions the vector of every
+        lane's. None before the first subscription located the history."""
+        lane = self.lane_of(filter)
+        if not self.lanes:
+            return None if self.last_id is None else format_stream_id(self.last_id)
+        if lane is None:
+            return vector_of(self.lanes)
+        last = self.lanes[lane].last_id
+        return None if last is None else format_stream_id(last)
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -222,11 +258,15 @@ class Hub:
         if event is None:
             return
         if type(event) is SourceGap:
-            self.stats.source_gaps += 1
-            log.warning("the event source lost events (%s): every open stream is told", event)
-            self.notice_all("source")
+            self.source_gap(event)
             return
         self.dispatch(stream_id, raw_id.decode("ascii"), event)  # type: ignore[arg-type]
+
+    def source_gap(self, marker: SourceGap) -> None:
+        """A bridge's marker: its source lost events; every open stream is told."""
+        self.stats.source_gaps += 1
+        log.warning("the event source lost events (%s): every open stream is told", marker)
+        self.notice_all("source")
 
     def notice_all(self, reason: GapReason) -> None:
         """Tell every open stream ``history_truncated`` (``lastEventId`` null): what comes
@@ -263,6 +303,46 @@ class Hub:
                     if shown is not None:
                         delivered += 1
                         client.push(shown, stream_id)
+        if delivered:
+            self.stats.events_matched += 1
+        self.stats.deliveries += delivered
+        self.stats.dispatch.observe(perf_counter() - started)
+
+    def dispatch_in(self, lane: int, stream_id: StreamId, text_id: str, event: KernelEvent) -> None:
+        """:meth:`dispatch` for an entry of partition ``lane`` (more than one partition): a
+        stream of one user gets it with its plain id (its partition's), a stream spanning
+        partitions with the vector of every lane's watermark (built once per view), and
+        nothing while it replays (its replay reads every partition up to the lanes'
+        watermarks before it goes live: :func:`~.resume.replay_vector`)."""
+        started = perf_counter()
+        plain: dict[View, bytes | None] = {}
+        spanning: dict[View, bytes | None] = {}
+        vector: str | None = None
+        delivered = 0
+        index = self._index
+        for key in candidate_keys(event):
+            members = index.get(key)
+            if not members:
+                continue
+            for client in members:
+                filter = client.filter
+                if client.closed or not (filter.exact or filter.matches(event)):
+                    continue
+                view = client.view
+                if filter.owner_user_id:
+                    if view not in plain:
+                        plain[view] = frame_for(view, text_id, event)
+                    shown, shown_id = plain[view], stream_id
+                else:
+                    if client.replaying:
+                        continue
+                    if view not in spanning:
+                        vector = vector or vector_of(self.lanes)
+                        spanning[view] = frame_for(view, vector, event)
+                    shown, shown_id = spanning[view], None
+                if shown is not None:
+                    delivered += 1
+                    client.push(shown, shown_id)
         if delivered:
             self.stats.events_matched += 1
         self.stats.deliveries += delivered

@@ -11,29 +11,78 @@ The order (ARCHITECTURE.md, "Resume"):
    it waits (:meth:`Connection.drained`) while more than half the cap is queued. Held live
    frames do not count: past their own share they are dropped and read from history instead;
 3. :meth:`Connection.end_replay` releases the held frames newer than the last replayed id.
+
+With more than one partition (:mod:`publisher.partitions`), :func:`resume` picks the replay:
+a stream of one user replays its owner's partition as above (a plain id, or that
+partition's position of a vector id). A stream that spans partitions resumes from a vector
+id (:func:`replay_vector`): the hub sends it nothing while it replays; it reads each
+partition after its position up to that partition's watermark in the hub, again until every
+partition stands exactly at the hub's watermark, and goes live then, with no await between
+that check and the hand-over, so the next live event of every partition follows on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Sequence
+from typing import Final
 
 import redis.asyncio as aredis
 
 from publisher.bus import Bus
+from publisher.partitions import decode_vector, encode_vector, is_vector
 from publisher.schema import SourceGap
 
 from .connection import Connection
 from .frames import StreamId, format_stream_id, frame_for, notice_frame, parse_stream_id
 from .history import gap_reason, read_after
 from .hub import Hub
+from .lanes import Lane
 
-__all__ = ["replay"]
+__all__ = ["replay", "replay_vector", "resume"]
 
 log = logging.getLogger(__name__)
 
+#: how long a spanning stream's replay waits for a lane of this replica to reach the
+#: client's position (a replica behind the one the client came from), seconds
+_CATCH_UP: Final = 10.0
+
+
+def positions(last_event_id: str, n: int) -> tuple[StreamId, ...]:
+    """The position in each of ``n`` partitions a ``Last-Event-ID`` names: a vector id's,
+    or a plain id taken as the position in every partition (ids are times: an id of another
+    partition is told ``unknown`` by the replay, then history after it follows).
+    ``ValueError`` for neither, or a vector of another ``n``."""
+    if is_vector(last_event_id):
+        return decode_vector(last_event_id, n)
+    return (parse_stream_id(last_event_id),) * n
+
+
+async def resume(
+    connection: Connection,
+    hub: Hub,
+    redis: aredis.Redis,
+    buses: Sequence[Bus],
+    last_event_id: str,
+) -> None:
+    """Replay after ``last_event_id`` the way the stream needs (see the module docstring):
+    ``buses`` has each partition's bus, by partition. Never raises but ``CancelledError``."""
+    if not hub.lanes:
+        await replay(connection, hub, redis, buses[0], last_event_id)
+        return
+    lane = hub.lane_of(connection.filter)
+    at = positions(last_event_id, len(hub.lanes))
+    if lane is None:
+        await replay_vector(connection, hub, redis, buses, at, last_event_id)
+    else:
+        plain = last_event_id if not is_vector(last_event_id) else format_stream_id(at[lane])
+        await replay(connection, hub.lanes[lane], redis, buses[lane], plain)
+
 
 async def replay(
-    connection: Connection, hub: Hub, redis: aredis.Redis, bus: Bus, last_event_id: str
+    connection: Connection, hub: Hub | Lane, redis: aredis.Redis, bus: Bus, last_event_id: str
 ) -> None:
     """Send what history holds after ``last_event_id`` through the connection's filter,
     while live frames are held back; then release the held ones that replay did not cover.
@@ -92,3 +141,104 @@ async def replay(
     finally:
         if not connection.closed:
             connection.end_replay(last)
+
+
+async def replay_vector(
+    connection: Connection,
+    hub: Hub,
+    redis: aredis.Redis,
+    buses: Sequence[Bus],
+    start: Sequence[StreamId],
+    last_event_id: str,
+) -> None:
+    """Replay a stream that spans partitions from the positions ``start`` (one per
+    partition), partition by partition (each in order; there is no order across them), each
+    frame carrying the vector of where the replay stands, then hand over to live frames once
+    every partition stands at its lane's watermark (see the module docstring).
+
+    Never raises but ``CancelledError``: a failed read, or a lane of this replica that does
+    not reach the client's position within :data:`_CATCH_UP` seconds, closes the stream with
+    ``server_close`` (``resume_failed``); the client resumes again from its last id."""
+    lanes = hub.lanes
+    at = list(start)
+    pace = connection.cap // 2
+    loop = asyncio.get_running_loop()
+    try:
+        for p, bus in enumerate(buses):
+            reason, state = await gap_reason(redis, bus, at[p])
+            if reason is not None:
+                first = format_stream_id(state.first_id) if state.first_id else None
+                connection.push(notice_frame(last_event_id, first, reason))
+            at[p] = min(at[p], state.last_id)
+        deadline = loop.time() + _CATCH_UP
+        while True:
+            behind = [
+                p for p, lane in enumerate(lanes) if lane.last_id is None or lane.last_id < at[p]
+            ]
+            if behind:  # this replica has not dispatched as far as the client had
+                if loop.time() > deadline:
+                    raise TimeoutError(f"partitions {behind} of this replica did not catch up")
+                await asyncio.sleep(0.02)
+                continue
+            if all(lane.last_id == at[p] for p, lane in enumerate(lanes)):
+                break  # no await from this check to end_replay: live follows on
+            for p, bus in enumerate(buses):
+                await _replay_lane(connection, hub, redis, bus, lanes[p], p, at, pace)
+                if connection.closed:
+                    return
+    except Exception:
+        log.exception("replay after %s failed; closing the stream", last_event_id)
+        connection.close("resume_failed")
+        return
+    finally:
+        if not connection.closed:
+            # The hub held nothing for this stream (it skips spanning streams that
+            # replay), so nothing is released and no floor is needed.
+            connection.end_replay((0, 0))
+
+
+async def _replay_lane(
+    connection: Connection,
+    hub: Hub,
+    redis: aredis.Redis,
+    bus: Bus,
+    lane: Lane,
+    p: int,
+    at: list[StreamId],
+    pace: int,
+) -> None:
+    """Send partition ``p``'s entries after ``at[p]`` up to the lane's watermark as it
+    stands now (``target``), then stand at ``target``: every id up to it was dispatched, so
+    it was in history before this read began, and what the read did not find there is gone."""
+    target = lane.last_id
+    if target is None or target <= at[p]:
+        return
+    entries = read_after(redis, bus, format_stream_id(at[p]), max_payload=hub.max_payload)
+    async with contextlib.aclosing(entries):
+        async for batch, gap in entries:
+            if gap:
+                first = format_stream_id(parse_stream_id(batch[0][0])) if batch else None
+                connection.push(notice_frame(encode_vector(at), first, "trimmed"))
+            for raw_id, payload in batch:
+                stream_id = parse_stream_id(raw_id)
+                if stream_id > target:
+                    at[p] = target
+                    return  # past what the hub had dispatched: it comes live
+                at[p] = stream_id
+                event = hub.decode(raw_id, payload)
+                if event is None:
+                    continue
+                if isinstance(event, SourceGap):
+                    await connection.drained(pace)
+                    connection.push(notice_frame(None, None, "source"))
+                    continue
+                if not connection.filter.matches(event):
+                    continue
+                frame = frame_for(connection.view, encode_vector(at), event)
+                if frame is None:
+                    continue
+                await connection.drained(pace)
+                if connection.closed:
+                    return
+                connection.push(frame)
+    at[p] = max(at[p], target)

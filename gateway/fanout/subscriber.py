@@ -57,6 +57,7 @@ from publisher.connection import is_cluster
 from .frames import StreamId, format_stream_id, parse_stream_id
 from .history import ReadFacts, entry_exists, history_state, read_after
 from .hub import Hub
+from .lanes import Lane
 from .watermark import Found, Known, Verdict, decide
 
 __all__ = ["ProbeLost", "Subscriber", "SubscriptionReset"]
@@ -96,7 +97,7 @@ class Subscriber:
         self,
         redis: aredis.Redis,
         bus: Bus,
-        hub: Hub,
+        hub: Hub | Lane,
         *,
         replica: str,
         probe_interval: float = 5.0,

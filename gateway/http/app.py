@@ -83,6 +83,10 @@ async def ready(request: Request) -> Response:
         if state.history_watch is None or state.history_watch.problem is None
         else state.history_watch.problem,
     }
+    if state.keeper is not None:  # more than one partition: each one's subscription
+        states = state.keeper.states()
+        states[0] = sub.ready
+        body["partitions_ready"] = states  # live, not (yet), or not subscribed (null)
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 

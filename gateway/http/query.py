@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 from gateway.errors import InvalidParams
 from gateway.fanout.frames import View, parse_stream_id
 from gateway.identity.visibility import StreamQuery
+from publisher.partitions import decode_vector, is_vector
 from publisher.schema import SLUG_PATTERN
 
 __all__ = ["ALIASES", "MAX_QUERY_BYTES", "Api", "parse_query"]
@@ -127,7 +128,10 @@ def parse_query(query_string: bytes, headers: Mapping[str, str], api: Api = "v4"
     last_id = headers.get("last-event-id") or params.get("lastEventId") or None
     if last_id is not None:
         try:
-            parse_stream_id(last_id)
+            if is_vector(last_id):  # a stream spanning partitions (publisher.partitions)
+                decode_vector(last_id, int(last_id.partition("_")[0] or "x"))
+            else:
+                parse_stream_id(last_id)
         except ValueError:
             raise _bad(
                 f"Last-Event-ID {last_id[:70]!r} is not an event id this server sent"

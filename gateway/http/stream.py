@@ -30,16 +30,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import RateLimited, Unavailable
+from gateway.errors import InvalidParams, RateLimited, Unavailable
 from gateway.fanout.connection import Connection, DirectPath, body
 from gateway.fanout.frames import retry_frame
-from gateway.fanout.resume import replay
+from gateway.fanout.resume import positions, resume
 from gateway.fanout.stats import ThrottledLog
 from gateway.identity.methods import SignedCredential
 from gateway.identity.visibility import build_filter
 from gateway.replica.handoff import Ticket, request_digest
 from gateway.replica.limits import Slot
+from gateway.replica.partitions import Pin
 from gateway.replica.state import GatewayState
+from publisher.partitions import is_vector
 from publisher.tasks import cancel_and_wait
 
 from .auth import authenticate_request
@@ -104,6 +106,7 @@ class HubStreamResponse(Response):
         *,
         retry_hint: bool,
         slot: Slot | None = None,
+        pin: Pin | None = None,
     ) -> None:
         # No super().__init__(): its headers and body are either shared (SSE_HEADERS) or
         # unused by this shape.
@@ -113,6 +116,8 @@ class HubStreamResponse(Response):
         self._retry_hint = retry_hint
         #: the stream's place under its key's limit, until the hub counts it
         self._slot = slot
+        #: the partitions it holds subscribed to, until it ends (more than one partition)
+        self._pin = pin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Admitted by stream_events: from here (no await before hub.register) it counts in
@@ -121,6 +126,8 @@ class HubStreamResponse(Response):
         if scope["method"] == "HEAD":  # headers only, as sse-starlette answers HEAD
             if self._slot is not None:
                 self._slot.release()
+            if self._pin is not None:
+                self._pin.release()
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
@@ -148,7 +155,7 @@ class HubStreamResponse(Response):
             connection.start_writing(direct, hub.notify)
             if self._last_event_id is not None:
                 resuming = asyncio.ensure_future(
-                    replay(connection, hub, state.redis, state.bus, self._last_event_id)
+                    resume(connection, hub, state.redis, state.buses, self._last_event_id)
                 )
             if direct is not None:
                 # The request's task just waits for the client to go, or for the response
@@ -165,6 +172,8 @@ class HubStreamResponse(Response):
             raise
         finally:
             hub.unregister(connection)
+            if self._pin is not None:
+                self._pin.release()
             connection.close("disconnect")
             if resuming is not None:
                 await cancel_and_wait(resuming)
@@ -203,6 +212,13 @@ async def stream_events(request: Request) -> Response:
     # protocol (gateway.http.uvicorn_internals), before any of this runs.
     api: Api = "v5" if request.scope["path"] in V5_PATHS else "v4"
     query = parse_query(request.scope.get("query_string", b""), request.headers, api)
+    if query.last_event_id is not None and is_vector(query.last_event_id):
+        try:  # one position per partition, of this deployment's partitions
+            if not hub.lanes:
+                raise ValueError("a vector id, and this deployment has one partition")
+            positions(query.last_event_id, len(hub.lanes))
+        except ValueError as exc:
+            raise InvalidParams("Invalid API parameters", f"Last-Event-ID: {exc}") from None
     credential = await authenticate_request(request, state)
     identity = credential.identity
     filter = await build_filter(identity, query, state.store)
@@ -222,7 +238,10 @@ async def stream_events(request: Request) -> Response:
             f"at most {limit} across the gateway fleet",
             retry_after=5,
         )
+    pin: Pin | None = None
     try:
+        if state.keeper is not None:  # the partitions it needs, subscribed to (and held)
+            pin = await state.keeper.pin(state.keeper.needs(hub.lane_of(filter)))
         last_event_id = query.last_event_id
         resumes = credential.resumes or last_event_id is not None or query.resumable
         handoff, signed = None, ""
@@ -264,13 +283,15 @@ async def stream_events(request: Request) -> Response:
     except BaseException:
         if slot is not None:
             slot.release()
+        if pin is not None:
+            pin.release()
         raise
     state.opening += 1  # until the response registers the stream
     # The reconnect hint is for EventSource (browsers, with their session cookie). The
     # official SDKs read a standalone ``retry:`` block as an event with empty data (and
     # newer ones as seconds), and Backend.AI's manager never sent one.
     return HubStreamResponse(
-        state, connection, last_event_id, retry_hint=credential.resumes, slot=slot
+        state, connection, last_event_id, retry_hint=credential.resumes, slot=slot, pin=pin
     )
 
 

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from gateway.fanout.frames import format_stream_id, parse_stream_id
 from publisher.keys import Keys
+from publisher.partitions import decode_vector, encode_vector, is_vector
 
 __all__ = ["Handoff", "Ticket"]
 
@@ -112,6 +113,8 @@ class Handoff:
             return None
         text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
         try:
+            if is_vector(text):  # a stream spanning partitions (publisher.partitions)
+                return encode_vector(decode_vector(text, int(text.partition("_")[0])))
             return format_stream_id(parse_stream_id(text))
         except ValueError:
             log.warning("ignored a handoff record that is no stream id: %r", text[:48])

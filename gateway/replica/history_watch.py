@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import redis.asyncio as aredis
@@ -37,7 +38,10 @@ RESET_COMMAND: Final = "gateway reset-history --yes (with the admin user's crede
 
 
 class HistoryWatch:
-    """:meth:`run` every ``interval`` seconds for the life of the replica."""
+    """:meth:`run` every ``interval`` seconds for the life of the replica. With more than one
+    partition, ``partitions()`` gives (partition, its bus, its subscriber) of every partition
+    subscribed to at the time, 0 included (``bus`` and ``subscriber`` are partition 0's):
+    each one's history is watched alike."""
 
     def __init__(
         self,
@@ -47,18 +51,21 @@ class HistoryWatch:
         *,
         max_skew_ms: float,
         interval: float,
+        partitions: Callable[[], Sequence[tuple[int, Bus, Subscriber]]] | None = None,
     ) -> None:
         self._redis = redis
-        self._bus = bus
-        self._subscriber = subscriber
+        self._partitions = partitions
+        self._only: Sequence[tuple[int, Bus, Subscriber]] = [(0, bus, subscriber)]
         self.max_skew_ms = max_skew_ms
         self.interval = interval
-        #: why the history cannot take new events (None: it can)
+        #: why a history cannot take new events (None: every one can)
         self.problem: str | None = None
-        #: how far the history's last id is ahead of Redis' clock, seconds (0 when it is not)
+        #: how far a history's last id is ahead of Redis' clock, seconds (0 when none is)
         self.ahead_seconds = 0.0
-        #: the epoch the last check saw (a change is a history started anew)
-        self._seen_epoch: str | None = None
+        #: per partition: why it cannot take new events, and the epoch the last check saw
+        #: (a change is a history started anew)
+        self._problems: dict[int, str] = {}
+        self._seen_epochs: dict[int, str | None] = {}
 
     async def run(self) -> None:
         while True:
@@ -70,44 +77,56 @@ class HistoryWatch:
             await asyncio.sleep(self.interval)
 
     async def check(self) -> None:
-        """One look: the history's last id against Redis' clock, its epoch against the one
-        the subscription follows."""
+        """One look at each partition's history: its last id against Redis' clock, its
+        epoch against the one the subscription follows."""
+        watched = self._only if self._partitions is None else self._partitions()
+        many = self._partitions is not None
+        for gone in set(self._seen_epochs) - {p for p, _, _ in watched}:
+            self._seen_epochs.pop(gone)  # no longer subscribed: no longer watched
+            self._problems.pop(gone, None)
+        ahead = 0.0
+        for p, bus, sub in watched:
+            ahead = max(ahead, await self._check(p, bus, sub, many=many))
+        self.ahead_seconds = ahead
+        self.problem = next((self._problems[p] for p in sorted(self._problems)), None)
+
+    async def _check(self, p: int, bus: Bus, sub: Subscriber, *, many: bool) -> float:
+        """Partition ``p``'s look; how far its last id is ahead of Redis' clock, seconds."""
         # the watermark first: an event dispatched after the history's end is read would
         # look like one past it (every event is in history before it goes live)
-        watermark = self._subscriber.watermark
-        state = await history_state(self._redis, self._bus)
-        now_ms = self._subscriber.redis_now_ms()  # synced by the subscriber: no TIME here
+        watermark = sub.watermark
+        state = await history_state(self._redis, bus)
+        now_ms = sub.redis_now_ms()  # synced by the subscriber: no TIME here
         ahead_ms = state.last_id[0] - now_ms
-        self.ahead_seconds = max(0.0, ahead_ms / 1000)
+        which = f"partition {p}'s history" if many else "the history"
         if ahead_ms > self.max_skew_ms:
             problem = (
-                f"the history's last id {format_stream_id(state.last_id)} is "
+                f"{which}'s last id {format_stream_id(state.last_id)} is "
                 f"{ahead_ms / 1000:.0f} s ahead of Redis' clock: an entry was written with an "
                 "id in the future, so new events cannot follow it; start a new history: "
                 + RESET_COMMAND
             )
-            if self.problem is None:
+            if p not in self._problems:
                 log.error("not ready: %s", problem)
-            self.problem = problem
-        elif self.problem is not None:
+            self._problems[p] = problem
+        elif self._problems.pop(p, None) is not None:
             log.warning(
-                "the history takes new events again (last id %s)", format_stream_id(state.last_id)
+                "%s takes new events again (last id %s)", which, format_stream_id(state.last_id)
             )
-            self.problem = None
-        sub = self._subscriber
-        seen, self._seen_epoch = self._seen_epoch, state.epoch
+        seen, self._seen_epochs[p] = self._seen_epochs.get(p), state.epoch
         if not sub.subscribed:
-            return
+            return max(0.0, ahead_ms / 1000)
         followed = sub.epoch if sub.epoch is not None else seen
         if followed is not None and state.epoch != followed:
             # over the same history (the watermark's entry still there) the key was written
             # by hand: the subscriber follows it at its next read, without starting over
             if not await sub.holds_watermark(self._redis):
-                sub.resync(f"the history's epoch is now {state.epoch} (was {followed})")
+                sub.resync(f"{which}'s epoch is now {state.epoch} (was {followed})")
         elif watermark is not None and watermark > state.last_id:
             # every event is in history before it goes live, so a watermark past history's
             # end means entries were removed under it: the history was started anew
             sub.resync(
-                f"the watermark {format_stream_id(watermark)} is past the history's end "
+                f"the watermark {format_stream_id(watermark)} is past {which}'s end "
                 f"{format_stream_id(state.last_id)}"
             )
+        return max(0.0, ahead_ms / 1000)

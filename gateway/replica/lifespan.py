@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.fanout.hub import Hub
 from gateway.fanout.subscriber import Subscriber
@@ -39,11 +40,13 @@ from gateway.identity.throttle import LoginThrottle
 from gateway.settings import Settings
 from publisher.bus import Bus
 from publisher.connection import connect_async, connect_node_async, redact_url
+from publisher.partitions import check_partitions
 from publisher.tasks import cancel_and_wait
 
 from .handoff import Handoff
 from .history_watch import HistoryWatch
 from .limits import KeyLeases
+from .partitions import PartitionKeeper
 from .reauthorize import Reauthorizer
 from .state import GatewayState
 
@@ -175,7 +178,15 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             if keys.cluster
             else None
         )
-        hub = Hub(settings.fanout)
+        partitions = settings.redis.partition_set()
+        # Every process of the deployment must have the same partitions (Redis records them;
+        # PartitionMismatch names both numbers and stops the start-up). `gateway serve` has
+        # waited for Redis; a replica started without it (tests, embedding) goes on unchecked.
+        try:
+            await check_partitions(redis, keys, partitions.n)
+        except (RedisError, RedisClusterException) as exc:
+            log.warning("could not check the number of partitions against Redis: %s", exc)
+        hub = Hub(settings.fanout, partitions=partitions)
         store = IdentityStore(
             redis, keys, cache_ttl=settings.identity.identity_cache_ttl, watch_presence=True
         )
@@ -243,7 +254,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             subscriber=Subscriber(
                 sub_redis,
                 bus,
-                hub,
+                hub.lanes[0] if hub.lanes else hub,
                 replica=settings.server.replica,
                 probe_interval=settings.fanout.probe_interval,
                 listeners={changes_channel(keys): reauth.on_message},
@@ -263,12 +274,38 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
         )
         state.handoff = handoff
         owned.push_async_callback(state.subscriber.aclose)  # after its task is stopped
+        if hub.lanes:
+            # One subscription per partition beyond 0, while a stream needs it (the keeper):
+            # each on a client of its own (a session that fails closes its client's pooled
+            # connections: the others' must not go with them), and on a cluster on the
+            # master of its own slot.
+            state.partition_buses = [Bus(k) for k in partitions.keys]
+            clients = [sub_redis]
+            for _ in range(1, partitions.n):
+                client = connect_async(settings.redis.url, **settings.redis.options, **sub_options)
+                owned.push_async_callback(client.aclose)
+                clients.append(client)
+
+            def make_subscriber(p: int) -> Subscriber:
+                return Subscriber(
+                    clients[p],
+                    state.partition_buses[p],
+                    hub.lanes[p],
+                    replica=settings.server.replica,
+                    probe_interval=settings.fanout.probe_interval,
+                    connect_node=connect_node,
+                )
+
+            keeper = PartitionKeeper(hub, make_subscriber, linger=settings.redis.partition_linger)
+            owned.push_async_callback(keeper.aclose)  # after its task is stopped
+            state.keeper = keeper
         state.history_watch = HistoryWatch(
             redis,
             bus,
             state.subscriber,
             max_skew_ms=settings.fanout.max_id_skew_ms,
             interval=settings.fanout.probe_interval or 5.0,  # (0 turns probes off, not this)
+            partitions=None if state.keeper is None else state.watched_partitions,
         )
         tasks: set[asyncio.Task[None]] = set()
 
@@ -281,6 +318,8 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
         undo_signals = _chain_exit_signals(state)
         try:
             spawn("subscriber", state.subscriber.run)
+            if state.keeper is not None:
+                spawn("partitions", state.keeper.run)
             spawn("hub-timer", hub.run_timer)
             spawn("revalidate", reauth.run)
             spawn("history-watch", state.history_watch.run)

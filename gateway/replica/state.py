@@ -14,7 +14,6 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
-from gateway.fanout.frames import format_stream_id
 from gateway.fanout.hub import Hub
 from gateway.fanout.subscriber import Subscriber
 from gateway.identity.methods import AuthMethod
@@ -28,6 +27,7 @@ from publisher.keys import Keys
 from .handoff import Handoff, Ticket
 from .history_watch import HistoryWatch
 from .limits import KeyLeases, fd_stream_limit
+from .partitions import PartitionKeeper
 from .reauthorize import Reauthorizer
 
 __all__ = ["GatewayState"]
@@ -73,6 +73,12 @@ class GatewayState:
     #: restarts of each supervised background task, and the ones down right now
     task_restarts: Counter[str] = field(default_factory=Counter)
     tasks_down: set[str] = field(default_factory=set)
+    #: with more than one partition, the subscriptions of partitions 1..n-1, run while
+    #: streams need them (``subscriber`` is partition 0's, which also carries the change
+    #: feed); None with one partition
+    keeper: PartitionKeeper | None = None
+    #: each partition's bus, by partition (empty: ``bus`` is the one)
+    partition_buses: Sequence[Bus] = ()
     #: the history's health (ahead of the clock, started anew), or None (tests)
     history_watch: HistoryWatch | None = None
     #: where drained SDK streams stood, for their reconnects (None: they get server_close)
@@ -80,6 +86,25 @@ class GatewayState:
     #: monotonic time since which the replica has been unable to deliver, or None
     _unready_since: float | None = None
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def buses(self) -> Sequence[Bus]:
+        """Each partition's bus, by partition (one partition: ``[bus]``)."""
+        return self.partition_buses or (self.bus,)
+
+    @property
+    def subscribed(self) -> bool:
+        """Partition 0's subscription is ready (subscribed, a probe made the round trip), and
+        every other one running (:meth:`PartitionKeeper.ready`)."""
+        return self.subscriber.ready and (self.keeper is None or self.keeper.ready())
+
+    def watched_partitions(self) -> list[tuple[int, Bus, Subscriber]]:
+        """(partition, bus, subscriber) of every partition subscribed to now, 0 first."""
+        watched = [(0, self.buses[0], self.subscriber)]
+        if self.keeper is not None:
+            running = self.keeper.subscribers
+            watched += [(p, self.buses[p], running[p]) for p in sorted(running)]
+        return watched
 
     def __post_init__(self) -> None:
         if self.stream_limit < 0:
@@ -101,7 +126,7 @@ class GatewayState:
         watch = self.history_watch
         return (
             self.accepting
-            and self.subscriber.ready
+            and self.subscribed
             and not self.tasks_down
             and (watch is None or watch.problem is None)
         )
@@ -113,7 +138,7 @@ class GatewayState:
         every replica restarted by its liveness probe would cut its open streams for nothing
         (the review found the whole fleet restarting after one hostile write)."""
         now = time.monotonic()
-        deliverable = self.accepting and self.subscriber.ready and not self.tasks_down
+        deliverable = self.accepting and self.subscribed and not self.tasks_down
         if deliverable or not self.accepting:
             self._unready_since = None
             return 0.0
@@ -146,16 +171,14 @@ class GatewayState:
         """``(access key, request digest, stream id)`` of every stream handed off at this
         drain: the watermark, or where a stream still replaying began
         (gateway.replica.handoff)."""
-        watermark = self.hub.last_id
-        if watermark is None:
-            return []
-        at = format_stream_id(watermark)
         stands = []
         for client in self.hub.connections():
             ticket = client.handoff
             if isinstance(ticket, Ticket):
                 began = ticket.replay_from if client.replaying else None
-                stands.append((client.access_key, ticket.request, began or at))
+                at = began or self.hub.position(client.filter)
+                if at is not None:
+                    stands.append((client.access_key, ticket.request, at))
         return stands
 
     async def _hand_off(self, handoff: Handoff, stands: list[tuple[str, str, str]]) -> None:

@@ -23,6 +23,7 @@ from publisher.connection import (
     with_default_db,
 )
 from publisher.keys import Keys
+from publisher.partitions import MAX_PARTITIONS, Partitions
 
 __all__ = [
     "ENV_PREFIX",
@@ -207,6 +208,32 @@ class RedisSettings(Section, frozen=True):
             extra={"name": "prefix"},
         ),
     ] = "kev"
+    partitions: Annotated[
+        int,
+        _meta(
+            "how many partitions the event bus has, each its own history, epoch and live "
+            "channel (a slot of its own on a cluster); a user's events are in one, chosen "
+            "from the owner. Every publisher, replica, bridge and admin command of a "
+            "deployment must say the same (Redis records it; a mismatch refuses to start). "
+            "1 keeps the names of an install without partitions",
+            ge=1,
+            le=MAX_PARTITIONS,
+        ),
+    ] = 1
+    partition_linger: Annotated[
+        Seconds,
+        _meta(
+            "with partitions: seconds a replica stays subscribed to a partition (beyond "
+            "partition 0) after its last stream that needs it ended (0: subscribed to every "
+            "partition, always)",
+            ge=0,
+            le=86400,
+        ),
+    ] = 30.0
+
+    def partition_set(self) -> Partitions:
+        """The partitions of :meth:`keys`."""
+        return Partitions(self.keys(), self.partitions)
 
     def keys(self) -> Keys:
         """The key names of :attr:`prefix` on the Redis :attr:`url` names (hash-tagged on a

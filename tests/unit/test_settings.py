@@ -130,7 +130,7 @@ def test_every_setting_is_declared_once_with_a_flat_name_of_its_own() -> None:
     """Each section field has one flat name (its variable and flag), none shared, and each
     has a meaning; every field with numeric bounds states them in its declaration."""
     declared = sum(len(msgspec.structs.fields(kind)) for kind in SECTIONS.values())
-    assert len(FIELDS) == declared == 54
+    assert len(FIELDS) == declared == 56
     assert all(f.description for f in FIELDS.values())
     assert FIELDS["redis_url"].section == "redis" and FIELDS["redis_url"].attr == "url"
     assert FIELDS["prefix"].section == "redis" and FIELDS["prefix"].attr == "prefix"

@@ -1,0 +1,135 @@
+"""Which partitions a replica subscribes to (gateway.replica.partitions), with fake
+subscriptions and a fake clock: a stream's pin starts and waits for them, the last unpin lets
+them linger, then they stop and their lane forgets its watermark; linger 0 runs them all."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.errors import Unavailable
+from gateway.fanout.hub import Hub
+from gateway.replica import partitions as keeper_module
+from gateway.replica.partitions import PartitionKeeper
+from gateway.settings import FanoutSettings
+from publisher.keys import Keys
+from publisher.partitions import Partitions
+from tests.support.fakes import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeSubscription:
+    """Live ``delay`` seconds after it starts running (None: never)."""
+
+    def __init__(self, p: int, delay: float | None = 0.0) -> None:
+        self.p = p
+        self.delay = delay
+        self.ready = False
+        self.closed = False
+
+    async def run(self) -> None:
+        if self.delay is not None:
+            await asyncio.sleep(self.delay)
+            self.ready = True
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _keeper(linger: float, delay: float | None = 0.0) -> tuple[PartitionKeeper, Hub, list]:  # type: ignore[type-arg]
+    hub = Hub(FanoutSettings(), clock=FakeClock(), partitions=Partitions(Keys(), 4))
+    made: list[FakeSubscription] = []
+
+    def make(p: int) -> FakeSubscription:
+        made.append(FakeSubscription(p, delay))
+        return made[-1]
+
+    clock = FakeClock()
+    keeper = PartitionKeeper(hub, make, linger=linger, clock=clock)  # type: ignore[arg-type]
+    return keeper, hub, made
+
+
+async def test_a_pin_starts_what_it_needs_and_waits_until_live() -> None:
+    keeper, _hub, made = _keeper(linger=30)
+    assert keeper.needs(None) == (1, 2, 3) and keeper.needs(0) == () and keeper.needs(2) == (2,)
+    pin = await keeper.pin([2])
+    assert [s.p for s in made] == [2] and made[0].ready
+    assert keeper.states() == [None, None, True, None]
+    again = await keeper.pin([2, 3])  # 2 is running: not started twice
+    assert [s.p for s in made] == [2, 3]
+    pin.release()
+    pin.release()  # idempotent
+    again.release()
+    await keeper.aclose()
+    assert all(s.closed for s in made)
+
+
+async def test_the_last_unpin_lingers_then_stops_and_forgets_the_watermark() -> None:
+    keeper, hub, made = _keeper(linger=4)
+    clock: FakeClock = keeper._clock  # type: ignore[assignment]
+    pin = await keeper.pin([1])
+    hub.lanes[1].last_id = (5, 0)
+    runner = asyncio.ensure_future(keeper.run())
+    try:
+        pin.release()
+        clock.now += 3
+        await asyncio.sleep(1.1)  # one period (linger/4, at most 1 s)
+        assert 1 in keeper.subscribers  # not yet: 3 of 4 seconds
+        clock.now += 2
+        await asyncio.sleep(1.1)
+        assert 1 not in keeper.subscribers and made[0].closed
+        assert hub.lanes[1].last_id is None
+        pin = await keeper.pin([1])  # a new subscription, located afresh
+        assert len(made) == 2 and made[1].ready
+        pin.release()
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await keeper.aclose()
+
+
+async def test_a_held_partition_is_never_stopped() -> None:
+    keeper, _hub, _made = _keeper(linger=1)
+    clock: FakeClock = keeper._clock  # type: ignore[assignment]
+    first, second = await keeper.pin([3]), await keeper.pin([3])
+    runner = asyncio.ensure_future(keeper.run())
+    try:
+        first.release()
+        clock.now += 10
+        await asyncio.sleep(0.4)
+        assert 3 in keeper.subscribers  # still held by the second stream
+        second.release()
+        clock.now += 10
+        await asyncio.sleep(0.4)
+        assert 3 not in keeper.subscribers
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await keeper.aclose()
+
+
+async def test_linger_0_runs_every_partition() -> None:
+    keeper, _hub, made = _keeper(linger=0)
+    runner = asyncio.ensure_future(keeper.run())
+    try:
+        await asyncio.sleep(0.05)
+        assert sorted(s.p for s in made) == [1, 2, 3]
+        assert keeper.ready() and keeper.states() == [None, True, True, True]
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await keeper.aclose()
+
+
+async def test_a_partition_that_does_not_go_live_is_a_503(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(keeper_module, "START_TIMEOUT", 0.1)
+    keeper, _hub, _made = _keeper(linger=30, delay=None)
+    with pytest.raises(Unavailable, match="partition 2"):
+        await keeper.pin([2])
+    assert not keeper._pins  # the failed pin holds nothing
+    await keeper.aclose()
