@@ -29,6 +29,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable
 from time import perf_counter
+from typing import Final
 
 import msgspec
 
@@ -53,7 +54,12 @@ from .frames import (
 from .lanes import Lane, vector_of
 from .stats import DropKind, HubStats, ThrottledLog
 
-__all__ = ["Hub"]
+__all__ = ["CATCH_UP_EVENTS", "Hub"]
+
+#: the most live events kept for one spanning stream while its replay reads history (more:
+#: it reads them from history instead, another round); at ~300 bytes a frame, well inside
+#: half the smallest buffer cap
+CATCH_UP_EVENTS: Final = 1024
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +118,10 @@ class Hub:
         #: bound once: every direct stream keeps it (a bound method per stream is 64 bytes)
         self.notify: Callable[[Connection], None] = self._mark_dirty
         self.partitions = partitions
+        #: spanning streams replaying (more than one partition), each with what the hub
+        #: matched for it meanwhile, in dispatch order: ``(partition, id, event)``; None once
+        #: more than :data:`CATCH_UP_EVENTS` came (the replay reads them from history then)
+        self._catching_up: dict[Connection, list[tuple[int, StreamId, KernelEvent]] | None] = {}
         #: with more than one partition, each one's watermark (its subscriber drives it;
         #: :attr:`last_id` is then unused); empty with one
         self.lanes: list[Lane] = (
@@ -275,6 +285,15 @@ class Hub:
         for client in list(self._clients):
             client.push(frame)
 
+    def notice_partition(self, lane: int, reason: GapReason) -> None:
+        """:meth:`notice_all` for a gap in partition ``lane`` only: the streams that span
+        partitions, and those of the users whose events it holds; a user of another
+        partition lost nothing and is told nothing."""
+        frame = notice_frame(None, None, reason)
+        for client in list(self._clients):
+            if self.lane_of(client.filter) in (None, lane):
+                client.push(frame)
+
     def dispatch(self, stream_id: StreamId, text_id: str, event: KernelEvent) -> None:
         """Hand ``event`` to every matching connection: each view's frame is built once, on
         its first match (the v4 one inline: it is most streams'), and shared."""
@@ -335,6 +354,12 @@ class Hub:
                     shown, shown_id = plain[view], stream_id
                 else:
                     if client.replaying:
+                        held = self._catching_up.get(client)
+                        if held is not None:
+                            if len(held) < CATCH_UP_EVENTS:
+                                held.append((lane, stream_id, event))
+                            else:
+                                self._catching_up[client] = None
                         continue
                     if view not in spanning:
                         vector = vector or vector_of(self.lanes)
@@ -347,6 +372,16 @@ class Hub:
             self.stats.events_matched += 1
         self.stats.deliveries += delivered
         self.stats.dispatch.observe(perf_counter() - started)
+
+    def begin_catch_up(self, client: Connection) -> None:
+        """From now on, keep what :meth:`dispatch_in` matches for ``client`` (a spanning
+        stream that replays) until :meth:`end_catch_up`."""
+        self._catching_up[client] = []
+
+    def end_catch_up(self, client: Connection) -> list[tuple[int, StreamId, KernelEvent]] | None:
+        """What was kept for ``client`` since :meth:`begin_catch_up`, in dispatch order, or
+        None when more than :data:`CATCH_UP_EVENTS` came (or it was not catching up)."""
+        return self._catching_up.pop(client, None)
 
     def _mark_dirty(self, client: Connection) -> None:
         """:attr:`notify`: a direct client has data: write it in the next flush. That is this loop

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from publisher.partitions import encode_vector
+from publisher.partitions import Partitions, encode_vector
 from publisher.schema import KernelEvent, SourceGap
 
 from .frames import GapReason, StreamId, parse_stream_id
@@ -30,13 +30,13 @@ class Hub(Protocol):
 
     stats: HubStats
     max_payload: int
+    partitions: Partitions | None
     wall_clock: Callable[[], float]
-    redis_clock_offset_ms: float
 
-    def redis_now_ms(self) -> float: ...
     def decode(self, raw_id: bytes, payload: bytes | None) -> KernelEvent | SourceGap | None: ...
     def drop(self, kind: DropKind, raw_id: bytes, exc: Exception | None = None) -> None: ...
     def notice_all(self, reason: GapReason) -> None: ...
+    def notice_partition(self, lane: int, reason: GapReason) -> None: ...
     def source_gap(self, marker: SourceGap) -> None: ...
     def dispatch_in(
         self, lane: int, stream_id: StreamId, text_id: str, event: KernelEvent
@@ -46,7 +46,15 @@ class Hub(Protocol):
 class Lane:
     """The watermark of partition :attr:`index`, and what its subscriber asks of a hub."""
 
-    __slots__ = ("first_id", "hub", "index", "last_id", "max_payload", "wall_clock")
+    __slots__ = (
+        "first_id",
+        "hub",
+        "index",
+        "last_id",
+        "max_payload",
+        "redis_clock_offset_ms",
+        "wall_clock",
+    )
 
     def __init__(self, hub: Hub, index: int) -> None:
         self.hub = hub
@@ -57,17 +65,13 @@ class Lane:
         self.first_id: StreamId | None = None
         self.max_payload = hub.max_payload
         self.wall_clock: Callable[[], float] = hub.wall_clock
-
-    @property
-    def redis_clock_offset_ms(self) -> float:
-        return self.hub.redis_clock_offset_ms
-
-    @redis_clock_offset_ms.setter
-    def redis_clock_offset_ms(self, value: float) -> None:
-        self.hub.redis_clock_offset_ms = value
+        #: this partition's Redis clock minus ours, ms (its subscriber's TIME samples)
+        self.redis_clock_offset_ms = 0.0
 
     def redis_now_ms(self) -> float:
-        return self.hub.redis_now_ms()
+        """Now on the clock of this partition's Redis (its own master on a cluster, whose
+        clock may differ from another's: one offset per lane, set by its subscriber)."""
+        return self.wall_clock() * 1000 + self.redis_clock_offset_ms
 
     def publish(self, raw_id: bytes, payload: bytes | None) -> None:
         """As :meth:`Hub.publish`, against this partition's watermark."""
@@ -91,10 +95,17 @@ class Lane:
             hub.source_gap(event)
             return
         assert isinstance(event, KernelEvent)
+        partitions = hub.partitions
+        if partitions is not None and partitions.of(event.owner_user_id) != self.index:
+            # Written by a publisher with another N (or a hostile one): its owner's stream
+            # reads another partition, so a plain id from this one would point it elsewhere.
+            hub.drop("wrong_partition", raw_id)
+            return
         hub.dispatch_in(self.index, stream_id, raw_id.decode("ascii"), event)
 
     def notice_all(self, reason: GapReason) -> None:
-        self.hub.notice_all(reason)
+        """A gap in this partition: told to the streams that can see its events only."""
+        self.hub.notice_partition(self.index, reason)
 
     def decode(self, raw_id: bytes, payload: bytes | None) -> KernelEvent | SourceGap | None:
         return self.hub.decode(raw_id, payload)

@@ -15,10 +15,10 @@ The order (ARCHITECTURE.md, "Resume"):
 With more than one partition (:mod:`publisher.partitions`), :func:`resume` picks the replay:
 a stream of one user replays its owner's partition as above (a plain id, or that
 partition's position of a vector id). A stream that spans partitions resumes from a vector
-id (:func:`replay_vector`): the hub sends it nothing while it replays; it reads each
-partition after its position up to that partition's watermark in the hub, again until every
-partition stands exactly at the hub's watermark, and goes live then, with no await between
-that check and the hand-over, so the next live event of every partition follows on.
+id (:func:`replay_vector`): the hub keeps what it matches for the stream while it replays;
+the replay reads each partition after its position up to that partition's watermark, then
+sends what the hub kept past where it stands, and goes live with no await between its last
+check and the hand-over, so the next live event of every partition follows on.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from publisher.schema import SourceGap
 from .connection import Connection
 from .frames import StreamId, format_stream_id, frame_for, notice_frame, parse_stream_id
 from .history import gap_reason, read_after
-from .hub import Hub
+from .hub import CATCH_UP_EVENTS, Hub
 from .lanes import Lane
 
 __all__ = ["replay", "replay_vector", "resume"]
@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 #: how long a spanning stream's replay waits for a lane of this replica to reach the
 #: client's position (a replica behind the one the client came from), seconds
 _CATCH_UP: Final = 10.0
+#: rounds of reads a spanning stream's replay may take, each ending with more live events
+#: than the hub keeps for it (:data:`~.hub.CATCH_UP_EVENTS`), before it gives up
+_ROUNDS: Final = 5
 
 
 def positions(last_event_id: str, n: int) -> tuple[StreamId, ...]:
@@ -73,7 +76,12 @@ async def resume(
         await replay(connection, hub, redis, buses[0], last_event_id)
         return
     lane = hub.lane_of(connection.filter)
-    at = positions(last_event_id, len(hub.lanes))
+    try:
+        at = positions(last_event_id, len(hub.lanes))
+    except ValueError:  # checked at the edge; a handed-off id of another N comes here
+        log.warning("cannot resume after %r with %d partitions", last_event_id, len(hub.lanes))
+        connection.close("resume_failed")
+        return
     if lane is None:
         await replay_vector(connection, hub, redis, buses, at, last_event_id)
     else:
@@ -153,12 +161,22 @@ async def replay_vector(
 ) -> None:
     """Replay a stream that spans partitions from the positions ``start`` (one per
     partition), partition by partition (each in order; there is no order across them), each
-    frame carrying the vector of where the replay stands, then hand over to live frames once
-    every partition stands at its lane's watermark (see the module docstring).
+    frame carrying the vector of where the replay stands, then hand over to live frames.
 
-    Never raises but ``CancelledError``: a failed read, or a lane of this replica that does
-    not reach the client's position within :data:`_CATCH_UP` seconds, closes the stream with
-    ``server_close`` (``resume_failed``); the client resumes again from its last id."""
+    The hand-over holds and releases, as the plain replay does: before the reads, the hub
+    starts keeping what it matches for this stream (:meth:`Hub.begin_catch_up`); each
+    partition is read up to its watermark as the read begins; then what the hub kept is sent,
+    past where the replay stands, until nothing new came meanwhile, and the stream goes live
+    with no await between that check and the hand-over. More than
+    :data:`~.hub.CATCH_UP_EVENTS` kept: another round of reads from where it stands (at most
+    :data:`_ROUNDS`). An earlier design read every partition again until all stood at their
+    watermarks at once, which steady load never allowed (a review found a stream replaying
+    for good, and a handoff during it sending every event again).
+
+    Never raises but ``CancelledError``: a failed read, a lane of this replica that does not
+    reach the client's position within :data:`_CATCH_UP` seconds, or more than
+    :data:`_ROUNDS` rounds, closes the stream with ``server_close`` (``resume_failed``); the
+    client resumes again from its last id."""
     lanes = hub.lanes
     at = list(start)
     pace = connection.cap // 2
@@ -171,30 +189,56 @@ async def replay_vector(
                 connection.push(notice_frame(last_event_id, first, reason))
             at[p] = min(at[p], state.last_id)
         deadline = loop.time() + _CATCH_UP
-        while True:
-            behind = [
-                p for p, lane in enumerate(lanes) if lane.last_id is None or lane.last_id < at[p]
-            ]
-            if behind:  # this replica has not dispatched as far as the client had
-                if loop.time() > deadline:
-                    raise TimeoutError(f"partitions {behind} of this replica did not catch up")
-                await asyncio.sleep(0.02)
-                continue
-            if all(lane.last_id == at[p] for p, lane in enumerate(lanes)):
-                break  # no await from this check to end_replay: live follows on
+        while behind := [
+            p for p, lane in enumerate(lanes) if lane.last_id is None or lane.last_id < at[p]
+        ]:  # this replica has not dispatched as far as the client had
+            if loop.time() > deadline:
+                raise TimeoutError(f"partitions {behind} of this replica did not catch up")
+            await asyncio.sleep(0.02)
+        for _ in range(_ROUNDS):
+            hub.begin_catch_up(connection)
             for p, bus in enumerate(buses):
                 await _replay_lane(connection, hub, redis, bus, lanes[p], p, at, pace)
                 if connection.closed:
                     return
+            if await _release(connection, hub, at, pace):
+                return  # live: end_replay below, no await since the release's last check
+        raise TimeoutError(f"more than {CATCH_UP_EVENTS} events came in each of {_ROUNDS} rounds")
     except Exception:
         log.exception("replay after %s failed; closing the stream", last_event_id)
         connection.close("resume_failed")
         return
     finally:
+        hub.end_catch_up(connection)
         if not connection.closed:
-            # The hub held nothing for this stream (it skips spanning streams that
-            # replay), so nothing is released and no floor is needed.
+            # The hub held nothing in the connection (it keeps a spanning stream's live
+            # events itself while it replays), so nothing is released and no floor is needed.
             connection.end_replay((0, 0))
+
+
+async def _release(connection: Connection, hub: Hub, at: list[StreamId], pace: int) -> bool:
+    """Send what the hub kept for the stream while it replayed, past where the replay stands
+    in each partition, again and again until nothing new was kept meanwhile: True then (the
+    caller goes live at once), or when the stream closed; False when more came than the hub
+    keeps (another round of reads)."""
+    while True:
+        kept = hub.end_catch_up(connection)
+        if kept is None:
+            return False
+        if not kept:
+            return True
+        hub.begin_catch_up(connection)  # what comes while these go out
+        for p, stream_id, event in kept:
+            if stream_id <= at[p]:
+                continue  # the read found it in history
+            at[p] = stream_id
+            frame = frame_for(connection.view, encode_vector(at), event)
+            if frame is None:
+                continue
+            await connection.drained(pace)
+            if connection.closed:
+                return True
+            connection.push(frame)
 
 
 async def _replay_lane(

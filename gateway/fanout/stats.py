@@ -17,8 +17,9 @@ log = logging.getLogger("gateway.fanout.hub")
 
 #: why a Redis message was not dispatched: ``bad_id`` malformed or out of 64-bit range,
 #: ``unproven`` a live message whose id history does not hold (forged: it delivers nothing),
-#: ``decode``/``schema`` the payload, ``oversized`` over ``max_payload``
-DropKind = Literal["bad_id", "unproven", "decode", "schema", "oversized"]
+#: ``decode``/``schema`` the payload, ``oversized`` over ``max_payload``, ``wrong_partition``
+#: an event in a partition its owner's events are not in (a publisher with another N)
+DropKind = Literal["bad_id", "unproven", "decode", "schema", "oversized", "wrong_partition"]
 DROP_KINDS: Final[tuple[DropKind, ...]] = get_args(DropKind)
 
 

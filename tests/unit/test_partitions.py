@@ -217,3 +217,52 @@ def test_streams_of_one_user_get_plain_ids_and_spanning_ones_vectors() -> None:
     # a copy (an id at or below the lane's watermark) goes nowhere
     hub.lanes[p].publish(b"5-0", encode_event(event))
     assert hub.stats.duplicates == 1
+
+
+def test_a_gap_in_one_partition_is_told_only_where_its_events_go() -> None:
+    """A review's find: one partition's lost history told every stream of every partition
+    ``history_truncated``; now its users' streams and the spanning ones, nobody else."""
+    settings = FanoutSettings(ping_interval=15.0, retry_jitter_ms=0, max_lag=0.0)
+    hub = Hub(settings, clock=FakeClock(), partitions=Partitions(Keys(), 4))
+    owners: dict[int, str] = {}
+    for i in range(64):
+        owners.setdefault(partition_of(f"user-{i}", 4), f"user-{i}")
+    streams = {p: hub.new_connection(Filter(owner_user_id=o), f"AK{p}") for p, o in owners.items()}
+    admin = hub.new_connection(Filter(), "AKA")
+    for c in (*streams.values(), admin):
+        hub.register(c)
+    hub.lanes[2].notice_all("reset")
+    assert b"history_truncated" in admin.take()
+    for p, stream in streams.items():
+        told = b"history_truncated" in stream.take()
+        assert told == (p == 2), p
+
+
+def test_an_event_in_another_partition_than_its_owners_is_dropped() -> None:
+    """Written by a publisher with another number of partitions: its owner's stream reads
+    another partition, so it is counted (``wrong_partition``) and sent to nobody."""
+    settings = FanoutSettings(ping_interval=15.0, retry_jitter_ms=0, max_lag=0.0)
+    hub = Hub(settings, clock=FakeClock(), partitions=Partitions(Keys(), 4))
+    user = hub.new_connection(Filter(owner_user_id="alice"), "AK1")
+    admin = hub.new_connection(Filter(), "AK2")
+    for c in (user, admin):
+        hub.register(c)
+    for lane in hub.lanes:
+        lane.last_id = (0, 0)
+    [event] = _events("alice")
+    wrong = (partition_of("alice", 4) + 1) % 4
+    hub.lanes[wrong].publish(b"5-0", encode_event(event))
+    assert user.take() == b"" and admin.take() == b""
+    assert hub.stats.dropped["wrong_partition"] == 1
+
+
+def test_each_partition_keeps_its_own_redis_clock() -> None:
+    """On a cluster each partition's master has its own clock: one partition's TIME samples
+    must not move another's idea of Redis' now (the history watch compares each partition's
+    last id with its own clock)."""
+    hub = Hub(FanoutSettings(), clock=FakeClock(), partitions=Partitions(Keys(), 3))
+    before = [lane.redis_now_ms() for lane in hub.lanes]
+    hub.lanes[1].redis_clock_offset_ms = 900.0
+    after = [lane.redis_now_ms() for lane in hub.lanes]
+    assert after[1] - before[1] >= 900.0 - 50
+    assert abs(after[0] - before[0]) < 50 and abs(after[2] - before[2]) < 50
