@@ -154,7 +154,10 @@ class _Publisher(Generic[ClientT]):
     ``partitions``: how many partitions the deployment's bus has (:mod:`publisher.partitions`;
     1 writes the names of an install without partitions). Checked against the number Redis
     records before the first write: another number rejects the events
-    (:class:`~publisher.errors.PublishRejected` naming both)."""
+    (:class:`~publisher.errors.PublishRejected` naming both; one error line in the log, a
+    configuration error); a Redis user that may not read or record the number (an ACL made
+    without ``--partitions``, with more than one) keeps them queued and retried, as any
+    other NOPERM does, and logs that configuration error until the ACL is fixed."""
 
     def __init__(
         self,
@@ -183,7 +186,9 @@ class _Publisher(Generic[ClientT]):
             partitions=partitions,
         )  # fmt: skip
         #: the number of partitions is checked against Redis' record before the first write
-        #: (:func:`~publisher.partitions.check_partitions`): a mismatch rejects the events
+        #: (:func:`~publisher.partitions.check_partitions`), and again at each attempt until
+        #: it passes: a mismatch rejects the events, a NOPERM keeps them queued (the
+        #: writer's ``_classify``)
         self._partitions_checked = False
         self._client: ClientT = client
         self._owns_client = owns_client

@@ -45,7 +45,6 @@ __all__ = [
     "decode_vector",
     "encode_vector",
     "is_vector",
-    "partition_glob",
     "partition_of",
     "partitions_key",
 ]
@@ -145,15 +144,6 @@ def _partition_keys(base: Keys, n: int) -> tuple[Keys, ...]:
         tags = _cluster_tags(tag, n)
         return (base, *(_named(f"{before}{{{t}}}{after}", True) for t in tags[1:]))
     return (base, *(_named(f"{base.prefix}.p{p}", False) for p in range(1, n)))
-
-
-def partition_glob(base: Keys) -> str:
-    """The prefix glob every partition ``p > 0`` of ``base`` matches (``kev.p*``,
-    ``{kev.p*}`` on a cluster; the prefix itself not escaped): what ACL rules grant."""
-    if base.cluster:
-        before, tag, after = _split_tag(base.prefix)
-        return f"{before}{{{tag}.p*}}{after}"
-    return f"{base.prefix}.p*"
 
 
 # -- the vector id --------------------------------------------------------------------------

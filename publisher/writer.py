@@ -31,7 +31,7 @@ from .errors import (
     outcome_unknown,
 )
 from .keys import Keys
-from .partitions import Partitions
+from .partitions import PartitionMismatch, Partitions
 from .report import CloseReport
 from .schema import KernelEvent, decode_event, encode_event
 
@@ -78,6 +78,17 @@ class Health:
     rejected: int
     #: failed attempts, by error class
     errors: Mapping[ErrorClass, int] = field(default_factory=dict)
+
+
+def _classify(exc: BaseException) -> ErrorClass:
+    """:func:`~publisher.errors.classify`, and for a :class:`PartitionMismatch` (raised before
+    the first write: a configuration error, not Redis'): ``refused`` when the Redis user may
+    not read or record the number of partitions (a NOPERM, chained: the events stay queued,
+    as for any other NOPERM, until the ACL is regenerated), ``rejected`` when Redis records
+    another number than this process has (no retry of this process can succeed)."""
+    if isinstance(exc, PartitionMismatch):
+        return "refused" if isinstance(exc.__cause__, rex.NoPermissionError) else "rejected"
+    return classify(exc)
 
 
 class Core:
@@ -301,19 +312,23 @@ class Core:
 
     def _failed(self, batch: Sequence[Pending], exc: BaseException) -> ErrorClass:
         self.buffer.release()
-        kind = classify(exc)
+        kind = _classify(exc)
         self.errors[kind] = self.errors.get(kind, 0) + 1
         self.last_error = explain(exc)
+        misconfigured = isinstance(exc, PartitionMismatch)  # not a bug: no traceback
         if kind == "rejected":
             gone = self.buffer.pop_through(batch[-1].seq)
             self.rejected += len(gone)
             for item in gone:
                 if item.call is not None:
                     item.call.fail(exc)
-            log.error(
-                "redis rejected %d events, discarded: %s", len(gone), self.last_error,
-                exc_info=None if isinstance(exc, rex.RedisError) else exc,  # a bug: traceback
-            )  # fmt: skip
+            if misconfigured:
+                log.error("configuration error, %d events discarded: %s", len(gone), exc)
+            else:
+                log.error(
+                    "redis rejected %d events, discarded: %s", len(gone), self.last_error,
+                    exc_info=None if isinstance(exc, rex.RedisError) else exc,  # a bug
+                )  # fmt: skip
             self._enter("rejected")
             return kind
         now = time.monotonic()
@@ -321,10 +336,16 @@ class Core:
             self._failing_since = now
         if self.state != kind or now - self._last_warning >= _LOG_EVERY:
             self._last_warning = now
-            log.warning(
-                "redis %s (%s): %d events queued, retrying with backoff",
-                kind, self.last_error, len(self.buffer),
-            )  # fmt: skip
+            if misconfigured:
+                log.error(
+                    "configuration error, %d events queued, retrying with backoff: %s",
+                    len(self.buffer), exc,
+                )  # fmt: skip
+            else:
+                log.warning(
+                    "redis %s (%s): %d events queued, retrying with backoff",
+                    kind, self.last_error, len(self.buffer),
+                )  # fmt: skip
         else:
             log.debug("redis still %s (%s)", kind, self.last_error)
         self._enter(kind)

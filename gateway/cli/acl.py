@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Final, Literal, get_args
 
 from publisher.keys import DEFAULT_PREFIX, Keys, cluster_prefix
-from publisher.partitions import MAX_PARTITIONS
+from publisher.partitions import MAX_PARTITIONS, Partitions
 from publisher.secretinput import SecretError, resolve_secret
 
 __all__ = [
@@ -91,6 +91,7 @@ __all__ = [
     "ServiceUser",
     "add_parser",
     "name_pattern",
+    "partition_patterns",
     "render",
     "render_backendai_sessions",
     "rules",
@@ -144,8 +145,10 @@ KEY_GRANTS: Final[Mapping[str, Mapping[Profile, Access]]] = {
     "partitions": {"publisher": "rw", "gateway": "rw", "admin": "rw", "bridge": "rw"},
 }
 #: the Keys members each partition has on its own (publisher.partitions): with more than one
-#: partition, every grant of one of them also covers partitions 1..n-1 (``kev.p*:events``,
-#: ``{kev.p*}:events`` on a cluster)
+#: partition, every grant of one of them also covers the exact names of partitions 1..n-1
+#: (``kev.p1:events`` .. ``kev.p<n-1>:events``; on a cluster the computed hash tags,
+#: ``{kev.p1.<t>}:events``): no glob over ``kev.p*``, which other deployments' names match too
+#: (``kev.prod:events``)
 PARTITIONED: Final = frozenset(
     {"history", "epoch", "publisher_seq", "publisher_position", "channel", "probe_channel"}
 )
@@ -330,29 +333,20 @@ def name_pattern(keys: Keys, member: str) -> str:
     return str(value)
 
 
-def partition_pattern(keys: Keys, member: str) -> str:
-    """The glob of every name ``Keys.<member>`` makes in partitions 1..n-1
-    (:mod:`publisher.partitions`): ``kev.p*:events``, ``{kev.p*}:events`` on a cluster."""
-    escaped = _GLOB.sub(r"\\\1", keys.prefix)
-    if keys.cluster:
-        opened = escaped.index("{")
-        closed = escaped.index("}", opened)
-        glob = f"{escaped[:opened]}{{{escaped[opened + 1 : closed]}.p*}}{escaped[closed + 1 :]}"
-    else:
-        glob = f"{escaped}.p*"
-    named = Keys.__new__(Keys)
-    object.__setattr__(named, "prefix", glob)
-    value = getattr(named, member)
-    if callable(value):
-        return str(value(*("*" for _ in inspect.signature(value).parameters)))
-    return str(value)
+def partition_patterns(keys: Keys, member: str, partitions: int) -> list[str]:
+    """The globs of every name ``Keys.<member>`` makes in partitions 1..n-1
+    (:mod:`publisher.partitions`), one per partition, each from that partition's exact prefix
+    escaped as :func:`name_pattern` does (``kev.p1:events``, ``kev.p2:pubseq:*``; on a
+    cluster with the computed hash tags, ``{kev.p1.<t>}:events``). Not ``kev.p*``: that
+    would also grant other deployments' names (``kev.prod:events``, ``kev.preview:...``)."""
+    return [name_pattern(k, member) for k in Partitions(keys, partitions).keys[1:]]
 
 
 def _patterns(keys: Keys, member: str, partitions: int) -> list[str]:
     """The member's glob, and with more than one partition its partitions' too."""
     out = [name_pattern(keys, member)]
     if partitions > 1 and member in PARTITIONED:
-        out.append(partition_pattern(keys, member))
+        out += partition_patterns(keys, member, partitions)
     return out
 
 
@@ -375,9 +369,9 @@ def rules(keys: Keys, profile: Profile, partitions: int = 1) -> list[str]:
     else:
         out += COMMANDS[profile]
     selectors = {"publisher": PUBLISHER_SELECTORS, "admin": ADMIN_SELECTORS}.get(profile, {})
-    for member, commands in selectors.items():
-        for pattern in _patterns(keys, member, partitions):
-            out.append(f"(~{pattern} {' '.join(commands)})")
+    for member, commands in selectors.items():  # one selector, every partition's name
+        patterns = " ".join(f"~{pattern}" for pattern in _patterns(keys, member, partitions))
+        out.append(f"({patterns} {' '.join(commands)})")
     return out
 
 

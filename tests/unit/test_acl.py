@@ -14,8 +14,18 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.cli.acl import CHANNEL_GRANTS, KEY_GRANTS, PROFILES, name_pattern, rules
+from gateway.cli.acl import (
+    ADMIN_SELECTORS,
+    CHANNEL_GRANTS,
+    KEY_GRANTS,
+    PARTITIONED,
+    PROFILES,
+    PUBLISHER_SELECTORS,
+    name_pattern,
+    rules,
+)
 from publisher.keys import Keys
+from publisher.partitions import Partitions
 
 ROOT = Path(__file__).resolve().parents[2]
 #: an f-string that starts a Redis name with the prefix: ``f"{keys.prefix}:identity:..."``
@@ -191,3 +201,91 @@ def test_gateway_acl_refuses_a_default_user_anyone_could_use(
     assert main(["acl", *extra]) == 2
     captured = capsys.readouterr()
     assert said in captured.err and captured.out == ""
+
+
+# -- partitions -----------------------------------------------------------------------------
+
+
+def _rule_patterns(keys: Keys, profile: str, partitions: int) -> tuple[list[str], list[str]]:
+    """The key globs (plain rules and selectors) and the channel globs of a profile, with the
+    escapes of the prefix taken out (fnmatch does not know them; these prefixes need none)."""
+    key_globs: list[str] = []
+    channel_globs: list[str] = []
+    for rule in rules(keys, profile, partitions):  # type: ignore[arg-type]
+        words = rule.strip("()").split() if rule.startswith("(") else [rule]
+        for word in words:
+            if "~" in word:
+                key_globs.append(word.split("~", 1)[1].replace("\\", ""))
+            elif word.startswith("&"):
+                channel_globs.append(word[1:].replace("\\", ""))
+    return key_globs, channel_globs
+
+
+def _name(keys: Keys, member: str) -> str:
+    value = getattr(keys, member)
+    if callable(value):
+        return str(value(*(f"x{i}" for i in range(len(inspect.signature(value).parameters)))))
+    return str(value)
+
+
+def _granted_members(profile: str) -> tuple[set[str], set[str]]:
+    """The members a profile has keys of (grants and selectors) and channels of."""
+    selectors = {"publisher": PUBLISHER_SELECTORS, "admin": ADMIN_SELECTORS}.get(profile, {})
+    key_members = {m for m, who in KEY_GRANTS.items() if profile in who} | set(selectors)
+    return key_members, {m for m, who in CHANNEL_GRANTS.items() if profile in who}
+
+
+#: a prefix of another deployment that starts like a partition's (``kev.p...``)
+_OTHERS = ("prod", "preview", "p", "pX", "p01", "p1x", "p1.x", "p1.")
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["single", "cluster"])
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 128])
+def test_partitions_grant_their_exact_names_and_no_other_deployments(n: int, cluster: bool) -> None:
+    keys = Keys("{kev}", cluster=True) if cluster else Keys("kev")
+    names = Partitions(keys, n).keys
+    everyone_keys: list[str] = []
+    everyone_channels: list[str] = []
+    for profile in PROFILES:
+        key_globs, channel_globs = _rule_patterns(keys, profile, n)
+        everyone_keys += key_globs
+        everyone_channels += channel_globs
+        key_members, channel_members = _granted_members(profile)
+        # every name of partitions 0..n-1 the code makes for the profile is granted to it
+        for part in names:
+            for member in key_members & PARTITIONED:
+                name = _name(part, member)
+                assert any(fnmatch.fnmatchcase(name, g) for g in key_globs), (profile, name)
+            for member in channel_members & PARTITIONED:
+                name = _name(part, member)
+                assert any(fnmatch.fnmatchcase(name, g) for g in channel_globs), (profile, name)
+        for member in key_members - PARTITIONED:  # partition 0's only
+            name = _name(names[0], member)
+            assert any(fnmatch.fnmatchcase(name, g) for g in key_globs), (profile, name)
+    # what is not partitioned has partition 0's names only
+    for part in names[1:]:
+        for member in (set(KEY_GRANTS) | set(CHANNEL_GRANTS)) - PARTITIONED:
+            name = _name(part, member)
+            assert not any(fnmatch.fnmatchcase(name, g) for g in everyone_keys), name
+            assert not any(fnmatch.fnmatchcase(name, g) for g in everyone_channels), name
+    # other deployments' names, and a partition one past the last, are nobody's
+    if cluster:
+        prefixes = [f"{{kev.{o}}}" for o in _OTHERS] + [f"{{kev.{o}.0}}" for o in _OTHERS]
+        prefixes += [f"{{kev.p{n}.{t}}}" for t in range(1000)]  # any tag of partition n
+        prefixes += [f"{{kev.p{p}}}" for p in range(1, n)]  # no tag: not the computed one
+    else:
+        prefixes = [f"kev.{o}" for o in _OTHERS] + [f"kev.p{n}", f"kev.p{n + 1}"]
+    for prefix in prefixes:
+        other = Keys.__new__(Keys)
+        object.__setattr__(other, "prefix", prefix)
+        for member in PARTITIONED:
+            name = _name(other, member)
+            assert not any(fnmatch.fnmatchcase(name, g) for g in everyone_keys), name
+            assert not any(fnmatch.fnmatchcase(name, g) for g in everyone_channels), name
+
+
+def test_partitions_of_an_odd_prefix_are_granted_escaped() -> None:
+    keys = Keys("a.b-c{x}")
+    globs = [r for r in rules(keys, "gateway", 3) if r.startswith("%R~")]
+    assert "%R~a.b-c{x}.p1:events" in globs and "%R~a.b-c{x}.p2:events" in globs
+    assert not any(".p*" in r or ".p?" in r for r in rules(keys, "gateway", 3))

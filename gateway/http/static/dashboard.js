@@ -66,10 +66,20 @@
     return el;
   }
 
-  // A Redis stream id starts with the milliseconds at which the event was stored.
+  // A Redis stream id starts with the milliseconds at which the event was stored. A stream
+  // that spans partitions (admins) carries a vector id instead, one position per partition
+  // (`<n>_<ms>-<seq>_<ms>-<seq>...`, publisher/partitions.py): its largest <ms>, the newest
+  // position, is the event's (or, when partitions' events interleave, close to it).
   function eventDate(id) {
-    const ms = Number.parseInt(String(id || "").split("-")[0], 10);
-    return Number.isFinite(ms) && ms > 0 ? new Date(ms) : new Date();
+    const MAX_MS = 8.64e15; // beyond it a Date is invalid (and toISOString throws)
+    const text = String(id || "");
+    const parts = text.includes("_") ? text.split("_").slice(1) : [text];
+    let ms = 0;
+    for (const part of parts) {
+      const value = Number.parseInt(part.split("-")[0], 10);
+      if (Number.isFinite(value) && value > ms && value <= MAX_MS) ms = value;
+    }
+    return ms > 0 ? new Date(ms) : new Date();
   }
 
   // Text that may be longer than its column: cut with an ellipsis, whole in the tooltip.
