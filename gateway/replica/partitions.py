@@ -96,6 +96,10 @@ class PartitionKeeper:
         """The subscriptions running now (partitions 1..n-1), by partition."""
         return [self.subscribers[p] for p in sorted(self.subscribers)]
 
+    def held(self) -> tuple[int, ...]:
+        """The partitions some stream holds now (pinned and not released), in order."""
+        return tuple(sorted(self._pins))
+
     def ready(self) -> bool:
         """Every running subscription is live, but for those started in the last
         :data:`START_TIMEOUT` seconds (a stream waits for those: the replica stays ready)."""

@@ -39,7 +39,9 @@ class FakeSubscription:
         self.closed = True
 
 
-def _keeper(linger: float, delay: float | None = 0.0) -> tuple[PartitionKeeper, Hub, list]:  # type: ignore[type-arg]
+def _keeper(
+    linger: float, delay: float | None = 0.0
+) -> tuple[PartitionKeeper, Hub, list, FakeClock]:  # type: ignore[type-arg]
     hub = Hub(FanoutSettings(), clock=FakeClock(), partitions=Partitions(Keys(), 4))
     made: list[FakeSubscription] = []
 
@@ -49,11 +51,11 @@ def _keeper(linger: float, delay: float | None = 0.0) -> tuple[PartitionKeeper, 
 
     clock = FakeClock()
     keeper = PartitionKeeper(hub, make, linger=linger, clock=clock)  # type: ignore[arg-type]
-    return keeper, hub, made
+    return keeper, hub, made, clock
 
 
 async def test_a_pin_starts_what_it_needs_and_waits_until_live() -> None:
-    keeper, _hub, made = _keeper(linger=30)
+    keeper, _hub, made, _clock = _keeper(linger=30)
     assert keeper.needs(None) == (1, 2, 3) and keeper.needs(0) == () and keeper.needs(2) == (2,)
     pin = await keeper.pin([2])
     assert [s.p for s in made] == [2] and made[0].ready
@@ -68,8 +70,7 @@ async def test_a_pin_starts_what_it_needs_and_waits_until_live() -> None:
 
 
 async def test_the_last_unpin_lingers_then_stops_and_forgets_the_watermark() -> None:
-    keeper, hub, made = _keeper(linger=4)
-    clock: FakeClock = keeper._clock  # type: ignore[assignment]
+    keeper, hub, made, clock = _keeper(linger=4)
     pin = await keeper.pin([1])
     hub.lanes[1].last_id = (5, 0)
     runner = asyncio.ensure_future(keeper.run())
@@ -92,8 +93,7 @@ async def test_the_last_unpin_lingers_then_stops_and_forgets_the_watermark() -> 
 
 
 async def test_a_held_partition_is_never_stopped() -> None:
-    keeper, _hub, _made = _keeper(linger=1)
-    clock: FakeClock = keeper._clock  # type: ignore[assignment]
+    keeper, _hub, _made, clock = _keeper(linger=1)
     first, second = await keeper.pin([3]), await keeper.pin([3])
     runner = asyncio.ensure_future(keeper.run())
     try:
@@ -112,7 +112,7 @@ async def test_a_held_partition_is_never_stopped() -> None:
 
 
 async def test_linger_0_runs_every_partition() -> None:
-    keeper, _hub, made = _keeper(linger=0)
+    keeper, _hub, made, _clock = _keeper(linger=0)
     runner = asyncio.ensure_future(keeper.run())
     try:
         await asyncio.sleep(0.05)
@@ -128,8 +128,8 @@ async def test_a_partition_that_does_not_go_live_is_a_503(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(keeper_module, "START_TIMEOUT", 0.1)
-    keeper, _hub, _made = _keeper(linger=30, delay=None)
+    keeper, _hub, _made, _clock = _keeper(linger=30, delay=None)
     with pytest.raises(Unavailable, match="partition 2"):
         await keeper.pin([2])
-    assert not keeper._pins  # the failed pin holds nothing
+    assert keeper.held() == ()  # the failed pin holds nothing
     await keeper.aclose()
