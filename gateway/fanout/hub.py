@@ -57,8 +57,8 @@ from .stats import DropKind, HubStats, ThrottledLog
 __all__ = ["CATCH_UP_EVENTS", "Hub"]
 
 #: the most live events kept for one spanning stream while its replay reads history (more:
-#: it reads them from history instead, another round); at ~300 bytes a frame, well inside
-#: half the smallest buffer cap
+#: it reads them from history instead, another round); kept in the hub (a reference each,
+#: the events shared), sent paced by the stream's buffer, so they never count against it
 CATCH_UP_EVENTS: Final = 1024
 
 log = logging.getLogger(__name__)
@@ -330,9 +330,9 @@ class Hub:
     def dispatch_in(self, lane: int, stream_id: StreamId, text_id: str, event: KernelEvent) -> None:
         """:meth:`dispatch` for an entry of partition ``lane`` (more than one partition): a
         stream of one user gets it with its plain id (its partition's), a stream spanning
-        partitions with the vector of every lane's watermark (built once per view), and
-        nothing while it replays (its replay reads every partition up to the lanes'
-        watermarks before it goes live: :func:`~.resume.replay_vector`)."""
+        partitions with the vector of every lane's watermark (built once per view); one
+        that replays gets nothing, and the hub keeps the event for its replay to send
+        (:meth:`begin_catch_up`, :func:`~.resume.replay_vector`)."""
         started = perf_counter()
         plain: dict[View, bytes | None] = {}
         spanning: dict[View, bytes | None] = {}

@@ -48,9 +48,11 @@ log = logging.getLogger(__name__)
 #: how long a spanning stream's replay waits for a lane of this replica to reach the
 #: client's position (a replica behind the one the client came from), seconds
 _CATCH_UP: Final = 10.0
-#: rounds of reads a spanning stream's replay may take, each ending with more live events
-#: than the hub keeps for it (:data:`~.hub.CATCH_UP_EVENTS`), before it gives up
-_ROUNDS: Final = 5
+#: seconds a spanning stream's replay may go on taking rounds of reads, each ending with
+#: more live events than the hub keeps for it (:data:`~.hub.CATCH_UP_EVENTS`), before it
+#: gives up: each round starts where the last one stood, so a client that reads faster than
+#: events come goes live; one that cannot is told ``resume_failed`` (it resumes from its id)
+_ROUNDS_FOR: Final = 120.0
 
 
 def positions(last_event_id: str, n: int) -> tuple[StreamId, ...]:
@@ -168,14 +170,14 @@ async def replay_vector(
     partition is read up to its watermark as the read begins; then what the hub kept is sent,
     past where the replay stands, until nothing new came meanwhile, and the stream goes live
     with no await between that check and the hand-over. More than
-    :data:`~.hub.CATCH_UP_EVENTS` kept: another round of reads from where it stands (at most
-    :data:`_ROUNDS`). An earlier design read every partition again until all stood at their
-    watermarks at once, which steady load never allowed (a review found a stream replaying
-    for good, and a handoff during it sending every event again).
+    :data:`~.hub.CATCH_UP_EVENTS` kept: another round of reads from where it stands (for at
+    most :data:`_ROUNDS_FOR` seconds). An earlier design read every partition again until
+    all stood at their watermarks at once, which steady load never allowed (a review found
+    a stream replaying for good, and a handoff during it sending every event again).
 
     Never raises but ``CancelledError``: a failed read, a lane of this replica that does not
-    reach the client's position within :data:`_CATCH_UP` seconds, or more than
-    :data:`_ROUNDS` rounds, closes the stream with ``server_close`` (``resume_failed``); the
+    reach the client's position within :data:`_CATCH_UP` seconds, or rounds for more than
+    :data:`_ROUNDS_FOR` seconds, closes the stream with ``server_close`` (``resume_failed``); the
     client resumes again from its last id."""
     lanes = hub.lanes
     at = list(start)
@@ -195,7 +197,8 @@ async def replay_vector(
             if loop.time() > deadline:
                 raise TimeoutError(f"partitions {behind} of this replica did not catch up")
             await asyncio.sleep(0.02)
-        for _ in range(_ROUNDS):
+        rounds_until = loop.time() + _ROUNDS_FOR
+        while loop.time() < rounds_until:
             hub.begin_catch_up(connection)
             for p, bus in enumerate(buses):
                 await _replay_lane(connection, hub, redis, bus, lanes[p], p, at, pace)
@@ -203,7 +206,9 @@ async def replay_vector(
                     return
             if await _release(connection, hub, at, pace):
                 return  # live: end_replay below, no await since the release's last check
-        raise TimeoutError(f"more than {CATCH_UP_EVENTS} events came in each of {_ROUNDS} rounds")
+        raise TimeoutError(
+            f"more than {CATCH_UP_EVENTS} events came in every round for {_ROUNDS_FOR:g} s"
+        )
     except Exception:
         log.exception("replay after %s failed; closing the stream", last_event_id)
         connection.close("resume_failed")
@@ -278,6 +283,8 @@ async def _replay_lane(
                     continue
                 if not connection.filter.matches(event):
                     continue
+                if hub.partitions is not None and hub.partitions.of(event.owner_user_id) != p:
+                    continue  # not its owner's partition: dropped live too (wrong_partition)
                 frame = frame_for(connection.view, encode_vector(at), event)
                 if frame is None:
                     continue

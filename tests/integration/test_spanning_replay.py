@@ -145,3 +145,30 @@ async def test_a_spanning_replay_goes_live_under_steady_load(
     for p in range(N):  # each partition in its own order
         mine = [n for n in got if where[n][0] == p]
         assert mine == sorted(mine, key=lambda n: tuple(map(int, where[n][1].split("-"))))
+
+
+@pytest.mark.anyio
+async def test_an_event_in_another_partition_than_its_owners_is_not_replayed(
+    async_redis: aredis.Redis,
+) -> None:
+    """Dropped live (``wrong_partition``), and not sent by a replay either: a spanning
+    stream sees the same events whether it was live or resumed."""
+    parts = Partitions(Keys(), N)
+    owners = _owners()
+    hub = Hub(FanoutSettings(retry_jitter_ms=0, max_lag=0.0, ping_interval=0), partitions=parts)
+    right, wrong = _event(owners[1], 1), _event(owners[2], 2)  # both written to partition 1
+    history = parts.keys[1].history
+    ids = [await async_redis.xadd(history, {"e": encode_event(e)}) for e in (right, wrong)]
+    for p, lane in enumerate(hub.lanes):
+        lane.last_id = tuple(map(int, ids[-1].decode().split("-"))) if p == 1 else (0, 0)  # type: ignore[assignment]
+    connection = hub.new_connection(Filter(), "AK")
+    hub.register(connection)
+    connection.begin_replay()
+    buses = [Bus(k) for k in parts.keys]
+    await resume(connection, hub, async_redis, buses, encode_vector([(0, 0)] * N))
+    got = [
+        json.loads(e.data)["reason"]
+        for e in SSEParser().feed(connection.take())
+        if e.event == "kernel_started"
+    ]
+    assert got == ["n=1"]
