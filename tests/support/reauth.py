@@ -4,6 +4,7 @@ every event with its arrival time, a steady publisher, and the changes channel's
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -34,6 +35,18 @@ class Watch:
     def close(self) -> tuple[float, str] | None:
         """When the ``server_close`` came and its data, if one did."""
         return next(((t, d) for t, n, d in self.events if n == "server_close"), None)
+
+
+def closed_within(watches: list[Watch], since: float, reason: str) -> list[float]:
+    """Per replica, seconds from ``since`` to its ``server_close``; checks the reason."""
+    figures = []
+    for i, w in enumerate(watches):
+        close = w.close()
+        assert close is not None, f"replica {i}: no server_close; got {w.events[-3:]}"
+        assert json.loads(close[1])["reason"] == reason, close
+        assert w.events[-1][1] == "server_close", "nothing may follow server_close"
+        figures.append(close[0] - since)
+    return figures
 
 
 async def watch(

@@ -37,7 +37,7 @@ from tests.support.identities import (
     import_doc,
     seed,
 )
-from tests.support.reauth import Watch, change_clock, publish_steadily, watch
+from tests.support.reauth import Watch, change_clock, closed_within, publish_steadily, watch
 from tests.support.redis_server import RedisServer
 
 #: the target (README, docs/design.md §4): a change reaches every open stream within this
@@ -119,18 +119,6 @@ async def _open_watches(
     return watches
 
 
-def _closed_within(watches: list[Watch], since: float, reason: str) -> list[float]:
-    """Per replica, seconds from ``since`` to its ``server_close``; checks the reason."""
-    figures = []
-    for i, w in enumerate(watches):
-        close = w.close()
-        assert close is not None, f"replica {i}: no server_close; got {w.events[-3:]}"
-        assert json.loads(close[1])["reason"] == reason, close
-        assert w.events[-1][1] == "server_close", "nothing may follow server_close"
-        figures.append(close[0] - since)
-    return figures
-
-
 @dataclass(frozen=True)
 class Login:
     """Watch with the cookie of a browser session this ``/auth/login`` body opens."""
@@ -207,7 +195,7 @@ def test_an_identity_change_ends_open_streams_on_every_replica_within_1s(
                     await w.ended.wait()
             stop.set()
         assert clock, "the change was published"
-        return _closed_within(watches, clock[-1], reason)
+        return closed_within(watches, clock[-1], reason)
 
     figures = anyio.run(main)
     print(f"\n{kind}: streams ended {', '.join(f'{f * 1000:.0f} ms' for f in figures)} after")
@@ -276,7 +264,7 @@ def test_logout_on_one_replica_ends_the_cookie_stream_on_the_other(cast_fleet: F
         return on_b, logged_out
 
     on_b, logged_out = anyio.run(main)
-    (figure,) = _closed_within([on_b], logged_out, "logged_out")
+    (figure,) = closed_within([on_b], logged_out, "logged_out")
     print(f"\nlogout on A: the cookie stream on B ended {figure * 1000:.0f} ms later")
     assert figure <= TARGET
 
@@ -296,7 +284,7 @@ def test_a_cookie_stream_ends_when_its_session_expires(cast_fleet: Fleet) -> Non
         return watches, logged_in
 
     watches, logged_in = anyio.run(main)
-    figures = _closed_within(watches, logged_in + SESSION_TTL, "session_expired")
+    figures = closed_within(watches, logged_in + SESSION_TTL, "session_expired")
     print(f"\nsession expiry: streams ended {', '.join(f'{f * 1000:+.0f} ms' for f in figures)}")
     assert all(-0.5 <= f <= TARGET for f in figures), figures
 
@@ -329,7 +317,7 @@ def test_a_lost_change_message_is_caught_by_the_backstop(cast_fleet: Fleet) -> N
         return watches, changed
 
     watches, changed = anyio.run(main)
-    figures = _closed_within(watches, changed, "rights_changed")
+    figures = closed_within(watches, changed, "rights_changed")
     print(f"\nbackstop: streams ended {', '.join(f'{f:.1f} s' for f in figures)} after")
 
 
@@ -350,7 +338,7 @@ def test_a_new_subscription_rechecks_every_stream_at_once(cast_fleet: Fleet) -> 
         return watches, killed
 
     watches, killed = anyio.run(main)
-    figures = _closed_within(watches, killed, "rights_changed")
+    figures = closed_within(watches, killed, "rights_changed")
     print(f"\nre-subscribed: streams ended {', '.join(f'{f * 1000:.0f} ms' for f in figures)}")
     # the backstop alone would take up to 2 * CACHE_TTL
     assert max(figures) <= 2.5, figures

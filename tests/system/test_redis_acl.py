@@ -10,7 +10,6 @@ ACL grant fails here (``tests/unit/test_acl.py`` checks the names statically).
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,10 +25,10 @@ from gateway.cli import main as gateway_main
 from gateway.cli.acl import PROFILES, Profile, render
 from gateway.consumer import SSEEvent
 from gateway.fanout.history import read_after
-from gateway.identity.sessions import SESSION_COOKIE
 from publisher import AsyncPublisher, Keys
 from publisher.bus import Bus
 from publisher.schema import encode_event
+from tests.support.acl_flows import browser_logins, publish_and_receive
 from tests.support.gateway_server import (
     RunningGateway,
     gateway_settings,
@@ -94,54 +93,8 @@ def test_each_user_does_its_part_end_to_end(acl_port: int, tmp_path: Path) -> No
         url(acl_port, "gateway", password=False), redis_password=PASSWORDS["gateway"]
     )
     with run_gateway(settings) as gw:
-        anyio.run(functools.partial(_publish_and_receive, gw.base_url, acl_port))
-        # browser login, the session read back, logout (session write + change message)
-        login = httpx.post(
-            f"{gw.base_url}/auth/login",
-            json={"access_key": ALICE.access_key, "secret_key": ALICE.secret_key},
-            timeout=10,
-        )
-        assert login.status_code == 200, login.text
-        cookie = {"Cookie": f"{SESSION_COOKIE}={login.cookies[SESSION_COOKIE]}"}
-        assert httpx.get(f"{gw.base_url}/auth/me", headers=cookie, timeout=10).status_code == 200
-        password_login = httpx.post(
-            f"{gw.base_url}/auth/login",
-            json={"user_id": "alice", "password": "Correct-Horse-Battery-Staple-77"},
-            timeout=10,
-        )
-        assert password_login.status_code == 200, password_login.text
-        out = httpx.post(
-            f"{gw.base_url}/auth/logout",
-            headers={**cookie, "Content-Type": "application/json"},
-            timeout=10,
-        )
-        assert out.status_code == 204, out.text
-        assert httpx.get(f"{gw.base_url}/auth/me", headers=cookie, timeout=10).status_code == 401
-        assert httpx.get(f"{gw.base_url}/ready", timeout=5).status_code == 200
-
-
-async def _publish_and_receive(base_url: str, port: int) -> None:
-    with anyio.fail_after(15):
-        async with stream_as(ROOT, base_url) as (_, events):
-            async with AsyncPublisher.from_url(url(port, "publisher")) as pub:
-                stream_id = await pub.publish(session_of(ALICE, "acl-01").started())
-                assert stream_id is not None  # published, not buffered
-            async for event in events:
-                if event.event == "kernel_started":
-                    assert json.loads(event.data)["sessionId"] == "acl-01"
-                    assert event.id == stream_id
-                    break
-        # a resume replays from the history: the gateway's read-only script (EVALSHA_RO)
-        async with AsyncPublisher.from_url(url(port, "publisher")) as pub:
-            later = await pub.publish(session_of(ALICE, "acl-02").started())
-            assert later is not None
-        async with stream_as(ROOT, base_url, last_event_id=stream_id) as (_, events):
-            async for event in events:
-                assert event.event in ("kernel_started", "ping"), event
-                if event.event == "kernel_started":
-                    assert json.loads(event.data)["sessionId"] == "acl-02"
-                    assert event.id == later
-                    return
+        anyio.run(publish_and_receive, gw.base_url, url(acl_port, "publisher"), "acl")
+        browser_logins(gw.base_url, "Correct-Horse-Battery-Staple-77")
 
 
 def _denied(call: object) -> None:

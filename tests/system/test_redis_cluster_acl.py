@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
-import httpx
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -40,10 +39,10 @@ from redis.retry import Retry
 from devtools.backendai import Installation
 from devtools.postgres import BackendAIDatabase
 from devtools.rediscluster import LocalRedisCluster, key_slot
-from gateway.identity.sessions import SESSION_COOKIE
 from gateway.identity.store import IdentityStore
 from publisher import AsyncPublisher, Keys
 from publisher.connection import connect_async, connect_sync
+from tests.support.acl_flows import browser_logins, publish_and_receive
 from tests.support.bridge import spawned_bridge
 from tests.support.gateway_server import gateway_settings, spawn_gateway
 from tests.support.http import stream_as
@@ -336,54 +335,8 @@ def test_gateway_publisher_and_import_each_on_its_own_user(
     # gateway: its own process, kev-gateway:PW in GATEWAY_REDIS_URL
     settings = gateway_settings(acl_cluster.url("gateway"))
     with spawn_gateway(settings) as gw:
-        anyio.run(_publish_and_receive, gw.base_url, acl_cluster.url("publisher"))
-        # browser logins (sessions, the login throttle), logout (a shard-channel message)
-        login = httpx.post(
-            f"{gw.base_url}/auth/login",
-            json={"access_key": ALICE.access_key, "secret_key": ALICE.secret_key},
-            timeout=10,
-        )
-        assert login.status_code == 200, login.text
-        cookie = {"Cookie": f"{SESSION_COOKIE}={login.cookies[SESSION_COOKIE]}"}
-        assert httpx.get(f"{gw.base_url}/auth/me", headers=cookie, timeout=10).status_code == 200
-        by_password = httpx.post(
-            f"{gw.base_url}/auth/login",
-            json={"user_id": "alice", "password": ALICE_PASSWORD},
-            timeout=10,
-        )
-        assert by_password.status_code == 200, by_password.text
-        out_ = httpx.post(
-            f"{gw.base_url}/auth/logout",
-            headers={**cookie, "Content-Type": "application/json"},
-            timeout=10,
-        )
-        assert out_.status_code == 204, out_.text
-        assert httpx.get(f"{gw.base_url}/auth/me", headers=cookie, timeout=10).status_code == 401
-        assert httpx.get(f"{gw.base_url}/ready", timeout=5).status_code == 200
-
-
-async def _publish_and_receive(base_url: str, publisher_url: str) -> None:
-    with anyio.fail_after(20):
-        async with stream_as(ROOT, base_url) as (_, events):
-            async with AsyncPublisher.from_url(publisher_url) as pub:
-                stream_id = await pub.publish(session_of(ALICE, "cl-acl-01").started())
-                assert stream_id is not None  # published, not buffered
-            async for event in events:
-                if event.event == "kernel_started":
-                    assert json.loads(event.data)["sessionId"] == "cl-acl-01"
-                    assert event.id == stream_id
-                    break
-        # a resume reads the history: the gateway's read-only script (EVALSHA_RO)
-        async with AsyncPublisher.from_url(publisher_url) as pub:
-            later = await pub.publish(session_of(ALICE, "cl-acl-02").started())
-            assert later is not None
-        async with stream_as(ROOT, base_url, last_event_id=stream_id) as (_, events):
-            async for event in events:
-                assert event.event in ("kernel_started", "ping"), event
-                if event.event == "kernel_started":
-                    assert json.loads(event.data)["sessionId"] == "cl-acl-02"
-                    assert event.id == later
-                    return
+        anyio.run(publish_and_receive, gw.base_url, acl_cluster.url("publisher"), "cl-acl")
+        browser_logins(gw.base_url, ALICE_PASSWORD)
 
 
 # -- 1. least privilege: every refusal a NOPERM ----------------------------------------------
