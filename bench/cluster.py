@@ -58,7 +58,8 @@ import redis
 
 from devtools.localredis import PrivateRedis
 from devtools.rediscluster import LocalRedisCluster, key_slot
-from publisher.keys import cluster_prefix
+from publisher.keys import Keys, cluster_prefix
+from publisher.partitions import Partitions
 
 from .fanout import RESULTS, _environment
 from .loadclient import build
@@ -69,7 +70,14 @@ from .scenarios import RedisTarget, Scenario, run_scenario
 #: the bench's prefix on a cluster, ``{kev}``: one hash tag, so every name is in one slot
 CLUSTER_PREFIX: Final = cluster_prefix(PREFIX)
 BUS_SLOT: Final = key_slot(CLUSTER_PREFIX)
-TOPOLOGIES: Final = ("single", "cluster")
+#: the partitioned topology's partitions (``GATEWAY_REDIS_PARTITIONS``)
+PARTITIONS: Final = 8
+TOPOLOGIES: Final = ("single", "cluster", "cluster8")
+#: the pub/sub microbenchmark's: partitions do not change what one SPUBLISH costs
+PUBSUB_TOPOLOGIES: Final = ("single", "cluster")
+#: every point's events spread over this many owners (bench.procs.users), round robin, so
+#: that with partitions they spread over the partitions (in every topology: the same load)
+OWNERS: Final = 256
 #: f1k2's gateways, on both topologies: on a cluster the gateway's Redis pool (64 by default)
 #: is a hard cap per node (redis-py's RedisCluster raises MaxConnectionsError at once where the
 #: single-node pool waits up to 5 s): without this, two replicas opening 500 streams each at
@@ -77,7 +85,7 @@ TOPOLOGIES: Final = ("single", "cluster")
 #: round; with it both topologies carry the same load
 POOL: Final = {"GATEWAY_REDIS_POOL_SIZE": "1000"}
 POINTS: Final = tuple(
-    replace(sc, measure=20.0, quick_measure=5.0)
+    replace(sc, measure=20.0, quick_measure=5.0, owners=OWNERS)
     for sc in (
         Scenario("bc25", "broadcast 1,000 x 25 ev/s", "broadcast", 1000, 25),
         Scenario("f1k", "filtered 1,000 x 1,000 ev/s", "filtered", 1000, 1000),
@@ -110,15 +118,28 @@ def single_node(idle_s: float = IDLE_S) -> Iterator[tuple[RedisTarget, dict[str,
         yield RedisTarget(server.url, pids, server.url, idle_s), layout
 
 
+def partition_slots(n: int) -> list[int]:
+    """The hash slot of each of ``n`` partitions of the bench's deployment on a cluster."""
+    return [key_slot(k.history) for k in Partitions(Keys(CLUSTER_PREFIX, cluster=True), n).keys]
+
+
 @contextlib.contextmanager
-def cluster_of_six(idle_s: float = IDLE_S) -> Iterator[tuple[RedisTarget, dict[str, Any]]]:
+def cluster_of_six(
+    idle_s: float = IDLE_S, partitions: int = 1
+) -> Iterator[tuple[RedisTarget, dict[str, Any]]]:
     """A 3-master, 3-replica Redis Cluster on loopback; every node named by its role, the same
-    in every round: ``M*`` the master of the bus slot, ``R*`` its replica, ``M1``, ``M2`` the
-    other masters and ``R1``, ``R2`` the other replicas (in port order)."""
+    in every round: ``M*`` the master of the bus slot (partition 0's), ``R*`` its replica,
+    ``M1``, ``M2`` the other masters and ``R1``, ``R2`` the other replicas (in port order).
+    Each node's entry lists the partitions whose slot it serves or replicates."""
     with LocalRedisCluster() as cluster:
         bus_master = cluster.master_of_slot(BUS_SLOT)
         bus_replicas = set(cluster.replicas_of(bus_master))
         masters = set(cluster.masters())
+        serving: dict[int, list[int]] = {}
+        for p, slot in enumerate(partition_slots(partitions)):
+            master = cluster.master_of_slot(slot)
+            for port in (master, *cluster.replicas_of(master)):
+                serving.setdefault(port, []).append(p)
         pids: dict[str, int] = {}
         nodes: dict[str, dict[str, Any]] = {}
         others = {"M": 0, "R": 0}
@@ -133,14 +154,31 @@ def cluster_of_six(idle_s: float = IDLE_S) -> Iterator[tuple[RedisTarget, dict[s
                 others[letter] += 1
                 name = f"{letter}{others[letter]}"
             pids[name] = node.proc.pid
-            nodes[name] = {"port": node.port, "role": role, "bus": on_bus}
+            nodes[name] = {
+                "port": node.port,
+                "role": role,
+                "bus": on_bus,
+                "partitions": serving.get(node.port, []),
+            }
         node_url = cluster.node(bus_master).url
-        yield RedisTarget(cluster.url, pids, node_url, idle_s), {"nodes": nodes}
+        target = RedisTarget(cluster.url, pids, node_url, idle_s, partitions=partitions)
+        yield target, {"nodes": nodes, "partitions": partitions}
+
+
+def cluster_partitioned(idle_s: float = IDLE_S) -> contextlib.AbstractContextManager[Any]:
+    """:func:`cluster_of_six`, the deployment in :data:`PARTITIONS` partitions."""
+    return cluster_of_six(idle_s, PARTITIONS)
 
 
 TOPOLOGY: Final[
     Mapping[str, Callable[[float], contextlib.AbstractContextManager[tuple[RedisTarget, Any]]]]
-] = {"single": single_node, "cluster": cluster_of_six}
+] = {"single": single_node, "cluster": cluster_of_six, "cluster8": cluster_partitioned}
+#: each topology's column head in the tables
+LABEL: Final = {
+    "single": "single",
+    "cluster": "cluster 3+3",
+    "cluster8": f"cluster 3+3, {PARTITIONS} partitions",
+}
 
 
 # -- the fan-out points -----------------------------------------------------------------------
@@ -211,6 +249,10 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_ms": statistics.median(f["p99_ms"] for f in runs if f["p99_ms"] is not None),
         "other_cpu_cores_max": max(f["other_cpu_cores"] for f in runs),
         "busiest_nodes": sorted({f["redis_busiest"] for f in runs}),
+        "redis_cpu_s_by_node_per_round": {
+            node: sum(f["redis_cpu_by_node"][node] for f in runs) / len(runs)
+            for node in runs[0]["redis_cpu_by_node"]
+        },
         "p50_ms_by_round": [f["p50_ms"] for f in runs],
         "p99_ms_by_round": [f["p99_ms"] for f in runs],
     }
@@ -227,13 +269,14 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def command_stats(layout: dict[str, Any], events: int) -> dict[str, dict[str, Any]]:
-    """``INFO commandstats`` of the bus slot's nodes (its master and replicas) over the whole
+    """``INFO commandstats`` of the nodes that serve or replicate a partition (one partition:
+    the bus slot's master and its replica) over the whole
     run (identity import, the streams' opening, idle stretch and warm-up included), per event
     published: what the Redis CPU per event is spent on. A script's time includes the commands
     it runs, which are also counted on their own."""
     out: dict[str, dict[str, Any]] = {}
     for name, node in layout["nodes"].items():
-        if not node["bus"]:
+        if not (node["bus"] or node.get("partitions")):
             continue
         with redis.Redis(host="127.0.0.1", port=node["port"], socket_timeout=5) as client:
             stats = client.info("commandstats")
@@ -394,7 +437,7 @@ def run_pubsub(messages: int, rounds: int, log: Callable[[str], None]) -> dict[s
     times; per row the Redis CPU per message (all nodes, the publishing node, the others)."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for n in range(rounds):
-        for topology in TOPOLOGIES:
+        for topology in PUBSUB_TOPOLOGIES:
             with TOPOLOGY[topology](IDLE_S) as (target, layout):
                 port = next(v["port"] for v in layout["nodes"].values() if v["role"] == "master"
                             and v["bus"])  # fmt: skip
@@ -460,26 +503,26 @@ ROWS: Final[tuple[tuple[str, str, str], ...]] = (
 )
 
 
-def comparison_table(points: dict[str, dict[str, Any]]) -> str:
-    names = [name for name, p in points.items() if len(p["pooled"]) == len(TOPOLOGIES)]
-    head = "| per topology, pooled over the rounds |"
-    rule = "|---|"
-    for name in names:
-        p = points[name]
-        label = f"{name}: {p['title']}"
-        head += f" {label}, single | cluster 3+3 | cluster / single |"
-        rule += "---:|---:|---:|"
-    lines = [head, rule]
+def _figure(pooled_figs: dict[str, Any], key: str) -> float | None:
+    if key == "redis_idle_pct":
+        return float(pooled_figs["redis_idle_cores"]) * 100
+    return pooled_figs.get(key)
+
+
+def comparison_table(points: dict[str, dict[str, Any]], name: str) -> str:
+    """One point's table: a column per topology that ran, then each other topology's ratio
+    to ``single`` (the first)."""
+    p = points[name]
+    ran = [t for t in TOPOLOGIES if t in p["pooled"]]
+    others = [t for t in ran[1:] if ran[0] == "single"]
+    head = f"| {name}: {p['title']}, pooled over the rounds |"
+    head += "".join(f" {LABEL[t]} |" for t in ran)
+    head += "".join(f" {LABEL[t]} / single |" for t in others)
+    lines = [head, "|---|" + "---:|" * (len(ran) + len(others))]
     for label, key, fmt in ROWS:
-        line = f"| {label} |"
-        for name in names:
-            pooled_figs = points[name]["pooled"]
-            s, c = pooled_figs["single"], pooled_figs["cluster"]
-            if key == "redis_idle_pct":
-                a, b = s["redis_idle_cores"] * 100, c["redis_idle_cores"] * 100
-            else:
-                a, b = s.get(key), c.get(key)
-            line += f" {_n(a, fmt)} | {_n(b, fmt)} | {_r(b, a)} |"
+        values = {t: _figure(p["pooled"][t], key) for t in ran}
+        line = f"| {label} |" + "".join(f" {_n(values[t], fmt)} |" for t in ran)
+        line += "".join(f" {_r(values[t], values['single'])} |" for t in others)
         lines.append(line)
     return "\n".join(lines)
 
@@ -514,10 +557,10 @@ def print_report(report: dict[str, Any]) -> None:
         f"{report['loadavg_start']} at the start, {report['loadavg_end']} at the end"
     )
     points = report["points"]
-    if points:
-        print()
-        print(comparison_table(points))
-        for name, p in points.items():
+    for name, p in points.items():
+        if p["pooled"]:
+            print()
+            print(comparison_table(points, name))
             for topology, f in p["pooled"].items():
                 spread = ", ".join(
                     f"{k} {_n(v[0])}-{_n(v[1])}" for k, v in f["spread"].items() if v is not None
@@ -529,6 +572,12 @@ def print_report(report: dict[str, Any]) -> None:
                     f"per-round range: {spread}; p99 by round (ms): "
                     f"{', '.join(_n(x, '.1f') for x in f['p99_ms_by_round'])}"
                 )
+                if len(f["redis_cpu_s_by_node_per_round"]) > 1:
+                    nodes = ", ".join(
+                        f"{node} {cpu:.3f}"
+                        for node, cpu in f["redis_cpu_s_by_node_per_round"].items()
+                    )
+                    print(f"  {name} {topology}: Redis CPU-s per round by node: {nodes}")
             for topology, fs in p["runs"].items():
                 if not fs:
                     continue
@@ -538,8 +587,8 @@ def print_report(report: dict[str, Any]) -> None:
                         for cmd, v in list(cs["commands"].items())[:5]
                     )
                     print(f"  {name} {topology}, {node} (last round), per event: {top}")
-            for e in p["errors"]:
-                print(f"  FAILED {name} {e['topology']} round {e['round']}: {e['error']}")
+        for e in p["errors"]:
+            print(f"  FAILED {name} {e['topology']} round {e['round']}: {e['error']}")
     if report.get("pubsub"):
         print()
         print(pubsub_table(report["pubsub"]))

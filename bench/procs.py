@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "ROOT_SECRET",
     "ROOT_USER",
     "Gateway",
+    "Owner",
     "Server",
     "cpu_by_process",
     "gateways",
@@ -42,6 +44,7 @@ __all__ = [
     "pubsub_owners",
     "raise_nofile",
     "seed",
+    "users",
 ]
 
 PREFIX: Final = "kev"
@@ -50,6 +53,28 @@ ROOT_KEY: Final = "AKIABENCHROOT0000000"
 ROOT_SECRET: Final = "bench-root-secret-" + "s" * 24
 DOMAIN: Final = "default"
 GROUP: Final = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """A bench user (role ``user``) and its keypair: events spread over owners
+    (``Scenario.owners``) are theirs, and each opens the filtered streams of its sessions."""
+
+    user_id: str
+    access_key: str
+    secret_key: str
+
+
+def users(n: int) -> list[Owner]:
+    """The first ``n`` bench users, the same in every process: UUIDs as Backend.AI's user ids
+    are (the partition of an event is a hash of its owner's, :func:`publisher.partitions.
+    partition_of`), 20-character access keys."""
+    return [
+        Owner(str(uuid.UUID(int=(0xBE4C << 96) + i)), f"AKIABENCHUSER{i:07d}",
+              f"bench-user-{i:07d}-secret-" + "s" * 16)
+        for i in range(n)
+    ]  # fmt: skip
+
 
 #: what every bench gateway runs with; pings are off so that the per-delivery figures count
 #: deliveries only (a ping round is one write per client: at 10,000 clients it would double
@@ -108,12 +133,19 @@ def raise_nofile() -> int:
     return hard
 
 
-def seed(redis_url: str) -> None:
-    """One superadmin keypair: every bench stream is opened with it (on a Redis Cluster too:
-    the names are the ones the gateway reads there, ``{kev}:...``)."""
+def seed(redis_url: str, owners: int = 0) -> None:
+    """One superadmin keypair, which opens every bench stream but the filtered streams of
+    ``owners`` bench users (:func:`users`), seeded too; on a Redis Cluster as well (the names
+    are the ones the gateway reads there, ``{kev}:...``)."""
+    bench_users = users(owners)
     doc = {
-        "users": [{"user_id": ROOT_USER, "role": "superadmin", "domain": DOMAIN}],
-        "keypairs": [{"access_key": ROOT_KEY, "secret_key": ROOT_SECRET, "user_id": ROOT_USER}],
+        "users": [{"user_id": ROOT_USER, "role": "superadmin", "domain": DOMAIN}]
+        + [{"user_id": u.user_id, "role": "user", "domain": DOMAIN} for u in bench_users],
+        "keypairs": [{"access_key": ROOT_KEY, "secret_key": ROOT_SECRET, "user_id": ROOT_USER}]
+        + [
+            {"access_key": u.access_key, "secret_key": u.secret_key, "user_id": u.user_id}
+            for u in bench_users
+        ],
         "groups": [{"domain": DOMAIN, "name": GROUP}],
     }
 

@@ -19,7 +19,7 @@ from typing import Final, Protocol
 
 from publisher import KernelEvent, SyncPublisher
 
-from .procs import DOMAIN, GROUP, ROOT_KEY, ROOT_USER
+from .procs import DOMAIN, GROUP, ROOT_KEY, ROOT_USER, users
 
 __all__ = ["RatePublisher", "Sink", "session_name"]
 
@@ -44,15 +44,34 @@ class Sink(Protocol):
 
 class RatePublisher:
     """Round-robins events over ``sessions`` session ids (one: every event the same session)
-    and counts how many each session got, so the driver knows what every client is owed."""
+    and counts how many each session got, so the driver knows what every client is owed.
+
+    Every event is the bench superadmin's, or with ``owners`` one of that many bench users'
+    (:func:`bench.procs.users`): session ``i``'s events are owner ``i % owners``'s, and with one
+    session the owner turns with every event, so the events spread over the deployment's
+    ``partitions`` (the publisher's setting; 1 leaves the publisher as it always was)."""
 
     def __init__(
-        self, redis_url: str, *, sessions: int = 1, pad: int = 0, sink: Sink | None = None
+        self,
+        redis_url: str,
+        *,
+        sessions: int = 1,
+        pad: int = 0,
+        sink: Sink | None = None,
+        owners: int = 0,
+        partitions: int = 1,
     ) -> None:
-        self._pub: Sink = SyncPublisher.from_url(redis_url) if sink is None else sink
+        if sink is not None:
+            self._pub: Sink = sink
+        elif partitions > 1:  # only then: bench.fanout --against runs older publishers too
+            self._pub = SyncPublisher.from_url(redis_url, partitions=partitions)
+        else:
+            self._pub = SyncPublisher.from_url(redis_url)
         self._names = [session_name(i) for i in range(sessions)]
+        self._owners = [(u.access_key, u.user_id) for u in users(owners)] or [(ROOT_KEY, ROOT_USER)]
         self._pad = " " + "x" * (pad - 1) if pad > 0 else ""
         self._next = 0
+        self._sent = 0
         self.counts = [0] * sessions
 
     def close(self) -> None:
@@ -71,14 +90,17 @@ class RatePublisher:
         i = self._next
         self._next = (i + 1) % len(self._names)
         self.counts[i] += 1
+        turn = i if len(self._names) > 1 else self._sent
+        self._sent += 1
+        owner_key, owner_user = self._owners[turn % len(self._owners)]
         now = time.time()
         return KernelEvent(
             name="kernel_started",
             session_id=self._names[i],
             session_uuid=_SESSION_UUID,
             kernel_id=_KERNEL_ID,
-            owner_access_key=ROOT_KEY,
-            owner_user_id=ROOT_USER,
+            owner_access_key=owner_key,
+            owner_user_id=owner_user,
             domain=DOMAIN,
             group=GROUP,
             reason=f"t={now:.6f}{self._pad}",

@@ -42,6 +42,7 @@ from .procs import (
     others_cpu,
     pubsub_owners,
     seed,
+    users,
 )
 from .ratepub import RatePublisher, session_name
 
@@ -88,6 +89,9 @@ class Scenario:
     stall_every: int = 0  # every n-th client stops reading (0: none)
     stall_after: float = 2.0  # seconds into the measured window
     sample: bool = False  # sample evictions, queued bytes and RSS every 0.25 s
+    #: events spread over this many bench users (bench.procs.users), each opening the
+    #: filtered streams of its own sessions; 0: every event and stream the superadmin's
+    owners: int = 0
     warmup: float = 3.0
     measure: float = 10.0
     quick_measure: float = 3.0
@@ -147,6 +151,8 @@ class RedisTarget:
     #: seconds with the streams open and no events, before the warm-up: the Redis and gateway
     #: CPU of that stretch is the floor the window's figures sit on (``redis_idle_cpu_s``)
     idle_s: float = 5.0
+    #: the deployment's partitions (``GATEWAY_REDIS_PARTITIONS``, the publisher's setting)
+    partitions: int = 1
 
 
 def peer_skip_reason(sc: Scenario, peer: ServerKind = "nchan") -> str | None:
@@ -179,6 +185,7 @@ def select(names: list[str] | None) -> list[Scenario]:
 
 def _requests(sc: Scenario, gws: Sequence[Server]) -> list[Request]:
     out: list[Request] = []
+    owners = users(sc.owners)
     for i in range(sc.clients):
         gw = gws[i % len(gws)]
         stall = bool(sc.stall_every) and i % sc.stall_every == 0
@@ -189,11 +196,16 @@ def _requests(sc: Scenario, gws: Sequence[Server]) -> list[Request]:
             channel = session_name(i if sc.kind == "filtered" else 0)
             out.append(Request(gw.port, stall, subscribe_request(gw.port, channel)))
             continue
-        if sc.kind == "filtered":
+        key, secret = ROOT_KEY, ROOT_SECRET
+        if sc.kind == "filtered" and owners:  # the session's owner, a user: one partition
+            owner = owners[i % len(owners)]
+            key, secret = owner.access_key, owner.secret_key
+            target = f"{STREAM}?sessionId={session_name(i)}"
+        elif sc.kind == "filtered":
             target = f"{STREAM}?sessionId={session_name(i)}&ownerAccessKey={ROOT_KEY}"
         else:
             target = f"{STREAM}?sessionId=*"
-        out.append(Request(gw.port, stall, stream_request(gw.port, target, ROOT_KEY, ROOT_SECRET)))
+        out.append(Request(gw.port, stall, stream_request(gw.port, target, key, secret)))
     return out
 
 
@@ -281,14 +293,18 @@ def run_scenario(
             redis_pids: Mapping[str, int] = {"redis": redis_server.proc.pid}
         else:
             redis_url, pubsub_url, redis_pids = target.url, target.pubsub_url, target.pids
+        partitions = 1 if target is None else target.partitions
+        res.update(owners=sc.owners, partitions=partitions)
         servers: contextlib.AbstractContextManager[Sequence[Server]]
         if server == "nchan":
             servers = nchan_servers(redis_url, workdir)
         elif server == "floor":
             servers = floor_servers(workdir)
         else:
-            seed(redis_url)
+            seed(redis_url, sc.owners)
             env = {**sc.env, "GATEWAY_WORKERS": str(sc.workers)} if sc.workers > 1 else sc.env
+            if partitions > 1:
+                env = {**env, "GATEWAY_REDIS_PARTITIONS": str(partitions)}
             servers = gateways(redis_url, sc.gateways, env, workdir)
         with servers as gws:
             _evictions(gws)  # one scrape first, so its one-off allocations are in the baseline
@@ -320,7 +336,10 @@ def run_scenario(
                 elif server == "floor":
                     assert isinstance(gws[0], Floor)
                     sink = FloorSink(gws[0].publish_port)
-                _measure(sc, res, client, gws, redis_url, ours, log, profiler, redis_pids, sink)
+                _measure(
+                    sc, res, client, gws, redis_url, ours, log, profiler, redis_pids, sink,
+                    partitions,
+                )  # fmt: skip
                 res["pubsub_after"] = pubsub_owners(pubsub_url, gws)
     return res
 
@@ -353,9 +372,13 @@ def _measure(
     profiler: Profiler | None,
     watched: Mapping[str, int],
     sink: NchanSink | FloorSink | None,
+    partitions: int = 1,
 ) -> None:
     sessions = sc.clients if sc.kind == "filtered" else 1
-    with RatePublisher(redis_url, sessions=sessions, pad=sc.pad, sink=sink) as pub:
+    with RatePublisher(
+        redis_url, sessions=sessions, pad=sc.pad, sink=sink, owners=sc.owners,
+        partitions=partitions,
+    ) as pub:  # fmt: skip
         warm = pub.run(sc.rate, sc.warmup)
         _drain(client, warm * (1 if sc.kind == "filtered" else sc.clients), limit=10.0)
         time.sleep(0.2)
