@@ -17,6 +17,7 @@ BARE = {
     "publisher/cli.py": "validates the --prefix text only; the publisher names keys on its client",
     "gateway/cli/acl.py": "no client: --cluster says which names to grant",
     "gateway/sync/apply.py": "given the store's own prefix (already hash-tagged on a cluster)",
+    "bench/cluster.py": "no client: the slots of the partitions' names on a cluster (cluster=True)",
     "bench/procs.py": "the bench's private single redis-server",
     "bench/publisher_bench.py": "the bench's private single redis-server",
 }
