@@ -34,7 +34,7 @@ from typing import Final
 import msgspec
 
 from gateway.settings import FanoutSettings
-from publisher.partitions import Partitions
+from publisher.partitions import Partitions, encode_vector
 from publisher.schema import KernelEvent, SourceGap, decode_event, decode_gap
 
 from .connection import NO_WRITE, Connection
@@ -122,6 +122,10 @@ class Hub:
         #: matched for it meanwhile, in dispatch order: ``(partition, id, event)``; None once
         #: more than :data:`CATCH_UP_EVENTS` came (the replay reads them from history then)
         self._catching_up: dict[Connection, list[tuple[int, StreamId, KernelEvent]] | None] = {}
+        #: streams replaying that a drain hands off (``Connection.handoff``): how far each
+        #: replay has gone, every event up to it pushed or passed over (a stream id, or one
+        #: per partition for a spanning stream); kept by gateway.fanout.resume
+        self.replay_marks: dict[Connection, StreamId | tuple[StreamId, ...]] = {}
         #: with more than one partition, each one's watermark (its subscriber drives it;
         #: :attr:`last_id` is then unused); empty with one
         self.lanes: list[Lane] = (
@@ -152,6 +156,17 @@ class Hub:
             return vector_of(self.lanes)
         last = self.lanes[lane].last_id
         return None if last is None else format_stream_id(last)
+
+    def replay_position(self, connection: Connection) -> str | None:
+        """Where a replaying stream stands, as the id it would resume with: how far its
+        replay has gone (:attr:`replay_marks`), or None before the replay's first read or
+        when it is not tracked."""
+        mark = self.replay_marks.get(connection)
+        if mark is None:
+            return None
+        if isinstance(mark[0], int):
+            return format_stream_id(mark)
+        return encode_vector(mark)
 
     def __len__(self) -> int:
         return len(self._clients)

@@ -19,6 +19,11 @@ id (:func:`replay_vector`): the hub keeps what it matches for the stream while i
 the replay reads each partition after its position up to that partition's watermark, then
 sends what the hub kept past where it stands, and goes live with no await between its last
 check and the hand-over, so the next live event of every partition follows on.
+
+A stream a drain hands off (``Connection.handoff``: its client cannot resume by itself) has
+its replay's progress kept in :attr:`Hub.replay_marks`, updated only once every event up to
+the mark is pushed or passed over: a drain during the replay records the mark, not where the
+replay began, so the next replica sends nothing twice.
 """
 
 from __future__ import annotations
@@ -74,29 +79,43 @@ async def resume(
 ) -> None:
     """Replay after ``last_event_id`` the way the stream needs (see the module docstring):
     ``buses`` has each partition's bus, by partition. Never raises but ``CancelledError``."""
-    if not hub.lanes:
-        await replay(connection, hub, redis, buses[0], last_event_id)
-        return
-    lane = hub.lane_of(connection.filter)
+    marks = hub.replay_marks if connection.handoff is not None else None
     try:
-        at = positions(last_event_id, len(hub.lanes))
-    except ValueError:  # checked at the edge; a handed-off id of another N comes here
-        log.warning("cannot resume after %r with %d partitions", last_event_id, len(hub.lanes))
-        connection.close("resume_failed")
-        return
-    if lane is None:
-        await replay_vector(connection, hub, redis, buses, at, last_event_id)
-    else:
-        plain = last_event_id if not is_vector(last_event_id) else format_stream_id(at[lane])
-        await replay(connection, hub.lanes[lane], redis, buses[lane], plain)
+        if not hub.lanes:
+            await replay(connection, hub, redis, buses[0], last_event_id, marks)
+            return
+        lane = hub.lane_of(connection.filter)
+        try:
+            at = positions(last_event_id, len(hub.lanes))
+        except ValueError:  # checked at the edge; a handed-off id of another N comes here
+            log.warning("cannot resume after %r with %d partitions", last_event_id, len(hub.lanes))
+            connection.close("resume_failed")
+            return
+        if lane is None:
+            await replay_vector(connection, hub, redis, buses, at, last_event_id, marks)
+        else:
+            plain = last_event_id if not is_vector(last_event_id) else format_stream_id(at[lane])
+            await replay(connection, hub.lanes[lane], redis, buses[lane], plain, marks)
+    finally:
+        if marks is not None:
+            marks.pop(connection, None)
+
+
+Marks = dict[Connection, StreamId | tuple[StreamId, ...]]
 
 
 async def replay(
-    connection: Connection, hub: Hub | Lane, redis: aredis.Redis, bus: Bus, last_event_id: str
+    connection: Connection,
+    hub: Hub | Lane,
+    redis: aredis.Redis,
+    bus: Bus,
+    last_event_id: str,
+    marks: Marks | None = None,
 ) -> None:
     """Send what history holds after ``last_event_id`` through the connection's filter,
     while live frames are held back; then release the held ones that replay did not cover.
     Payloads are checked as live ones are (:meth:`Hub.decode`: same limit, same counters).
+    ``marks`` (:attr:`Hub.replay_marks`), when given, has the connection's progress.
 
     Never raises but ``CancelledError``: a failed read closes the stream with
     ``server_close`` (``resume_failed``), and the client resumes again from its last id."""
@@ -112,6 +131,8 @@ async def replay(
         # and the read starts at history's end (an id past anything Redis can make, say
         # 18446744073709551615-18446744073709551615, has no successor to read from).
         last = cursor = min(last, state.last_id)
+        if marks is not None:
+            marks[connection] = cursor
         while True:
             after = format_stream_id(cursor)
             async for batch, gap in read_after(redis, bus, after, max_payload=hub.max_payload):
@@ -122,6 +143,8 @@ async def replay(
                     connection.push(notice_frame(format_stream_id(cursor), first, "trimmed"))
                 told = False
                 for raw_id, payload in batch:
+                    if marks is not None:  # everything up to the previous entry is handled
+                        marks[connection] = cursor
                     last = cursor = parse_stream_id(raw_id)
                     event = hub.decode(raw_id, payload)
                     if event is None:
@@ -139,6 +162,8 @@ async def replay(
                     if connection.closed:
                         return
                     connection.push(frame)
+            if marks is not None:
+                marks[connection] = cursor
             overflow = connection.held_overflow
             if overflow is None or overflow <= cursor:
                 break
@@ -160,6 +185,7 @@ async def replay_vector(
     buses: Sequence[Bus],
     start: Sequence[StreamId],
     last_event_id: str,
+    marks: Marks | None = None,
 ) -> None:
     """Replay a stream that spans partitions from the positions ``start`` (one per
     partition), partition by partition (each in order; there is no order across them), each
@@ -190,6 +216,8 @@ async def replay_vector(
                 first = format_stream_id(state.first_id) if state.first_id else None
                 connection.push(notice_frame(last_event_id, first, reason))
             at[p] = min(at[p], state.last_id)
+        if marks is not None:
+            marks[connection] = tuple(at)
         deadline = loop.time() + _CATCH_UP
         while behind := [
             p for p, lane in enumerate(lanes) if lane.last_id is None or lane.last_id < at[p]
@@ -201,10 +229,12 @@ async def replay_vector(
         while loop.time() < rounds_until:
             hub.begin_catch_up(connection)
             for p, bus in enumerate(buses):
-                await _replay_lane(connection, hub, redis, bus, lanes[p], p, at, pace)
+                await _replay_lane(connection, hub, redis, bus, lanes[p], p, at, pace, marks)
                 if connection.closed:
                     return
-            if await _release(connection, hub, at, pace):
+                if marks is not None:
+                    marks[connection] = tuple(at)
+            if await _release(connection, hub, at, pace, marks):
                 return  # live: end_replay below, no await since the release's last check
         raise TimeoutError(
             f"more than {CATCH_UP_EVENTS} events came in every round for {_ROUNDS_FOR:g} s"
@@ -221,7 +251,9 @@ async def replay_vector(
             connection.end_replay((0, 0))
 
 
-async def _release(connection: Connection, hub: Hub, at: list[StreamId], pace: int) -> bool:
+async def _release(
+    connection: Connection, hub: Hub, at: list[StreamId], pace: int, marks: Marks | None
+) -> bool:
     """Send what the hub kept for the stream while it replayed, past where the replay stands
     in each partition, again and again until nothing new was kept meanwhile: True then (the
     caller goes live at once), or when the stream closed; False when more came than the hub
@@ -234,6 +266,8 @@ async def _release(connection: Connection, hub: Hub, at: list[StreamId], pace: i
             return True
         hub.begin_catch_up(connection)  # what comes while these go out
         for p, stream_id, event in kept:
+            if marks is not None:  # every kept event before this one is handled
+                marks[connection] = tuple(at)
             if stream_id <= at[p]:
                 continue  # the read found it in history
             at[p] = stream_id
@@ -244,6 +278,8 @@ async def _release(connection: Connection, hub: Hub, at: list[StreamId], pace: i
             if connection.closed:
                 return True
             connection.push(frame)
+        if marks is not None:
+            marks[connection] = tuple(at)
 
 
 async def _replay_lane(
@@ -255,6 +291,7 @@ async def _replay_lane(
     p: int,
     at: list[StreamId],
     pace: int,
+    marks: Marks | None = None,
 ) -> None:
     """Send partition ``p``'s entries after ``at[p]`` up to the lane's watermark as it
     stands now (``target``), then stand at ``target``: every id up to it was dispatched, so
@@ -269,6 +306,8 @@ async def _replay_lane(
                 first = format_stream_id(parse_stream_id(batch[0][0])) if batch else None
                 connection.push(notice_frame(encode_vector(at), first, "trimmed"))
             for raw_id, payload in batch:
+                if marks is not None:  # everything up to the previous entry is handled
+                    marks[connection] = tuple(at)
                 stream_id = parse_stream_id(raw_id)
                 if stream_id > target:
                     at[p] = target

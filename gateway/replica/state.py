@@ -169,14 +169,16 @@ class GatewayState:
 
     def _stands(self) -> list[tuple[str, str, str]]:
         """``(access key, request digest, stream id)`` of every stream handed off at this
-        drain: the watermark, or where a stream still replaying began
-        (gateway.replica.handoff)."""
+        drain (gateway.replica.handoff): the watermark, or for a stream still replaying how
+        far its replay went (where it began, before its first read)."""
         stands = []
         for client in self.hub.connections():
             ticket = client.handoff
             if isinstance(ticket, Ticket):
-                began = ticket.replay_from if client.replaying else None
-                at = began or self.hub.position(client.filter)
+                if client.replaying:
+                    at = self.hub.replay_position(client) or ticket.replay_from
+                else:
+                    at = self.hub.position(client.filter)
                 if at is not None:
                     stands.append((client.access_key, ticket.request, at))
         return stands
