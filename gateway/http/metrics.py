@@ -40,7 +40,12 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         state = self._state
-        hub, stats, sub = state.hub, state.hub.stats, state.subscriber
+        hub, stats, sub, keeper = state.hub, state.hub.stats, state.subscriber, state.keeper
+
+        def subscriptions(counter: str) -> int:  # partition 0's and every other one's
+            own: int = getattr(sub, counter)
+            return own + (0 if keeper is None else keeper.count(counter))
+
         yield GaugeMetricFamily("kev_clients", "Connected SSE streams", value=len(hub))
         yield GaugeMetricFamily(
             "kev_buffer_bytes", "Bytes queued for clients, not yet written", hub.buffered_bytes()
@@ -77,15 +82,20 @@ class GatewayCollector(Collector):
             dropped.add_metric([drop], stats.dropped[drop])
         yield dropped
         yield CounterMetricFamily(
-            "kev_redis_reconnects", "Times the subscription was re-established", sub.reconnects
+            "kev_redis_reconnects",
+            "Times a subscription (of any partition) was re-established",
+            subscriptions("reconnects"),
         )
         yield CounterMetricFamily(
             "kev_new_histories",
-            "Times Redis was found holding a new history (epoch change): streams were told",
-            sub.new_histories,
+            "Times Redis was found holding a new history (epoch change, in any partition): "
+            "streams were told",
+            subscriptions("new_histories"),
         )
         yield CounterMetricFamily(
-            "kev_probe_failures", "Subscriptions found dead by the probe", sub.probe_failures
+            "kev_probe_failures",
+            "Subscriptions (of any partition) found dead by the probe",
+            subscriptions("probe_failures"),
         )
         restarts = CounterMetricFamily(
             "kev_task_restarts",

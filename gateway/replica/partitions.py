@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: how long a stream waits for a partition's subscription to go live, seconds
 START_TIMEOUT: Final = 10.0
+#: the counters of a subscription that /metrics adds up over the partitions
+COUNTERS: Final = ("reconnects", "new_histories", "probe_failures")
 
 
 def _ended(task: asyncio.Task[None]) -> None:
@@ -86,6 +88,8 @@ class PartitionKeeper:
         self._stopping: dict[int, asyncio.Event] = {}
         #: when each running subscription started
         self._started_at: dict[int, float] = {}
+        #: the :data:`COUNTERS` of the subscriptions stopped so far, summed
+        self._retired: Counter[str] = Counter()
         self._closed = False
 
     @property
@@ -95,6 +99,12 @@ class PartitionKeeper:
     def running(self) -> list[Subscriber]:
         """The subscriptions running now (partitions 1..n-1), by partition."""
         return [self.subscribers[p] for p in sorted(self.subscribers)]
+
+    def count(self, counter: str) -> int:
+        """One of :data:`COUNTERS`, summed over every subscription this keeper ran
+        (partitions 1..n-1, running or stopped): it only grows, as a Prometheus counter must."""
+        running: int = sum(getattr(s, counter) for s in self.subscribers.values())
+        return self._retired[counter] + running
 
     def held(self) -> tuple[int, ...]:
         """The partitions some stream holds now (pinned and not released), in order."""
@@ -179,6 +189,8 @@ class PartitionKeeper:
             self._started_at.pop(p, None)
             await cancel_and_wait(task)
             await subscriber.aclose()
+            for counter in COUNTERS:
+                self._retired[counter] += getattr(subscriber, counter)
             lane = self._hub.lanes[p]
             lane.last_id = lane.first_id = None
             log.info("unsubscribed from partition %d: no stream needs it", p)

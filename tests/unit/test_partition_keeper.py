@@ -28,6 +28,7 @@ class FakeSubscription:
         self.delay = delay
         self.ready = False
         self.closed = False
+        self.reconnects = self.new_histories = self.probe_failures = 0
 
     async def run(self) -> None:
         if self.delay is not None:
@@ -133,3 +134,29 @@ async def test_a_partition_that_does_not_go_live_is_a_503(
         await keeper.pin([2])
     assert keeper.held() == ()  # the failed pin holds nothing
     await keeper.aclose()
+
+
+async def test_the_subscriptions_counters_only_grow_across_stops_and_restarts() -> None:
+    """/metrics adds every partition's reconnects, new histories and probe failures
+    (:meth:`PartitionKeeper.count`): a partition that stops keeps its share counted."""
+    keeper, _hub, made, clock = _keeper(linger=4)
+    pins = [await keeper.pin([1]), await keeper.pin([2])]
+    made[0].reconnects, made[0].new_histories, made[1].probe_failures = 3, 1, 2
+    seen = {c: keeper.count(c) for c in keeper_module.COUNTERS}
+    assert seen == {"reconnects": 3, "new_histories": 1, "probe_failures": 2}
+    runner = asyncio.ensure_future(keeper.run())
+    try:
+        pins[0].release()
+        clock.now += 5
+        await asyncio.sleep(1.1)  # one period: partition 1 has lingered, and stops
+    finally:
+        runner.cancel()
+    assert keeper.states() == [None, None, True, None] and made[0].closed
+    assert {c: keeper.count(c) for c in keeper_module.COUNTERS} == seen
+    again = await keeper.pin([1])  # a new subscription, its own counters from 0
+    made[-1].reconnects = 1
+    assert keeper.count("reconnects") == 4
+    again.release()
+    pins[1].release()
+    await keeper.aclose()
+    assert keeper.count("reconnects") == 4 and keeper.count("probe_failures") == 2
