@@ -87,6 +87,8 @@ async def ready(request: Request) -> Response:
         states = state.keeper.states()
         states[0] = sub.ready
         body["partitions_ready"] = states  # live, not (yet), or not subscribed (null)
+        # not live for START_TIMEOUT or more: the replica stays ready for the others
+        body["partitions_down"] = state.keeper.not_live()
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 

@@ -156,6 +156,14 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily(
             "kev_ready", "1 when subscribed, probed live and every task running", int(state.ready)
         )
+        if keeper is not None:
+            yield GaugeMetricFamily(
+                "kev_partitions_not_live",
+                "Partitions this replica subscribes to (beyond partition 0) whose subscription "
+                "has not been live for 10 s or more (their Redis unreachable): their streams "
+                "wait, the others go on",
+                len(keeper.not_live()),
+            )
         hist = stats.dispatch
         cumulative, buckets = 0, []
         for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):

@@ -110,9 +110,26 @@ class PartitionKeeper:
         """The partitions some stream holds now (pinned and not released), in order."""
         return tuple(sorted(self._pins))
 
+    def alive(self) -> bool:
+        """Every running subscription's task is running. One that is not live (its Redis
+        unreachable) is still alive: it retries on its own, and the replica stays ready for
+        the streams of the other partitions; only a task that ended (a bug) is not, and
+        leaves the replica unready until it restarts."""
+        return not any(task.done() for task in self._tasks.values())
+
+    def not_live(self) -> list[int]:
+        """The running partitions whose subscription is not live, but for those started in
+        the last :data:`START_TIMEOUT` seconds (a stream waits for those)."""
+        now = self._clock()
+        return [
+            p
+            for p, s in sorted(self.subscribers.items())
+            if not s.ready and now - self._started_at.get(p, now) >= START_TIMEOUT
+        ]
+
     def ready(self) -> bool:
         """Every running subscription is live, but for those started in the last
-        :data:`START_TIMEOUT` seconds (a stream waits for those: the replica stays ready)."""
+        :data:`START_TIMEOUT` seconds (a stream waits for those)."""
         now = self._clock()
         return all(
             s.ready or now - self._started_at.get(p, now) < START_TIMEOUT

@@ -95,8 +95,11 @@ class GatewayState:
     @property
     def subscribed(self) -> bool:
         """Partition 0's subscription is ready (subscribed, a probe made the round trip), and
-        every other one running (:meth:`PartitionKeeper.ready`)."""
-        return self.subscriber.ready and (self.keeper is None or self.keeper.ready())
+        every other one's task runs (:meth:`PartitionKeeper.alive`). Another partition whose
+        Redis is unreachable leaves the replica ready: the streams of the other partitions
+        go on (a stream that needs it waits, then gets 503), and its subscription fills the
+        gap from history once it is back."""
+        return self.subscriber.ready and (self.keeper is None or self.keeper.alive())
 
     def watched_partitions(self) -> list[tuple[int, Bus, Subscriber]]:
         """(partition, bus, subscriber) of every partition subscribed to now, 0 first."""

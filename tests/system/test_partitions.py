@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -34,7 +35,7 @@ from publisher.schema import SessionRef
 from tests.support.fleet import fleet, until_streams
 from tests.support.gateway_server import RunningGateway, gateway_settings, run_gateway
 from tests.support.http import stream_as
-from tests.support.identities import ALICE, ROOT, seed
+from tests.support.identities import ALICE, BOB, ROOT, seed
 from tests.support.wait import until
 
 pytestmark = pytest.mark.anyio
@@ -539,3 +540,87 @@ async def test_copy_keys_moves_every_partition_and_vector_ids_resume_there(
         async with stream_as(ROOT, there.base_url, last_event_id=vector) as (_, events):
             again = await kernel_events(events, len(published) - 5)
     assert sorted(reasons(again)) == sorted(reasons(got)[5:])
+
+
+async def test_one_partitions_outage_leaves_the_others_served() -> None:
+    """The master of one partition's slot and its replica frozen (SIGSTOP; the cluster set to
+    serve the slots it still covers): the replica stays ready and live past
+    ``liveness_timeout``, names the partition in ``/ready`` and ``/metrics``, a user's stream
+    of another partition and an admin's spanning stream go on getting their events, and once
+    the nodes wake every event of the frozen partition, published meanwhile, follows, once."""
+    parts = Partitions(Keys("{kev}", cluster=True), 8)
+    with LocalRedisCluster() as cluster:
+        for port in cluster.ports:
+            with redis.Redis(host=CLUSTER_HOST, port=port) as node:
+                node.config_set("cluster-require-full-coverage", "no")
+        url = cluster.url
+        await seed(url)
+        master = [cluster.master_of_slot(key_slot(k.history)) for k in parts.keys]
+        # a user whose partition lives elsewhere than a partition p (not 0) that will freeze
+        user, p = next(
+            (u, p)
+            for u in (ALICE, BOB)
+            for p in range(1, 8)
+            if master[p] not in (master[0], master[partition_of(u.user_id, 8)])
+        )
+        frozen = [master[p], *cluster.replicas_of(master[p])]
+        down = [q for q in range(8) if master[q] == master[p]]  # every partition it holds
+        owners = [o for o in OWNERS if master[partition_of(o, 8)] != master[p]]
+        in_p = [o for o in (f"user-{i}" for i in range(200)) if partition_of(o, 8) == p][:3]
+        settings = gateway_settings(url, redis_partitions=8, liveness_timeout=2.0)
+        with run_gateway(settings) as one:
+
+            def ready() -> tuple[int, dict[str, object]]:
+                answer = httpx.get(f"{one.base_url}/ready", timeout=5)
+                return answer.status_code, dict(answer.json())
+
+            def gauge() -> float:
+                text = httpx.get(f"{one.base_url}/metrics", timeout=5).text
+                [line] = [x for x in text.splitlines() if x.startswith("kev_partitions_not_live")]
+                return float(line.split()[1])
+
+            async with (
+                AsyncPublisher.from_url(url, partitions=8) as pub,
+                AsyncPublisher.from_url(url, partitions=8, timeout=0.5) as pub_p,
+                stream_as(ROOT, one.base_url) as (_, spanning),
+                stream_as(user, one.base_url) as (_, users),
+            ):
+                mine = ref(user.user_id, "u")
+                await pub.publish(mine.started(f"{user.user_id}:0"))
+                await pub.publish(ref(in_p[0], "p").started(f"{in_p[0]}:0"))
+                got = reasons(await kernel_events(spanning, 2))
+                got_user = reasons(await kernel_events(users, 1))
+                pids = [cluster.node(port).proc.pid for port in frozen]  # type: ignore[union-attr]
+                for pid in pids:
+                    os.kill(pid, signal.SIGSTOP)
+                try:
+                    during_p = [f"{o}:1" for o in in_p]
+                    for reason in during_p:  # queued by their publisher until the node wakes
+                        await pub_p.publish(ref(reason.split(":")[0], "p").started(reason))
+                    await anyio.sleep(12)  # past START_TIMEOUT and liveness_timeout
+                    status, body = ready()
+                    assert status == 200 and body["partitions_down"] == down, body
+                    health = httpx.get(f"{one.base_url}/health", timeout=5)
+                    assert health.status_code == 200, health.text
+                    assert gauge() == len(down)
+                    during = [f"{o}:1" for o in owners] + [f"{user.user_id}:1"]
+                    for reason in during:
+                        owner = reason.split(":")[0]
+                        await pub.publish(
+                            ref(owner, "u" if owner == user.user_id else "c").started(reason)
+                        )
+                    got += reasons(await kernel_events(spanning, len(during), timeout=20))
+                    got_user += reasons(await kernel_events(users, 1))
+                finally:
+                    for pid in pids:
+                        os.kill(pid, signal.SIGCONT)
+                await until(lambda: ready()[1]["partitions_down"] == [], 30, "partition back")
+                got += reasons(await kernel_events(spanning, len(during_p), timeout=30))
+                after = [f"{o}:2" for o in (*in_p[:1], *owners[:3])]
+                for reason in after:
+                    await pub.publish(ref(reason.split(":")[0], "c").started(reason))
+                got += reasons(await kernel_events(spanning, len(after), timeout=20))
+                assert gauge() == 0
+    published = [f"{user.user_id}:0", f"{in_p[0]}:0", *during_p, *during, *after]
+    assert_each_owner_in_order(got, published)
+    assert got_user == [f"{user.user_id}:0", f"{user.user_id}:1"]

@@ -5,6 +5,7 @@ them linger, then they stop and their lane forgets its watermark; linger 0 runs 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -23,14 +24,17 @@ pytestmark = pytest.mark.anyio
 class FakeSubscription:
     """Live ``delay`` seconds after it starts running (None: never)."""
 
-    def __init__(self, p: int, delay: float | None = 0.0) -> None:
+    def __init__(self, p: int, delay: float | None = 0.0, fail: bool = False) -> None:
         self.p = p
         self.delay = delay
         self.ready = False
         self.closed = False
         self.reconnects = self.new_histories = self.probe_failures = 0
+        self.fail = fail
 
     async def run(self) -> None:
+        if self.fail:
+            raise RuntimeError("a bug")
         if self.delay is not None:
             await asyncio.sleep(self.delay)
             self.ready = True
@@ -41,13 +45,13 @@ class FakeSubscription:
 
 
 def _keeper(
-    linger: float, delay: float | None = 0.0
+    linger: float, delay: float | None = 0.0, failing: tuple[int, ...] = ()
 ) -> tuple[PartitionKeeper, Hub, list, FakeClock]:  # type: ignore[type-arg]
     hub = Hub(FanoutSettings(), clock=FakeClock(), partitions=Partitions(Keys(), 4))
     made: list[FakeSubscription] = []
 
     def make(p: int) -> FakeSubscription:
-        made.append(FakeSubscription(p, delay))
+        made.append(FakeSubscription(p, delay, fail=p in failing))
         return made[-1]
 
     clock = FakeClock()
@@ -160,3 +164,26 @@ async def test_the_subscriptions_counters_only_grow_across_stops_and_restarts() 
     pins[1].release()
     await keeper.aclose()
     assert keeper.count("reconnects") == 4 and keeper.count("probe_failures") == 2
+
+
+async def test_a_partition_not_live_is_named_and_only_a_dead_task_is_not_alive() -> None:
+    """Per-partition readiness: a subscription that is not live (its Redis unreachable) is
+    named by :meth:`not_live` once it has had START_TIMEOUT to go live, and the keeper stays
+    :meth:`alive`; only a subscription whose task ended (a bug) makes it not alive."""
+    keeper, _hub, made, clock = _keeper(linger=30, delay=None, failing=(2,))  # never live
+    waiting = asyncio.ensure_future(keeper.pin([1]))
+    await asyncio.sleep(0.05)
+    assert keeper.not_live() == [] and keeper.alive()  # still within its start
+    clock.now += keeper_module.START_TIMEOUT
+    assert keeper.not_live() == [1] and keeper.alive() and not keeper.ready()
+    made[0].ready = True  # its Redis is back
+    pin = await waiting
+    assert keeper.not_live() == [] and keeper.alive() and keeper.ready()
+    other = asyncio.ensure_future(keeper.pin([2]))
+    await asyncio.sleep(0.05)
+    assert not keeper.alive()
+    other.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await other
+    pin.release()
+    await keeper.aclose()
