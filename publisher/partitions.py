@@ -207,11 +207,11 @@ def _recorded(previous: Any, n: int, base: Keys) -> int:
     return n
 
 
-def _not_permitted(exc: NoPermissionError, n: int, base: Keys) -> int:
+def _not_permitted(exc: NoPermissionError, n: int, base: Keys, quiet: bool = False) -> int:
     """One partition under an ACL written before partitions existed: today's bus, unchecked
     (nothing of an existing install breaks). More than one: the record is required."""
     if n == 1:
-        log.warning(
+        (log.debug if quiet else log.warning)(
             "cannot check the number of partitions (%s): the Redis user may not touch %s; "
             "regenerate the ACL (gateway acl) so every process can",
             exc,
@@ -225,14 +225,15 @@ def _not_permitted(exc: NoPermissionError, n: int, base: Keys) -> int:
     ) from exc
 
 
-async def check_partitions(redis: Any, base: Keys, n: int) -> int:
+async def check_partitions(redis: Any, base: Keys, n: int, *, quiet: bool = False) -> int:
     """Record ``n`` for the prefix if nothing is recorded yet, else compare (one ``SET NX
     GET``, Redis >= 7.0): ``n``, or :class:`PartitionMismatch` naming both numbers.
-    ``redis``: an asyncio client. Other Redis errors propagate."""
+    ``redis``: an asyncio client; ``quiet``: a check repeated for the life of a process, which
+    logs no warning for an ACL that predates the record. Other Redis errors propagate."""
     try:
         previous = await redis.set(partitions_key(base), str(n), nx=True, get=True)
     except NoPermissionError as exc:
-        return _not_permitted(exc, n, base)
+        return _not_permitted(exc, n, base, quiet)
     return _recorded(previous, n, base)
 
 

@@ -156,6 +156,12 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily(
             "kev_ready", "1 when subscribed, probed live and every task running", int(state.ready)
         )
+        yield GaugeMetricFamily(
+            "kev_partitions_mismatch",
+            "1 while Redis records another number of partitions for the prefix than this "
+            "replica has (a process with another number recorded it)",
+            int(watch is not None and watch.partitions_problem is not None),
+        )
         if keeper is not None:
             yield GaugeMetricFamily(
                 "kev_partitions_not_live",

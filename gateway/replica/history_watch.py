@@ -12,6 +12,13 @@ silence the fleet unnoticed):
   deletion of the history): the subscription starts over, so every open stream is told
   ``history_truncated`` (``reset``) and follows the new history at once, instead of at its
   next reconnect.
+* **the number of partitions**: recorded again if Redis lost the record (a Redis without
+  persistence that restarted), so a publisher started later with another number is refused
+  at its first write, as at any other time; a record of another number (a process with
+  another number recorded it first) is named in ``/ready``
+  (:attr:`HistoryWatch.partitions_problem`), by the gauge ``kev_partitions_mismatch`` and one
+  log line. The replica stays ready: it still serves every event of the partitions it knows,
+  and the events of the other process are dropped and counted (``wrong_partition``).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from gateway.fanout.frames import format_stream_id
 from gateway.fanout.history import history_state
 from gateway.fanout.subscriber import Subscriber
 from publisher.bus import Bus
+from publisher.keys import Keys
+from publisher.partitions import PartitionMismatch, check_partitions
 
 __all__ = ["HistoryWatch"]
 
@@ -52,8 +61,13 @@ class HistoryWatch:
         max_skew_ms: float,
         interval: float,
         partitions: Callable[[], Sequence[tuple[int, Bus, Subscriber]]] | None = None,
+        n: int | None = None,
     ) -> None:
+        """``n``: the deployment's number of partitions, checked against Redis' record at
+        every look (None: not checked)."""
         self._redis = redis
+        self._n = n
+        self._base = bus.keys
         self._partitions = partitions
         self._only: Sequence[tuple[int, Bus, Subscriber]] = [(0, bus, subscriber)]
         self.max_skew_ms = max_skew_ms
@@ -66,6 +80,8 @@ class HistoryWatch:
         #: (a change is a history started anew)
         self._problems: dict[int, str] = {}
         self._seen_epochs: dict[int, str | None] = {}
+        #: Redis records another number of partitions than this replica has (the message)
+        self.partitions_problem: str | None = None
 
     async def run(self) -> None:
         while True:
@@ -79,6 +95,8 @@ class HistoryWatch:
     async def check(self) -> None:
         """One look at each partition's history: its last id against Redis' clock, its
         epoch against the one the subscription follows."""
+        if self._n is not None:
+            await self._check_partitions(self._n, self._base)
         watched = self._only if self._partitions is None else self._partitions()
         many = self._partitions is not None
         for gone in set(self._seen_epochs) - {p for p, _, _ in watched}:
@@ -89,6 +107,18 @@ class HistoryWatch:
             ahead = max(ahead, await self._check(p, bus, sub, many=many))
         self.ahead_seconds = ahead
         self.problem = next((self._problems[p] for p in sorted(self._problems)), None)
+
+    async def _check_partitions(self, n: int, base: Keys) -> None:
+        try:
+            await check_partitions(self._redis, base, n, quiet=True)
+        except PartitionMismatch as exc:
+            if self.partitions_problem is None:
+                log.error("%s", exc)
+            self.partitions_problem = str(exc)
+        else:
+            if self.partitions_problem is not None:
+                log.warning("Redis records %d partition(s) again, as this replica has", n)
+            self.partitions_problem = None
 
     async def _check(self, p: int, bus: Bus, sub: Subscriber, *, many: bool) -> float:
         """Partition ``p``'s look; how far its last id is ahead of Redis' clock, seconds."""

@@ -306,6 +306,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             max_skew_ms=settings.fanout.max_id_skew_ms,
             interval=settings.fanout.probe_interval or 5.0,  # (0 turns probes off, not this)
             partitions=None if state.keeper is None else state.watched_partitions,
+            n=partitions.n,
         )
         tasks: set[asyncio.Task[None]] = set()
 

@@ -349,6 +349,46 @@ async def test_eight_partitions_spread_over_every_master_of_a_cluster(
     assert len({key_slot(k.history) for k in names}) == 8
 
 
+async def test_a_lost_record_of_the_number_is_made_again_and_another_one_is_named(
+    redis_url: str,
+) -> None:
+    """Redis lost the record (``<prefix>:partitions``) while replicas run: the next look of
+    the history watch records the replicas' number again, so a publisher with another number
+    is refused as at any time; a record of another number is named (``/ready``, the gauge)
+    while the replica goes on serving."""
+    await seed(redis_url)
+    with replicas(redis_url, n=1) as (one,):
+
+        def mismatch() -> float:
+            text = httpx.get(f"{one.base_url}/metrics", timeout=5).text
+            [line] = [x for x in text.splitlines() if x.startswith("kev_partitions_mismatch")]
+            return float(line.split()[1])
+
+        with redis.Redis.from_url(redis_url) as client:
+            assert client.get("kev:partitions") == str(N).encode()
+            client.delete("kev:partitions")  # as a Redis without persistence after a restart
+            await until(lambda: client.get("kev:partitions") == str(N).encode(), 10, "recorded")
+            async with publisher(redis_url, partitions=2) as wrong:
+                with pytest.raises(
+                    PublishRejected, match=rf"has 2 partition\(s\) but Redis records {N}"
+                ):
+                    await wrong.publish(ref("alice", "s").started("refused"))
+                await wrong.aclose()
+            client.set("kev:partitions", "2")  # another process recorded its number first
+            await until(lambda: mismatch() == 1, 10, "the mismatch named")
+            answer = httpx.get(f"{one.base_url}/ready", timeout=5)
+            assert answer.status_code == 200, answer.text  # it still serves what it knows
+            assert f"has {N} partition(s) but Redis records 2" in answer.json()["partitions"]
+            async with stream_as(ALICE, one.base_url) as (_, events):
+                client.set("kev:partitions", str(N))
+                await until(lambda: mismatch() == 0, 10, "the record fixed")
+                assert "partitions" not in httpx.get(f"{one.base_url}/ready", timeout=5).json()
+                async with publisher(redis_url) as pub:
+                    await pub.publish(ref("alice", "s").started("after"))
+                got = reasons(await kernel_events(events, 1))
+    assert got[-1] == "after"
+
+
 async def admin(argv: list[str]) -> int:
     """A ``gateway`` admin command (its own event loop, in a thread)."""
     return int(await anyio.to_thread.run_sync(gateway_main, argv))
