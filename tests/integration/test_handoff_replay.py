@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import uuid
 from collections.abc import Coroutine
 from typing import Any
 
@@ -33,30 +32,11 @@ from publisher import AsyncPublisher, Keys
 from publisher.bus import Bus
 from publisher.partitions import Partitions, encode_vector
 from publisher.schema import KernelEvent, encode_event
-from tests.support.identities import SessionRef
+from tests.support.partitioned import numbered_event, owner_per_partition
 
 EVENTS = 240
 #: the first events the stream had before it was handed off (its replay starts after them)
 HAD = 20
-
-
-def _owners(parts: Partitions) -> list[str]:
-    """One owner (a user UUID) per partition."""
-    found: dict[int, str] = {}
-    i = 0
-    while len(found) < parts.n:
-        owner = str(uuid.UUID(int=i + 1))
-        found.setdefault(parts.of(owner), owner)
-        i += 1
-    return [found[p] for p in range(parts.n)]
-
-
-def _event(owner: str, n: int) -> KernelEvent:
-    ref = SessionRef(
-        session_id=f"s{n % 5}", owner_access_key="AK", owner_user_id=owner, domain="d",
-        group="g", session_uuid=uuid.UUID(int=n % 5 + 1), kernel_id=uuid.UUID(int=n % 5 + 100),
-    )  # fmt: skip
-    return ref.started(f"n={n}")
 
 
 def _numbers(data: bytes) -> list[int]:
@@ -75,8 +55,8 @@ async def _history(redis_url: str, n: int) -> tuple[Hub, list[KernelEvent], list
         FanoutSettings(retry_jitter_ms=0, max_lag=0.0, ping_interval=0, buffer_cap=4096),
         partitions=parts,
     )
-    owners = _owners(parts)
-    events = [_event(owners[i % n], i) for i in range(EVENTS)]
+    owners = owner_per_partition(parts)
+    events = [numbered_event(owners[i % n], i, sessions=5) for i in range(EVENTS)]
     async with AsyncPublisher.from_url(redis_url, partitions=n) as pub:
         ids = await pub.publish_many(events)
     for event, stream_id in zip(events, ids, strict=True):

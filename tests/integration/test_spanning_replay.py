@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -28,30 +27,17 @@ from gateway.settings import FanoutSettings
 from publisher import AsyncPublisher, Keys
 from publisher.bus import Bus
 from publisher.partitions import Partitions, encode_vector
-from publisher.schema import KernelEvent, encode_event
-from tests.support.identities import SessionRef
+from publisher.schema import encode_event
+from tests.support.partitioned import numbered_event, owner_per_partition
 
 N = 4
 
 
 def _owners() -> list[str]:
-    """One owner (a user UUID) per partition."""
-    found: dict[int, str] = {}
-    parts = Partitions(Keys(), N)
-    i = 0
-    while len(found) < N:
-        owner = str(uuid.UUID(int=i + 1))
-        found.setdefault(parts.of(owner), owner)
-        i += 1
-    return [found[p] for p in range(N)]
+    return owner_per_partition(Partitions(Keys(), N))
 
 
-def _event(owner: str, n: int) -> KernelEvent:
-    ref = SessionRef(
-        session_id=f"s{n % 7}", owner_access_key="AK", owner_user_id=owner, domain="d",
-        group="g", session_uuid=uuid.UUID(int=n % 7 + 1), kernel_id=uuid.UUID(int=n % 7 + 100),
-    )  # fmt: skip
-    return ref.started(f"n={n}")
+_event = numbered_event
 
 
 @pytest.mark.anyio
