@@ -88,6 +88,7 @@ class Sink(Protocol):
 
 class _Transport(Protocol):
     def write(self, data: bytes) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
     def is_closing(self) -> bool: ...
     def abort(self) -> None: ...
     def get_extra_info(self, name: str) -> Any: ...
@@ -184,6 +185,7 @@ class Connection:
         "_floor",
         "_held",
         "_held_bytes",
+        "_in_flight",
         "_marks",
         "_notify",
         "_progress",
@@ -266,6 +268,9 @@ class Connection:
         self._chunks: list[bytes] = []
         self._held: list[tuple[StreamId, bytes]] | None = None
         self._held_bytes = 0
+        #: bytes the writer task took and is sending (ASGI send waits for the transport
+        #: to drain before it writes): neither queued nor in the transport's buffer yet
+        self._in_flight = 0
         #: the newest id of the live frames dropped from ``_held`` while it was over its share
         #: of the cap; resume reads history at least that far before it ends the replay
         self.held_overflow: StreamId | None = None
@@ -384,6 +389,32 @@ class Connection:
             self.close("write_error")
         return last
 
+    def unsent(self) -> int:
+        """Bytes of this stream its client's TCP has not acknowledged: queued, being sent,
+        in the transport's buffer, or in the kernel's send queue (the last two where the
+        server gives the transport). A byte the client's TCP acknowledged is in its own
+        kernel: it reads it even after the stream ends."""
+        unsent = self.buffered + self._in_flight
+        transport = self._transport
+        if transport is not None:
+            unsent += transport.get_write_buffer_size()
+        probe = self._progress
+        if probe is not None:
+            try:
+                progress = probe()
+            except (OSError, ValueError):  # the socket is gone: nothing more reaches it
+                progress = None
+            if progress is not None:
+                unsent += progress[1]
+        return unsent
+
+    def discard_queue(self) -> None:
+        """Drop what is queued (a drain that recorded a position before it: the reconnect
+        sends it again)."""
+        self._chunks = []
+        self.buffered = 0
+        self._release_drain()
+
     def take(self) -> bytes:
         """Everything queued, as one write (coalescing), or b"" when nothing is."""
         self._dirty = False
@@ -487,11 +518,14 @@ class Connection:
 
         The socket closes with a reset (``SO_LINGER`` 0): a plain close would leave the kernel
         trickling its whole send queue (up to ``send_buffer``) to the client that could not
-        take it, as an orphan, and the client would read that backlog before learning."""
+        take it, as an orphan, and the client would read that backlog before learning. Not
+        after a shutdown: a drain recorded where each stream stood counting what its client's
+        TCP acknowledged, and a reset could make the client's kernel drop what it had not
+        read yet; the process ends soon anyway."""
         self.abort_requested = True
         if self._transport is not None:
             sock = self._transport.get_extra_info("socket")
-            if sock is not None:
+            if sock is not None and self.close_reason != "shutdown":
                 with contextlib.suppress(OSError, AttributeError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
             self._transport.abort()
@@ -567,7 +601,9 @@ class Connection:
             if data:
                 # The hub's timer evicts a connection whose write is stuck past the deadline.
                 self.writing_since = clock() or 1e-9
+                self._in_flight = len(data)
                 await send(body(data))
+                self._in_flight = 0
                 self.writing_since = 0.0
             if self.closed:
                 if self._chunks:

@@ -52,6 +52,7 @@ from .frames import (
     parse_stream_id,
 )
 from .lanes import Lane, vector_of
+from .progress import Mark, ReplayTrail
 from .stats import DropKind, HubStats, ThrottledLog
 
 __all__ = ["CATCH_UP_EVENTS", "Hub"]
@@ -123,9 +124,12 @@ class Hub:
         #: more than :data:`CATCH_UP_EVENTS` came (the replay reads them from history then)
         self._catching_up: dict[Connection, list[tuple[int, StreamId, KernelEvent]] | None] = {}
         #: streams replaying that a drain hands off (``Connection.handoff``): how far each
-        #: replay has gone, every event up to it pushed or passed over (a stream id, or one
-        #: per partition for a spanning stream); kept by gateway.fanout.resume
-        self.replay_marks: dict[Connection, StreamId | tuple[StreamId, ...]] = {}
+        #: replay has gone, byte by byte (gateway.fanout.progress); kept by
+        #: gateway.fanout.resume, until a tick finds the stream all written after it
+        self.replay_marks: dict[Connection, ReplayTrail] = {}
+        #: live streams a drain hands off: where each stood at the last tick that found
+        #: nothing of it unsent (what a drain records when it finds some)
+        self._safe_marks: dict[Connection, str] = {}
         #: with more than one partition, each one's watermark (its subscriber drives it;
         #: :attr:`last_id` is then unused); empty with one
         self.lanes: list[Lane] = (
@@ -157,16 +161,24 @@ class Hub:
         last = self.lanes[lane].last_id
         return None if last is None else format_stream_id(last)
 
-    def replay_position(self, connection: Connection) -> str | None:
-        """Where a replaying stream stands, as the id it would resume with: how far its
-        replay has gone (:attr:`replay_marks`), or None before the replay's first read or
-        when it is not tracked."""
-        mark = self.replay_marks.get(connection)
-        if mark is None:
+    def handoff_position(self, connection: Connection) -> str | None:
+        """Where a stream a drain hands off stands, as the id its reconnect resumes from:
+        every event up to it has left this process (handed to the kernel), so none is lost
+        and, when nothing is left unsent, none is sent twice. While it replays: how far the
+        replay went, less what is unsent (:class:`~.progress.ReplayTrail`); live with nothing
+        unsent: :meth:`position`; live with some: where it stood at the last tick that found
+        nothing unsent. None when none of these is known (the caller falls back to where the
+        stream began)."""
+        unsent = connection.unsent()
+        trail = self.replay_marks.get(connection)
+        if not connection.replaying and not unsent:
+            return self.position(connection.filter)
+        if trail is not None:  # live frames queued after the replay's only make it earlier
+            mark = trail.delivered(unsent)
+            return None if mark is None else _format_mark(mark)
+        if connection.replaying:
             return None
-        if isinstance(mark[0], int):
-            return format_stream_id(mark)
-        return encode_vector(mark)
+        return self._safe_marks.get(connection)
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -222,6 +234,8 @@ class Hub:
         self._per_key[client.access_key] -= 1
         if not self._per_key[client.access_key]:
             del self._per_key[client.access_key]
+        self._safe_marks.pop(client, None)
+        self.replay_marks.pop(client, None)
         key = client.filter.index_key()
         members = self._index.get(key)
         if members is not None:
@@ -453,6 +467,11 @@ class Hub:
                 client.close("rebalance")  # server_close + retry hint, then it resumes
             elif ping:
                 client.push(PING)
+            if client.handoff is not None and not client.replaying and not client.unsent():
+                at = self.position(client.filter)
+                if at is not None:
+                    self._safe_marks[client] = at
+                    self.replay_marks.pop(client, None)
 
     async def run_timer(self) -> None:
         """Ticks often enough to hold the write deadline; pings every ``ping_interval``."""
@@ -478,3 +497,10 @@ class Hub:
         while self._clients and loop.time() < deadline:
             await asyncio.sleep(poll)
         return not self._clients
+
+
+def _format_mark(mark: Mark) -> str:
+    """A plain position as a stream id, one per partition as a vector id."""
+    if isinstance(mark[0], int):
+        return format_stream_id(mark)
+    return encode_vector(mark)

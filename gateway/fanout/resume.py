@@ -21,9 +21,10 @@ sends what the hub kept past where it stands, and goes live with no await betwee
 check and the hand-over, so the next live event of every partition follows on.
 
 A stream a drain hands off (``Connection.handoff``: its client cannot resume by itself) has
-its replay's progress kept in :attr:`Hub.replay_marks`, updated only once every event up to
-the mark is pushed or passed over: a drain during the replay records the mark, not where the
-replay began, so the next replica sends nothing twice.
+its replay's progress kept in :attr:`Hub.replay_marks` (:class:`~.progress.ReplayTrail`):
+a drain during the replay records how far it went, less what had not left the process
+(:meth:`Hub.handoff_position`), not where it began, so the next replica sends nothing twice
+and loses nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .frames import StreamId, format_stream_id, frame_for, notice_frame, parse_s
 from .history import gap_reason, read_after
 from .hub import CATCH_UP_EVENTS, Hub
 from .lanes import Lane
+from .progress import ReplayTrail
 
 __all__ = ["replay", "replay_vector", "resume"]
 
@@ -97,11 +99,13 @@ async def resume(
             plain = last_event_id if not is_vector(last_event_id) else format_stream_id(at[lane])
             await replay(connection, hub.lanes[lane], redis, buses[lane], plain, marks)
     finally:
-        if marks is not None:
+        if marks is not None and connection.closed:
+            # else kept until the hub's tick finds the stream all written: the frames of
+            # the replay's end may still be queued (Hub.handoff_position)
             marks.pop(connection, None)
 
 
-Marks = dict[Connection, StreamId | tuple[StreamId, ...]]
+Marks = dict[Connection, ReplayTrail]
 
 
 async def replay(
@@ -131,8 +135,7 @@ async def replay(
         # and the read starts at history's end (an id past anything Redis can make, say
         # 18446744073709551615-18446744073709551615, has no successor to read from).
         last = cursor = min(last, state.last_id)
-        if marks is not None:
-            marks[connection] = cursor
+        trail = None if marks is None else marks.setdefault(connection, ReplayTrail(cursor))
         while True:
             after = format_stream_id(cursor)
             async for batch, gap in read_after(redis, bus, after, max_payload=hub.max_payload):
@@ -143,8 +146,8 @@ async def replay(
                     connection.push(notice_frame(format_stream_id(cursor), first, "trimmed"))
                 told = False
                 for raw_id, payload in batch:
-                    if marks is not None:  # everything up to the previous entry is handled
-                        marks[connection] = cursor
+                    if trail is not None:  # everything up to the previous entry is handled
+                        trail.passed(cursor)
                     last = cursor = parse_stream_id(raw_id)
                     event = hub.decode(raw_id, payload)
                     if event is None:
@@ -162,8 +165,10 @@ async def replay(
                     if connection.closed:
                         return
                     connection.push(frame)
-            if marks is not None:
-                marks[connection] = cursor
+                    if trail is not None:
+                        trail.pushed_frame(len(frame), cursor)
+            if trail is not None:
+                trail.passed(cursor)
             overflow = connection.held_overflow
             if overflow is None or overflow <= cursor:
                 break
@@ -217,7 +222,7 @@ async def replay_vector(
                 connection.push(notice_frame(last_event_id, first, reason))
             at[p] = min(at[p], state.last_id)
         if marks is not None:
-            marks[connection] = tuple(at)
+            marks.setdefault(connection, ReplayTrail(tuple(at)))
         deadline = loop.time() + _CATCH_UP
         while behind := [
             p for p, lane in enumerate(lanes) if lane.last_id is None or lane.last_id < at[p]
@@ -229,11 +234,12 @@ async def replay_vector(
         while loop.time() < rounds_until:
             hub.begin_catch_up(connection)
             for p, bus in enumerate(buses):
-                await _replay_lane(connection, hub, redis, bus, lanes[p], p, at, pace, marks)
+                trail = None if marks is None else marks.get(connection)
+                await _replay_lane(connection, hub, redis, bus, lanes[p], p, at, pace, trail)
                 if connection.closed:
                     return
-                if marks is not None:
-                    marks[connection] = tuple(at)
+                if trail is not None:
+                    trail.passed(tuple(at))
             if await _release(connection, hub, at, pace, marks):
                 return  # live: end_replay below, no await since the release's last check
         raise TimeoutError(
@@ -265,9 +271,10 @@ async def _release(
         if not kept:
             return True
         hub.begin_catch_up(connection)  # what comes while these go out
+        trail = None if marks is None else marks.get(connection)
         for p, stream_id, event in kept:
-            if marks is not None:  # every kept event before this one is handled
-                marks[connection] = tuple(at)
+            if trail is not None:  # every kept event before this one is handled
+                trail.passed(tuple(at))
             if stream_id <= at[p]:
                 continue  # the read found it in history
             at[p] = stream_id
@@ -278,8 +285,10 @@ async def _release(
             if connection.closed:
                 return True
             connection.push(frame)
-        if marks is not None:
-            marks[connection] = tuple(at)
+            if trail is not None:
+                trail.pushed_frame(len(frame), tuple(at))
+        if trail is not None:
+            trail.passed(tuple(at))
 
 
 async def _replay_lane(
@@ -291,7 +300,7 @@ async def _replay_lane(
     p: int,
     at: list[StreamId],
     pace: int,
-    marks: Marks | None = None,
+    trail: ReplayTrail | None = None,
 ) -> None:
     """Send partition ``p``'s entries after ``at[p]`` up to the lane's watermark as it
     stands now (``target``), then stand at ``target``: every id up to it was dispatched, so
@@ -306,8 +315,8 @@ async def _replay_lane(
                 first = format_stream_id(parse_stream_id(batch[0][0])) if batch else None
                 connection.push(notice_frame(encode_vector(at), first, "trimmed"))
             for raw_id, payload in batch:
-                if marks is not None:  # everything up to the previous entry is handled
-                    marks[connection] = tuple(at)
+                if trail is not None:  # everything up to the previous entry is handled
+                    trail.passed(tuple(at))
                 stream_id = parse_stream_id(raw_id)
                 if stream_id > target:
                     at[p] = target
@@ -323,7 +332,10 @@ async def _replay_lane(
                 if not connection.filter.matches(event):
                     continue
                 if hub.partitions is not None and hub.partitions.of(event.owner_user_id) != p:
-                    continue  # not its owner's partition: dropped live too (wrong_partition)
+                    # not its owner's partition: dropped live too, and counted here as well
+                    # (an old history under a new number of partitions is only ever replayed)
+                    hub.drop("wrong_partition", raw_id)
+                    continue
                 frame = frame_for(connection.view, encode_vector(at), event)
                 if frame is None:
                     continue
@@ -331,4 +343,6 @@ async def _replay_lane(
                 if connection.closed:
                     return
                 connection.push(frame)
+                if trail is not None:
+                    trail.pushed_frame(len(frame), tuple(at))
     at[p] = max(at[p], target)

@@ -277,7 +277,8 @@ async def stream_events(request: Request) -> Response:
                     identity.access_key,
                     last_event_id,
                 )
-            connection.handoff = Ticket(signed, last_event_id)
+            # where it begins: what a drain records until a tick finds it all written
+            connection.handoff = Ticket(signed, last_event_id or hub.position(filter))
         if state.reauth is not None:  # rights follow identity (gateway.replica.reauthorize)
             state.reauth.track(connection, credential, query)
     except BaseException:

@@ -51,8 +51,9 @@ class Ticket:
 
     #: :func:`request_digest` of the request that opened it
     request: str
-    #: the resume point its replay began from, if it opened with one (a handed-off stream)
-    replay_from: str | None = None
+    #: where the stream began: the resume point its replay began from (a handed-off stream),
+    #: or where the hub stood when it opened (None: not located yet)
+    began_at: str | None = None
 
 
 class Handoff:

@@ -172,16 +172,17 @@ class GatewayState:
 
     def _stands(self) -> list[tuple[str, str, str]]:
         """``(access key, request digest, stream id)`` of every stream handed off at this
-        drain (gateway.replica.handoff): the watermark, or for a stream still replaying how
-        far its replay went (where it began, before its first read)."""
+        drain (gateway.replica.handoff): where it stands with nothing of it unsent
+        (:meth:`Hub.handoff_position`), else where it began. What is still queued for it is
+        dropped: the reconnect sends it again, and a reader slower than ``drain_deadline``
+        would never get it."""
         stands = []
         for client in self.hub.connections():
             ticket = client.handoff
             if isinstance(ticket, Ticket):
-                if client.replaying:
-                    at = self.hub.replay_position(client) or ticket.replay_from
-                else:
-                    at = self.hub.position(client.filter)
+                at = self.hub.handoff_position(client) or ticket.began_at
+                if client.buffered:
+                    client.discard_queue()
                 if at is not None:
                     stands.append((client.access_key, ticket.request, at))
         return stands
