@@ -24,6 +24,10 @@ DEFAULT_PREFIX: Final = "kev"
 _PREFIX = re.compile(r"^[A-Za-z0-9_.\-:{}]{1,64}$")
 #: the part of a key Redis Cluster hashes: the first {...} with something inside
 _HASH_TAG = re.compile(r"\{[^{}]+\}")
+#: how the prefix of a partition beyond 0 ends (publisher.partitions): ``kev.p3``, and on a
+#: cluster ``{kev.p3.10}``; a configured prefix may not, or it would share that partition's
+#: names with another deployment
+_PARTITION_NAME = re.compile(r"\.p[0-9]+(\.[0-9]+)?$")
 
 
 def cluster_prefix(prefix: str) -> str:
@@ -54,6 +58,13 @@ class Keys:
             )
         if self.cluster and cluster_prefix(self.prefix) != self.prefix:
             raise ValueError(f"key prefix {self.prefix!r} on a cluster needs a hash tag")
+        bare = self.prefix.replace("{", "").replace("}", "")
+        if _PARTITION_NAME.search(bare):
+            raise ValueError(
+                f"key prefix {self.prefix!r} ends like the names of a partition of another "
+                "deployment (<prefix>.p<number>, on a cluster <prefix>.p<number>.<number>): "
+                "choose one that does not"
+            )
 
     @classmethod
     def on(cls, client: object, prefix: str = DEFAULT_PREFIX) -> Keys:

@@ -266,3 +266,22 @@ def test_each_partition_keeps_its_own_redis_clock() -> None:
     after = [lane.redis_now_ms() for lane in hub.lanes]
     assert after[1] - before[1] >= 900.0 - 50
     assert abs(after[0] - before[0]) < 50 and abs(after[2] - before[2]) < 50
+
+
+@given(
+    st.text(alphabet=string.ascii_lowercase + string.digits + "_-", min_size=1, max_size=12),
+    st.integers(2, 16),
+    st.booleans(),
+)
+def test_no_deployment_may_take_another_ones_partition_names(
+    bare: str, n: int, cluster: bool
+) -> None:
+    """A prefix that is another deployment's partition (``kev.p3``; on a cluster the computed
+    tag, ``{kev.p3.10}``, or that tag without braces, which hashes the same) is refused: two
+    deployments would read each other's events (a review's finding)."""
+    base = Keys("{" + bare + "}" if cluster else bare, cluster=cluster)
+    for keys in Partitions(base, n).keys[1:]:
+        bare_name = keys.prefix.strip("{}")
+        for taken in {keys.prefix, bare_name}:
+            with pytest.raises(ValueError, match="partition of another deployment"):
+                Keys(taken, cluster=cluster and taken.startswith("{"))
