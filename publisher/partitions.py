@@ -47,6 +47,7 @@ __all__ = [
     "is_vector",
     "partition_of",
     "partitions_key",
+    "refuse_repartition",
 ]
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,27 @@ async def check_partitions(redis: Any, base: Keys, n: int, *, quiet: bool = Fals
     except NoPermissionError as exc:
         return _not_permitted(exc, n, base, quiet)
     return _recorded(previous, n, base)
+
+
+async def refuse_repartition(redis: Any, base: Keys, n: int) -> None:
+    """Before the first record of ``n`` > 1 partitions for the prefix: raise
+    :class:`PartitionMismatch` when partition 0's history already holds events, written by
+    processes of one partition before any number was recorded (an install that predates the
+    record, or whose ACL kept it from writing one). Their owners' events of partitions 1..n-1
+    would stay in partition 0, where their streams no longer read: the number of partitions
+    of a deployment with a history cannot change (a new deployment, another prefix, can).
+    ``redis``: an asyncio client that may read both keys."""
+    if n <= 1 or await redis.get(partitions_key(base)) is not None:
+        return
+    held = await redis.xlen(base.history)
+    if held:
+        raise PartitionMismatch(
+            f"this process has {n} partitions, but the prefix {base.prefix!r} holds a history "
+            f"of {held} events and no recorded number of partitions ({partitions_key(base)}): "
+            "it was written with one partition, and an existing deployment cannot change its "
+            "number; keep GATEWAY_REDIS_PARTITIONS=1 here, or start a deployment with "
+            "another prefix"
+        )
 
 
 def check_partitions_sync(redis: Any, base: Keys, n: int) -> int:

@@ -46,7 +46,7 @@ from gateway.cli.admin import redis_settings
 from publisher.bus import Bus
 from publisher.connection import connect_async, is_cluster, redact_url
 from publisher.keys import Keys
-from publisher.partitions import Partitions
+from publisher.partitions import PartitionMismatch, Partitions, refuse_repartition
 from publisher.secretinput import resolve_secret
 
 __all__ = ["ENV_TO", "add_parser", "copy_keys", "run"]
@@ -291,6 +291,10 @@ async def _run(
                 f"{source_keys.prefix!r}; this command has {partitions} "
                 "(GATEWAY_REDIS_PARTITIONS): copy with the same number"
             )
+        try:  # a source without a record, with history: written with one partition
+            await refuse_repartition(source.client, source_keys, partitions)
+        except PartitionMismatch as exc:
+            raise _Refused(f"the source: {exc}") from None
         plans = [await _plan(source.client, s, t) for s, t in pairs]
     total = sum(plan.total for plan in plans)
     if not total:
@@ -328,6 +332,8 @@ async def _run(
             done += await _copy(source, target, plan, plan.keys[kind.name], args.replace)
         copied += done
         print(_line(plans, kind.name, done), flush=True)
+    with target.talking():  # the target records its number, as its first process would
+        await target.client.set(target_keys.partitions, str(partitions), nx=True)
     vanished = total - copied
     gone = f" ({vanished} expired or deleted during the copy)" if vanished else ""
     print(f"total: {copied} keys copied{gone}")

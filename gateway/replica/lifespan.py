@@ -40,7 +40,7 @@ from gateway.identity.throttle import LoginThrottle
 from gateway.settings import Settings
 from publisher.bus import Bus
 from publisher.connection import connect_async, connect_node_async, redact_url
-from publisher.partitions import check_partitions
+from publisher.partitions import check_partitions, refuse_repartition
 from publisher.tasks import cancel_and_wait
 
 from .handoff import Handoff
@@ -183,6 +183,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
         # PartitionMismatch names both numbers and stops the start-up). `gateway serve` has
         # waited for Redis; a replica started without it (tests, embedding) goes on unchecked.
         try:
+            await refuse_repartition(redis, keys, partitions.n)
             await check_partitions(redis, keys, partitions.n)
         except (RedisError, RedisClusterException) as exc:
             log.warning("could not check the number of partitions against Redis: %s", exc)

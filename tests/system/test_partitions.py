@@ -36,6 +36,7 @@ from tests.support.fleet import fleet, until_streams
 from tests.support.gateway_server import RunningGateway, gateway_settings, run_gateway
 from tests.support.http import stream_as
 from tests.support.identities import ALICE, BOB, ROOT, seed
+from tests.support.redis_server import RedisServer
 from tests.support.wait import until
 
 pytestmark = pytest.mark.anyio
@@ -580,6 +581,32 @@ async def test_copy_keys_moves_every_partition_and_vector_ids_resume_there(
         async with stream_as(ROOT, there.base_url, last_event_id=vector) as (_, events):
             again = await kernel_events(events, len(published) - 5)
     assert sorted(reasons(again)) == sorted(reasons(got)[5:])
+
+
+async def test_a_history_of_one_partition_cannot_become_several(
+    redis_url: str, private_redis: RedisServer
+) -> None:
+    """A deployment that predates the record of N (or whose ACL kept it from writing one)
+    has history and no record: a replica with N>1 is refused, naming why, and so is a copy
+    into N>1 partitions; a copy with one partition records it on the target (a review's
+    finding: the switch was accepted, and 18 of 20 events vanished from a resume)."""
+    async with publisher(redis_url, partitions=1) as pub:
+        for i in range(20):
+            await pub.publish(ref(OWNERS[i % len(OWNERS)], "old").started(f"old:{i}"))
+    with redis.Redis.from_url(redis_url) as client:
+        client.delete("kev:partitions")  # as an install from before the record
+    settings = gateway_settings(redis_url, redis_partitions=N)
+    with pytest.raises(PartitionMismatch, match="holds a history of 20 events and no recorded"):
+        async with running_replica(settings):
+            pass
+    refused = copy_keys(redis_url, "--to", private_redis.url, partitions=N)
+    assert refused.returncode == 2 and "no recorded number of partitions" in refused.stderr
+    done = copy_keys(redis_url, "--to", private_redis.url, partitions=1)
+    assert done.returncode == 0, done.stderr
+    with redis.Redis.from_url(private_redis.url) as target:
+        assert target.get("kev:partitions") == b"1" and target.xlen("kev:events") == 20
+    async with running_replica(gateway_settings(redis_url, redis_partitions=1)):
+        pass  # one partition: as it always was
 
 
 async def test_one_partitions_outage_leaves_the_others_served() -> None:
