@@ -408,6 +408,21 @@ class Connection:
                 unsent += progress[1]
         return unsent
 
+    def wrote_since_probe(self) -> bool:
+        """Data was taken for writing since the last :meth:`lag` (the hub's tick)."""
+        return self._wrote
+
+    def acknowledged(self, *, probed: bool) -> bool:
+        """Nothing of this stream is unacknowledged (:meth:`unsent` is 0). ``probed``: the
+        tick has just called :meth:`lag`, whose probe of the kernel's send queue is reused
+        (no system call of its own)."""
+        if self.buffered or self._in_flight:
+            return False
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size():
+            return False
+        return self._marks is None if probed else not self.unsent()
+
     def discard_queue(self) -> None:
         """Drop what is queued (a drain that recorded a position before it: the reconnect
         sends it again)."""

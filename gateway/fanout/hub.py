@@ -453,6 +453,9 @@ class Hub:
         max_lag = self.max_lag
         for client in list(self._clients):
             since = client.writing_since
+            # a stream a drain hands off, written to since the last tick: its safe position
+            # may move (an idle one's stays where it was: nothing new reached it)
+            fresh = client.handoff is not None and client.wrote_since_probe()
             if since and now - since > deadline:
                 client.writing_since = 0.0
                 client.close("write_timeout")  # counted and logged by the connection
@@ -467,7 +470,7 @@ class Hub:
                 client.close("rebalance")  # server_close + retry hint, then it resumes
             elif ping:
                 client.push(PING)
-            if client.handoff is not None and not client.replaying and not client.unsent():
+            if fresh and not client.replaying and client.acknowledged(probed=bool(max_lag)):
                 at = self.position(client.filter)
                 if at is not None:
                     self._safe_marks[client] = at
