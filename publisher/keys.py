@@ -59,7 +59,10 @@ class Keys:
         if self.cluster and cluster_prefix(self.prefix) != self.prefix:
             raise ValueError(f"key prefix {self.prefix!r} on a cluster needs a hash tag")
         bare = self.prefix.replace("{", "").replace("}", "")
-        if _PARTITION_NAME.search(bare):
+        tag = _HASH_TAG.search(self.prefix)  # on a cluster a partition's tag is <tag>.p<p>.<t>
+        if _PARTITION_NAME.search(bare) or (
+            tag is not None and _PARTITION_NAME.search(tag.group()[1:-1])
+        ):
             raise ValueError(
                 f"key prefix {self.prefix!r} ends like the names of a partition of another "
                 "deployment (<prefix>.p<number>, on a cluster <prefix>.p<number>.<number>): "

@@ -34,6 +34,7 @@ from typing import Any, Final
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import NoPermissionError
 
+from .bus import Bus
 from .keys import Keys
 
 __all__ = [
@@ -248,7 +249,8 @@ async def refuse_repartition(redis: Any, base: Keys, n: int) -> None:
     ``redis``: an asyncio client that may read both keys."""
     if n <= 1 or await redis.get(partitions_key(base)) is not None:
         return
-    held = await redis.xlen(base.history)
+    info = await Bus(base).history_info(redis)
+    held = 0 if info is None else int(info.get("length", 0))
     if held:
         raise PartitionMismatch(
             f"this process has {n} partitions, but the prefix {base.prefix!r} holds a history "

@@ -306,6 +306,13 @@ async def _run(
         holds = False
         for _, t in pairs:
             holds = holds or await _holds_any(target.client, t)
+        theirs = await target.client.get(target_keys.partitions)
+    if theirs is not None and int(theirs) != partitions:
+        raise _Refused(
+            f"the target records {int(theirs)} partitions for prefix {target_keys.prefix!r}; "
+            f"this command has {partitions} (GATEWAY_REDIS_PARTITIONS): a history cannot "
+            "change its number of partitions, even with --replace"
+        )
     if holds and not args.replace:
         raise _Refused(
             f"{redact_url(target.url)} already holds keys of prefix {target_keys.prefix!r}: "

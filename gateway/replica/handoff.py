@@ -15,9 +15,15 @@ whichever replica the load balancer picks, once, even when its date is by then o
 streamed for hours. Any other request, an identical second watcher included (it signed at
 another moment), finds nothing and starts live.
 
-Where a stream stood: the hub's watermark at the drain (every event up to it that matched
-was queued on the stream, and a drain writes what is queued), or, for a stream still
-replaying history, the id its replay began from.
+Where a stream stood (:meth:`gateway.fanout.hub.Hub.handoff_position`): a position whose
+every event its client's TCP acknowledged. That is the hub's watermark when nothing of the
+stream is unacknowledged; for a replay, how far it went less the bytes still unsent
+(:class:`gateway.fanout.progress.ReplayTrail`); live with a backlog, where the hub's tick last
+found it all acknowledged; else where the stream began (:attr:`Ticket.began_at`). What is
+still queued is dropped at the drain: the reconnect sends it again. A watcher gets
+duplicates rather than a gap, as long as it comes back within ``handoff_ttl``. One that
+takes longer than that to read what had reached its own kernel comes back to no record
+and starts live.
 """
 
 from __future__ import annotations

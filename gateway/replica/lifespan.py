@@ -24,10 +24,12 @@ from datetime import timedelta
 from types import FrameType
 from typing import Any, Final
 
+import msgspec
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
+from gateway.fanout.history import read_after
 from gateway.fanout.hub import Hub
 from gateway.fanout.subscriber import Subscriber
 from gateway.identity.backendai_sessions import BackendAISessions
@@ -40,7 +42,13 @@ from gateway.identity.throttle import LoginThrottle
 from gateway.settings import Settings
 from publisher.bus import Bus
 from publisher.connection import connect_async, connect_node_async, redact_url
-from publisher.partitions import check_partitions, refuse_repartition
+from publisher.partitions import (
+    PartitionMismatch,
+    Partitions,
+    check_partitions,
+    refuse_repartition,
+)
+from publisher.schema import KernelEvent, decode_event
 from publisher.tasks import cancel_and_wait
 
 from .handoff import Handoff
@@ -143,6 +151,41 @@ async def _supervise(
         delay = min(delay * 2, 5.0)
 
 
+#: entries of partition 0's history :func:`_refuse_foreign_owners` looks at
+_OWNERS_LOOKED_AT: Final = 64
+
+
+async def _refuse_foreign_owners(
+    redis: Any, bus: Bus, partitions: Partitions, max_payload: int
+) -> None:
+    """With more than one partition: raise :class:`PartitionMismatch` when the oldest
+    entries of partition 0's history hold events of other partitions' owners. Such a
+    history was written with fewer partitions, and its other owners' events would never
+    reach their streams. This catches it however N got recorded (a publisher with the new N
+    may have recorded it first, where :func:`refuse_repartition` sees a record)."""
+    if partitions.n <= 1:
+        return
+    entries = read_after(redis, bus, "0-0", max_payload=max_payload, chunk=_OWNERS_LOOKED_AT)
+    async with contextlib.aclosing(entries):
+        async for batch, _ in entries:
+            for _, payload in batch:
+                if payload is None:
+                    continue
+                try:
+                    event = decode_event(payload)
+                except (msgspec.MsgspecError, ValueError):
+                    continue  # a marker, or what no replica dispatches
+                if isinstance(event, KernelEvent) and partitions.of(event.owner_user_id):
+                    raise PartitionMismatch(
+                        f"this process has {partitions.n} partitions, but partition 0's "
+                        f"history ({bus.keys.history}) holds events of owners of partition "
+                        f"{partitions.of(event.owner_user_id)}: it was written with fewer "
+                        "partitions, and an existing deployment cannot change its number; "
+                        "keep its number here, or start a deployment with another prefix"
+                    )
+            return
+
+
 @contextlib.asynccontextmanager
 async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
     """The replica's resources and background tasks while the block runs; on exit, the
@@ -185,6 +228,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
         try:
             await refuse_repartition(redis, keys, partitions.n)
             await check_partitions(redis, keys, partitions.n)
+            await _refuse_foreign_owners(redis, bus, partitions, settings.fanout.max_payload)
         except (RedisError, RedisClusterException) as exc:
             log.warning("could not check the number of partitions against Redis: %s", exc)
         hub = Hub(settings.fanout, partitions=partitions)

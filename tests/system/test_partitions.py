@@ -607,6 +607,20 @@ async def test_a_history_of_one_partition_cannot_become_several(
         assert target.get("kev:partitions") == b"1" and target.xlen("kev:events") == 20
     async with running_replica(gateway_settings(redis_url, redis_partitions=1)):
         pass  # one partition: as it always was
+    # the copy with --replace onto a target that records another number: refused too
+    with redis.Redis.from_url(private_redis.url) as target:
+        target.set("kev:partitions", str(N))
+    clash = copy_keys(redis_url, "--to", private_redis.url, "--replace", partitions=1)
+    assert clash.returncode == 2 and f"target records {N} partitions" in clash.stderr
+    # a publisher with N recorded it first (the usual order of an upgrade): the replica
+    # still finds partition 0's history holding other partitions' owners, and refuses
+    with redis.Redis.from_url(redis_url) as client:
+        client.delete("kev:partitions")
+    async with publisher(redis_url, partitions=N) as pub:
+        await pub.publish(ref(OWNERS[0], "new").started("new"))
+    with pytest.raises(PartitionMismatch, match="holds events of owners of partition"):
+        async with running_replica(settings):
+            pass
 
 
 async def test_one_partitions_outage_leaves_the_others_served() -> None:
