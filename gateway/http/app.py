@@ -85,6 +85,8 @@ async def ready(request: Request) -> Response:
     }
     if state.history_watch is not None and state.history_watch.partitions_problem:
         body["partitions"] = state.history_watch.partitions_problem
+    elif state.foreign_history is not None:
+        body["partitions"] = state.foreign_history
     if state.keeper is not None:  # more than one partition: each one's subscription
         states = state.keeper.states()
         states[0] = sub.ready

@@ -43,7 +43,6 @@ from gateway.settings import Settings
 from publisher.bus import Bus
 from publisher.connection import connect_async, connect_node_async, redact_url
 from publisher.partitions import (
-    PartitionMismatch,
     Partitions,
     check_partitions,
     refuse_repartition,
@@ -151,20 +150,23 @@ async def _supervise(
         delay = min(delay * 2, 5.0)
 
 
-#: entries of partition 0's history :func:`_refuse_foreign_owners` looks at
+#: entries of partition 0's history :func:`_foreign_owners` looks at
 _OWNERS_LOOKED_AT: Final = 64
 
 
-async def _refuse_foreign_owners(
+async def _foreign_owners(
     redis: Any, bus: Bus, partitions: Partitions, max_payload: int
-) -> None:
-    """With more than one partition: raise :class:`PartitionMismatch` when the oldest
-    entries of partition 0's history hold events of other partitions' owners. Such a
-    history was written with fewer partitions, and its other owners' events would never
-    reach their streams. This catches it however N got recorded (a publisher with the new N
-    may have recorded it first, where :func:`refuse_repartition` sees a record)."""
+) -> str | None:
+    """With more than one partition: why partition 0's history looks written with fewer
+    partitions, or None. The oldest entries are checked: when most of their events belong
+    to other partitions' owners, those owners' events never reach their streams. This
+    catches the mistake however N got recorded (a publisher with the new N may have
+    recorded it first, where :func:`refuse_repartition` sees a record). Named, not refused:
+    a stolen publisher credential can put foreign events there too, and must not be able
+    to keep replicas from starting."""
     if partitions.n <= 1:
-        return
+        return None
+    seen = foreign = 0
     entries = read_after(redis, bus, "0-0", max_payload=max_payload, chunk=_OWNERS_LOOKED_AT)
     async with contextlib.aclosing(entries):
         async for batch, _ in entries:
@@ -175,15 +177,19 @@ async def _refuse_foreign_owners(
                     event = decode_event(payload)
                 except (msgspec.MsgspecError, ValueError):
                     continue  # a marker, or what no replica dispatches
-                if isinstance(event, KernelEvent) and partitions.of(event.owner_user_id):
-                    raise PartitionMismatch(
-                        f"this process has {partitions.n} partitions, but partition 0's "
-                        f"history ({bus.keys.history}) holds events of owners of partition "
-                        f"{partitions.of(event.owner_user_id)}: it was written with fewer "
-                        "partitions, and an existing deployment cannot change its number; "
-                        "keep its number here, or start a deployment with another prefix"
-                    )
-            return
+                if isinstance(event, KernelEvent):
+                    seen += 1
+                    foreign += bool(partitions.of(event.owner_user_id))
+            break
+    if not seen or foreign * 2 <= seen:
+        return None
+    return (
+        f"this process has {partitions.n} partitions, but {foreign} of the {seen} oldest "
+        f"events of partition 0's history ({bus.keys.history}) belong to owners of other "
+        "partitions: it was written with fewer partitions, and those owners' events do not "
+        "reach their streams (dropped, counted as wrong_partition). An existing deployment "
+        "cannot change its number: keep its number, or start one with another prefix"
+    )
 
 
 @contextlib.asynccontextmanager
@@ -225,10 +231,13 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
         # Every process of the deployment must have the same partitions (Redis records them;
         # PartitionMismatch names both numbers and stops the start-up). `gateway serve` has
         # waited for Redis; a replica started without it (tests, embedding) goes on unchecked.
+        foreign: str | None = None
         try:
             await refuse_repartition(redis, keys, partitions.n)
             await check_partitions(redis, keys, partitions.n)
-            await _refuse_foreign_owners(redis, bus, partitions, settings.fanout.max_payload)
+            foreign = await _foreign_owners(redis, bus, partitions, settings.fanout.max_payload)
+            if foreign is not None:
+                log.error("%s", foreign)
         except (RedisError, RedisClusterException) as exc:
             log.warning("could not check the number of partitions against Redis: %s", exc)
         hub = Hub(settings.fanout, partitions=partitions)
@@ -279,6 +288,7 @@ async def running_replica(settings: Settings) -> AsyncIterator[GatewayState]:
             hub, store, methods, period=max(1.0, settings.identity.identity_cache_ttl)
         )
         state = GatewayState(
+            foreign_history=foreign,
             settings=settings,
             redis=redis,
             keys=keys,

@@ -83,6 +83,9 @@ class GatewayState:
     history_watch: HistoryWatch | None = None
     #: where drained SDK streams stood, for their reconnects (None: they get server_close)
     handoff: Handoff | None = None
+    #: partition 0's history holds events of other partitions' owners (written with fewer
+    #: partitions): named in /ready and /metrics, found at start-up
+    foreign_history: str | None = None
     #: monotonic time since which the replica has been unable to deliver, or None
     _unready_since: float | None = None
     _background: set[asyncio.Task[None]] = field(default_factory=set)
