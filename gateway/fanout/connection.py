@@ -390,38 +390,23 @@ class Connection:
         return last
 
     def unsent(self) -> int:
-        """Bytes of this stream its client's TCP has not acknowledged: queued, being sent,
-        in the transport's buffer, or in the kernel's send queue (the last two where the
-        server gives the transport). A byte the client's TCP acknowledged is in its own
-        kernel: it reads it even after the stream ends."""
+        """Bytes of this stream that have not left the process: queued, being sent, or in
+        the transport's buffer (where the server gives the transport). What the kernel
+        holds goes out after the process ends too: a shutdown closes without a reset
+        (:meth:`abort_write`)."""
         unsent = self.buffered + self._in_flight
         transport = self._transport
         if transport is not None:
             unsent += transport.get_write_buffer_size()
-        probe = self._progress
-        if probe is not None:
-            try:
-                progress = probe()
-            except (OSError, ValueError):  # the socket is gone: nothing more reaches it
-                progress = None
-            if progress is not None:
-                unsent += progress[1]
         return unsent
 
     def wrote_since_probe(self) -> bool:
         """Data was taken for writing since the last :meth:`lag` (the hub's tick)."""
         return self._wrote
 
-    def acknowledged(self, *, probed: bool) -> bool:
-        """Nothing of this stream is unacknowledged (:meth:`unsent` is 0). ``probed``: the
-        tick has just called :meth:`lag`, whose probe of the kernel's send queue is reused
-        (no system call of its own)."""
-        if self.buffered or self._in_flight:
-            return False
-        transport = self._transport
-        if transport is not None and transport.get_write_buffer_size():
-            return False
-        return self._marks is None if probed else not self.unsent()
+    def settled(self) -> bool:
+        """Nothing of this stream is left in the process (:meth:`unsent` is 0)."""
+        return not self.unsent()
 
     def discard_queue(self) -> None:
         """Drop what is queued (a drain that recorded a position before it: the reconnect
@@ -534,9 +519,8 @@ class Connection:
         The socket closes with a reset (``SO_LINGER`` 0): a plain close would leave the kernel
         trickling its whole send queue (up to ``send_buffer``) to the client that could not
         take it, as an orphan, and the client would read that backlog before learning. Not
-        after a shutdown: a drain recorded where each stream stood counting what its client's
-        TCP acknowledged, and a reset could make the client's kernel drop what it had not
-        read yet; the process ends soon anyway."""
+        after a shutdown: a drain recorded where each stream stood counting what had reached
+        the kernel as delivered, which a reset would discard; the process ends soon anyway."""
         self.abort_requested = True
         if self._transport is not None:
             sock = self._transport.get_extra_info("socket")

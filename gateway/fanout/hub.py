@@ -470,7 +470,7 @@ class Hub:
                 client.close("rebalance")  # server_close + retry hint, then it resumes
             elif ping:
                 client.push(PING)
-            if fresh and not client.replaying and client.acknowledged(probed=bool(max_lag)):
+            if fresh and not client.replaying and client.settled():
                 at = self.position(client.filter)
                 if at is not None:
                     self._safe_marks[client] = at

@@ -16,10 +16,11 @@ streamed for hours. Any other request, an identical second watcher included (it 
 another moment), finds nothing and starts live.
 
 Where a stream stood (:meth:`gateway.fanout.hub.Hub.handoff_position`): a position whose
-every event its client's TCP acknowledged. That is the hub's watermark when nothing of the
-stream is unacknowledged; for a replay, how far it went less the bytes still unsent
+every event has left the process (reached the kernel, which sends it after the process ends:
+a shutdown closes without a reset). That is the hub's watermark when nothing of the stream is
+left; for a replay, how far it went less the bytes still unsent
 (:class:`gateway.fanout.progress.ReplayTrail`); live with a backlog, where the hub's tick last
-found it all acknowledged; else where the stream began (:attr:`Ticket.began_at`). What is
+found nothing left; else where the stream began (:attr:`Ticket.began_at`). What is
 still queued is dropped at the drain: the reconnect sends it again. A watcher gets
 duplicates rather than a gap, as long as it comes back within ``handoff_ttl``. One that
 takes longer than that to read what had reached its own kernel comes back to no record
