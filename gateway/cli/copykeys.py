@@ -285,12 +285,7 @@ async def _run(
     )
     with source.talking():
         recorded = await source.client.get(source_keys.partitions)
-        if recorded is not None and int(recorded) != partitions:
-            raise _Refused(
-                f"the source records {int(recorded)} partitions for prefix "
-                f"{source_keys.prefix!r}; this command has {partitions} "
-                "(GATEWAY_REDIS_PARTITIONS): copy with the same number"
-            )
+        _same_number("source", recorded, source_keys, partitions, "copy with the same number")
         try:  # a source without a record, with history: written with one partition
             await refuse_repartition(source.client, source_keys, partitions)
         except PartitionMismatch as exc:
@@ -307,12 +302,10 @@ async def _run(
         for _, t in pairs:
             holds = holds or await _holds_any(target.client, t)
         theirs = await target.client.get(target_keys.partitions)
-    if theirs is not None and int(theirs) != partitions:
-        raise _Refused(
-            f"the target records {int(theirs)} partitions for prefix {target_keys.prefix!r}; "
-            f"this command has {partitions} (GATEWAY_REDIS_PARTITIONS): a history cannot "
-            "change its number of partitions, even with --replace"
-        )
+    _same_number(
+        "target", theirs, target_keys, partitions,
+        "a history cannot change its number of partitions, even with --replace",
+    )  # fmt: skip
     if holds and not args.replace:
         raise _Refused(
             f"{redact_url(target.url)} already holds keys of prefix {target_keys.prefix!r}: "
@@ -418,6 +411,15 @@ async def _plan(source: aredis.Redis, source_keys: Keys, target_keys: Keys) -> P
         info = await Bus(source_keys).history_info(source)
         plan.history_entries = int((info or {}).get("length", 0))
     return plan
+
+
+def _same_number(side: str, recorded: Any, keys: Keys, partitions: int, advice: str) -> None:
+    """Refuse when ``side`` records another number of partitions than this command has."""
+    if recorded is not None and int(recorded) != partitions:
+        raise _Refused(
+            f"the {side} records {int(recorded)} partitions for prefix {keys.prefix!r}; "
+            f"this command has {partitions} (GATEWAY_REDIS_PARTITIONS): {advice}"
+        )
 
 
 async def _holds_any(target: aredis.Redis, keys: Keys) -> bool:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from gateway.cli.acl import rules
+from gateway.fanout.connection import Connection
 from gateway.fanout.filters import Filter
 from gateway.fanout.hub import Hub
 from gateway.settings import FanoutSettings
@@ -194,13 +195,19 @@ def test_the_acl_grants_every_partitions_names() -> None:
         assert partition_0 == []  # one partition: no more than that is granted
 
 
-def test_streams_of_one_user_get_plain_ids_and_spanning_ones_vectors() -> None:
+def _hub_with_alice_and_an_admin() -> tuple[Hub, Connection, Connection]:
+    """A hub of 4 partitions with alice's stream (one partition) and an admin's (all)."""
     settings = FanoutSettings(ping_interval=15.0, retry_jitter_ms=0, max_lag=0.0)
     hub = Hub(settings, clock=FakeClock(), partitions=Partitions(Keys(), 4))
     user = hub.new_connection(Filter(owner_user_id="alice"), "AK1")
     admin = hub.new_connection(Filter(), "AK2")
     for c in (user, admin):
         hub.register(c)
+    return hub, user, admin
+
+
+def test_streams_of_one_user_get_plain_ids_and_spanning_ones_vectors() -> None:
+    hub, user, admin = _hub_with_alice_and_an_admin()
     assert hub.lane_of(user.filter) == partition_of("alice", 4)
     assert hub.lane_of(admin.filter) is None
     for lane in hub.lanes:
@@ -241,12 +248,7 @@ def test_a_gap_in_one_partition_is_told_only_where_its_events_go() -> None:
 def test_an_event_in_another_partition_than_its_owners_is_dropped() -> None:
     """Written by a publisher with another number of partitions: its owner's stream reads
     another partition, so it is counted (``wrong_partition``) and sent to nobody."""
-    settings = FanoutSettings(ping_interval=15.0, retry_jitter_ms=0, max_lag=0.0)
-    hub = Hub(settings, clock=FakeClock(), partitions=Partitions(Keys(), 4))
-    user = hub.new_connection(Filter(owner_user_id="alice"), "AK1")
-    admin = hub.new_connection(Filter(), "AK2")
-    for c in (user, admin):
-        hub.register(c)
+    hub, user, admin = _hub_with_alice_and_an_admin()
     for lane in hub.lanes:
         lane.last_id = (0, 0)
     [event] = _events("alice")
