@@ -157,6 +157,9 @@ class GatewayState:
         if not self.accepting:
             return
         self.accepting = False
+        # what is queued and can go out now, out first: a watcher that keeps up then has
+        # nothing left in the process, and is recorded exactly where it stands
+        self.hub.flush()
         stands = self._stands()
         log.info(
             "shutting down: closing %d streams, %d handed off (ended without server_close; "
