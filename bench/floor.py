@@ -115,6 +115,9 @@ class Floor:
         times = self.ps.cpu_times()
         return float(times.user + times.system)
 
+    def user_cpu(self) -> float:
+        return float(self.ps.cpu_times().user)
+
     def rss(self) -> int:
         return int(self.ps.memory_info().rss)
 

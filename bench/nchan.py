@@ -303,6 +303,10 @@ class Nchan:
             total += times.user + times.system
         return total
 
+    def user_cpu(self) -> float:
+        """User CPU seconds so far, master and worker."""
+        return float(sum(proc.cpu_times().user for proc in (self.master, self.ps)))
+
     def rss(self) -> int:
         return int(self.master.memory_info().rss + self.ps.memory_info().rss)
 

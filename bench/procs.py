@@ -189,6 +189,8 @@ class Server(Protocol):
 
     def cpu(self) -> float: ...
 
+    def user_cpu(self) -> float: ...
+
     def rss(self) -> int: ...
 
     def metrics(self) -> dict[str, float]: ...
@@ -227,6 +229,15 @@ class Gateway:
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = proc.cpu_times()
                 total += times.user + times.system
+        return total
+
+    def user_cpu(self) -> float:
+        """User CPU seconds so far (:meth:`cpu` without the kernel's share, the system
+        calls: what the gateway's own code and its libraries cost)."""
+        total = 0.0
+        for proc in self._processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += proc.cpu_times().user
         return total
 
     def rss(self) -> int:

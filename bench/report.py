@@ -36,8 +36,8 @@ def percentile_ms(hist: list[list[int]], q: float) -> float | None:
     return hist[-1][1] / 1000.0
 
 
-def _per(value: float, count: float, scale: float) -> float | None:
-    return value * scale / count if count else None
+def _per(value: float | None, count: float, scale: float) -> float | None:
+    return value * scale / count if count and value is not None else None
 
 
 def _stall(r: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +106,7 @@ def derive(r: dict[str, Any]) -> dict[str, Any]:
         client_cpu_per_1k_ms=_per(c["cpu_user_s"] + c["cpu_sys_s"], deliveries, 1e6),
         events_per_write=_per(deliveries, c.get("chunks", 0), 1.0),
         gw_cpu_per_write_us=_per(r["gw_cpu_s"], c.get("chunks", 0), 1e6),
+        gw_user_per_write_us=_per(r.get("gw_user_s"), c.get("chunks", 0), 1e6),
         evictions=r["evictions"],
         other_cpu_cores=r.get("other_cpu_cores"),
     )

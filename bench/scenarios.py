@@ -389,6 +389,7 @@ def _measure(
         client.reset()
         before = _evictions(gws)
         cpu0 = [gw.cpu() for gw in gws]
+        user0 = [gw.user_cpu() for gw in gws]
         everyone0 = cpu_by_process()
         t0 = time.monotonic()
         stop_profile = profiler([gw.ps.pid for gw in gws], sc.measure) if profiler else None
@@ -408,6 +409,7 @@ def _measure(
         stalled_owed = sum(o for o, s in zip(owed, stalls, strict=True) if s)
         drained = _drain(client, expected + stalled_owed, limit=15.0)
         res["gw_cpu_s"] = sum(gw.cpu() for gw in gws) - sum(cpu0)
+        res["gw_user_s"] = sum(gw.user_cpu() for gw in gws) - sum(user0)
         res["window_s"] = time.monotonic() - t0
         mine = {*ours, client.pid, *(pid for gw in gws for pid in gw.pids)}
         everyone1 = cpu_by_process()
