@@ -37,7 +37,7 @@ from gateway.settings import FanoutSettings
 from publisher.partitions import Partitions, encode_vector
 from publisher.schema import KernelEvent, SourceGap, decode_event, decode_gap
 
-from .connection import NO_WRITE, Connection
+from .connection import Connection, write_out
 from .filters import Filter, IndexKey, candidate_keys
 from .frames import (
     PING,
@@ -426,13 +426,11 @@ class Hub:
                 self._flush_handle = loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Each dirty client writes its queue as one chunk (:meth:`Connection.write_out`);
+        """Each dirty client writes its queue as one chunk (:func:`~.connection.write_out`);
         in a broadcast most queue the very same frame object, framed once for all."""
         self._flush_handle = None
         dirty, self._dirty = self._dirty, []
-        last = NO_WRITE
-        for client in dirty:
-            last = client.write_out(last)
+        write_out(dirty)
         if self.flush_interval:
             # From the end: a flush that took long is followed by a full interval of
             # gathering, so a saturated hub settles on a few events per write.

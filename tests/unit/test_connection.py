@@ -9,8 +9,10 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.fanout.connection import NO_WRITE, Connection, chunk
+from gateway.fanout.connection import Connection, chunk, write_out
 from gateway.fanout.filters import Filter
 from gateway.fanout.frames import CloseReason, server_close_frame
 from tests.support.fakes import FakeClock, FakeDirect, FakeSink, RecordingSend
@@ -220,46 +222,57 @@ def test_a_direct_connection_asks_for_one_flush_per_batch() -> None:
     connection.push(b"before\n\n")
     connection.go_direct(sink, notified.append)
     assert notified == [connection]  # data was waiting: flush at once
-    assert connection.write_out(NO_WRITE)[0] == b"before\n\n"
-    assert connection.write_out(NO_WRITE) is NO_WRITE  # nothing left
+    write_out([connection])
+    assert sink.writes == [b"before\n\n"]
+    write_out([connection])
+    assert sink.writes == [b"before\n\n"]  # nothing left
     connection.push(b"a\n\n")
     connection.push(b"b\n\n")
     assert notified == [connection, connection]  # one request for the batch
-    assert connection.write_out(NO_WRITE)[0] == b"a\n\nb\n\n"
+    write_out([connection])
     connection.push(b"c\n\n")
     assert notified == [connection, connection, connection]
     assert sink.writes == [b"before\n\n", b"a\n\nb\n\n"]
 
 
+class FramedSink(FakeSink):
+    """Keeps each framed chunk as written, to see which ones are one object."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.framed: list[bytes] = []
+
+    def write_chunk(self, framed: bytes) -> None:
+        self.framed.append(framed)
+        super().write_chunk(framed)
+
+
 def test_the_same_frame_is_framed_once_for_every_connection_of_a_flush() -> None:
     frame = b"data: shared\n\n"
     connections = [_connection() for _ in range(3)]
-    sinks = [FakeSink() for _ in connections]
+    sinks = [FramedSink() for _ in connections]
     for connection, sink in zip(connections, sinks, strict=True):
         connection.go_direct(sink, lambda c: None)
         connection.push(frame)
-    last = NO_WRITE
-    chunks = []
-    for connection in connections:
-        last = connection.write_out(last)
-        chunks.append(last[1])
-    assert chunks[0] is chunks[1] is chunks[2] and chunks[0] == chunk(frame)
+    write_out(connections)
+    framed = [sink.framed[0] for sink in sinks]
+    assert framed[0] is framed[1] is framed[2] and framed[0] == chunk(frame)
     assert all(sink.writes == [frame] for sink in sinks)
 
 
-def test_a_write_that_raises_closes_only_its_own_stream() -> None:
-    class Broken(FakeSink):
-        def write_chunk(self, framed: bytes) -> None:
-            raise ConnectionResetError("gone")
+class BrokenSink(FakeSink):
+    def write_chunk(self, framed: bytes) -> None:
+        raise ConnectionResetError("gone")
 
+
+def test_a_write_that_raises_closes_only_its_own_stream() -> None:
     bad, good = _connection(), _connection()
     good_sink = FakeSink()
-    bad.go_direct(Broken(), lambda c: None)
+    bad.go_direct(BrokenSink(), lambda c: None)
     good.go_direct(good_sink, lambda c: None)
     for connection in (bad, good):
         connection.push(b"x\n\n")
-    last = bad.write_out(NO_WRITE)
-    good.write_out(last)
+    write_out([bad, good])
     assert bad.closed and bad.close_reason == "write_error"
     assert not good.closed and good_sink.writes == [b"x\n\n"]
 
@@ -270,14 +283,99 @@ def test_a_paused_or_closed_sink_is_not_written_directly() -> None:
     connection.go_direct(sink, notified.append)
     sink.is_paused = True
     connection.push(b"a\n\n")
-    assert connection.write_out(NO_WRITE) is NO_WRITE  # left to the writer task
-    assert connection.buffered == 3
+    write_out([connection])
+    assert sink.writes == [] and connection.buffered == 3  # left to the writer task
     sink.is_paused = False
     connection.push(b"b\n\n")
-    assert connection.write_out(NO_WRITE)[0] == b"a\n\nb\n\n"
+    write_out([connection])
+    assert sink.writes == [b"a\n\nb\n\n"]
     connection.push(b"c\n\n")
     connection.close("shutdown")
-    assert connection.write_out(NO_WRITE) is NO_WRITE  # the close is the writer task's
+    write_out([connection])
+    assert sink.writes == [b"a\n\nb\n\n"]  # the close is the writer task's
+
+
+class ModelSink(FakeSink):
+    """A sink that may be paused or broken; counts its writes per flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+
+    def write_chunk(self, framed: bytes) -> None:
+        if self.broken:
+            raise ConnectionResetError("gone")
+        super().write_chunk(framed)
+
+
+_FRAMES = [b"data: %d\n\n" % n for n in range(3)]  # shared objects, as in a broadcast
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["push", "push", "push", "pause", "resume", "break", "close", "flush"]),
+        st.integers(0, 3),
+        st.integers(0, len(_FRAMES) - 1),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_OPS)
+def test_flushes_write_each_queue_once_in_order_whatever_the_sinks_do(
+    ops: list[tuple[str, int, int]],
+) -> None:
+    """Model-based: four direct streams, frames pushed, sinks paused, resumed and broken,
+    streams closed, flushes of the notified ones (duplicates included) in any order. Each
+    flush writes a stream's whole queue as one chunk or nothing; what a sink got is every
+    frame pushed while it was open, in order, up to the last flush that could write it."""
+    dirty: list[Connection] = []
+    connections = [_connection() for _ in range(4)]
+    sinks = [ModelSink() for _ in connections]
+    for connection, sink in zip(connections, sinks, strict=True):
+        connection.go_direct(sink, dirty.append)
+    queued: list[list[bytes]] = [[] for _ in connections]
+    written = [b"" for _ in connections]
+    for op, i, f in ops:
+        connection, sink = connections[i], sinks[i]
+        if op == "push":
+            connection.push(_FRAMES[f])
+            if not connection.closed:
+                queued[i].append(_FRAMES[f])
+        elif op == "pause":
+            sink.is_paused = True
+        elif op == "resume":
+            sink.is_paused = False
+        elif op == "break":
+            sink.broken = True
+        elif op == "close":
+            connection.close("shutdown")  # its queue is the writer task's now
+        else:
+            before = [len(s.writes) for s in sinks]
+            batch, dirty[:] = [*dirty, connections[f]], []  # a duplicate does no harm
+            write_out(batch)
+            for n, (c, s) in enumerate(zip(connections, sinks, strict=True)):
+                assert len(s.writes) - before[n] <= 1  # one chunk per stream per flush
+                if (
+                    c in batch
+                    and queued[n]
+                    and not s.is_paused
+                    and c.close_reason
+                    in (
+                        None,
+                        "write_error",
+                    )
+                ):
+                    if s.broken:
+                        assert c.closed and c.close_reason == "write_error"
+                        assert c.buffered == 0  # an evicted stream's queue is dropped
+                    else:
+                        written[n] += b"".join(queued[n])
+                    queued[n] = []
+        for n, s in enumerate(sinks):
+            assert b"".join(s.writes) == written[n]
+            assert connections[n].buffered == (
+                0 if connections[n].close_reason == "write_error" else len(b"".join(queued[n]))
+            )
 
 
 def test_chunk_framing() -> None:
