@@ -164,25 +164,34 @@ def chunk(data: bytes) -> bytes:
 def write_out(dirty: list[Connection]) -> None:
     """The hub's flush: each connection in ``dirty`` writes everything queued through its sink
     (:meth:`Connection.go_direct`) as one HTTP chunk (coalescing). Nothing is written for one
-    with nothing queued, or whose writer task has it (a write in flight, a paused transport,
-    the close: it is woken instead). A write that raises closes its own stream
-    (``write_error``), never the flush: one failing transport cannot strand the others.
+    with nothing queued, closed, or whose writer task has it (a write in flight, a paused
+    transport: the task is woken). A stream whose take or write raises is closed
+    (``write_error``), never the flush: one failing stream cannot strand the others.
 
-    Two passes. First every queue is taken and framed, with no system call in between, so the
-    connections' state is read while it is still in the CPU's caches; in a broadcast most
-    queue the very same frame object, which is then framed once for all. Then the writes,
-    which touch nothing but each transport: every write to a loopback or LAN socket runs the
-    kernel's TCP path and evicts those caches: one pass that read each connection right after
-    the previous one's write cost 1.11x the CPU per write of the two at a25 (ARCHITECTURE.md,
-    "The data path")."""
+    Two passes. First every queue is taken and framed; in a broadcast most queue the very
+    same frame object, which is then framed once for all. Then the writes, one system call
+    each, reading little besides each transport. Each write runs the kernel's TCP path, so
+    in one pass every connection's state was read right after a system call; py-spy put the
+    Python lines around the writes at ~22% of the gateway's samples at a25 with one pass and
+    ~13% with two (most likely cache misses: there are no cache counters on this VM), and the
+    bench at 0.90x the CPU per write (ARCHITECTURE.md, "The data path").
+
+    Between the passes a stream's taken bytes are counted nowhere (:meth:`Connection.unsent`
+    reads 0 for it). That is safe only because nothing else runs in between: no await, and a
+    transport's ``write`` calls nothing but its own protocol's ``pause_writing``. Keep it so:
+    a drain that ran there would record a position past bytes not yet written."""
     # Parallel lists, not a tuple per write: the second pass then reads each write's
-    # callable and chunk from two arrays, without a freshly evicted tuple in between.
+    # callable and chunk from two arrays, without a tuple made a whole pass earlier.
     clients: list[Connection] = []
     writes: list[Callable[[bytes], None]] = []
     chunks: list[bytes] = []
     data = framed = b""
     for client in dirty:
-        taken = client.staged()
+        try:
+            taken = client.staged()
+        except Exception:  # its queue is lost with it; the others' still go out
+            client.write_failed()
+            continue
         if taken is None:
             continue
         if taken is not data:
@@ -414,7 +423,9 @@ class Connection:
         return self.take()
 
     def write_failed(self) -> None:
-        """A direct write raised: this stream closes (``write_error``), never the flush."""
+        """Taking or writing this stream's queue in the hub's flush raised (call it from the
+        ``except``: the traceback is logged): this stream closes (``write_error``), never
+        the flush."""
         log.exception("write to key=%s failed; closing its stream", self.access_key)
         self.close("write_error")
 
@@ -422,7 +433,8 @@ class Connection:
         """Bytes of this stream that have not left the process: queued, being sent, or in
         the transport's buffer (where the server gives the transport). What the kernel
         holds goes out after the process ends too: a shutdown closes without a reset
-        (:meth:`abort_write`)."""
+        (:meth:`abort_write`). Not what the hub's flush has taken and not yet written: no
+        caller can run between its two passes (:func:`write_out`)."""
         unsent = self.buffered + self._in_flight
         transport = self._transport
         if transport is not None:

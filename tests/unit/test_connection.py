@@ -296,22 +296,29 @@ def test_a_paused_or_closed_sink_is_not_written_directly() -> None:
 
 
 class ModelSink(FakeSink):
-    """A sink that may be paused or broken; counts its writes per flush."""
+    """A sink that may be paused, broken, or pause itself inside a write (as a transport past
+    its high-water mark calls its protocol's ``pause_writing``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.broken = False
+        self.pauses_on_write = False
 
     def write_chunk(self, framed: bytes) -> None:
         if self.broken:
             raise ConnectionResetError("gone")
         super().write_chunk(framed)
+        if self.pauses_on_write:
+            self.is_paused = True
 
 
 _FRAMES = [b"data: %d\n\n" % n for n in range(3)]  # shared objects, as in a broadcast
+_MODEL_CAP = 40  # four frames: pushes past it evict
 _OPS = st.lists(
     st.tuples(
-        st.sampled_from(["push", "push", "push", "pause", "resume", "break", "close", "flush"]),
+        st.sampled_from(
+            ["push", "push", "push", "pause", "resume", "fill", "break", "close", "flush"]
+        ),
         st.integers(0, 3),
         st.integers(0, len(_FRAMES) - 1),
     ),
@@ -321,61 +328,107 @@ _OPS = st.lists(
 
 @settings(max_examples=400, deadline=None)
 @given(_OPS)
-def test_flushes_write_each_queue_once_in_order_whatever_the_sinks_do(
-    ops: list[tuple[str, int, int]],
-) -> None:
-    """Model-based: four direct streams, frames pushed, sinks paused, resumed and broken,
-    streams closed, flushes of the notified ones (duplicates included) in any order. Each
-    flush writes a stream's whole queue as one chunk or nothing; what a sink got is every
-    frame pushed while it was open, in order, up to the last flush that could write it."""
+def test_flushes_write_each_queue_once_in_order(ops: list[tuple[str, int, int]]) -> None:
+    """Model-based: four direct streams with a small cap, frames pushed, sinks paused,
+    resumed, broken or pausing themselves within a write, streams closed, flushes of the
+    notified ones plus a duplicate. Each push to an open stream asks for a flush; each flush
+    writes a stream's whole queue as one chunk or nothing; what a sink got is every frame
+    pushed while its stream was open, in order, up to the last flush that could write it; a
+    stream over its cap or whose write raised is closed with its queue dropped. (No writer
+    task here: a paused stream's queue waits; tests below cover the handback.)"""
     dirty: list[Connection] = []
-    connections = [_connection() for _ in range(4)]
+    connections = [_connection(cap=_MODEL_CAP) for _ in range(4)]
     sinks = [ModelSink() for _ in connections]
     for connection, sink in zip(connections, sinks, strict=True):
         connection.go_direct(sink, dirty.append)
     queued: list[list[bytes]] = [[] for _ in connections]
     written = [b"" for _ in connections]
+    dropped = [False for _ in connections]  # evicted: slow_consumer or write_error
     for op, i, f in ops:
         connection, sink = connections[i], sinks[i]
         if op == "push":
-            connection.push(_FRAMES[f])
-            if not connection.closed:
-                queued[i].append(_FRAMES[f])
+            was_open = not connection.closed
+            evicted = connection.push(_FRAMES[f])
+            if was_open:
+                size = sum(map(len, queued[i])) + len(_FRAMES[f])
+                assert evicted is (size > _MODEL_CAP)
+                if evicted:
+                    assert connection.close_reason == "slow_consumer"
+                    queued[i], dropped[i] = [], True
+                else:
+                    queued[i].append(_FRAMES[f])
+                    assert connection in dirty  # asked for a flush
         elif op == "pause":
             sink.is_paused = True
         elif op == "resume":
-            sink.is_paused = False
+            sink.is_paused = sink.pauses_on_write = False
+        elif op == "fill":
+            sink.pauses_on_write = True
         elif op == "break":
             sink.broken = True
         elif op == "close":
             connection.close("shutdown")  # its queue is the writer task's now
         else:
             before = [len(s.writes) for s in sinks]
-            batch, dirty[:] = [*dirty, connections[f]], []  # a duplicate does no harm
+            paused = [s.is_paused for s in sinks]
+            open_ = [not c.closed for c in connections]
+            batch, dirty[:] = [*dirty, connection], []  # a duplicate does no harm
             write_out(batch)
             for n, (c, s) in enumerate(zip(connections, sinks, strict=True)):
                 assert len(s.writes) - before[n] <= 1  # one chunk per stream per flush
-                if (
-                    c in batch
-                    and queued[n]
-                    and not s.is_paused
-                    and c.close_reason
-                    in (
-                        None,
-                        "write_error",
-                    )
-                ):
+                if c in batch and queued[n] and open_[n] and not paused[n]:
                     if s.broken:
                         assert c.closed and c.close_reason == "write_error"
-                        assert c.buffered == 0  # an evicted stream's queue is dropped
+                        dropped[n] = True
                     else:
                         written[n] += b"".join(queued[n])
                     queued[n] = []
-        for n, s in enumerate(sinks):
+        for n, (c, s) in enumerate(zip(connections, sinks, strict=True)):
             assert b"".join(s.writes) == written[n]
-            assert connections[n].buffered == (
-                0 if connections[n].close_reason == "write_error" else len(b"".join(queued[n]))
-            )
+            assert c.buffered == (0 if dropped[n] else sum(map(len, queued[n])))
+
+
+@pytest.mark.anyio
+async def test_a_write_in_flight_hands_back_to_the_flush_when_it_ends() -> None:
+    """A flush that finds the writer task busy leaves the queue to it, and asks for nothing
+    more: the task hands the stream back to the hub's flush when its write ends."""
+    send, sink, dirty = RecordingSend(), FakeSink(), []
+    connection = _connection()
+    connection.attach(send, None)
+    connection.go_direct(sink, dirty.append)
+    sink.is_paused = True
+    send.gate.clear()  # the client stopped reading: the writer's send blocks
+    connection.push(b"a\n\n")
+    write_out(dirty)
+    dirty.clear()  # paused: the writer task is woken and takes it
+    await until(lambda: connection.writing_since > 0, 2, "the writer task's send")
+    sink.is_paused = False
+    connection.push(b"b\n\n")
+    assert dirty == [connection]
+    write_out(dirty)
+    dirty.clear()  # a write in flight: nothing written directly
+    assert sink.writes == []
+    send.gate.set()  # the send ends; the writer hands back to the hub
+    await until(lambda: dirty == [connection], 2, "the handback to the flush")
+    write_out(dirty)
+    assert send.body == b"a\n\n" and sink.writes == [b"b\n\n"]
+    await connection.finish()
+
+
+def test_a_stream_whose_take_raises_is_closed_and_the_others_still_written() -> None:
+    class Exploding(FakeSink):
+        def paused(self) -> bool:
+            raise RuntimeError("boom")
+
+    good, bad, other = _connection(), _connection(), _connection()
+    sinks = [FakeSink(), Exploding(), FakeSink()]
+    for connection, sink in zip((good, bad, other), sinks, strict=True):
+        connection.go_direct(sink, lambda c: None)
+        connection.push(b"x\n\n")
+    write_out([good, bad, other])
+    assert bad.closed and bad.close_reason == "write_error" and bad.buffered == 0
+    assert sinks[0].writes == [b"x\n\n"] and sinks[2].writes == [b"x\n\n"]
+    assert not good.closed and not other.closed
 
 
 def test_chunk_framing() -> None:
