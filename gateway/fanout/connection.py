@@ -169,10 +169,10 @@ def write_out(dirty: list[Connection]) -> None:
     (``write_error``), never the flush: one failing stream cannot strand the others.
 
     Two passes. First every queue is taken and framed; in a broadcast most queue the very
-    same frame object, which is then framed once for all. Then the writes, one system call
-    each, reading little besides each transport. Each write runs the kernel's TCP path, so
-    in one pass every connection's state was read right after a system call; py-spy put the
-    Python lines around the writes at ~22% of the gateway's samples at a25 with one pass and
+    same frame objects, which are then joined and framed once for all. Then the writes, one
+    system call each, reading little besides each transport. Each write runs the kernel's
+    TCP path, so in one pass every connection's state was read right after a system call;
+    py-spy put the Python lines around the writes at ~22% of the gateway's samples at a25 with one pass and
     ~13% with two (most likely cache misses: there are no cache counters on this VM), and the
     bench at 0.90x the CPU per write (ARCHITECTURE.md, "The data path").
 
@@ -185,17 +185,24 @@ def write_out(dirty: list[Connection]) -> None:
     clients: list[Connection] = []
     writes: list[Callable[[bytes], None]] = []
     chunks: list[bytes] = []
-    data = framed = b""
+    # The last distinct frame and list of frames taken, and their chunk: in a broadcast
+    # most streams queue the very same frames, framed (and joined) once for all.
+    frame: bytes | None = None
+    frames: list[bytes] | None = None
+    framed = b""
     for client in dirty:
         try:
-            taken = client.staged()
+            queue = client.staged()
         except Exception:  # its queue is lost with it; the others' still go out
             client.write_failed()
             continue
-        if taken is None:
+        if queue is None:
             continue
-        if taken is not data:
-            data, framed = taken, chunk(taken)
+        if len(queue) == 1:
+            if queue[0] is not frame:
+                frame, frames, framed = queue[0], None, chunk(queue[0])
+        elif queue != frames:  # compared element by element, identity first
+            frame, frames, framed = None, queue, chunk(b"".join(queue))
         clients.append(client)
         writes.append(client.sink.write_chunk)  # type: ignore[union-attr]  # staged: a sink
         chunks.append(framed)
@@ -408,11 +415,11 @@ class Connection:
         else:
             self._wake()
 
-    def staged(self) -> bytes | None:
-        """For the hub's flush (:func:`write_out`): everything queued, taken for one write
-        through the sink, or None when nothing is to be written now: nothing queued, no
-        sink, or the writer task has it (a write in flight, a paused transport, the close;
-        it is woken)."""
+    def staged(self) -> list[bytes] | None:
+        """For the hub's flush (:func:`write_out`): the frames queued, taken for one write
+        through the sink (not joined: the flush joins each distinct list once), or None
+        when nothing is to be written now: nothing queued, closed, no sink, or the writer
+        task has it (a write in flight, a paused transport: it is woken)."""
         self._dirty = False
         sink = self.sink
         if self.closed or sink is None or not self._chunks:
@@ -420,7 +427,7 @@ class Connection:
         if self.writing_since or sink.paused():
             self._wake()
             return None
-        return self.take()
+        return self._take_queue()
 
     def write_failed(self) -> None:
         """Taking or writing this stream's queue in the hub's flush raised (call it from the
@@ -461,13 +468,17 @@ class Connection:
         self._dirty = False
         if not self._chunks:
             return b""
-        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks = []
-        self.buffered -= len(data)
+        queue = self._take_queue()
+        return queue[0] if len(queue) == 1 else b"".join(queue)
+
+    def _take_queue(self) -> list[bytes]:
+        """The queue (not empty), taken: the connection's count and drain waiter follow."""
+        queue, self._chunks = self._chunks, []
+        self.buffered -= len(queue[0]) if len(queue) == 1 else sum(map(len, queue))
         self._wrote = True
         if self._drain_waiter is not None:
             self._release_drain()
-        return data
+        return queue
 
     async def drained(self, limit: int) -> None:
         """Return once at most ``limit`` bytes are queued (or the stream closed): the queue
