@@ -172,9 +172,10 @@ def write_out(dirty: list[Connection]) -> None:
     same frame objects, which are then joined and framed once for all. Then the writes, one
     system call each, reading little besides each transport. Each write runs the kernel's
     TCP path, so in one pass every connection's state was read right after a system call;
-    py-spy put the Python lines around the writes at ~22% of the gateway's samples at a25 with one pass and
-    ~13% with two (most likely cache misses: there are no cache counters on this VM), and the
-    bench at 0.90x the CPU per write (ARCHITECTURE.md, "The data path").
+    py-spy put the Python lines around the writes at ~22% of the gateway's samples at a25
+    with one pass and ~13% with two (most likely cache misses: there are no cache counters
+    on this VM), and the bench at 0.90x the CPU per write (ARCHITECTURE.md, "The data
+    path").
 
     Between the passes a stream's taken bytes are counted nowhere (:meth:`Connection.unsent`
     reads 0 for it). That is safe only because nothing else runs in between: no await, and a
