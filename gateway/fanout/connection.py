@@ -399,12 +399,7 @@ class Connection:
             self.close("slow_consumer")
             return True
         if not self._dirty:
-            self._dirty = True
-            notify = self._notify
-            if notify is not None:
-                notify(self)  # the hub's flush writes it (inline :meth:`_signal`: hot path)
-            else:
-                self._wake()
+            self._signal()
         return False
 
     def _signal(self) -> None:
