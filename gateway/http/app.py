@@ -83,10 +83,9 @@ async def ready(request: Request) -> Response:
         if state.history_watch is None or state.history_watch.problem is None
         else state.history_watch.problem,
     }
-    if state.history_watch is not None and state.history_watch.partitions_problem:
-        body["partitions"] = state.history_watch.partitions_problem
-    elif state.foreign_history is not None:
-        body["partitions"] = state.foreign_history
+    problem = state.partitions_problem
+    if problem is not None:
+        body["partitions"] = problem
     if state.keeper is not None:  # more than one partition: each one's subscription
         states = state.keeper.states()
         states[0] = sub.ready

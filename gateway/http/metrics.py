@@ -161,10 +161,7 @@ class GatewayCollector(Collector):
             "1 while Redis records another number of partitions for the prefix than this "
             "replica has (a process with another number recorded it), or partition 0's "
             "history was found written with fewer partitions",
-            int(
-                (watch is not None and watch.partitions_problem is not None)
-                or state.foreign_history is not None
-            ),
+            int(state.partitions_problem is not None),
         )
         if keeper is not None:
             yield GaugeMetricFamily(

@@ -126,6 +126,16 @@ class GatewayState:
             )
 
     @property
+    def partitions_problem(self) -> str | None:
+        """What is wrong with the partitions, for /ready and /metrics: Redis records another
+        number than this replica has (the history watch, now), else partition 0's history
+        was found written with fewer (at start-up); None when neither."""
+        watch = self.history_watch
+        if watch is not None and watch.partitions_problem is not None:
+            return watch.partitions_problem
+        return self.foreign_history
+
+    @property
     def ready(self) -> bool:
         """Accepting streams, subscribed with a probe round trip, every task running, and a
         history that can take new events (:mod:`.history_watch`)."""
