@@ -19,7 +19,8 @@ announce an identity change      identity writes  PUBLISH on the change feed, in
                                                   MULTI
 read history                     gateways         XINFO STREAM, the epoch (GET, SET NX), XRANGE,
                                                   :data:`READ_SCRIPT` (EVALSHA_RO)
-the server                       gateways         TIME, INFO server (run id), INFO persistence
+the server                       gateways         TIME, INFO server (run id), INFO replication
+                                                  (replication ids), INFO persistence
 ===============================  ===============  ================================================
 
 On a Redis Cluster (``Keys.cluster``) the names share one hash tag (:mod:`publisher.keys`),
@@ -411,6 +412,20 @@ class Bus:
         """The Redis instance's run id: another one means a restart."""
         run_id = (await redis.info("server")).get("run_id")
         return None if run_id is None else str(run_id)
+
+    async def replication_ids(self, redis: aredis.Redis) -> tuple[str | None, str | None]:
+        """The node's replication id and its previous one (INFO replication's
+        ``master_replid`` and ``master_replid2``; None where a server does not say). A node
+        whose data carries on another's names that node's id as its previous one: a replica
+        promoted to master (a failover). A restart without persistence gets a new id and no
+        previous one (all zeros); so does a master without replicas restarted from its RDB
+        file (redis-server 7.0.15: its id is kept only where it had a replication backlog)."""
+        info = await redis.info("replication")
+        ids = (info.get("master_replid"), info.get("master_replid2"))
+        return (
+            None if ids[0] is None else str(ids[0]),
+            None if ids[1] is None or set(str(ids[1])) == {"0"} else str(ids[1]),
+        )
 
     async def persistent(self, redis: aredis.Redis) -> bool:
         """Whether a restart keeps what Redis holds (its append-only file is on)."""

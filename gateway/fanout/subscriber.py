@@ -144,6 +144,8 @@ class Subscriber:
         self._started = False
         #: the Redis instance's run id at the last session: another one means a restart
         self._run_id: str | None = None
+        #: its replication id then: a node that names it carries on its data (a failover)
+        self._replid: str | None = None
         #: epoch key rewrites followed over the same history (:meth:`_epoch_changed`)
         self.epoch_rewrites = 0
         self._epoch_said = float("-inf")
@@ -318,13 +320,17 @@ class Subscriber:
         bus, redis = self._bus, self._node
         state = await history_state(redis, bus)
         run_id = await bus.run_id(redis)
+        replids = await bus.replication_ids(redis)
         persistent = await bus.persistent(redis)
         watermark = hub.last_id
         in_history = await self.holds_watermark(redis)
-        known = Known(self._started, self._epoch, watermark, hub.first_id, self._run_id)
-        found = Found(state, run_id, persistent, in_history)
+        known = Known(
+            self._started, self._epoch, watermark, hub.first_id, self._run_id, self._replid
+        )
+        found = Found(state, run_id, persistent, in_history, replids)
         decision = decide(known, found)
         self._started, self._epoch, self._run_id = True, state.epoch, found.run_id
+        self._replid = replids[0]
         hub.last_id = decision.watermark
         if decision.reset:
             hub.first_id = None

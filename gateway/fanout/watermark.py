@@ -27,7 +27,8 @@ __all__ = ["Decision", "Found", "Known", "Verdict", "decide", "new_history"]
 #: ``removed`` entries after the watermark were removed (XDEL), or a replica that had
 #: dispatched nothing finds entries removed: told ``trimmed``;
 #: ``restarted_unseen`` Redis restarted without an append-only file over no history this
-#: replica saw: one may have come and gone: told ``reset``;
+#: replica saw, and its data does not carry on the node's it last looked at: one may have come
+#: and gone: told ``reset``;
 #: ``past_the_end`` the watermark is past history's end: pulled back, told ``unknown``
 Verdict = Literal[
     "baseline",
@@ -55,6 +56,8 @@ class Known:
     first_id: StreamId | None
     #: the Redis run id at the last session
     run_id: str | None
+    #: that node's replication id (INFO replication's ``master_replid``)
+    replid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,9 @@ class Found:
     aof: bool
     #: the watermark's own entry is in the history (False when there is no watermark)
     watermark_in_history: bool
+    #: this node's replication id and its previous one (``master_replid2``, None when it has
+    #: none): a promoted replica names the id of the master whose data it carries on
+    replids: tuple[str | None, str | None] = (None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +107,11 @@ def decide(known: Known, found: Found) -> Decision:
         # their own ids. Read before SUBSCRIBE, so what comes between is gap-filled.
         return Decision("baseline", state.last_id)
     restarted = known.run_id is not None and found.run_id != known.run_id
+    # A node whose data carries on what this replica last looked at (a failover to a replica
+    # of it: the promoted node's previous replication id is that node's). What it lacks of
+    # the old master's last writes is lost as it is when the epoch is known: past the
+    # watermark, "unknown" below; unseen, no notice (ARCHITECTURE.md, "Redis Cluster").
+    carried_on = known.replid is not None and known.replid in found.replids
     if new_history(known.epoch, known.first_id, state.epoch):
         if watermark not in (None, (0, 0)) and found.watermark_in_history:
             return Decision("epoch_key_replaced", watermark)
@@ -123,6 +134,7 @@ def decide(known: Known, found: Found) -> Decision:
         return Decision("removed", watermark, "trimmed")
     if (
         restarted
+        and not carried_on
         and known.epoch is None
         # a failover to a replica holds the history this replica followed: its epoch is at
         # or below the first id dispatched from it

@@ -52,7 +52,8 @@ gateway may say ``unknown`` (it had dispatched past the new end of history); whe
 dispatched them all and nothing came after, it must. Each cluster fault ends with the gateway
 subscribed on the slot's new master, so a stream opened later gets no notice meant for others.
 The cluster's history starts with one event, replicated, so every gateway finds an epoch: no
-``reset`` is told there, and none may be.
+``reset`` is told there, and none may be. (A gateway that finds no epoch meets each of these
+faults in tests/system/test_node_changes.py.)
 
 The gateway bugs the model found have their own regression tests at the end of the module
 (all four fixed).

@@ -514,6 +514,13 @@ async def test_moving_one_partitions_slot_loses_nothing(move: str) -> None:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(publish, 400)
                     await anyio.sleep(0.5)
+                    # Mid-stream: both replicas have followed partition 3's history (one that
+                    # saw none there is told of a reshard: test_node_changes.py).
+                    await until(
+                        lambda: all(gw.state.keeper.subscribers[3].epoch for gw in (one, two)),  # type: ignore[union-attr]
+                        20,
+                        "partition 3's first event at both replicas",
+                    )
                     if move == "failover":
                         new_master = await anyio.to_thread.run_sync(cluster.failover, slot)
                     else:

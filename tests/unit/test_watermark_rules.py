@@ -96,6 +96,29 @@ ROWS: dict[str, tuple[Known, Found, Decision]] = {
         ),
         Decision("same", (0, 0)),
     ),
+    "a restart over no history seen, the node's previous replication id another": (
+        Known(True, None, (0, 0), None, "r1", "id-1"),
+        Found(
+            _history(epoch="120-0", first=(120, 0), last=(120, 0)),
+            "r2",
+            False,
+            False,
+            ("id-2", "id-0"),
+        ),
+        Decision("restarted_unseen", (0, 0), "reset"),
+    ),
+    "a failover over no history seen: the promoted replica's previous replication id is the "
+    "old master's, its data carries on: nothing to tell": (
+        Known(True, None, (0, 0), None, "r1", "id-1"),
+        Found(
+            _history(epoch="120-0", first=(120, 0), last=(120, 0)),
+            "r2",
+            False,
+            False,
+            ("id-2", "id-1"),
+        ),
+        Decision("same", (0, 0)),
+    ),
     "a failover to a replica that holds the history followed: nothing to tell": (
         Known(True, None, (120, 0), (120, 0), "r1"),
         _found(_history(epoch="120-0", first=(120, 0), last=(120, 0)), run_id="r2"),
