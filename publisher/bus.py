@@ -20,7 +20,7 @@ announce an identity change      identity writes  PUBLISH on the change feed, in
 read history                     gateways         XINFO STREAM, the epoch (GET, SET NX), XRANGE,
                                                   :data:`READ_SCRIPT` (EVALSHA_RO)
 the server                       gateways         TIME, INFO server (run id), INFO replication
-                                                  (replication ids), INFO persistence
+                                                  (ids and offsets), INFO persistence
 ===============================  ===============  ================================================
 
 On a Redis Cluster (``Keys.cluster``) the names share one hash tag (:mod:`publisher.keys`),
@@ -53,6 +53,7 @@ __all__ = [
     "SHARDED_PUBLISH_AT_SCRIPT",
     "SHARDED_PUBLISH_SCRIPT",
     "Bus",
+    "Replication",
     "fence_keys",
     "fence_script",
 ]
@@ -254,6 +255,35 @@ def fence_script(client: Any) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
+class Replication:
+    """A node's place in Redis replication (INFO replication). ``replid`` and ``offset``: its
+    replication id and how far its stream has come (``master_replid``,
+    ``master_repl_offset``, bytes). ``previous`` and ``previous_until``: the id it had
+    before, and the offset up to which it holds that id's stream (``master_replid2``,
+    ``second_repl_offset`` - 1); None when it has none.
+
+    Measured on redis-server 7.0.15: a replica promoted to master (a failover) gets a new id
+    and names its old master's as ``previous``, up to what it had replicated. A master that
+    had replicas and is restarted from an RDB file does the same, up to the offset the file
+    was written at: a file older than what was last seen is data lost, not carried on. A
+    restart without a file gets a new id and no previous one. A master's id also changes
+    when its first replica attaches. All-zero ids (redis-py reads them as 0) are None."""
+
+    replid: str | None
+    offset: int | None
+    previous: str | None
+    previous_until: int | None
+
+
+def _replid(value: object) -> str | None:
+    return None if value is None or set(str(value)) == {"0"} else str(value)
+
+
+def _offset(value: object) -> int | None:
+    return value if isinstance(value, int) else None  # redis-py parses INFO's numbers
+
+
+@dataclass(frozen=True, slots=True)
 class Bus:
     """The bus of one key prefix (see the module docstring). Holds no connection: each verb
     takes the client (or pipeline) to run on, so a gateway's subscription and its pool each
@@ -413,18 +443,20 @@ class Bus:
         run_id = (await redis.info("server")).get("run_id")
         return None if run_id is None else str(run_id)
 
-    async def replication_ids(self, redis: aredis.Redis) -> tuple[str | None, str | None]:
-        """The node's replication id and its previous one (INFO replication's
-        ``master_replid`` and ``master_replid2``; None where a server does not say). A node
-        whose data carries on another's names that node's id as its previous one: a replica
-        promoted to master (a failover). A restart without persistence gets a new id and no
-        previous one (all zeros); so does a master without replicas restarted from its RDB
-        file (redis-server 7.0.15: its id is kept only where it had a replication backlog)."""
-        info = await redis.info("replication")
-        ids = (info.get("master_replid"), info.get("master_replid2"))
-        return (
-            None if ids[0] is None else str(ids[0]),
-            None if ids[1] is None or set(str(ids[1])) == {"0"} else str(ids[1]),
+    async def replication(self, redis: aredis.Redis) -> Replication | None:
+        """The node's :class:`Replication` (INFO replication), or None where the server does
+        not say (a user whose ACL lacks ``INFO replication``: no proof either way)."""
+        try:
+            info = await redis.info("replication")
+        except ResponseError:  # NOPERM: the caller falls back to what it did without
+            return None
+        previous = _replid(info.get("master_replid2"))
+        until = _offset(info.get("second_repl_offset"))  # the first byte it lacks; -1: none
+        return Replication(
+            _replid(info.get("master_replid")),
+            _offset(info.get("master_repl_offset")),
+            previous,
+            None if previous is None or until is None or until < 1 else until - 1,
         )
 
     async def persistent(self, redis: aredis.Redis) -> bool:

@@ -51,7 +51,7 @@ from typing import Final
 import redis.asyncio as aredis
 from redis.exceptions import RedisClusterException, RedisError
 
-from publisher.bus import Bus
+from publisher.bus import Bus, Replication
 from publisher.connection import is_cluster
 
 from .frames import StreamId, format_stream_id, parse_stream_id
@@ -144,8 +144,10 @@ class Subscriber:
         self._started = False
         #: the Redis instance's run id at the last session: another one means a restart
         self._run_id: str | None = None
-        #: its replication id then: a node that names it carries on its data (a failover)
-        self._replid: str | None = None
+        #: its replication id and offset, read at the session's start and at each probe
+        #: (:func:`~.watermark.carries_on`: a failover to a node that had it all tells nothing)
+        self._replication: Replication | None = None
+        self._replication_unknown_said = False
         #: epoch key rewrites followed over the same history (:meth:`_epoch_changed`)
         self.epoch_rewrites = 0
         self._epoch_said = float("-inf")
@@ -289,10 +291,17 @@ class Subscriber:
         """End the session if Redis restarted under it. redis-py may reconnect and
         re-subscribe a pub/sub connection without the connect callback telling (seen with
         redis-py 8: a SIGKILLed Redis back on its port, the subscription answering probes and
-        the replica ready, the restart and its lost history never noticed)."""
+        the replica ready, the restart and its lost history never noticed). Else note the
+        node's replication offset: the look that follows saw its data up to there."""
         run_id = await self._bus.run_id(self._node)
         if self._run_id is not None and run_id != self._run_id:
             raise SubscriptionReset(f"redis restarted under the subscription (run id {run_id})")
+        # Read before the probe's history read, and before its PUBLISH, which a replica gets
+        # asynchronously like any write (a master killed just after it would otherwise look
+        # ahead of its caught-up replica). A master's id changes when its first replica
+        # attaches: the id of the session's start alone made a later failover look like a
+        # restart.
+        self._replication = await self._bus.replication(self._node)
 
     def _on_reconnect(self, connection: object) -> None:
         self._reset = True
@@ -320,17 +329,23 @@ class Subscriber:
         bus, redis = self._bus, self._node
         state = await history_state(redis, bus)
         run_id = await bus.run_id(redis)
-        replids = await bus.replication_ids(redis)
+        replication = await bus.replication(redis)
+        if replication is None and not self._replication_unknown_said:
+            self._replication_unknown_said = True
+            log.warning(
+                "redis refuses INFO replication to this user: a failover before the first "
+                "event of a history will tell streams reset (grant +info)"
+            )
         persistent = await bus.persistent(redis)
         watermark = hub.last_id
         in_history = await self.holds_watermark(redis)
         known = Known(
-            self._started, self._epoch, watermark, hub.first_id, self._run_id, self._replid
+            self._started, self._epoch, watermark, hub.first_id, self._run_id, self._replication
         )
-        found = Found(state, run_id, persistent, in_history, replids)
+        found = Found(state, run_id, persistent, in_history, replication)
         decision = decide(known, found)
         self._started, self._epoch, self._run_id = True, state.epoch, found.run_id
-        self._replid = replids[0]
+        self._replication = replication
         hub.last_id = decision.watermark
         if decision.reset:
             hub.first_id = None
@@ -462,9 +477,9 @@ class Subscriber:
                 if now - answered > limit:
                     raise ProbeLost(f"no probe came back for {now - answered:.1f}s")
                 if now >= next_probe:
+                    await self._check_run_id()
                     await self._bus.probe(self._node, self._probe_channel)
                     await self._sync_clock()
-                    await self._check_run_id()
                     # an entry no live message announced (written by hand, or its message
                     # lost) is delivered within one interval
                     await self._gap_fill()

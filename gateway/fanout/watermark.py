@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from publisher.bus import Replication
+
 from .frames import GapReason, StreamId, parse_stream_id
 from .history import HistoryState
 
-__all__ = ["Decision", "Found", "Known", "Verdict", "decide", "new_history"]
+__all__ = ["Decision", "Found", "Known", "Verdict", "carries_on", "decide", "new_history"]
 
 #: what a session found, one per row of the rules table:
 #: ``baseline`` the first session: history's end is the watermark;
@@ -27,8 +29,8 @@ __all__ = ["Decision", "Found", "Known", "Verdict", "decide", "new_history"]
 #: ``removed`` entries after the watermark were removed (XDEL), or a replica that had
 #: dispatched nothing finds entries removed: told ``trimmed``;
 #: ``restarted_unseen`` Redis restarted without an append-only file over no history this
-#: replica saw, and its data does not carry on the node's it last looked at: one may have come
-#: and gone: told ``reset``;
+#: replica saw, on a node that does not carry on the data of the one it last looked at
+#: (:func:`carries_on`): one may have come and gone: told ``reset``;
 #: ``past_the_end`` the watermark is past history's end: pulled back, told ``unknown``
 Verdict = Literal[
     "baseline",
@@ -56,8 +58,8 @@ class Known:
     first_id: StreamId | None
     #: the Redis run id at the last session
     run_id: str | None
-    #: that node's replication id (INFO replication's ``master_replid``)
-    replid: str | None = None
+    #: that node's replication id and offset when last looked at (None: unknown)
+    replication: Replication | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +72,8 @@ class Found:
     aof: bool
     #: the watermark's own entry is in the history (False when there is no watermark)
     watermark_in_history: bool
-    #: this node's replication id and its previous one (``master_replid2``, None when it has
-    #: none): a promoted replica names the id of the master whose data it carries on
-    replids: tuple[str | None, str | None] = (None, None)
+    #: this node's replication ids and offsets (None: unknown)
+    replication: Replication | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,25 @@ def new_history(known_epoch: str | None, first_id: StreamId | None, epoch: str |
     return epoch is None or parse_stream_id(epoch) > first_id
 
 
+def carries_on(seen: Replication | None, now: Replication | None) -> bool:
+    """Whether a node (``now``) holds all the data of the one last looked at (``seen``) up
+    to that look: its previous replication id is that node's, held at least to the offset
+    seen then. A replica promoted in step with its master (Sentinel, ``CLUSTER FAILOVER``) or
+    caught up when its master died; not a restart without persistence (no previous id), nor
+    one from an RDB file older than the look, nor another master (a reshard). What it lacks
+    of writes after the look is lost as it is when the epoch is known: past the watermark,
+    told "unknown"; unseen, not told (ARCHITECTURE.md, "Redis Cluster")."""
+    return (
+        seen is not None
+        and now is not None
+        and seen.replid is not None
+        and seen.offset is not None
+        and now.previous == seen.replid
+        and now.previous_until is not None
+        and now.previous_until >= seen.offset
+    )
+
+
 def decide(known: Known, found: Found) -> Decision:
     """The row of the rules table this session is in, and what follows from it."""
     state, watermark = found.history, known.watermark
@@ -107,11 +127,6 @@ def decide(known: Known, found: Found) -> Decision:
         # their own ids. Read before SUBSCRIBE, so what comes between is gap-filled.
         return Decision("baseline", state.last_id)
     restarted = known.run_id is not None and found.run_id != known.run_id
-    # A node whose data carries on what this replica last looked at (a failover to a replica
-    # of it: the promoted node's previous replication id is that node's). What it lacks of
-    # the old master's last writes is lost as it is when the epoch is known: past the
-    # watermark, "unknown" below; unseen, no notice (ARCHITECTURE.md, "Redis Cluster").
-    carried_on = known.replid is not None and known.replid in found.replids
     if new_history(known.epoch, known.first_id, state.epoch):
         if watermark not in (None, (0, 0)) and found.watermark_in_history:
             return Decision("epoch_key_replaced", watermark)
@@ -134,7 +149,7 @@ def decide(known: Known, found: Found) -> Decision:
         return Decision("removed", watermark, "trimmed")
     if (
         restarted
-        and not carried_on
+        and not carries_on(known.replication, found.replication)
         and known.epoch is None
         # a failover to a replica holds the history this replica followed: its epoch is at
         # or below the first id dispatched from it

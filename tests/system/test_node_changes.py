@@ -3,9 +3,11 @@ under it, for real: the rules table's row "a Redis restart ... over no history"
 (ARCHITECTURE.md, "Watermark and epoch"). Its streams are told ``reset`` only where the
 node's data does not carry on what the replica last looked at: a restart without
 persistence. A failover to a replica (Sentinel; a cluster's ``CLUSTER FAILOVER``, or its
-master killed) carries it on, which the promoted node's replication ids prove (INFO
-replication's ``master_replid2`` is the old master's id), and tells nothing. A cluster slot
-resharded to another master is told: nothing proves that its keys came along.
+master killed; a replica attached after the gateway's session began) carries it on, which
+the promoted node's replication ids prove (INFO replication's ``master_replid2`` is the old
+master's id, held up to at least the offset the gateway last saw), and tells nothing. A
+restart from an RDB file older than that offset is told, as is a cluster slot resharded to
+another master: nothing proves that its keys came along.
 
 Found in CI: a partition's master failed over before that partition's first event, and every
 stream was told ``reset`` for a failover that lost nothing (the replica knew no epoch, and the
@@ -16,7 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import anyio
 import httpx
@@ -28,13 +35,17 @@ from publisher import AsyncPublisher, Keys
 from tests.support.gateway_server import gateway_settings, spawn_gateway
 from tests.support.http import metric_value
 from tests.support.identities import ALICE, seed, session_of
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
 from tests.support.sentinel import sentinel_set
+from tests.support.tcp_proxy import tcp_proxy
 from tests.support.wait import until
 from tests.system.test_sentinel import _close_orphans
 from tests.system.test_watermark import reading
 
 pytestmark = pytest.mark.anyio
+
+#: the gateway's probe interval (s): it looks at its Redis node at least this often
+PROBE = 0.5
 
 #: the change of a Redis deployment's node that the test makes (each deployment below yields
 #: its URL, with the identities stored, and its change)
@@ -52,6 +63,86 @@ async def restart() -> AsyncIterator[tuple[str, Change]]:
             await seed(server.url)  # the identities went with the rest
 
         yield server.url, change
+
+
+@contextlib.contextmanager
+def replica_of(master: int) -> Iterator[int]:
+    """A redis-server without persistence replicating the one on port ``master``, in sync;
+    yields its port."""
+    port, workdir = free_port(), tempfile.mkdtemp(prefix="kev-replica-")
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--dir", workdir, "--replicaof", "127.0.0.1", str(master)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not _in_sync(master, port):
+            assert time.monotonic() < deadline, "the replica never synced"
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _in_sync(master: int, replica: int) -> bool:
+    """The replica's link is up and it has all of the master's replication stream."""
+    try:
+        with redis.Redis(port=master) as m, redis.Redis(port=replica) as r:
+            mine = r.info("replication")
+            return bool(
+                mine.get("master_link_status") == "up"
+                and mine["master_repl_offset"] == m.info("replication")["master_repl_offset"]
+            )
+    except redis.ConnectionError:
+        return False
+
+
+@contextlib.asynccontextmanager
+async def restart_from_rdb() -> AsyncIterator[tuple[str, Change]]:
+    """A master with a replica (so its replication id outlives a restart) and an RDB file
+    SAVEd before the gateway looked; a write after it, looked at; then the master is
+    SIGKILLed and started again from the file, which lacks that write."""
+    with RedisServer() as master, replica_of(master.port):
+        await seed(master.url)
+        with redis.Redis(port=master.port) as raw:
+            raw.save()
+
+        async def change() -> None:
+            with redis.Redis(port=master.port) as raw:
+                raw.set("kev-test:after-the-file", 1)
+            await anyio.sleep(3 * PROBE)  # the replica's next look is past the file's offset
+            master.restart()
+
+        yield master.url, change
+
+
+@contextlib.asynccontextmanager
+async def late_replica() -> AsyncIterator[tuple[str, Change]]:
+    """A master without replicas, behind a TCP proxy. After the gateway looked, a replica
+    attaches (which changes the master's replication id) and catches up; then it is
+    promoted by hand (REPLICAOF NO ONE), the master SIGKILLed and the proxy sent to the
+    new master: a failover as Sentinel makes one."""
+    with RedisServer() as master, contextlib.ExitStack() as stack:
+        await seed(master.url)
+        proxy = stack.enter_context(tcp_proxy(master.port))
+        url = proxy.url
+
+        async def change() -> None:
+            replica = stack.enter_context(replica_of(master.port))
+            await anyio.sleep(3 * PROBE)  # looked at again since
+            with redis.Redis(port=master.port) as raw:
+                raw.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            await until(lambda: _in_sync(master.port, replica), 10, "the replica caught up")
+            with redis.Redis(port=replica) as raw:
+                raw.execute_command("REPLICAOF", "NO", "ONE")
+            master.stop(kill=True)
+            proxy.close()
+            stack.enter_context(tcp_proxy(replica, port=proxy.port))
+
+        yield url, change
 
 
 @contextlib.asynccontextmanager
@@ -101,8 +192,12 @@ async def cluster(how: str) -> AsyncIterator[tuple[str, Change]]:
 
 def deployment(change: str) -> contextlib.AbstractAsyncContextManager[tuple[str, Change]]:
     """The deployment whose node ``change`` changes (a key of :data:`NOTICES`)."""
-    if change.startswith("restart"):
+    if change == "restart without persistence":
         return restart()
+    if change.startswith("restart"):
+        return restart_from_rdb()
+    if change.startswith("a replica"):
+        return late_replica()
     if change.startswith("cluster"):
         return cluster(change.split()[-1])
     return sentinel()
@@ -111,6 +206,9 @@ def deployment(change: str) -> contextlib.AbstractAsyncContextManager[tuple[str,
 #: each change of the node, and the notices an open stream gets for it
 NOTICES: dict[str, list[str]] = {
     "restart without persistence": ["reset"],
+    # its previous replication id is the old one, but held only up to the file's offset
+    "restart from an RDB file older than the last look": ["reset"],
+    "a replica attached after the session began, then promoted": [],
     "Sentinel failover": [],
     "cluster failover": [],
     "cluster master kill": [],
@@ -131,7 +229,7 @@ async def test_a_replica_that_saw_no_history_is_told_reset_only_where_data_was_l
 ) -> None:
     notices = NOTICES[change]
     async with deployment(change) as (url, make_change):
-        with spawn_gateway(gateway_settings(url, probe_interval=0.5)) as gw:
+        with spawn_gateway(gateway_settings(url, probe_interval=PROBE)) as gw:
             async with reading(gw.base_url) as reader:
                 await until(
                     lambda: httpx.get(gw.base_url + "/ready", timeout=5).json()["streams"] >= 1,
@@ -157,3 +255,26 @@ async def test_a_replica_that_saw_no_history_is_told_reset_only_where_data_was_l
                 assert [n["reason"] for n in reader.notices()] == notices
                 told = _metric(gw.base_url, "kev_new_histories_total")
                 assert told == len(notices)
+
+
+async def test_a_user_refused_info_replication_still_runs_a_replica(tmp_path: Path) -> None:
+    """A hand-written ACL may grant only some INFO sections: without ``INFO replication`` the
+    replica still serves (no proof of a carry-on: the rule as before it), and says so once."""
+    with RedisServer() as server:
+        await seed(server.url)
+        with redis.Redis(port=server.port) as raw:
+            raw.execute_command(
+                "ACL", "SETUSER", "partial", "on", ">partial-password", "~*", "&*", "+@all",
+                "-info", "+info|server", "+info|persistence",
+            )  # fmt: skip
+        url = f"redis://partial:partial-password@127.0.0.1:{server.port}/0"
+        log = tmp_path / "gateway.log"
+        with spawn_gateway(gateway_settings(url, probe_interval=PROBE), log=log) as gw:
+            async with reading(gw.base_url) as reader:
+                async with AsyncPublisher.from_url(server.url) as pub:
+                    await pub.publish(session_of(ALICE, "partial").started("served"))
+                await until(lambda: len(reader.kernel()) >= 1, 10, "the event")
+            await anyio.sleep(3 * PROBE)  # probes: each asks again, none may fail
+            assert httpx.get(gw.base_url + "/ready", timeout=5).status_code == 200
+        said = [line for line in log.read_text().splitlines() if "INFO replication" in line]
+        assert len(said) == 1, said

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.fanout.history import HistoryState
 from gateway.fanout.watermark import Decision, Found, Known, decide
+from publisher.bus import Replication
 
 
 def _history(
@@ -27,8 +28,14 @@ FOLLOWING = Known(started=True, epoch="100-0", watermark=(150, 0), first_id=(120
 
 
 def _found(history: HistoryState, *, run_id: str = "r1", aof: bool = False,
-           in_history: bool = True) -> Found:  # fmt: skip
-    return Found(history, run_id, aof, in_history)
+           in_history: bool = True, replication: Replication | None = None) -> Found:  # fmt: skip
+    return Found(history, run_id, aof, in_history, replication)
+
+
+#: the node last looked at: replication id "id-1", its stream at offset 500 then
+SEEN = Replication("id-1", 500, None, None)
+#: a history that was empty when last looked at, and holds one event now
+EMPTY_THEN_ONE = _history(epoch="120-0", first=(120, 0), last=(120, 0))
 
 
 ROWS: dict[str, tuple[Known, Found, Decision]] = {
@@ -96,27 +103,26 @@ ROWS: dict[str, tuple[Known, Found, Decision]] = {
         ),
         Decision("same", (0, 0)),
     ),
-    "a restart over no history seen, the node's previous replication id another": (
-        Known(True, None, (0, 0), None, "r1", "id-1"),
-        Found(
-            _history(epoch="120-0", first=(120, 0), last=(120, 0)),
-            "r2",
-            False,
-            False,
-            ("id-2", "id-0"),
-        ),
+    "a restart over no history seen, a new replication id and no previous one": (
+        Known(True, None, (0, 0), None, "r1", SEEN),
+        _found(EMPTY_THEN_ONE, run_id="r2", replication=Replication("id-2", 0, None, None)),
         Decision("restarted_unseen", (0, 0), "reset"),
     ),
-    "a failover over no history seen: the promoted replica's previous replication id is the "
-    "old master's, its data carries on: nothing to tell": (
-        Known(True, None, (0, 0), None, "r1", "id-1"),
-        Found(
-            _history(epoch="120-0", first=(120, 0), last=(120, 0)),
-            "r2",
-            False,
-            False,
-            ("id-2", "id-1"),
-        ),
+    "a restart over no history seen from an RDB file older than the last look (its previous "
+    "id is the old one, held only up to the file's offset)": (
+        Known(True, None, (0, 0), None, "r1", SEEN),
+        _found(EMPTY_THEN_ONE, run_id="r2", replication=Replication("id-2", 0, "id-1", 499)),
+        Decision("restarted_unseen", (0, 0), "reset"),
+    ),
+    "a node whose current id is the one seen is no proof (only a previous id is)": (
+        Known(True, None, (0, 0), None, "r1", SEEN),
+        _found(EMPTY_THEN_ONE, run_id="r2", replication=Replication("id-1", 900, None, None)),
+        Decision("restarted_unseen", (0, 0), "reset"),
+    ),
+    "a failover over no history seen: the promoted replica held the old master's stream up "
+    "to the last look, its data carries on: nothing to tell": (
+        Known(True, None, (0, 0), None, "r1", SEEN),
+        _found(EMPTY_THEN_ONE, run_id="r2", replication=Replication("id-2", 510, "id-1", 500)),
         Decision("same", (0, 0)),
     ),
     "a failover to a replica that holds the history followed: nothing to tell": (
