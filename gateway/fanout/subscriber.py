@@ -148,6 +148,7 @@ class Subscriber:
         #: (:func:`~.watermark.carries_on`: a failover to a node that had it all tells nothing)
         self._replication: Replication | None = None
         self._replication_unknown_said = False
+        self._replication_refused = False
         #: epoch key rewrites followed over the same history (:meth:`_epoch_changed`)
         self.epoch_rewrites = 0
         self._epoch_said = float("-inf")
@@ -293,15 +294,19 @@ class Subscriber:
         redis-py 8: a SIGKILLed Redis back on its port, the subscription answering probes and
         the replica ready, the restart and its lost history never noticed). Else note the
         node's replication offset: the look that follows saw its data up to there."""
+        # The replication look first, then the run id it is kept under: a command retried
+        # on a new connection may land on a newly promoted master, whose look must not pass
+        # for the old one's (the review: then a failover told reset). Read before the probe's
+        # history read, and before its PUBLISH, which a replica gets asynchronously like any
+        # write (a master killed just after it would otherwise look ahead of its caught-up
+        # replica). A master's id changes when its first replica attaches: the id of the
+        # session's start alone made a later failover look like a restart.
+        replication = None if self._replication_refused else await self._bus.replication(self._node)
         run_id = await self._bus.run_id(self._node)
         if self._run_id is not None and run_id != self._run_id:
             raise SubscriptionReset(f"redis restarted under the subscription (run id {run_id})")
-        # Read before the probe's history read, and before its PUBLISH, which a replica gets
-        # asynchronously like any write (a master killed just after it would otherwise look
-        # ahead of its caught-up replica). A master's id changes when its first replica
-        # attaches: the id of the session's start alone made a later failover look like a
-        # restart.
-        self._replication = await self._bus.replication(self._node)
+        if replication is not None:
+            self._replication = replication
 
     def _on_reconnect(self, connection: object) -> None:
         self._reset = True
@@ -330,6 +335,7 @@ class Subscriber:
         state = await history_state(redis, bus)
         run_id = await bus.run_id(redis)
         replication = await bus.replication(redis)
+        self._replication_refused = replication is None  # not asked again at each probe
         if replication is None and not self._replication_unknown_said:
             self._replication_unknown_said = True
             log.warning(

@@ -110,10 +110,17 @@ async def restart_from_rdb() -> AsyncIterator[tuple[str, Change]]:
         with redis.Redis(port=master.port) as raw:
             raw.save()
 
+        def probes() -> int:
+            with redis.Redis(port=master.port) as raw:
+                return int(raw.info("commandstats").get("cmdstat_publish", {}).get("calls", 0))
+
         async def change() -> None:
             with redis.Redis(port=master.port) as raw:
                 raw.set("kev-test:after-the-file", 1)
-            await anyio.sleep(3 * PROBE)  # the replica's next look is past the file's offset
+            # A probe reads the offset before its PUBLISH: the second PUBLISH after the write
+            # is a probe's whose look came after it, past the file's offset.
+            after = probes()
+            await until(lambda: probes() >= after + 2, 10, "a look after the write")
             master.restart()
 
         yield master.url, change
