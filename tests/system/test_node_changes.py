@@ -35,7 +35,7 @@ from publisher import AsyncPublisher, Keys
 from tests.support.gateway_server import gateway_settings, spawn_gateway
 from tests.support.http import metric_value
 from tests.support.identities import ALICE, seed, session_of
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port, is_master
 from tests.support.sentinel import sentinel_set
 from tests.support.tcp_proxy import tcp_proxy
 from tests.support.wait import until
@@ -160,15 +160,7 @@ async def sentinel() -> AsyncIterator[tuple[str, Change]]:
 
         async def change() -> None:
             master.stop(kill=True)
-
-            def promoted() -> bool:
-                try:
-                    with redis.Redis(port=replica_port) as raw:
-                        return raw.info("replication")["role"] == "master"
-                except redis.ConnectionError:
-                    return False
-
-            await until(promoted, 15, "the sentinel to promote the replica")
+            await until(lambda: is_master(replica_port), 15, "the sentinel to promote the replica")
 
         yield url, change
 

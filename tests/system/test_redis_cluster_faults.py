@@ -28,6 +28,7 @@ from publisher.schema import decode_event
 from tests.support.gateway_server import gateway_settings, run_gateway
 from tests.support.http import stream_as
 from tests.support.identities import ROOT, seed, session_of
+from tests.support.redis_server import is_master
 from tests.support.wait import until
 
 pytestmark = pytest.mark.anyio
@@ -118,15 +119,9 @@ async def test_an_asyncio_publisher_follows_a_failover_away_from_a_frozen_master
         assert proc is not None
         os.kill(proc.pid, signal.SIGSTOP)
         try:
-
-            def promoted() -> bool:
-                try:
-                    with redis.Redis(port=replica, socket_timeout=1) as r:
-                        return r.info("replication")["role"] == "master"
-                except redis.RedisError:
-                    return False
-
-            await until(promoted, 20, "the replica to take over the frozen master's slots")
+            await until(
+                lambda: is_master(replica), 20, "the replica to take over the frozen master's slots"
+            )
             taken_over = time.monotonic()
             ids = await pub.publish_many([ref.started(f"after-{i}") for i in range(3)])
             if not ids:

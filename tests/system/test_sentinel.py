@@ -16,6 +16,7 @@ from publisher import AsyncPublisher, Keys
 from tests.support.fleet import caught_up, fleet, publishing, until_streams
 from tests.support.gateway_server import gateway_settings, spawn_gateway
 from tests.support.identities import seed
+from tests.support.redis_server import is_master
 from tests.support.sentinel import sentinel_set
 from tests.support.wait import until
 
@@ -51,15 +52,9 @@ async def test_gateway_and_publisher_follow_a_sentinel_failover() -> None:
                     await anyio.sleep(0.5)
                     master.stop(kill=True)
                     failed_over = time.monotonic()
-
-                    def promoted() -> bool:
-                        try:
-                            with redis.Redis(port=replica_port) as r:
-                                return r.info("replication")["role"] == "master"
-                        except redis.ConnectionError:
-                            return False
-
-                    await until(promoted, 15, "the sentinel to promote the replica")
+                    await until(
+                        lambda: is_master(replica_port), 15, "the sentinel to promote the replica"
+                    )
                     with anyio.fail_after(15):  # the gateway follows: subscribed and probed
                         while not await ready(gw.base_url):
                             await anyio.sleep(0.05)
