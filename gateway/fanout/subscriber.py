@@ -333,8 +333,8 @@ class Subscriber:
         hub = self._hub
         bus, redis = self._bus, self._node
         state = await history_state(redis, bus)
+        replication = await bus.replication(redis)  # before the run id it is kept under
         run_id = await bus.run_id(redis)
-        replication = await bus.replication(redis)
         self._replication_refused = replication is None  # not asked again at each probe
         if replication is None and not self._replication_unknown_said:
             self._replication_unknown_said = True
