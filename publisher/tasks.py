@@ -35,14 +35,27 @@ _RECANCEL: Final = 0.01
 async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
     """Cancel every task and return once all have ended, cancelling again on every turn of
     the loop one that runs on after a swallowed cancellation (see the module docstring).
-    What a task raised is retrieved and dropped (the task's owner logs its own failures); a
-    cancellation of the caller itself propagates, the tasks still cancelled."""
+    What a task raised is retrieved and dropped (the task's owner logs its own failures).
+
+    A cancellation of the caller itself is raised only once every task has ended. The caller
+    is typically an owner stopping its tasks in its ``finally`` while its own owner stops it
+    with this function, which cancels it again on every turn: were that cancellation raised
+    at once, the owner would end with its tasks still running, after which its own owner
+    closes what they use (a redis-py client reconnects on its next command, a database pool
+    is made again) and leaks it. The tasks are cancelled on every turn, so the wait is
+    bounded as above (``tests/unit/test_tasks.py``)."""
     loop = asyncio.get_running_loop()
     spin_until = loop.time() + _SPIN
+    cancelled: asyncio.CancelledError | None = None
     while pending := [task for task in tasks if not task.done()]:
         for task in pending:
             task.cancel()
-        await asyncio.sleep(0 if loop.time() < spin_until else _RECANCEL)
+        try:
+            await asyncio.sleep(0 if loop.time() < spin_until else _RECANCEL)
+        except asyncio.CancelledError as exc:
+            cancelled = exc  # the caller's own: raised below, once every task has ended
     for task in tasks:
         if not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" warning
+    if cancelled is not None:
+        raise cancelled
