@@ -82,6 +82,9 @@ async def running_bridge(
     finally:
         await cancel_and_wait(task)  # a swallowed cancel too (publisher.tasks)
         await bridge.close()
+        # a task of the bridge left running would reopen what close() just closed, and leak it
+        left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("bridge-")]
+        assert not left, f"the bridge's tasks outlived it: {left}"
 
 
 @dataclass
