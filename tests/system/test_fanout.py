@@ -90,8 +90,8 @@ async def test_a_stalled_client_is_evicted_while_100_others_get_everything(
             with anyio.fail_after(10):
                 while len(hub) < 101:
                     await anyio.sleep(0.01)
-            started = time.monotonic()
-            evicted_after = None
+            (stalled_stream,) = [c for c in hub.connections() if c.access_key == ROOT.access_key]
+            stalled_at = evicted_after = None
             async with AsyncPublisher.from_url(cast) as pub:
                 for _ in range(150):  # 3 s: ~280 KB/s for the stalled client
                     ids = await pub.publish_many(
@@ -99,15 +99,22 @@ async def test_a_stalled_client_is_evicted_while_100_others_get_everything(
                     )
                     published.append(ids[-1])
                     peak_buffered = max(peak_buffered, hub.buffered_bytes())
+                    now = time.monotonic()
+                    if stalled_at is None and (stalled_stream.writing_since or len(hub) == 100):
+                        # the kernel's and the transport's buffers are full: the stream
+                        # takes no more writes (how soon depends on this publisher's pace)
+                        stalled_at = now
                     if evicted_after is None and len(hub) == 100:
-                        evicted_after = time.monotonic() - started
+                        evicted_after = now - (stalled_at or now)
                     await anyio.sleep(0.02)
         assert all(got == published for got in received)
         assert evicted_after is not None, "the stalled client was never evicted"
         assert dict(hub.stats.evictions) == {reason: 1}
-        # It stalls once the kernel's and the transport's buffers fill (well under a
-        # second at this rate); it is out within the deadline plus one timer tick after.
-        assert evicted_after < 1.0 + deadline + 0.5, evicted_after
+        if reason == "write_timeout":
+            # From the moment it takes no more writes, it is out within the deadline plus one
+            # timer tick (0.25 s) and a turn of this loop. (With the small cap it is out once
+            # 64 KiB more are queued: when depends on this publisher's pace, the bound below.)
+            assert evicted_after < deadline + 0.5, evicted_after
         # Queued bytes stay within one client's cap (plus the frame that crossed it) and
         # what the 100 healthy clients hold between dispatch and their next write.
         assert peak_buffered <= min(cap, 512 * 1024) + 1200 + 100 * 150
