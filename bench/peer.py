@@ -27,6 +27,7 @@ __all__ = ["FIGURES", "compare", "print_peer", "ratio"]
 #: derived figure -> (label, format, only for idle scenarios)
 FIGURES: Final[dict[str, tuple[str, str, bool]]] = {
     "gw_cpu_per_1k_ms": ("CPU ms / 1k deliveries", ".2f", False),
+    "gw_user_per_1k_ms": ("of which user CPU ms", ".2f", False),
     "gw_user_per_write_us": ("user CPU us / write", ".2f", False),
     "redis_cpu_per_1k_ms": ("Redis CPU ms / 1k deliveries", ".2f", False),
     "p99_ms": ("p99 latency ms", ".1f", False),

@@ -78,13 +78,14 @@ def test_derive_gives_redis_cpu_per_delivery() -> None:
         "name": "a25", "title": "t", "kind": "broadcast", "clients": 2, "rate": 1.0,
         "connected": 2, "failed": 0, "rss_idle": 2000, "rss_before": 1000, "pubsub": {},
         "published": 10, "expected": 20, "delivered": 20, "gw_cpu_s": 0.02, "evictions": {},
-        "redis_cpu_s": {"redis": 0.004},
+        "gw_user_s": 0.005, "redis_cpu_s": {"redis": 0.004},
         "client": {"events_healthy": 20, "events_stalled": 0, "hist_healthy": [[0, 10, 20]],
                    "lat_max_us": [10, 0], "cpu_user_s": 0.0, "cpu_sys_s": 0.0, "chunks": 0},
     }  # fmt: skip
     d = derive(raw)
     assert d["redis_cpu_per_1k_ms"] == pytest.approx(200.0)
     assert d["gw_cpu_per_1k_ms"] == pytest.approx(1000.0)
+    assert d["gw_user_per_1k_ms"] == pytest.approx(250.0)  # nchan's too: per delivery
     assert d["gw_cpu_per_write_us"] is None  # nchan's stream is not chunked: no writes to count
 
 
