@@ -71,9 +71,10 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 class Sink(Protocol):
     """Writes straight to the client's connection, bypassing ASGI ``send``."""
 
-    def paused(self) -> bool:
-        """True while the transport holds more than its high-water mark."""
-        ...
+    #: True while the transport holds more than its high-water mark, and once the client is
+    #: gone: the writer task, not the hub's flush, writes then (an attribute, not a call: it
+    #: is read for every stream at every flush)
+    blocked: bool
 
     def write_chunk(self, framed: bytes) -> None:
         """Write ``framed``, which is :func:`chunk` of the data."""
@@ -420,7 +421,7 @@ class Connection:
         sink = self.sink
         if self.closed or sink is None or not self._chunks:
             return None
-        if self.writing_since or sink.paused():
+        if self.writing_since or sink.blocked:
             self._wake()
             return None
         return self._take_queue()
@@ -627,7 +628,7 @@ class Connection:
     async def _wait(self) -> None:
         """Return once the writer task has something to do: queued data it must write (no
         sink, or the sink is paused) or the close."""
-        if self.closed or (self._chunks and (self.sink is None or self.sink.paused())):
+        if self.closed or (self._chunks and (self.sink is None or self.sink.blocked)):
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiter = waiter
@@ -657,7 +658,7 @@ class Connection:
                     continue  # a deliberate close still writes what was queued meanwhile
                 break
             sink = self.sink
-            if sink is not None and not sink.paused():
+            if sink is not None and not sink.blocked:
                 self._resume_direct()  # drained: the hub's flush takes over again
                 return
         reason = self.close_reason

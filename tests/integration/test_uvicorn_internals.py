@@ -103,27 +103,29 @@ class _Recorder:
     the response was chunked once the headers went out."""
 
     def __init__(self) -> None:
-        self.seen: list[tuple[UvicornStream | None, bool]] = []
+        self.seen: list[tuple[UvicornStream | None, bool, bool]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         direct = direct_path(send)
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        self.seen.append((direct, direct is not None and direct.chunked()))
+        self.seen.append(
+            (direct, direct is not None and direct.chunked(), direct is None or direct.blocked)
+        )
         assert direct is not None
         direct.write_chunk(b"5\r\nhello\r\n")  # what the hub does: one framed chunk
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 @contextlib.contextmanager
-def _serving(app: Any, **options: Any) -> Iterator[str]:
+def _serving(app: Any, http: Any = LimitedHttpToolsProtocol, **options: Any) -> Iterator[str]:
     port = free_port()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=port,
-        http=LimitedHttpToolsProtocol,
+        http=http,
         loop="uvloop",
         lifespan="off",
         log_config=None,
@@ -152,13 +154,89 @@ def test_the_cycle_offers_the_direct_path_and_a_direct_chunk_reaches_the_client(
         f"uvicorn {uvicorn.__version__}: a chunk written to the transport did not arrive as "
         "the body: " + HOW.format(tested=_tested())
     )
-    ((direct, chunked),) = app.seen
+    ((direct, chunked, blocked),) = app.seen
     assert direct is not None, (
         f"uvicorn {uvicorn.__version__}'s request cycle lacks what the direct path reads: "
         + HOW.format(tested=_tested())
     )
     assert chunked
-    assert not direct.paused()
+    assert not blocked
+
+
+class _Flooder:
+    """An ASGI app: one response written directly until its transport pauses, recording the
+    stream's ``blocked`` flag at each step of the client's doing (``steps``: the test's)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bool]] = []
+        self.steps: dict[str, threading.Event] = {
+            name: threading.Event() for name in ("drained", "gone")
+        }
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        direct = direct_path(send)
+        assert direct is not None
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        self.seen.append(("headers out", direct.blocked))
+        for _ in range(1_000):  # the client does not read: its buffers fill, then ours
+            if direct.blocked:
+                break
+            direct.write_chunk(b"%x\r\n%b\r\n" % (65536, b"x" * 65536))
+        self.seen.append(("flooded", direct.blocked))
+        for step in ("drained", "gone"):
+            for _ in range(1000):  # the test's step, then the flag's change: 10 s at most
+                if self.steps[step].is_set() and direct.blocked == (step == "gone"):
+                    break
+                await asyncio.sleep(0.01)
+            self.seen.append((step, direct.blocked))
+
+
+def test_the_streams_blocked_flag_follows_flow_control_and_the_clients_going() -> None:
+    """What the hub's flush reads for every stream instead of uvicorn's flow control and
+    cycle: on a real uvicorn, set when the transport pauses, cleared when it drains, set for
+    good when the client goes."""
+    app = _Flooder()
+    with _serving(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            deadline = time.monotonic() + 10
+            while len(app.seen) < 2:
+                assert time.monotonic() < deadline, app.seen
+                time.sleep(0.01)
+            app.steps["drained"].set()
+            while len(app.seen) < 3:  # read until the server has seen the transport drain
+                assert time.monotonic() < deadline, app.seen
+                sock.recv(1 << 20)
+        app.steps["gone"].set()
+        while len(app.seen) < 4:
+            assert time.monotonic() < deadline, app.seen
+            time.sleep(0.01)
+    assert app.seen == [
+        ("headers out", False),
+        ("flooded", True),
+        ("drained", False),
+        ("gone", True),
+    ], HOW.format(tested=_tested())
+
+
+def test_uvicorns_own_protocol_offers_no_direct_path() -> None:
+    """Nothing would keep ``blocked`` there: the stream writes through ASGI ``send``."""
+    offered: list[UvicornStream | None] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            offered.append(direct_path(send))
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    with _serving(app, http=uvicorn_internals.HttpToolsProtocol) as url:
+        assert httpx.get(url + "/", timeout=5).status_code == 204
+    with _serving(app) as url:  # and the limited one does
+        assert httpx.get(url + "/", timeout=5).status_code == 204
+    assert offered[0] is None and isinstance(offered[1], UvicornStream)
 
 
 def test_the_limited_protocol_answers_a_head_too_large_and_a_slow_head() -> None:

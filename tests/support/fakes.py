@@ -25,10 +25,7 @@ class FakeSink:
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
-        self.is_paused = False
-
-    def paused(self) -> bool:
-        return self.is_paused
+        self.blocked = False
 
     def write_chunk(self, framed: bytes) -> None:
         size, _, rest = framed.partition(b"\r\n")
@@ -57,8 +54,7 @@ class FakeDirect:
     def chunked(self) -> bool:
         return False
 
-    def paused(self) -> bool:
-        return True
+    blocked = True
 
     def write_chunk(self, framed: bytes) -> None:
         raise AssertionError("never chunked: nothing is written directly")

@@ -281,11 +281,11 @@ def test_a_paused_or_closed_sink_is_not_written_directly() -> None:
     notified: list[Connection] = []
     sink, connection = FakeSink(), _connection()
     connection.go_direct(sink, notified.append)
-    sink.is_paused = True
+    sink.blocked = True
     connection.push(b"a\n\n")
     write_out([connection])
     assert sink.writes == [] and connection.buffered == 3  # left to the writer task
-    sink.is_paused = False
+    sink.blocked = False
     connection.push(b"b\n\n")
     write_out([connection])
     assert sink.writes == [b"a\n\nb\n\n"]
@@ -309,7 +309,7 @@ class ModelSink(FakeSink):
             raise ConnectionResetError("gone")
         super().write_chunk(framed)
         if self.pauses_on_write:
-            self.is_paused = True
+            self.blocked = True
 
 
 _FRAMES = [b"data: %d\n\n" % n for n in range(3)]  # shared objects, as in a broadcast
@@ -359,9 +359,9 @@ def test_flushes_write_each_queue_once_in_order(ops: list[tuple[str, int, int]])
                     queued[i].append(_FRAMES[f])
                     assert connection in dirty  # asked for a flush
         elif op == "pause":
-            sink.is_paused = True
+            sink.blocked = True
         elif op == "resume":
-            sink.is_paused = sink.pauses_on_write = False
+            sink.blocked = sink.pauses_on_write = False
         elif op == "fill":
             sink.pauses_on_write = True
         elif op == "break":
@@ -370,7 +370,7 @@ def test_flushes_write_each_queue_once_in_order(ops: list[tuple[str, int, int]])
             connection.close("shutdown")  # its queue is the writer task's now
         else:
             before = [len(s.writes) for s in sinks]
-            paused = [s.is_paused for s in sinks]
+            paused = [s.blocked for s in sinks]
             open_ = [not c.closed for c in connections]
             batch, dirty[:] = [*dirty, connection], []  # a duplicate does no harm
             write_out(batch)
@@ -396,13 +396,13 @@ async def test_a_write_in_flight_hands_back_to_the_flush_when_it_ends() -> None:
     connection = _connection()
     connection.attach(send, None)
     connection.go_direct(sink, dirty.append)
-    sink.is_paused = True
+    sink.blocked = True
     send.gate.clear()  # the client stopped reading: the writer's send blocks
     connection.push(b"a\n\n")
     write_out(dirty)
     dirty.clear()  # paused: the writer task is woken and takes it
     await until(lambda: connection.writing_since > 0, 2, "the writer task's send")
-    sink.is_paused = False
+    sink.blocked = False
     connection.push(b"b\n\n")
     assert dirty == [connection]
     write_out(dirty)
@@ -417,8 +417,13 @@ async def test_a_write_in_flight_hands_back_to_the_flush_when_it_ends() -> None:
 
 def test_a_stream_whose_take_raises_is_closed_and_the_others_still_written() -> None:
     class Exploding(FakeSink):
-        def paused(self) -> bool:
+        @property
+        def blocked(self) -> bool:
             raise RuntimeError("boom")
+
+        @blocked.setter
+        def blocked(self, value: bool) -> None:
+            pass
 
     good, bad, other = _connection(), _connection(), _connection()
     sinks = [FakeSink(), Exploding(), FakeSink()]

@@ -238,7 +238,7 @@ async def test_a_paused_direct_client_is_left_to_its_writer_task() -> None:
     sink, client = FakeSink(), hub.new_connection(Filter(), "k")
     hub.register(client)
     client.go_direct(sink, hub.notify)
-    sink.is_paused = True
+    sink.blocked = True
     waiting = asyncio.ensure_future(client._wait())
     await asyncio.sleep(0)
     assert not waiting.done()
