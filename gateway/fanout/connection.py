@@ -200,9 +200,9 @@ def write_out(dirty: list[Connection]) -> None:
             continue
         if queue is None:
             continue
-        if len(queue) == 1:
-            if queue[0] is not frame:
-                frame, frames, framed = queue[0], None, chunk(queue[0])
+        if isinstance(queue, bytes):
+            if queue is not frame:
+                frame, frames, framed = queue, None, chunk(queue)
         elif queue != frames:  # compared element by element, identity first
             frame, frames, framed = None, queue, chunk(b"".join(queue))
         clients.append(client)
@@ -399,8 +399,13 @@ class Connection:
         if self.buffered > self.cap:
             self.close("slow_consumer")
             return True
-        if not self._dirty:
-            self._signal()
+        if not self._dirty:  # _signal, inlined: this runs once per delivery
+            self._dirty = True
+            notify = self._notify
+            if notify is not None:
+                notify(self)
+            else:
+                self._wake()
         return False
 
     def _signal(self) -> None:
@@ -412,11 +417,12 @@ class Connection:
         else:
             self._wake()
 
-    def staged(self) -> list[bytes] | None:
-        """For the hub's flush (:func:`write_out`): the frames queued, taken for one write
-        through the sink (not joined: the flush joins each distinct list once), or None
-        when nothing is to be written now: nothing queued, closed, no sink, or the writer
-        task has it (a write in flight, a paused transport: it is woken)."""
+    def staged(self) -> bytes | list[bytes] | None:
+        """For the hub's flush (:func:`write_out`): what is queued, taken for one write
+        through the sink (:meth:`_take_queue`: one frame, or the list of them, not joined:
+        the flush joins each distinct list once), or None when nothing is to be written
+        now: nothing queued, closed, no sink, or the writer task has it (a write in flight,
+        a paused transport: it is woken)."""
         self._dirty = False
         sink = self.sink
         if self.closed or sink is None or not self._chunks:
@@ -466,16 +472,24 @@ class Connection:
         if not self._chunks:
             return b""
         queue = self._take_queue()
-        return queue[0] if len(queue) == 1 else b"".join(queue)
+        return queue if isinstance(queue, bytes) else b"".join(queue)
 
-    def _take_queue(self) -> list[bytes]:
-        """The queue (not empty), taken: the connection's count and drain waiter follow."""
-        queue, self._chunks = self._chunks, []
-        self.buffered -= len(queue[0]) if len(queue) == 1 else sum(map(len, queue))
+    def _take_queue(self) -> bytes | list[bytes]:
+        """The queue (not empty), taken: one frame as itself, popped from the list, which
+        stays (no list made per write: one frame per write is the usual case); more as the
+        list, replaced by a new one. The connection's count and drain waiter follow."""
+        queue = self._chunks
+        taken: bytes | list[bytes]
+        if len(queue) == 1:
+            taken = queue.pop()
+            self.buffered -= len(taken)
+        else:
+            taken, self._chunks = queue, []
+            self.buffered -= sum(map(len, queue))
         self._wrote = True
         if self._drain_waiter is not None:
             self._release_drain()
-        return queue
+        return taken
 
     async def drained(self, limit: int) -> None:
         """Return once at most ``limit`` bytes are queued (or the stream closed): the queue
