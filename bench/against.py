@@ -19,7 +19,9 @@ the tolerance (``--strict``) or a run failed. The worktree is removed at the end
 
 Figures compared (:data:`FIGURES`): gateway CPU per write (µs; and its user share alone, what
 the gateway's code costs without the system calls) and per 1,000 deliveries (ms), p99
-latency, delivered share, RSS per stream and idle CPU; lower is better for all but
+latency, delivered share, RSS per stream and idle CPU; and, as the row ``hot``, the hot
+path's ns per delivery in process (:mod:`bench.hotpath`: the gateway's Python alone, which
+the tick-sampled user share measures only roughly); lower is better for all but
 delivered. Which scenarios to run: the ones the change touches, at least a25, a100, b and e
 for a change to the hot path or to what each stream keeps (README, "Benchmarks").
 """
@@ -55,6 +57,7 @@ FIGURES: Final[dict[str, bool]] = {
     "delivered_pct": True,
     "rss_per_conn_kb": False,
     "idle_cpu_pct": False,
+    "hot_ns_per_delivery": False,
 }
 
 Log = Callable[[str], None]
@@ -99,6 +102,11 @@ def compare(
                     value = row.get(figure)
                     if isinstance(value, int | float):
                         values.setdefault((row["name"], figure), []).append(float(value))
+            hot = run.get("hotpath")  # bench.hotpath: not a scenario, one figure per run
+            if hot:
+                values.setdefault(("hot", "hot_ns_per_delivery"), []).append(
+                    float(hot["ns_per_delivery"])
+                )
         return {key: statistics.median(v) for key, v in values.items()}
 
     ref, new = medians(ref_runs), medians(new_runs)

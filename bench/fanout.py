@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .baseline import bare_write_floors
+from .hotpath import hot_path_ns
 from .loadclient import BUILD_DIR, build
 from .nchan import missing as nchan_missing
 from .nchan import version as nchan_version
@@ -112,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         help="scenario(s) to profile (default a100)",
     )
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--hotpath",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the gateway's own ns per delivery, in process, no kernel (bench.hotpath; ~5 s)",
+    )
     parser.add_argument(
         "--pin",
         action="store_true",
@@ -190,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         _log("baseline: bare write loops")
         report["baseline"] = bare_write_floors()
+    if args.hotpath:
+        _log("hot path: dispatch + flush in process")
+        report["hotpath"] = hot_path_ns()
     peer = _peer_setup(args.peer, chosen, args.rounds or 2)
     if peer is not None:
         report["peer"] = peer

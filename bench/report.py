@@ -291,6 +291,12 @@ def print_report(report: dict[str, Any]) -> None:
             f"clients): Python sock.send {base['sock_send_ms_per_1k']:.2f} ms/1k, uvloop "
             f"transport.write {base['uvloop_write_ms_per_1k']:.2f} ms/1k"
         )
+    hot = report.get("hotpath")
+    if hot:
+        print(
+            f"gateway hot path in process (bench.hotpath: dispatch + flush, {hot['streams']:,} "
+            f"direct streams, no kernel): {hot['ns_per_delivery']:.0f} ns per delivery"
+        )
     per_write = [
         f"{d['name']} {d['gw_cpu_per_write_us']:.1f}"
         for d in rows

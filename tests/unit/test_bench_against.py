@@ -44,3 +44,12 @@ def test_tolerance(figure: str, ratio: float, worse: bool) -> None:
 def test_only_figures_both_trees_have_are_compared() -> None:
     rows = compare([_run(gw_cpu_per_1k_ms=5.0)], [_run(gw_cpu_per_1k_ms=5.0, p99_ms=3.0)])
     assert [(r["figure"], r["ratio"]) for r in rows] == [("gw_cpu_per_1k_ms", 1.0)]
+
+
+def test_the_hot_path_is_compared_as_a_row_of_its_own() -> None:
+    ref = [{**_run(p99_ms=3.0), "hotpath": {"ns_per_delivery": ns}} for ns in (500, 520, 900)]
+    new = [{**_run(p99_ms=3.0), "hotpath": {"ns_per_delivery": 450.0}}] * 3
+    rows = {(r["scenario"], r["figure"]): r for r in compare(ref, new)}
+    hot = rows[("hot", "hot_ns_per_delivery")]
+    assert hot["ref"] == 520.0 and hot["ratio"] == pytest.approx(450 / 520) and not hot["worse"]
+    assert ("a25", "p99_ms") in rows
