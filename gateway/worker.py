@@ -25,7 +25,8 @@ __all__ = ["Worker", "serve_worker", "worker_app"]
 
 log = logging.getLogger(__name__)
 
-#: seconds a worker gets to stop its loop, and then to close, once asked to stop
+#: seconds a worker gets to stop its loop (and at most publisher.tasks.GRACE more), and then
+#: to close, once asked to stop
 STOP_DEADLINE: Final = 5.0
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-__all__ = ["cancel_and_wait"]
+__all__ = ["GRACE", "cancel_and_wait"]
 
 #: seconds during which a task that runs on is cancelled on every turn of the loop; after
 #: that, every ``_RECANCEL`` seconds (a task that takes this long is not spinning on a send)
@@ -32,30 +32,40 @@ _SPIN: Final = 0.1
 _RECANCEL: Final = 0.01
 
 
-async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
+#: seconds a cancelled caller still waits for its tasks to end (:func:`cancel_and_wait`)
+GRACE: Final = 1.0
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any], grace: float = GRACE) -> None:
     """Cancel every task and return once all have ended, cancelling again on every turn of
     the loop one that runs on after a swallowed cancellation (see the module docstring).
     What a task raised is retrieved and dropped (the task's owner logs its own failures).
 
-    A cancellation of the caller itself is raised only once every task has ended. The caller
-    is typically an owner stopping its tasks in its ``finally`` while its own owner stops it
-    with this function, which cancels it again on every turn: were that cancellation raised
-    at once, the owner would end with its tasks still running, after which its own owner
-    closes what they use (a redis-py client reconnects on its next command, a database pool
-    is made again) and leaks it. The tasks are cancelled on every turn, so the wait is
-    bounded as above (``tests/unit/test_tasks.py``)."""
+    A cancellation of the caller itself (its owner stopping it, or a deadline around this
+    call) is raised once every task has ended, or ``grace`` seconds after it came, whichever
+    is first. The caller is typically an owner stopping its tasks in its ``finally`` while
+    its own owner stops it with this function, which cancels it again on every turn: were
+    that cancellation raised at once, the owner would end with its tasks still running,
+    after which its own owner closes what they use (a redis-py client reconnects on its next
+    command, a database pool is made again) and leaks it. Tasks cancelled on every turn end
+    within milliseconds; ``grace`` bounds the wait for one that does not, so that a deadline
+    around this call is late by at most that much (``tests/unit/test_tasks.py``)."""
     loop = asyncio.get_running_loop()
     spin_until = loop.time() + _SPIN
     cancelled: asyncio.CancelledError | None = None
+    give_up = 0.0
     while pending := [task for task in tasks if not task.done()]:
+        if cancelled is not None and loop.time() >= give_up:
+            break  # the tasks stay cancelled, and are cancelled no more
         for task in pending:
             task.cancel()
         try:
             await asyncio.sleep(0 if loop.time() < spin_until else _RECANCEL)
         except asyncio.CancelledError as exc:
-            cancelled = exc  # the caller's own: raised below, once every task has ended
+            if cancelled is None:  # the caller's own: raised below
+                cancelled, give_up = exc, loop.time() + grace
     for task in tasks:
-        if not task.cancelled():
+        if task.done() and not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" warning
     if cancelled is not None:
         raise cancelled

@@ -7,7 +7,10 @@ pool is made again) and leaks them (the bridge's follow task did, under its own 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 
+import anyio
 import pytest
 
 from publisher.tasks import cancel_and_wait
@@ -93,3 +96,45 @@ async def test_the_callers_cancellation_still_propagates_once_its_tasks_ended() 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert child.done() and ended == ["child"]
+
+
+def _stubborn(stop: asyncio.Event) -> asyncio.Task[None]:
+    """A task whose cleanup ignores every cancellation until ``stop`` is set."""
+
+    async def run() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            give_up = time.monotonic() + 10
+            while not stop.is_set() and time.monotonic() < give_up:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.01)
+
+    return asyncio.create_task(run())
+
+
+@pytest.mark.parametrize("scope", ["asyncio.timeout", "anyio.move_on_after"])
+async def test_a_deadline_around_the_call_is_late_by_at_most_the_grace(scope: str) -> None:
+    """gateway/worker.py bounds a worker's stop with asyncio.timeout around cancel_and_wait:
+    a task that never ends must not hold the caller past the deadline plus ``grace``."""
+    stop = asyncio.Event()
+    task = _stubborn(stop)
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    try:
+        if scope == "asyncio.timeout":
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await cancel_and_wait(task, grace=0.3)
+        else:
+            with anyio.move_on_after(0.2) as moved:
+                await cancel_and_wait(task, grace=0.3)
+            assert moved.cancelled_caught
+        took = time.monotonic() - started
+        assert 0.45 <= took < 1.5, took
+        assert not task.done()  # left behind, cancelled, as the caller's deadline wants
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    finally:
+        stop.set()
+        await asyncio.wait([task], timeout=5)
+    assert task.done()
