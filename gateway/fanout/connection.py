@@ -433,9 +433,9 @@ class Connection:
         return self._take_queue()
 
     def write_failed(self) -> None:
-        """Taking or writing this stream's queue in the hub's flush raised (call it from the
-        ``except``: the traceback is logged): this stream closes (``write_error``), never
-        the flush."""
+        """Taking or writing this stream's queue (the hub's flush, the writer task) or the
+        hub's tick for it raised (call it from the ``except``: the traceback is logged):
+        this stream closes (``write_error``), never the flush or the tick."""
         log.exception("write to key=%s failed; closing its stream", self.access_key)
         self.close("write_error")
 
@@ -588,7 +588,8 @@ class Connection:
         if self._transport is not None:
             sock = self._transport.get_extra_info("socket")
             if sock is not None and self.close_reason != "shutdown":
-                with contextlib.suppress(OSError, AttributeError):
+                # ValueError: uvloop's socket object of a connection already closed (fd -1)
+                with contextlib.suppress(OSError, AttributeError, ValueError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
             self._transport.abort()
         elif self._task is not None:
@@ -664,7 +665,13 @@ class Connection:
                 # The hub's timer evicts a connection whose write is stuck past the deadline.
                 self.writing_since = clock() or 1e-9
                 self._in_flight = len(data)
-                await send(body(data))
+                try:
+                    await send(body(data))
+                except Exception:  # a broken transport (uvloop's, closed): no goodbye either
+                    self._in_flight = 0
+                    self.writing_since = 0.0
+                    self.write_failed()
+                    return
                 self._in_flight = 0
                 self.writing_since = 0.0
             if self.closed:

@@ -450,29 +450,32 @@ class Hub:
         deadline = self.write_deadline
         max_lag = self.max_lag
         for client in list(self._clients):
-            since = client.writing_since
-            # a stream a drain hands off, written to since the last tick: its safe position
-            # may move (an idle one's stays where it was: nothing new reached it)
-            fresh = client.handoff is not None and client.wrote_since_probe()
-            if since and now - since > deadline:
-                client.writing_since = 0.0
-                client.close("write_timeout")  # counted and logged by the connection
-                client.abort_write()
-            elif max_lag and client.lag(now) > max_lag:
-                # Its backlog waits in our send queue behind a shut receive window: a goodbye
-                # would wait there too. Counted and logged by the connection.
-                client.close("slow_reader")
-                client.abort_write()
-            elif client.expires_at and now >= client.expires_at:
-                client.expires_at = 0.0
-                client.close("rebalance")  # server_close + retry hint, then it resumes
-            elif ping:
-                client.push(PING)
-            if fresh and not client.replaying and client.settled():
-                at = self.position(client.filter)
-                if at is not None:
-                    self._safe_marks[client] = at
-                    self.replay_marks.pop(client, None)
+            try:
+                since = client.writing_since
+                # a stream a drain hands off, written to since the last tick: its safe
+                # position may move (an idle one's stays where it was: nothing new reached it)
+                fresh = client.handoff is not None and client.wrote_since_probe()
+                if since and now - since > deadline:
+                    client.writing_since = 0.0
+                    client.close("write_timeout")  # counted and logged by the connection
+                    client.abort_write()
+                elif max_lag and client.lag(now) > max_lag:
+                    # Its backlog waits in our send queue behind a shut receive window: a
+                    # goodbye would wait there too. Counted and logged by the connection.
+                    client.close("slow_reader")
+                    client.abort_write()
+                elif client.expires_at and now >= client.expires_at:
+                    client.expires_at = 0.0
+                    client.close("rebalance")  # server_close + retry hint, then it resumes
+                elif ping:
+                    client.push(PING)
+                if fresh and not client.replaying and client.settled():
+                    at = self.position(client.filter)
+                    if at is not None:
+                        self._safe_marks[client] = at
+                        self.replay_marks.pop(client, None)
+            except Exception:  # one stream's failure never skips the others' round
+                client.write_failed()
 
     async def run_timer(self) -> None:
         """Ticks often enough to hold the write deadline; pings every ``ping_interval``."""

@@ -8,13 +8,15 @@ directly, and no limits on a request head. Two measured needs take more (ARCHITE
 1. **Direct writes** (:func:`direct_path`, :class:`UvicornStream`). The hub writes each
    stream's coalesced queue as one HTTP chunk straight to the transport instead of through
    ASGI ``send`` (bench a100: ~17-18 µs of gateway CPU per write before, ~4-6 µs after). That
-   needs uvicorn's ``RequestResponseCycle`` behind ``send`` (``send.__self__``) and four of
-   its attributes: ``transport``, ``flow`` (``write_paused``), ``chunked_encoding`` and
-   ``disconnected``, on a connection of :class:`LimitedHttpToolsProtocol`, whose flow
-   control hooks keep the stream's ``blocked`` flag. Where they are missing (another
-   server, uvicorn's own protocol, or a uvicorn whose cycle changed) the stream writes
-   through ASGI ``send``: slower, never wrong, and (for a changed cycle) said once in the
-   log.
+   needs uvicorn's ``RequestResponseCycle`` behind ``send`` (``send.__self__``) and six of
+   its attributes: ``transport``, ``flow`` (``write_paused``), ``chunked_encoding``,
+   ``disconnected``, ``response_complete`` and ``message_event``, on a connection of
+   :class:`LimitedHttpToolsProtocol`, whose flow control hooks keep the stream's
+   ``blocked`` flag, and whose ``connection_lost`` also tells the stream's own request
+   (uvicorn tells only the newest, which a pipelined request behind the stream would be).
+   Where they are missing (another server, uvicorn's own protocol, or a uvicorn whose cycle
+   changed) the stream writes through ASGI ``send``: slower, never wrong, and (for a
+   changed cycle) said once in the log.
 
 2. **Serving**: :class:`Server` (uvicorn's ``Server`` with its ``handle_exit`` hook taken: a
    signal during start-up ends the process at once, where a start-up stuck in the app's
@@ -126,7 +128,14 @@ TESTED: Final = ((0, 51, 0), (0, 56, 0))
 DIRECT_SCOPE_KEY: Final = "kev.direct_path"
 
 #: the attributes of uvicorn's request cycle the direct path uses
-_CYCLE_ATTRIBUTES: Final = ("transport", "flow", "chunked_encoding", "disconnected")
+_CYCLE_ATTRIBUTES: Final = (
+    "transport",
+    "flow",
+    "chunked_encoding",
+    "disconnected",
+    "response_complete",
+    "message_event",
+)
 #: the hooks of uvicorn's httptools protocol the limited protocol overrides or calls
 _PROTOCOL_HOOKS: Final = (
     "connection_made",
@@ -471,9 +480,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
-        if self.stream is not None:
-            self.stream.blocked = True  # for good: the client is gone
-            self.stream = None
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.blocked = True  # for good: the client is gone
+            # uvicorn tells only its newest request: with a request pipelined behind the
+            # stream, the stream's own would wait in receive() and stay in the hub until
+            # the process ends. Tell it too (what uvicorn does for the newest one).
+            cycle = stream._cycle
+            if not cycle.response_complete and not cycle.disconnected:
+                cycle.disconnected = True
+                cycle.message_event.set()
 
     # Flow control: uvicorn's hooks tell its FlowControl; these also keep the blocked flag
     # of the connection's stream (UvicornStream), which the hub's flush reads.
@@ -553,6 +569,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
 
     def on_response_complete(self) -> None:
+        if self.stream is not None and self.stream._cycle.response_complete:
+            self.stream = None  # its response is over: nothing of it is kept past it
         super().on_response_complete()
         # Idle (or reading the next head) unless a pipelined request has just started.
         if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):

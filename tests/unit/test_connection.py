@@ -116,6 +116,28 @@ def test_a_close_during_replay_drops_the_held_frames() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_send_that_raises_closes_the_stream_and_ends_its_writer_quietly() -> None:
+    """uvloop's transport of a closed connection raises RuntimeError on write: the stream
+    closes (``write_error``, logged) and its writer task ends, with nothing left in flight
+    and no goodbye tried on the broken transport."""
+
+    class Broken(RecordingSend):
+        async def __call__(self, message: MutableMapping[str, Any]) -> None:
+            await super().__call__(message)
+            raise RuntimeError("unable to perform operation: the handler is closed")
+
+    send = Broken()
+    connection = await _writing(send)
+    connection.push(b"data: 0\n\n")
+    await until(lambda: connection.closed, 2, "the close")
+    # write_error is said by the writer's own except (the task did not die with the error)
+    assert connection.close_reason == "write_error" and len(send.messages) == 1
+    assert connection.writing_since == 0.0 and connection.unsent() == 0
+    await connection.finish()
+    assert len(send.messages) == 1  # no goodbye tried on the broken transport
+
+
+@pytest.mark.anyio
 async def test_the_writer_task_coalesces_the_queue_into_one_send() -> None:
     send = RecordingSend()
     connection = await _writing(send)

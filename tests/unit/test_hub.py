@@ -183,6 +183,37 @@ async def test_timer_pings_and_evicts_stuck_writers() -> None:
     await stuck.finish()
 
 
+@pytest.mark.anyio
+async def test_one_streams_failure_in_the_timer_never_skips_the_others() -> None:
+    """A stuck stream whose abort raises (uvloop's socket of a closed connection: ValueError
+    from setsockopt on fd -1, before that was suppressed) is closed with ``write_error``;
+    every other stream still gets its round: here, the ping."""
+
+    class Broken(FakeDirect):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transport.abort = self._boom  # type: ignore[method-assign]
+
+        def _boom(self) -> None:
+            raise ValueError("negative file descriptor")
+
+    clock = FakeClock()
+    hub = _hub(clock=clock)
+    stuck = [hub.new_connection(Filter(), f"stuck{i}") for i in range(2)]
+    idle = [hub.new_connection(Filter(), f"idle{i}") for i in range(3)]
+    for client in stuck:
+        client.attach(_no_send, Broken())
+        client.writing_since = clock.now
+    for client in (*stuck, *idle):
+        hub.register(client)
+    clock.now += 2.5  # past the 2 s deadline
+    hub.tick(ping=True)
+    assert all(c.closed and c.close_reason == "write_timeout" for c in stuck)
+    assert all(c.take() == PING for c in idle)
+    for client in stuck:
+        await client.finish()
+
+
 def test_unregister_cleans_every_index() -> None:
     hub = _hub()
     clients = [
