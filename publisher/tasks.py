@@ -32,6 +32,11 @@ _SPIN: Final = 0.1
 _RECANCEL: Final = 0.01
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # no "exception was never retrieved" warning
+
+
 #: seconds a cancelled caller still waits for its tasks to end (:func:`cancel_and_wait`)
 GRACE: Final = 1.0
 
@@ -49,14 +54,20 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any], grace: float = GRACE) -> 
     after which its own owner closes what they use (a redis-py client reconnects on its next
     command, a database pool is made again) and leaks it. Tasks cancelled on every turn end
     within milliseconds; ``grace`` bounds the wait for one that does not, so that a deadline
-    around this call is late by at most that much (``tests/unit/test_tasks.py``)."""
+    around this call is late by at most that much (``tests/unit/test_tasks.py``). A task
+    still running then is left running, cancelled no more; what it raises when it ends is
+    retrieved. (Inside an anyio cancel scope, which cancels the caller again on every turn,
+    the grace is spent cancelling on every turn: a busy second, only for a task that will
+    not end.)"""
     loop = asyncio.get_running_loop()
     spin_until = loop.time() + _SPIN
     cancelled: asyncio.CancelledError | None = None
     give_up = 0.0
     while pending := [task for task in tasks if not task.done()]:
         if cancelled is not None and loop.time() >= give_up:
-            break  # the tasks stay cancelled, and are cancelled no more
+            for task in pending:  # left running: what it raises is retrieved when it ends
+                task.add_done_callback(_retrieve)
+            break
         for task in pending:
             task.cancel()
         try:
@@ -65,7 +76,7 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any], grace: float = GRACE) -> 
             if cancelled is None:  # the caller's own: raised below
                 cancelled, give_up = exc, loop.time() + grace
     for task in tasks:
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: no "exception was never retrieved" warning
+        if task.done():
+            _retrieve(task)
     if cancelled is not None:
         raise cancelled

@@ -671,6 +671,7 @@ class Connection:
                     self._in_flight = 0
                     self.writing_since = 0.0
                     self.write_failed()
+                    self.abort_write()  # a client still there learns at once, and reconnects
                     return
                 self._in_flight = 0
                 self.writing_since = 0.0

@@ -449,6 +449,7 @@ class Hub:
         now = self.clock()
         deadline = self.write_deadline
         max_lag = self.max_lag
+        failed = 0
         for client in list(self._clients):
             try:
                 since = client.writing_since
@@ -475,7 +476,14 @@ class Hub:
                         self._safe_marks[client] = at
                         self.replay_marks.pop(client, None)
             except Exception:  # one stream's failure never skips the others' round
-                client.write_failed()
+                if not failed:
+                    log.exception("the timer's round for key=%s failed", client.access_key)
+                failed += 1
+                client.close("write_error")
+        if failed > 1:
+            log.error(
+                "the timer's round failed for %d streams (the first's traceback above)", failed
+            )
 
     async def run_timer(self) -> None:
         """Ticks often enough to hold the write deadline; pings every ``ping_interval``."""

@@ -116,10 +116,11 @@ def test_a_close_during_replay_drops_the_held_frames() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_send_that_raises_closes_the_stream_and_ends_its_writer_quietly() -> None:
+async def test_a_send_that_raises_closes_the_stream_and_ends_its_request() -> None:
     """uvloop's transport of a closed connection raises RuntimeError on write: the stream
-    closes (``write_error``, logged) and its writer task ends, with nothing left in flight
-    and no goodbye tried on the broken transport."""
+    closes (``write_error``, logged), its writer task ends with nothing left in flight and
+    no goodbye tried on the broken transport, and the stream's request is ended (here, with
+    no transport to abort, its task is cancelled), so a client still there learns at once."""
 
     class Broken(RecordingSend):
         async def __call__(self, message: MutableMapping[str, Any]) -> None:
@@ -127,11 +128,20 @@ async def test_a_send_that_raises_closes_the_stream_and_ends_its_writer_quietly(
             raise RuntimeError("unable to perform operation: the handler is closed")
 
     send = Broken()
-    connection = await _writing(send)
+    connection = _connection()
+
+    async def request() -> None:  # the stream's request task, as the HTTP edge runs it
+        connection.attach(send, None)
+        connection.start_writing(None, _never_notified)
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(request())
+    await asyncio.sleep(0)
     connection.push(b"data: 0\n\n")
-    await until(lambda: connection.closed, 2, "the close")
+    await asyncio.wait({task}, timeout=2)
+    assert task.cancelled() and connection.abort_requested
     # write_error is said by the writer's own except (the task did not die with the error)
-    assert connection.close_reason == "write_error" and len(send.messages) == 1
+    assert connection.closed and connection.close_reason == "write_error"
     assert connection.writing_since == 0.0 and connection.unsent() == 0
     await connection.finish()
     assert len(send.messages) == 1  # no goodbye tried on the broken transport

@@ -185,9 +185,9 @@ async def test_timer_pings_and_evicts_stuck_writers() -> None:
 
 @pytest.mark.anyio
 async def test_one_streams_failure_in_the_timer_never_skips_the_others() -> None:
-    """A stuck stream whose abort raises (uvloop's socket of a closed connection: ValueError
-    from setsockopt on fd -1, before that was suppressed) is closed with ``write_error``;
-    every other stream still gets its round: here, the ping."""
+    """A stuck stream whose abort raises (as uvloop's socket of a closed connection did:
+    ValueError from setsockopt on fd -1, suppressed since) stays closed (``write_timeout``,
+    as the round had begun); every other stream still gets its round: here, the ping."""
 
     class Broken(FakeDirect):
         def __init__(self) -> None:

@@ -131,7 +131,7 @@ async def test_a_deadline_around_the_call_is_late_by_at_most_the_grace(scope: st
                 await cancel_and_wait(task, grace=0.3)
             assert moved.cancelled_caught
         took = time.monotonic() - started
-        assert 0.45 <= took < 1.5, took
+        assert 0.45 <= took < 0.85, took  # the deadline, then the grace asked for
         assert not task.done()  # left behind, cancelled, as the caller's deadline wants
         assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
     finally:
