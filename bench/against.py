@@ -72,14 +72,15 @@ def _git(*args: str, cwd: Path = ROOT) -> str:
     return done.stdout.strip()
 
 
-def _run(tree: Path, bench_args: Sequence[str], out: Path, log: Log) -> dict[str, Any]:
-    """One ``python -m bench.fanout`` in ``tree``; its JSON report."""
+def _run(tree: Path, bench_args: Sequence[str], out: Path, log: Log, label: str) -> dict[str, Any]:
+    """One ``python -m bench.fanout`` in ``tree`` (``label``: "ref" or "working", for the
+    log); its JSON report."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     argv = [sys.executable, "-m", "bench.fanout", *bench_args, "--out", str(out)]
     argv += ["--plot", str(out.with_suffix(".png"))]
     started = time.monotonic()
     done = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, check=False)
-    log(f"    {tree.name}: exit {done.returncode} in {time.monotonic() - started:.0f} s")
+    log(f"    {label}: exit {done.returncode} in {time.monotonic() - started:.0f} s")
     if done.returncode != 0 or not out.exists():
         tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
         raise RuntimeError(f"bench.fanout in {tree} failed: " + " | ".join(tail))
@@ -147,27 +148,27 @@ def run_against(
         (mount / name).symlink_to(worktree / name, target_is_directory=True)
     for name in HARNESS:
         (mount / name).symlink_to(ROOT / name, target_is_directory=True)
-    runs: dict[str, list[dict[str, Any]]] = {"ref": [], "new": []}
+    runs: dict[str, list[dict[str, Any]]] = {"ref": [], "working": []}
     try:
         for n in range(rounds):
-            order = [("ref", mount), ("new", ROOT)]
+            order = [("ref", mount), ("working", ROOT)]
             if n % 2:
                 order.reverse()
             log(f"round {n + 1}/{rounds}: {', '.join(name for name, _ in order)}")
             for name, tree in order:
                 out = scratch / f"{name}-{n}.json"
-                runs[name].append(_run(tree, bench_args, out, log))
+                runs[name].append(_run(tree, bench_args, out, log, name))
     finally:
         subprocess.run(
             ["git", "worktree", "remove", "--force", str(worktree)],
             cwd=ROOT, capture_output=True, check=False, timeout=120,
         )  # fmt: skip
-    rows = compare(runs["ref"], runs["new"])
+    rows = compare(runs["ref"], runs["working"])
     path = results / f"against-{label}.json"
     path.write_text(
         json.dumps(
             {"ref": ref, "ref_commit": commit, "rounds": rounds, "bench_args": list(bench_args),
-             "ratios": rows, "ref_runs": runs["ref"], "new_runs": runs["new"]},
+             "ratios": rows, "ref_runs": runs["ref"], "new_runs": runs["working"]},
             indent=1,
         )
     )  # fmt: skip
