@@ -433,9 +433,9 @@ class Connection:
         return self._take_queue()
 
     def write_failed(self) -> None:
-        """Taking or writing this stream's queue (the hub's flush, the writer task) or the
-        hub's tick for it raised (call it from the ``except``: the traceback is logged):
-        this stream closes (``write_error``), never the flush or the tick."""
+        """Taking or writing this stream's queue (the hub's flush, the writer task) raised
+        (call it from the ``except``: the traceback is logged): this stream closes
+        (``write_error``), never the flush."""
         log.exception("write to key=%s failed; closing its stream", self.access_key)
         self.close("write_error")
 
